@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerates the development PKI in this folder. DEVELOPMENT ONLY: the private keys are
+# committed to the repository, so anything signed by this CA must never be trusted
+# outside a developer's machine or a test run.
+#
+#   ca.crt / ca.key                      the development CA (10 years)
+#   server.crt / server.key              gatehouse's serving certificate:
+#                                        localhost, 127.0.0.1, ::1
+#   client-gateway.crt / .key            a caller: spiffe://dev.gatehouse/ns/default/sa/gateway
+#   client-compliance-scanner.crt / .key a caller: spiffe://dev.gatehouse/ns/default/sa/compliance-scanner
+set -euo pipefail
+cd "$(dirname "$0")"
+days=3650
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+key ca.key
+openssl req -x509 -new -key ca.key -sha256 -days "$days" -out ca.crt \
+  -subj "/O=gatehouse development/CN=gatehouse development CA - DO NOT TRUST" \
+  -addext "basicConstraints=critical,CA:TRUE" \
+  -addext "keyUsage=critical,keyCertSign,cRLSign"
+
+# sign NAME CN EXTENSIONS
+sign() {
+  local name="$1" cn="$2" ext="$3"
+  key "$name.key"
+  openssl req -new -key "$name.key" -subj "/O=gatehouse development/CN=$cn" -out "$tmp/$name.csr"
+  printf '%s\n' "$ext" >"$tmp/$name.ext"
+  openssl x509 -req -in "$tmp/$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -days "$days" -sha256 -extfile "$tmp/$name.ext" -out "$name.crt" 2>/dev/null
+}
+
+sign server localhost "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"
+
+for sa in gateway compliance-scanner; do
+  sign "client-$sa" "$sa" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth
+subjectAltName=URI:spiffe://dev.gatehouse/ns/default/sa/$sa"
+done
+
+rm -f ca.srl
+chmod 600 ./*.key
+echo "development PKI written to $(pwd)"

@@ -1,0 +1,154 @@
+//! Wires the parts together: configuration, TLS, the connection to the app, the
+//! middleware chain, the listener, and shutdown on SIGTERM / SIGINT.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, Problem};
+use crate::listener::Listener;
+use crate::server::Server;
+use crate::upstream::{Forward, Upstream};
+use crate::{middleware, telemetry, tls};
+
+/// Exit code for a bad configuration or bad usage (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code for any other start-up failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// `gatehouse check`: prints `ok`, or every problem (one per line, naming the file and
+/// the field) and returns 64.
+pub fn check(path: &Path) -> ExitCode {
+    match load_with_material(path) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `gatehouse run`: serves until a signal, drains, and exits.
+pub fn run(path: &Path) -> ExitCode {
+    let (config, tls) = match load_with_material(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init_logging(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(serve(config, tls));
+    // Calls cut off by the drain timeout must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!(error = %message, "gatehouse could not start");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Parses, validates and reads every file the configuration names, reporting all
+/// problems at once.
+fn load_with_material(path: &Path) -> Result<(Config, Option<Arc<rustls::ServerConfig>>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let invalid = |problems| ConfigError::Invalid { file: path.to_owned(), problems };
+    let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
+    let mut problems = config.validate();
+    let tls = if config.tls.enabled {
+        match tls::server_config(&config.tls) {
+            Ok(tls) => Some(tls),
+            Err(more) => {
+                merge(&mut problems, more);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if problems.is_empty() { Ok((config, tls)) } else { Err(invalid(problems)) }
+}
+
+/// Adds problems on fields not already reported (a missing `cert_file` is found both by
+/// validation and by the TLS loader).
+fn merge(problems: &mut Vec<Problem>, more: Vec<Problem>) {
+    for problem in more {
+        if !problems.iter().any(|known| known.field == problem.field) {
+            problems.push(problem);
+        }
+    }
+}
+
+async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String> {
+    let address = config.listen.address;
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|error| format!("listen.address {address}: cannot listen: {error}"))?;
+    let bound = tcp.local_addr().map_err(|error| format!("listen.address {address}: {error}"))?;
+
+    let upstream = Arc::new(Upstream::new(&config.upstream));
+    let chain = middleware::build(Forward::new(upstream));
+    let server = Server::new(&config.limits, chain);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let listener = Listener::new(tcp, acceptor, server, &config.limits);
+
+    tracing::info!(
+        address = %bound,
+        tls = config.tls.enabled,
+        client_auth = ?config.tls.client_auth,
+        upstream = %config.upstream.address,
+        "listening"
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let graceful = GracefulShutdown::new();
+    {
+        let accepting = listener.run(&graceful, stopped);
+        tokio::pin!(accepting);
+        tokio::select! {
+            () = &mut accepting => {}
+            signal = shutdown_signal() => tracing::info!(signal, "draining: no new connections, in-flight calls may finish"),
+        }
+        let _ = stop.send(true);
+        accepting.await;
+    }
+
+    let drain_timeout = config.limits.drain_timeout.get();
+    tokio::select! {
+        finished = tokio::time::timeout(drain_timeout, graceful.shutdown()) => match finished {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
+        },
+        signal = shutdown_signal() => tracing::warn!(signal, "second signal; closing the calls still open"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop gatehouse with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,476 @@
+//! The typed configuration, read from one YAML file.
+//!
+//! Parsing is strict and pure: [`Config::from_yaml`] turns text into a [`Config`] or the
+//! path of the first field it could not read (unknown keys are errors, durations are
+//! strings such as `250ms`), and [`Config::validate`] lists every remaining problem with
+//! its field path. Neither touches the file system; files named by the config (certificates,
+//! keys) are read and checked by the modules that own them, which report problems in the
+//! same [`Problem`] form. Every field is documented in `config/gatehouse.example.yaml`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::upstream::Target;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: Listen,
+    #[serde(default)]
+    pub tls: Tls,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `listen`: where callers connect.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Always HTTP/2; TLS unless `tls.enabled` is false.
+    pub address: SocketAddr,
+}
+
+/// `tls`: the server certificate and how client certificates are checked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Trust roots for client certificates; not needed with `client_auth: none`.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls { enabled: true, cert_file: None, key_file: None, ca_file: None, client_auth: ClientAuth::default() }
+    }
+}
+
+/// `tls.client_auth`: whether callers must present a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Every caller presents a certificate signed by `ca_file` (mTLS).
+    #[default]
+    Require,
+    /// A certificate is verified when presented; callers without one are let through.
+    Optional,
+    /// No certificate is asked for.
+    None,
+}
+
+/// `upstream`: the app behind gatehouse, spoken to in plaintext HTTP/2.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` or `unix:/path/to.sock`.
+    pub address: String,
+    #[serde(default = "Upstream::default_connect_timeout")]
+    pub connect_timeout: Duration,
+}
+
+impl Upstream {
+    fn default_connect_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// The parsed address; only meaningful after [`Config::validate`] accepted it.
+    pub fn target(&self) -> Target {
+        match self.address.strip_prefix("unix:") {
+            Some(path) => Target::Unix(PathBuf::from(path)),
+            None => Target::Tcp(self.address.clone()),
+        }
+    }
+}
+
+/// `telemetry`: logs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A level (`info`) or per-module levels (`info,gatehouse::upstream=debug`).
+    #[serde(default = "Telemetry::default_log_level")]
+    pub log_level: String,
+}
+
+impl Telemetry {
+    fn default_log_level() -> String {
+        "info".to_owned()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { log_format: LogFormat::default(), log_level: Telemetry::default_log_level() }
+    }
+}
+
+/// `telemetry.log_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Logfmt,
+    Json,
+}
+
+/// `limits`: what one caller may take from the sidecar. The defaults suit a sidecar in
+/// front of one app; each is documented in the example config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Time a new connection has to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Concurrent streams (calls) per connection, advertised in SETTINGS.
+    pub max_concurrent_streams: u32,
+    /// Largest header list a caller may send, in bytes, advertised in SETTINGS.
+    pub max_header_list_size: u32,
+    /// How often an idle connection is pinged to see that the caller is alive.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// On SIGTERM, how long in-flight calls may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A duration written as a string with a unit: `250ms`, `30s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("invalid duration {text:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\"");
+        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let (digits, unit) = text.split_at(split);
+        let amount: u64 = digits.parse().map_err(|_| invalid())?;
+        let duration = match unit {
+            "ms" => std::time::Duration::from_millis(amount),
+            "s" => std::time::Duration::from_secs(amount),
+            "m" => std::time::Duration::from_secs(amount.checked_mul(60).ok_or_else(invalid)?),
+            "h" => std::time::Duration::from_secs(amount.checked_mul(3600).ok_or_else(invalid)?),
+            _ => return Err(invalid()),
+        };
+        Ok(Duration(duration))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string like \"250ms\", \"30s\" or \"5m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// One thing wrong with a configuration, with the dotted path of the field it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, problems))]
+    Invalid { file: PathBuf, problems: Vec<Problem> },
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("{}: {p}", file.display())).collect();
+    lines.join("\n")
+}
+
+impl Config {
+    /// Parses YAML text. The error names the field it is about, or `(root)` for the
+    /// document itself, and says where in the text it is.
+    pub fn from_yaml(text: &str) -> Result<Config, Problem> {
+        let mut tracked = None;
+        let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+            serde_path_to_error::deserialize::<_, Config>(deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                tracked = Some((path, inner.to_string()));
+                inner
+            })
+        });
+        match result {
+            Ok(config) => Ok(config),
+            Err(error) => {
+                let (path, message) = tracked.unwrap_or_else(|| (".".to_owned(), error.to_string()));
+                Err(problem_at(&path, &message))
+            }
+        }
+    }
+
+    /// Reads and parses the file, then validates it; every problem names `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let invalid = |problems| ConfigError::Invalid { file: path.to_owned(), problems };
+        let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
+        let problems = config.validate();
+        if problems.is_empty() { Ok(config) } else { Err(invalid(problems)) }
+    }
+
+    /// Every problem that can be seen without reading other files.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let tls = &self.tls;
+        if tls.enabled {
+            if tls.cert_file.is_none() {
+                problems.push(Problem::new("tls.cert_file", "required when tls.enabled is true"));
+            }
+            if tls.key_file.is_none() {
+                problems.push(Problem::new("tls.key_file", "required when tls.enabled is true"));
+            }
+            if tls.ca_file.is_none() && tls.client_auth != ClientAuth::None {
+                problems.push(Problem::new(
+                    "tls.ca_file",
+                    "required to verify client certificates (or set tls.client_auth: none)",
+                ));
+            }
+        }
+        if let Err(message) = check_upstream_address(&self.upstream.address) {
+            problems.push(Problem::new("upstream.address", message));
+        }
+        if self.upstream.connect_timeout.get().is_zero() {
+            problems.push(Problem::new("upstream.connect_timeout", "must be longer than 0s"));
+        }
+        if let Err(message) = check_log_level(&self.telemetry.log_level) {
+            problems.push(Problem::new("telemetry.log_level", message));
+        }
+        let limits = &self.limits;
+        let positive = [
+            ("limits.max_connections", limits.max_connections as u64),
+            ("limits.max_concurrent_streams", u64::from(limits.max_concurrent_streams)),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                problems.push(Problem::new(field, "must be at least 1"));
+            }
+        }
+        if limits.max_header_list_size < 1024 {
+            problems.push(Problem::new("limits.max_header_list_size", "must be at least 1024 bytes"));
+        }
+        for (field, value) in [
+            ("limits.handshake_timeout", limits.handshake_timeout),
+            ("limits.keepalive_interval", limits.keepalive_interval),
+            ("limits.keepalive_timeout", limits.keepalive_timeout),
+        ] {
+            if value.get().is_zero() {
+                problems.push(Problem::new(field, "must be longer than 0s"));
+            }
+        }
+        problems
+    }
+}
+
+/// Turns a serde error into a problem on the right field: for an unknown key, the path
+/// of the key itself rather than of the section that holds it.
+fn problem_at(path: &str, message: &str) -> Problem {
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    match (unknown, path) {
+        (Some(key), "." | "") => Problem::new(key, message),
+        (Some(key), section) if !section.ends_with(key) => Problem::new(format!("{section}.{key}"), message),
+        (_, "." | "") => Problem::new("(root)", message),
+        _ => Problem::new(path, message),
+    }
+}
+
+/// Accepts `LEVEL` and `module::path=LEVEL` directives, comma-separated.
+fn check_log_level(directives: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in directives.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a level: use off, error, warn, info, debug or trace, optionally per module (info,gatehouse::upstream=debug)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_upstream_address(address: &str) -> Result<(), String> {
+    if let Some(path) = address.strip_prefix("unix:") {
+        return if Path::new(path).is_absolute() {
+            Ok(())
+        } else {
+            Err(format!("{address:?}: a unix socket needs an absolute path, like unix:/run/app.sock"))
+        };
+    }
+    let port = address.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
+        _ => Err(format!("{address:?}: expected host:port (127.0.0.1:50051) or unix:/path")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+listen: { address: 127.0.0.1:12018 }
+tls: { cert_file: a.crt, key_file: a.key, ca_file: ca.crt }
+upstream: { address: 127.0.0.1:50051 }
+";
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../config/gatehouse.example.yaml");
+        let config = Config::from_yaml(text).expect("example config parses");
+        assert_eq!(config.validate(), vec![]);
+        assert_eq!(config.tls.client_auth, ClientAuth::Require);
+    }
+
+    #[test]
+    fn dev_config_parses_and_validates() {
+        let config = Config::from_yaml(include_str!("../config/dev.yaml")).expect("dev config parses");
+        assert_eq!(config.validate(), vec![]);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = Config::from_yaml(MINIMAL).unwrap();
+        assert!(config.tls.enabled);
+        assert_eq!(config.upstream.connect_timeout.get(), std::time::Duration::from_secs(1));
+        assert_eq!(config.limits.max_concurrent_streams, 100);
+        assert_eq!(config.limits.max_header_list_size, 16384);
+        assert_eq!(config.limits.handshake_timeout.get(), std::time::Duration::from_secs(10));
+        assert_eq!(config.telemetry.log_format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn rejects_unknown_key_naming_its_full_path() {
+        let text = MINIMAL.replace("ca_file: ca.crt", "ca_file: ca.crt, cert_fil: x");
+        let problem = Config::from_yaml(&text).unwrap_err();
+        assert_eq!(problem.field, "tls.cert_fil");
+        assert!(problem.message.contains("unknown field"), "{problem}");
+
+        let problem = Config::from_yaml(&format!("{MINIMAL}listn: {{}}\n")).unwrap_err();
+        assert_eq!(problem.field, "listn");
+    }
+
+    #[test]
+    fn rejects_numeric_and_unitless_durations() {
+        for value in ["5", "\"5\"", "\"5 s\"", "\"1.5s\"", "\"10d\""] {
+            let text = format!("{MINIMAL}limits: {{ drain_timeout: {value} }}\n");
+            let problem = Config::from_yaml(&text).unwrap_err();
+            assert_eq!(problem.field, "limits.drain_timeout", "{value}: {problem}");
+        }
+        let config = Config::from_yaml(&format!("{MINIMAL}limits: {{ drain_timeout: 250ms }}\n")).unwrap();
+        assert_eq!(config.limits.drain_timeout.get(), std::time::Duration::from_millis(250));
+    }
+
+    #[test]
+    fn validate_lists_every_problem_with_its_field() {
+        let text = "
+listen: { address: 127.0.0.1:12018 }
+upstream: { address: localhost, connect_timeout: 0s }
+telemetry: { log_level: loud }
+limits: { max_connections: 0, max_header_list_size: 10 }
+";
+        let fields: Vec<String> = Config::from_yaml(text).unwrap().validate().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "tls.cert_file",
+                "tls.key_file",
+                "tls.ca_file",
+                "upstream.address",
+                "upstream.connect_timeout",
+                "telemetry.log_level",
+                "limits.max_connections",
+                "limits.max_header_list_size",
+            ]
+        );
+    }
+
+    #[test]
+    fn tls_files_are_optional_when_tls_is_off() {
+        let text = "
+listen: { address: 127.0.0.1:12018 }
+tls: { enabled: false }
+upstream: { address: unix:/run/app.sock }
+";
+        let config = Config::from_yaml(text).unwrap();
+        assert_eq!(config.validate(), vec![]);
+        assert_eq!(config.upstream.target(), Target::Unix("/run/app.sock".into()));
+    }
+}

@@ -1,0 +1,302 @@
+//! The gRPC wire vocabulary gatehouse speaks: status codes, header names, trailers-only
+//! refusals and `grpc-timeout`.
+//!
+//! Every refusal gatehouse makes on its own behalf is built here, through [`Code`] and
+//! [`status_response`], so a caller always gets a gRPC status it can act on (HTTP 200,
+//! `content-type: application/grpc`, `grpc-status` and a percent-encoded `grpc-message`)
+//! and never a bare HTTP error that gRPC clients misreport.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::body::ResponseBody;
+
+/// `grpc-status`: the call's status code, in trailers or in a trailers-only response.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`: the human-readable reason, percent-encoded.
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// `grpc-timeout`: the caller's deadline, relative to when the request was sent.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+const APPLICATION_GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+
+/// The gRPC status codes, with the numbers the wire uses.
+///
+/// Which code gatehouse answers with for which situation is fixed by the design contract:
+/// no or bad credentials are `Unauthenticated`, valid credentials that a rule refuses are
+/// `PermissionDenied`, an app that cannot be reached or dies mid-call is `Unavailable`, a
+/// deadline that runs out inside gatehouse is `DeadlineExceeded`, and a bug is `Internal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    const ALL: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+
+    /// The code for a `grpc-status` value; anything unparseable is `Unknown`, as the gRPC
+    /// specification asks of clients.
+    pub fn from_header(value: &HeaderValue) -> Code {
+        std::str::from_utf8(value.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .and_then(|n| Code::ALL.get(n).copied())
+            .unwrap_or(Code::Unknown)
+    }
+
+    /// The name used in logs and metric labels (`NotFound`, as go-grpc-prometheus writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "Canceled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        }
+    }
+
+    /// The `grpc-status` header value, pre-built so a refusal allocates nothing for it.
+    pub fn header_value(self) -> HeaderValue {
+        const VALUES: [HeaderValue; 17] = [
+            HeaderValue::from_static("0"),
+            HeaderValue::from_static("1"),
+            HeaderValue::from_static("2"),
+            HeaderValue::from_static("3"),
+            HeaderValue::from_static("4"),
+            HeaderValue::from_static("5"),
+            HeaderValue::from_static("6"),
+            HeaderValue::from_static("7"),
+            HeaderValue::from_static("8"),
+            HeaderValue::from_static("9"),
+            HeaderValue::from_static("10"),
+            HeaderValue::from_static("11"),
+            HeaderValue::from_static("12"),
+            HeaderValue::from_static("13"),
+            HeaderValue::from_static("14"),
+            HeaderValue::from_static("15"),
+            HeaderValue::from_static("16"),
+        ];
+        VALUES[self as usize].clone()
+    }
+}
+
+/// Bytes the gRPC specification requires to be percent-encoded in `grpc-message`:
+/// everything outside printable ASCII (non-ASCII is always encoded) and `%` itself.
+const GRPC_MESSAGE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
+
+/// Encodes a status message for the `grpc-message` header.
+pub fn encode_message(message: &str) -> HeaderValue {
+    let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ESCAPES).to_string();
+    HeaderValue::try_from(encoded).expect("percent-encoded text is visible ASCII")
+}
+
+/// Writes `grpc-status` and `grpc-message` into a header or trailer map.
+pub fn set_status(map: &mut HeaderMap, code: Code, message: &str) {
+    map.insert(GRPC_STATUS, code.header_value());
+    if !message.is_empty() {
+        map.insert(GRPC_MESSAGE, encode_message(message));
+    }
+}
+
+/// A trailers-only gRPC response: HTTP 200, status and message in the only HEADERS frame,
+/// no body. This is how every refusal made by gatehouse itself reaches the caller.
+pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
+    set_status(headers, code, message);
+    response
+}
+
+/// The answer to a request that is not gRPC at all: HTTP 415, as the gRPC specification
+/// prescribes, because there is no gRPC client on the other end to read a status.
+pub fn unsupported_media_type() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response
+}
+
+/// Whether a request is a gRPC call: `POST` with `content-type: application/grpc`,
+/// optionally followed by `+proto`, `+json` or parameters.
+pub fn is_grpc_request(method: &Method, headers: &HeaderMap) -> bool {
+    if method != Method::POST {
+        return false;
+    }
+    let Some(content_type) = headers.get(CONTENT_TYPE) else {
+        return false;
+    };
+    let value = content_type.as_bytes();
+    let prefix = b"application/grpc";
+    value.len() >= prefix.len()
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.get(prefix.len()), None | Some(b'+') | Some(b';'))
+}
+
+/// Parses a `grpc-timeout` value: one to eight digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`). A malformed value is `None`, and the call then runs without a deadline of
+/// gatehouse's own, as gRPC servers treat it.
+pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+    let bytes = value.as_bytes();
+    let (&unit, digits) = bytes.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    match unit {
+        b'H' => Some(Duration::from_secs(amount * 3600)),
+        b'M' => Some(Duration::from_secs(amount * 60)),
+        b'S' => Some(Duration::from_secs(amount)),
+        b'm' => Some(Duration::from_millis(amount)),
+        b'u' => Some(Duration::from_micros(amount)),
+        b'n' => Some(Duration::from_nanos(amount)),
+        _ => None,
+    }
+}
+
+/// The gRPC status a caller should see when an HTTP/2 stream to the app was reset with
+/// `reason`, following the gRPC HTTP/2 protocol mapping.
+pub fn code_for_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderValue;
+
+    #[test]
+    fn status_codes_round_trip_through_the_header_table() {
+        for (number, code) in Code::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, number);
+            let value = code.header_value();
+            assert_eq!(value.to_str().unwrap(), number.to_string());
+            assert_eq!(Code::from_header(&value), *code);
+        }
+        assert_eq!(Code::from_header(&HeaderValue::from_static("17")), Code::Unknown);
+        assert_eq!(Code::from_header(&HeaderValue::from_static("x")), Code::Unknown);
+    }
+
+    #[test]
+    fn refusals_are_trailers_only_grpc_responses() {
+        let table = [
+            (Code::Unauthenticated, "missing credentials", "16"),
+            (Code::PermissionDenied, "denied", "7"),
+            (Code::Unavailable, "app unreachable", "14"),
+            (Code::DeadlineExceeded, "deadline exceeded", "4"),
+            (Code::ResourceExhausted, "too many streams", "8"),
+            (Code::Internal, "internal error", "13"),
+        ];
+        for (code, message, wire) in table {
+            let response = status_response(code, message);
+            assert_eq!(response.status(), StatusCode::OK);
+            let headers = response.headers();
+            assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+            assert_eq!(headers[GRPC_STATUS], wire);
+            assert_eq!(headers[GRPC_MESSAGE], message);
+            assert!(http_body::Body::is_end_stream(response.body()));
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(encode_message("plain text"), "plain text");
+        assert_eq!(encode_message("100% sure"), "100%25 sure");
+        assert_eq!(encode_message("grüße\n"), "gr%C3%BC%C3%9Fe%0A");
+    }
+
+    #[test]
+    fn recognises_grpc_content_types() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc_request(&Method::POST, &headers));
+        for (value, expected) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/GRPC; charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_grpc_request(&Method::POST, &headers), expected, "{value}");
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        assert!(!is_grpc_request(&Method::GET, &headers));
+    }
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        let cases = [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("99999999u", Some(Duration::from_micros(99_999_999))),
+            ("7n", Some(Duration::from_nanos(7))),
+            ("123456789m", None),
+            ("m", None),
+            ("10x", None),
+            ("-1S", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_timeout(&HeaderValue::from_static(text)), expected, "{text}");
+        }
+    }
+}

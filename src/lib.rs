@@ -1,0 +1,40 @@
+//! gatehouse: a per-pod sidecar that makes gRPC service-to-service calls secure without
+//! the services writing any security code.
+//!
+//! It runs next to an application container, terminates TLS (in production mutual TLS),
+//! and hands the application plain HTTP/2 gRPC over a local connection:
+//!
+//! ```text
+//! caller ──mTLS, HTTP/2──▶ gatehouse :12018 ──h2c──▶ app 127.0.0.1:50051
+//!                           │
+//!                           ├─ listener: bounded connections, handshake timeout
+//!                           ├─ tls: verify the client certificate, keep its identity
+//!                           ├─ server: HTTP/2 with explicit limits; non-gRPC gets 415
+//!                           ├─ middleware: Recovery ▶ … ▶ forward (outermost first)
+//!                           └─ upstream: one pooled h2c connection, bodies streamed both ways
+//! ```
+//!
+//! The data flow names the modules: [`listener`] accepts, [`tls`] verifies, [`server`]
+//! speaks HTTP/2, [`middleware`] assembles the chain, [`upstream`] forwards; [`grpc`]
+//! holds the wire vocabulary and builds every refusal, [`body`] carries responses back.
+//!
+//! # Non-goals
+//!
+//! - Outbound (egress) traffic: gatehouse guards calls into its pod, not calls out of it.
+//! - Load balancing across many backends: there is one app, on loopback or a Unix socket.
+//! - HTTP/1.1, gRPC-Web and WebSockets: callers speak HTTP/2 gRPC.
+//! - A control plane: one YAML file is the whole configuration.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod listener;
+pub mod middleware;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;

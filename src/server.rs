@@ -1,0 +1,92 @@
+//! The HTTP/2 server on each accepted connection: explicit protocol settings, the
+//! connection's facts put into every request, and the door check that keeps anything
+//! that is not gRPC out of the middleware chain.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use crate::body::ResponseBody;
+use crate::config::Limits;
+use crate::grpc;
+use crate::middleware::Chain;
+use crate::tls::PeerIdentity;
+
+/// How many streams a client may open and reset before the server has accepted them,
+/// the guard against "rapid reset" floods (CVE-2023-44487). Never disabled.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// How many streams gatehouse may reset for protocol errors on one connection before it
+/// closes the connection, the guard against floods of invalid frames. Never disabled.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// What is known about the connection a request arrived on, in every request's
+/// extensions.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub remote_addr: SocketAddr,
+    /// The verified client certificate's identity; `None` without TLS or without a
+    /// client certificate (`client_auth: optional` or `none`).
+    pub peer: Option<PeerIdentity>,
+}
+
+/// Serves HTTP/2 connections into the middleware chain.
+#[derive(Clone)]
+pub struct Server {
+    builder: http2::Builder<TokioExecutor>,
+    chain: Chain,
+}
+
+impl Server {
+    pub fn new(limits: &Limits, chain: Chain) -> Self {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_header_list_size)
+            .keep_alive_interval(limits.keepalive_interval.get())
+            .keep_alive_timeout(limits.keepalive_timeout.get())
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+        Server { builder, chain }
+    }
+
+    /// The HTTP/2 connection future for one accepted (and, with TLS, handshaken) stream.
+    pub fn serve<I>(&self, io: I, info: ConnectionInfo) -> http2::Connection<TokioIo<I>, Door, TokioExecutor>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let door = Door { chain: self.chain.clone(), info: Arc::new(info) };
+        self.builder.serve_connection(TokioIo::new(io), door)
+    }
+}
+
+/// The per-connection entry point: stamps the connection's facts on the request and lets
+/// only gRPC calls into the chain; anything else gets HTTP 415.
+#[derive(Clone)]
+pub struct Door {
+    chain: Chain,
+    info: Arc<ConnectionInfo>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Door {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Either<<Chain as Service<Request<Incoming>>>::Future, Ready<Result<Response<ResponseBody>, Infallible>>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if !grpc::is_grpc_request(request.method(), request.headers()) {
+            return Either::Right(ready(Ok(grpc::unsupported_media_type())));
+        }
+        request.extensions_mut().insert(self.info.clone());
+        // Every layer is always ready, so calling a clone directly is sound.
+        Either::Left(self.chain.clone().call(request))
+    }
+}

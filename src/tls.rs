@@ -1,0 +1,252 @@
+//! TLS termination: the rustls server configuration built from `tls:`, and the verified
+//! identity of each client certificate.
+//!
+//! Only HTTP/2 is offered (ALPN `h2`), over TLS 1.3 or 1.2. With `client_auth: require`
+//! every caller must present a certificate that chains to `ca_file` and is valid for
+//! client authentication; the handshake fails otherwise, before any HTTP/2 byte is read.
+//! The certificate's identities (URI SANs such as a SPIFFE ID, DNS SANs, subject CN and a
+//! SHA-256 fingerprint) are extracted once per connection for the layers that decide who
+//! is calling.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::{self, ClientAuth, Problem};
+
+/// Builds the server configuration, reading and checking every file `tls:` names. All
+/// problems are reported together, each on its field: a missing file, a file with no
+/// certificate or key in it, a key that does not belong to the certificate.
+pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let certs = read_field("tls.cert_file", tls.cert_file.as_deref(), &mut problems, load_certs);
+    let key = read_field("tls.key_file", tls.key_file.as_deref(), &mut problems, load_key);
+    let roots = match tls.client_auth {
+        ClientAuth::None => None,
+        ClientAuth::Require | ClientAuth::Optional => {
+            read_field("tls.ca_file", tls.ca_file.as_deref(), &mut problems, load_roots)
+        }
+    };
+    let (Some(certs), Some(key), true) = (certs, key, problems.is_empty()) else {
+        return Err(problems);
+    };
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = match roots {
+        None => WebPkiClientVerifier::no_client_auth(),
+        Some(roots) => {
+            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let builder = match tls.client_auth {
+                ClientAuth::Optional => builder.allow_unauthenticated(),
+                _ => builder,
+            };
+            builder
+                .build()
+                .map_err(|error| vec![Problem::new("tls.ca_file", format!("cannot verify clients with it: {error}"))])?
+        }
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|error| {
+            let message = match error {
+                rustls::Error::InconsistentKeys(_) => "does not match the certificate in tls.cert_file".to_owned(),
+                other => format!("unusable with tls.cert_file: {other}"),
+            };
+            vec![Problem::new("tls.key_file", message)]
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_field<T>(
+    field: &str,
+    path: Option<&Path>,
+    problems: &mut Vec<Problem>,
+    read: fn(&Path) -> Result<T, String>,
+) -> Option<T> {
+    let Some(path) = path else {
+        problems.push(Problem::new(field, "required"));
+        return None;
+    };
+    read(path).map_err(|message| problems.push(Problem::new(field, message))).ok()
+}
+
+fn describe_pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+        Error::Io(io) => format!("cannot read {}: {io}", path.display()),
+        Error::NoItemsFound => format!("no PEM item of the expected kind in {}", path.display()),
+        other => format!("not valid PEM: {}: {other}", path.display()),
+    }
+}
+
+/// Reads every certificate from a PEM file, leaf first.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|error| describe_pem_error(path, error))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| describe_pem_error(path, error))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Reads a private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| describe_pem_error(path, error))
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|error| format!("not a usable CA certificate in {}: {error}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Who the client is, as its verified certificate says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// URI SANs, such as `spiffe://cluster.local/ns/prod/sa/gateway`.
+    pub uris: Vec<String>,
+    /// DNS SANs.
+    pub dns_names: Vec<String>,
+    /// The subject's common name, when it has one.
+    pub common_name: Option<String>,
+    /// The subject as a distinguished name (`CN=…,O=…`).
+    pub subject: String,
+    /// Lowercase hex SHA-256 of the certificate's DER encoding.
+    pub sha256: String,
+}
+
+impl PeerIdentity {
+    /// Extracts the identity from a DER certificate that rustls has already verified.
+    pub fn from_der(der: &[u8]) -> Result<PeerIdentity, String> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|error| format!("unparseable client certificate: {error}"))?;
+        let mut identity = PeerIdentity {
+            subject: cert.subject().to_string(),
+            common_name: cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned),
+            sha256: hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+            ..PeerIdentity::default()
+        };
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::URI(uri) => identity.uris.push((*uri).to_owned()),
+                    GeneralName::DNSName(dns) => identity.dns_names.push((*dns).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Ok(identity)
+    }
+
+    /// The SPIFFE ID, if the certificate carries one.
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.uris.iter().map(String::as_str).find(|uri| uri.starts_with("spiffe://"))
+    }
+
+    /// The one name to show for this peer in logs: SPIFFE ID, else first URI or DNS SAN,
+    /// else the common name, else the fingerprint.
+    pub fn name(&self) -> &str {
+        self.spiffe_id()
+            .or(self.uris.first().map(String::as_str))
+            .or(self.dns_names.first().map(String::as_str))
+            .or(self.common_name.as_deref())
+            .unwrap_or(&self.sha256)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        write!(out, "{byte:02x}").expect("writing to a String cannot fail");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_spiffe_id_dns_names_and_common_name() {
+        let pem = include_str!("../certs-dev/client-gateway.crt");
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let identity = PeerIdentity::from_der(&der).unwrap();
+        assert_eq!(identity.spiffe_id(), Some("spiffe://dev.gatehouse/ns/default/sa/gateway"));
+        assert_eq!(identity.name(), "spiffe://dev.gatehouse/ns/default/sa/gateway");
+        assert_eq!(identity.common_name.as_deref(), Some("gateway"));
+        assert_eq!(identity.sha256.len(), 64);
+        assert!(identity.subject.contains("CN=gateway"), "{}", identity.subject);
+    }
+
+    fn dev_tls() -> config::Tls {
+        config::Tls {
+            enabled: true,
+            cert_file: Some("certs-dev/server.crt".into()),
+            key_file: Some("certs-dev/server.key".into()),
+            ca_file: Some("certs-dev/ca.crt".into()),
+            client_auth: ClientAuth::Require,
+        }
+    }
+
+    #[test]
+    fn builds_from_the_development_certificates_with_h2_only() {
+        let config = server_config(&dev_tls()).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
+    }
+
+    #[test]
+    fn reports_every_missing_file_on_its_field() {
+        let mut tls = dev_tls();
+        tls.cert_file = Some("certs-dev/missing.crt".into());
+        tls.ca_file = Some("certs-dev/missing-ca.crt".into());
+        let problems = server_config(&tls).unwrap_err();
+        let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            [
+                "tls.cert_file: no such file: certs-dev/missing.crt",
+                "tls.ca_file: no such file: certs-dev/missing-ca.crt"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_a_key_that_does_not_match_the_certificate() {
+        let mut tls = dev_tls();
+        tls.key_file = Some("certs-dev/client-gateway.key".into());
+        let problems = server_config(&tls).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "tls.key_file");
+        assert!(problems[0].message.contains("does not match"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn rejects_a_file_without_certificates() {
+        let mut tls = dev_tls();
+        tls.cert_file = Some("certs-dev/server.key".into());
+        let problems = server_config(&tls).unwrap_err();
+        assert_eq!(problems[0].field, "tls.cert_file");
+    }
+}

@@ -1,0 +1,330 @@
+//! The plaintext HTTP/2 (h2c) connection to the local app, and the service at the end of
+//! the middleware chain that forwards each call over it.
+//!
+//! One multiplexed connection carries every call; it is opened on first use, and again
+//! when it dies, so an app that restarts is picked up without restarting gatehouse.
+//! Bodies are never buffered: hyper pipes the caller's request body into the app's stream
+//! and the app's response body back, each under HTTP/2 flow control, so a slow reader on
+//! one side back-pressures the writer on the other.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+
+use crate::body::ResponseBody;
+use crate::config;
+use crate::grpc::{self, Code};
+
+type Sender = http2::SendRequest<Incoming>;
+
+/// Where the app listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`, resolved on every connect.
+    Tcp(String),
+    /// A Unix domain socket, written `unix:/path` in the config.
+    Unix(PathBuf),
+}
+
+/// The shared connection to the app.
+pub struct Upstream {
+    target: Target,
+    connect_timeout: Duration,
+    /// Used for `:authority` when the caller sent none.
+    authority: Authority,
+    builder: http2::Builder<TokioExecutor>,
+    /// The live connection. A std mutex is enough: it is held only to clone a handle.
+    current: Mutex<Option<Sender>>,
+    /// Serialises reconnects so a burst of calls after the app restarts opens one
+    /// connection, not one per call.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// Connection-specific headers, which HTTP/2 forbids and a proxy must not pass on.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    CONNECTION,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+impl Upstream {
+    /// Prepares the connection; nothing is dialled until the first call.
+    pub fn new(config: &config::Upstream) -> Self {
+        let target = config.target();
+        let authority = match &target {
+            Target::Tcp(address) => address.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
+            Target::Unix(_) => Authority::from_static("localhost"),
+        };
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(false);
+        Upstream {
+            target,
+            connect_timeout: config.connect_timeout.get(),
+            authority,
+            builder,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Forwards one call and turns every failure into a gRPC status response.
+    pub async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+        let deadline = request
+            .headers()
+            .get(grpc::GRPC_TIMEOUT)
+            .and_then(grpc::parse_timeout)
+            .and_then(|timeout| Instant::now().checked_add(timeout));
+        if let Err(message) = self.prepare(&mut request) {
+            return grpc::status_response(Code::Internal, message);
+        }
+        let exchange = self.send(request);
+        let result = match deadline {
+            // Dropping the exchange on timeout resets the app's stream.
+            Some(at) => match tokio::time::timeout_at(at, exchange).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return grpc::status_response(
+                        Code::DeadlineExceeded,
+                        "deadline exceeded: grpc-timeout ran out before the app answered",
+                    );
+                }
+            },
+            None => exchange.await,
+        };
+        match result {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, ResponseBody::forwarded(body, deadline))
+            }
+            Err((code, message)) => grpc::status_response(code, &message),
+        }
+    }
+
+    /// Points the request at the app: `http` scheme, the caller's `:authority` kept.
+    fn prepare(&self, request: &mut Request<Incoming>) -> Result<(), &'static str> {
+        let mut parts = std::mem::take(request.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        if parts.authority.is_none() {
+            parts.authority = Some(self.authority.clone());
+        }
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| "request path cannot be forwarded")?;
+        strip_hop_by_hop(request.headers_mut());
+        Ok(())
+    }
+
+    /// Sends the request on the live connection, opening one if needed. A request that
+    /// never left gatehouse because the connection had just died is retried once on a new
+    /// connection; one that reached the app is never retried.
+    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, (Code, String)> {
+        let mut sender = self.ready_sender().await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut failed) => match failed.take_message() {
+                Some(request) => {
+                    let mut sender = self.ready_sender().await?;
+                    sender
+                        .send_request(request)
+                        .await
+                        .map_err(|error| status_for_error(&error, "before the app answered"))
+                }
+                None => Err(status_for_error(failed.error(), "before the app answered")),
+            },
+        }
+    }
+
+    async fn ready_sender(&self) -> Result<Sender, (Code, String)> {
+        for _ in 0..2 {
+            let mut sender = match self.live() {
+                Some(sender) => sender,
+                None => self.reconnect().await?,
+            };
+            // A connection that died since it was stored fails here; the next round
+            // dials again.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        Err((Code::Unavailable, "connection to the app keeps closing".to_owned()))
+    }
+
+    fn live(&self) -> Option<Sender> {
+        let current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.as_ref().filter(|sender| !sender.is_closed()).cloned()
+    }
+
+    async fn reconnect(&self) -> Result<Sender, (Code, String)> {
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(sender) = self.live() {
+            return Ok(sender);
+        }
+        let sender = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(sender)) => sender,
+            Ok(Err(message)) => return Err((Code::Unavailable, message)),
+            Err(_) => {
+                return Err((
+                    Code::Unavailable,
+                    format!("app at {} did not accept a connection within {:?}", self.describe(), self.connect_timeout),
+                ));
+            }
+        };
+        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn connect(&self) -> Result<Sender, String> {
+        let unreachable = |error: std::io::Error| format!("app at {} is unreachable: {error}", self.describe());
+        match &self.target {
+            Target::Tcp(address) => {
+                let stream = TcpStream::connect(address.as_str()).await.map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+            Target::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
+                self.handshake(TokioIo::new(stream)).await
+            }
+        }
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Sender, String>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, connection) = self
+            .builder
+            .handshake(io)
+            .await
+            .map_err(|error| format!("HTTP/2 handshake with the app at {} failed: {error}", self.describe()))?;
+        let target = self.describe();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(upstream = %target, "connection to the app closed"),
+                Err(error) => tracing::warn!(upstream = %target, %error, "connection to the app failed"),
+            }
+        });
+        tracing::debug!(upstream = %self.describe(), "connected to the app");
+        Ok(sender)
+    }
+
+    fn describe(&self) -> String {
+        match &self.target {
+            Target::Tcp(address) => address.clone(),
+            Target::Unix(path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+/// Removes connection-specific headers, keeping `te: trailers`, which gRPC requires.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+}
+
+/// The status a caller sees for a failure talking to the app, and why.
+pub fn status_for_error(error: &hyper::Error, when: &str) -> (Code, String) {
+    let h2_error = error
+        .source()
+        .and_then(|source| source.downcast_ref::<h2::Error>());
+    if let Some(h2_error) = h2_error {
+        if h2_error.is_reset() && h2_error.is_remote() {
+            if let Some(reason) = h2_error.reason() {
+                return (grpc::code_for_reset(reason), format!("the app reset the stream {when}: {reason}"));
+            }
+        }
+    }
+    (Code::Unavailable, format!("connection to the app lost {when}: {error}"))
+}
+
+/// The innermost service of the chain: forwards the call to the app.
+#[derive(Clone)]
+pub struct Forward {
+    upstream: Arc<Upstream>,
+    #[cfg(debug_assertions)]
+    panic_probe: bool,
+}
+
+impl Forward {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Forward {
+            upstream,
+            // Debug builds only: lets the end-to-end tests prove that a panic in the
+            // request path becomes INTERNAL. Release builds do not contain this code.
+            #[cfg(debug_assertions)]
+            panic_probe: std::env::var_os("GATEHOUSE_DEBUG_PANIC_PROBE").is_some(),
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Forward {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        #[cfg(debug_assertions)]
+        let panic_requested = self.panic_probe && request.headers().contains_key("x-gatehouse-debug-panic");
+        Box::pin(async move {
+            #[cfg(debug_assertions)]
+            if panic_requested {
+                panic!("panic requested through x-gatehouse-debug-panic");
+            }
+            Ok(upstream.forward(request).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_connection_specific_headers_but_keeps_te_trailers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-custom", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
+        assert_eq!(headers[TE], "trailers");
+        assert_eq!(headers["x-custom"], "kept");
+
+        headers.insert(TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get(TE).is_none());
+    }
+}
