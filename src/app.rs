@@ -45,7 +45,10 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     telemetry::init_logging(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");
@@ -66,9 +69,17 @@ pub fn run(path: &Path) -> ExitCode {
 
 /// Parses, validates and reads every file the configuration names, reporting all
 /// problems at once.
-fn load_with_material(path: &Path) -> Result<(Config, Option<Arc<rustls::ServerConfig>>), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    let invalid = |problems| ConfigError::Invalid { file: path.to_owned(), problems };
+fn load_with_material(
+    path: &Path,
+) -> Result<(Config, Option<Arc<rustls::ServerConfig>>), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |problems| ConfigError::Invalid {
+        file: path.to_owned(),
+        problems,
+    };
     let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
     let mut problems = config.validate();
     let tls = if config.tls.enabled {
@@ -82,7 +93,11 @@ fn load_with_material(path: &Path) -> Result<(Config, Option<Arc<rustls::ServerC
     } else {
         None
     };
-    if problems.is_empty() { Ok((config, tls)) } else { Err(invalid(problems)) }
+    if problems.is_empty() {
+        Ok((config, tls))
+    } else {
+        Err(invalid(problems))
+    }
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by
@@ -100,7 +115,9 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
     let tcp = TcpListener::bind(address)
         .await
         .map_err(|error| format!("listen.address {address}: cannot listen: {error}"))?;
-    let bound = tcp.local_addr().map_err(|error| format!("listen.address {address}: {error}"))?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|error| format!("listen.address {address}: {error}"))?;
 
     let upstream = Arc::new(Upstream::new(&config.upstream));
     let chain = middleware::build(Forward::new(upstream));
@@ -143,7 +160,10 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
 /// Resolves on SIGTERM or SIGINT with the signal's name.
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop gatehouse with SIGKILL");
         return std::future::pending().await;
     };

@@ -65,19 +65,22 @@ fn status_trailers(code: Code, message: &str) -> Frame<Bytes> {
 }
 
 impl Forwarded {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(deadline) = self.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                // Dropping the app's body resets its stream: the app sees the cancellation.
-                self.inner = None;
-                return Poll::Ready(Some(Ok(status_trailers(
-                    Code::DeadlineExceeded,
-                    "deadline exceeded: grpc-timeout ran out while the app was answering",
-                ))));
-            }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // Dropping the app's body resets its stream: the app sees the cancellation.
+            self.inner = None;
+            return Poll::Ready(Some(Ok(status_trailers(
+                Code::DeadlineExceeded,
+                "deadline exceeded: grpc-timeout ran out while the app was answering",
+            ))));
         }
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -88,7 +91,8 @@ impl Forwarded {
             }
             Some(Err(error)) => {
                 self.inner = None;
-                let (code, message) = upstream::status_for_error(&error, "while streaming the response");
+                let (code, message) =
+                    upstream::status_for_error(&error, "while streaming the response");
                 Poll::Ready(Some(Ok(status_trailers(code, &message))))
             }
             None => {
@@ -123,7 +127,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Forwarded(Forwarded { inner: Some(inner), .. }) => inner.size_hint(),
+            Kind::Forwarded(Forwarded {
+                inner: Some(inner), ..
+            }) => inner.size_hint(),
             Kind::Forwarded(_) => SizeHint::with_exact(0),
         }
     }

@@ -58,7 +58,13 @@ fn enabled() -> bool {
 
 impl Default for Tls {
     fn default() -> Self {
-        Tls { enabled: true, cert_file: None, key_file: None, ca_file: None, client_auth: ClientAuth::default() }
+        Tls {
+            enabled: true,
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            client_auth: ClientAuth::default(),
+        }
     }
 }
 
@@ -118,7 +124,10 @@ impl Telemetry {
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry { log_format: LogFormat::default(), log_level: Telemetry::default_log_level() }
+        Telemetry {
+            log_format: LogFormat::default(),
+            log_level: Telemetry::default_log_level(),
+        }
     }
 }
 
@@ -184,8 +193,14 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || format!("invalid duration {text:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\"");
-        let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let invalid = || {
+            format!(
+                "invalid duration {text:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
         let (digits, unit) = text.split_at(split);
         let amount: u64 = digits.parse().map_err(|_| invalid())?;
         let duration = match unit {
@@ -224,7 +239,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem { field: field.into(), message: message.into() }
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -244,11 +262,17 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}", render(file, problems))]
-    Invalid { file: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 fn render(file: &Path, problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems.iter().map(|p| format!("{}: {p}", file.display())).collect();
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {p}", file.display()))
+        .collect();
     lines.join("\n")
 }
 
@@ -268,7 +292,8 @@ impl Config {
         match result {
             Ok(config) => Ok(config),
             Err(error) => {
-                let (path, message) = tracked.unwrap_or_else(|| (".".to_owned(), error.to_string()));
+                let (path, message) =
+                    tracked.unwrap_or_else(|| (".".to_owned(), error.to_string()));
                 Err(problem_at(&path, &message))
             }
         }
@@ -276,12 +301,21 @@ impl Config {
 
     /// Reads and parses the file, then validates it; every problem names `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let invalid = |problems| ConfigError::Invalid { file: path.to_owned(), problems };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |problems| ConfigError::Invalid {
+            file: path.to_owned(),
+            problems,
+        };
         let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
         let problems = config.validate();
-        if problems.is_empty() { Ok(config) } else { Err(invalid(problems)) }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(problems))
+        }
     }
 
     /// Every problem that can be seen without reading other files.
@@ -290,10 +324,16 @@ impl Config {
         let tls = &self.tls;
         if tls.enabled {
             if tls.cert_file.is_none() {
-                problems.push(Problem::new("tls.cert_file", "required when tls.enabled is true"));
+                problems.push(Problem::new(
+                    "tls.cert_file",
+                    "required when tls.enabled is true",
+                ));
             }
             if tls.key_file.is_none() {
-                problems.push(Problem::new("tls.key_file", "required when tls.enabled is true"));
+                problems.push(Problem::new(
+                    "tls.key_file",
+                    "required when tls.enabled is true",
+                ));
             }
             if tls.ca_file.is_none() && tls.client_auth != ClientAuth::None {
                 problems.push(Problem::new(
@@ -306,7 +346,10 @@ impl Config {
             problems.push(Problem::new("upstream.address", message));
         }
         if self.upstream.connect_timeout.get().is_zero() {
-            problems.push(Problem::new("upstream.connect_timeout", "must be longer than 0s"));
+            problems.push(Problem::new(
+                "upstream.connect_timeout",
+                "must be longer than 0s",
+            ));
         }
         if let Err(message) = check_log_level(&self.telemetry.log_level) {
             problems.push(Problem::new("telemetry.log_level", message));
@@ -314,7 +357,10 @@ impl Config {
         let limits = &self.limits;
         let positive = [
             ("limits.max_connections", limits.max_connections as u64),
-            ("limits.max_concurrent_streams", u64::from(limits.max_concurrent_streams)),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(limits.max_concurrent_streams),
+            ),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -322,7 +368,10 @@ impl Config {
             }
         }
         if limits.max_header_list_size < 1024 {
-            problems.push(Problem::new("limits.max_header_list_size", "must be at least 1024 bytes"));
+            problems.push(Problem::new(
+                "limits.max_header_list_size",
+                "must be at least 1024 bytes",
+            ));
         }
         for (field, value) in [
             ("limits.handshake_timeout", limits.handshake_timeout),
@@ -346,7 +395,9 @@ fn problem_at(path: &str, message: &str) -> Problem {
         .map(|(key, _)| key);
     match (unknown, path) {
         (Some(key), "." | "") => Problem::new(key, message),
-        (Some(key), section) if !section.ends_with(key) => Problem::new(format!("{section}.{key}"), message),
+        (Some(key), section) if !section.ends_with(key) => {
+            Problem::new(format!("{section}.{key}"), message)
+        }
         (_, "." | "") => Problem::new("(root)", message),
         _ => Problem::new(path, message),
     }
@@ -356,7 +407,9 @@ fn problem_at(path: &str, message: &str) -> Problem {
 fn check_log_level(directives: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     for directive in directives.split(',').map(str::trim) {
-        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
             return Err(format!(
                 "{directive:?} is not a level: use off, error, warn, info, debug or trace, optionally per module (info,gatehouse::upstream=debug)"
@@ -371,13 +424,19 @@ fn check_upstream_address(address: &str) -> Result<(), String> {
         return if Path::new(path).is_absolute() {
             Ok(())
         } else {
-            Err(format!("{address:?}: a unix socket needs an absolute path, like unix:/run/app.sock"))
+            Err(format!(
+                "{address:?}: a unix socket needs an absolute path, like unix:/run/app.sock"
+            ))
         };
     }
-    let port = address.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+    let port = address
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
     match port {
         Some((host, Ok(port))) if !host.is_empty() && port != 0 => Ok(()),
-        _ => Err(format!("{address:?}: expected host:port (127.0.0.1:50051) or unix:/path")),
+        _ => Err(format!(
+            "{address:?}: expected host:port (127.0.0.1:50051) or unix:/path"
+        )),
     }
 }
 
@@ -401,7 +460,8 @@ upstream: { address: 127.0.0.1:50051 }
 
     #[test]
     fn dev_config_parses_and_validates() {
-        let config = Config::from_yaml(include_str!("../config/dev.yaml")).expect("dev config parses");
+        let config =
+            Config::from_yaml(include_str!("../config/dev.yaml")).expect("dev config parses");
         assert_eq!(config.validate(), vec![]);
     }
 
@@ -409,10 +469,16 @@ upstream: { address: 127.0.0.1:50051 }
     fn defaults_fill_what_is_left_out() {
         let config = Config::from_yaml(MINIMAL).unwrap();
         assert!(config.tls.enabled);
-        assert_eq!(config.upstream.connect_timeout.get(), std::time::Duration::from_secs(1));
+        assert_eq!(
+            config.upstream.connect_timeout.get(),
+            std::time::Duration::from_secs(1)
+        );
         assert_eq!(config.limits.max_concurrent_streams, 100);
         assert_eq!(config.limits.max_header_list_size, 16384);
-        assert_eq!(config.limits.handshake_timeout.get(), std::time::Duration::from_secs(10));
+        assert_eq!(
+            config.limits.handshake_timeout.get(),
+            std::time::Duration::from_secs(10)
+        );
         assert_eq!(config.telemetry.log_format, LogFormat::Logfmt);
     }
 
@@ -434,8 +500,12 @@ upstream: { address: 127.0.0.1:50051 }
             let problem = Config::from_yaml(&text).unwrap_err();
             assert_eq!(problem.field, "limits.drain_timeout", "{value}: {problem}");
         }
-        let config = Config::from_yaml(&format!("{MINIMAL}limits: {{ drain_timeout: 250ms }}\n")).unwrap();
-        assert_eq!(config.limits.drain_timeout.get(), std::time::Duration::from_millis(250));
+        let config =
+            Config::from_yaml(&format!("{MINIMAL}limits: {{ drain_timeout: 250ms }}\n")).unwrap();
+        assert_eq!(
+            config.limits.drain_timeout.get(),
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]
@@ -446,7 +516,12 @@ upstream: { address: localhost, connect_timeout: 0s }
 telemetry: { log_level: loud }
 limits: { max_connections: 0, max_header_list_size: 10 }
 ";
-        let fields: Vec<String> = Config::from_yaml(text).unwrap().validate().into_iter().map(|p| p.field).collect();
+        let fields: Vec<String> = Config::from_yaml(text)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
         assert_eq!(
             fields,
             [
@@ -471,6 +546,9 @@ upstream: { address: unix:/run/app.sock }
 ";
         let config = Config::from_yaml(text).unwrap();
         assert_eq!(config.validate(), vec![]);
-        assert_eq!(config.upstream.target(), Target::Unix("/run/app.sock".into()));
+        assert_eq!(
+            config.upstream.target(),
+            Target::Unix("/run/app.sock".into())
+        );
     }
 }

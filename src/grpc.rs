@@ -230,8 +230,14 @@ mod tests {
             assert_eq!(value.to_str().unwrap(), number.to_string());
             assert_eq!(Code::from_header(&value), *code);
         }
-        assert_eq!(Code::from_header(&HeaderValue::from_static("17")), Code::Unknown);
-        assert_eq!(Code::from_header(&HeaderValue::from_static("x")), Code::Unknown);
+        assert_eq!(
+            Code::from_header(&HeaderValue::from_static("17")),
+            Code::Unknown
+        );
+        assert_eq!(
+            Code::from_header(&HeaderValue::from_static("x")),
+            Code::Unknown
+        );
     }
 
     #[test]
@@ -274,7 +280,11 @@ mod tests {
             ("application/json", false),
         ] {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(value));
-            assert_eq!(is_grpc_request(&Method::POST, &headers), expected, "{value}");
+            assert_eq!(
+                is_grpc_request(&Method::POST, &headers),
+                expected,
+                "{value}"
+            );
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         assert!(!is_grpc_request(&Method::GET, &headers));
@@ -296,7 +306,11 @@ mod tests {
             ("", None),
         ];
         for (text, expected) in cases {
-            assert_eq!(parse_timeout(&HeaderValue::from_static(text)), expected, "{text}");
+            assert_eq!(
+                parse_timeout(&HeaderValue::from_static(text)),
+                expected,
+                "{text}"
+            );
         }
     }
 }

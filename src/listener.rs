@@ -25,7 +25,12 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(tcp: TcpListener, tls: Option<TlsAcceptor>, server: Server, limits: &Limits) -> Self {
+    pub fn new(
+        tcp: TcpListener,
+        tls: Option<TlsAcceptor>,
+        server: Server,
+        limits: &Limits,
+    ) -> Self {
         Listener {
             tcp,
             tls,
@@ -91,7 +96,10 @@ impl Connection {
     async fn serve(mut self) {
         let remote_addr = self.remote_addr;
         let Some(acceptor) = self.tls.take() else {
-            let info = ConnectionInfo { remote_addr, peer: None };
+            let info = ConnectionInfo {
+                remote_addr,
+                peer: None,
+            };
             let served = self.watcher.watch(self.server.serve(self.tcp, info)).await;
             log_connection_end(remote_addr, served);
             return;
@@ -106,7 +114,12 @@ impl Connection {
             Ok(Err(error)) => return handshake_failed(remote_addr, &error.to_string()),
             Err(_) => return handshake_failed(remote_addr, "timed out (limits.handshake_timeout)"),
         };
-        let peer = match stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()) {
+        let peer = match stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+        {
             None => None,
             Some(der) => match PeerIdentity::from_der(der) {
                 Ok(identity) => Some(identity),
@@ -130,7 +143,9 @@ fn log_connection_end(remote_addr: SocketAddr, served: Result<(), hyper::Error>)
 static LAST_HANDSHAKE_LOG: AtomicU64 = AtomicU64::new(0);
 
 fn handshake_failed(remote_addr: SocketAddr, reason: &str) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
     if LAST_HANDSHAKE_LOG.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(remote = %remote_addr, reason, "TLS handshake failed");
     } else {

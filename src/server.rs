@@ -59,11 +59,18 @@ impl Server {
     }
 
     /// The HTTP/2 connection future for one accepted (and, with TLS, handshaken) stream.
-    pub fn serve<I>(&self, io: I, info: ConnectionInfo) -> http2::Connection<TokioIo<I>, Door, TokioExecutor>
+    pub fn serve<I>(
+        &self,
+        io: I,
+        info: ConnectionInfo,
+    ) -> http2::Connection<TokioIo<I>, Door, TokioExecutor>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let door = Door { chain: self.chain.clone(), info: Arc::new(info) };
+        let door = Door {
+            chain: self.chain.clone(),
+            info: Arc::new(info),
+        };
         self.builder.serve_connection(TokioIo::new(io), door)
     }
 }
@@ -79,7 +86,10 @@ pub struct Door {
 impl hyper::service::Service<Request<Incoming>> for Door {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Either<<Chain as Service<Request<Incoming>>>::Future, Ready<Result<Response<ResponseBody>, Infallible>>>;
+    type Future = Either<
+        <Chain as Service<Request<Incoming>>>::Future,
+        Ready<Result<Response<ResponseBody>, Infallible>>,
+    >;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if !grpc::is_grpc_request(request.method(), request.headers()) {

@@ -17,13 +17,24 @@ use crate::config::{LogFormat, Telemetry};
 
 /// Installs the global logger. The level string was checked by `Config::validate`.
 pub fn init_logging(telemetry: &Telemetry) {
-    let filter: Targets = telemetry.log_level.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let filter: Targets = telemetry
+        .log_level
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     let registry = tracing_subscriber::registry().with(filter);
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stdout).with_ansi(false);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stdout)
+        .with_ansi(false);
     let installed = match telemetry.log_format {
         LogFormat::Logfmt => registry.with(layer.event_format(Logfmt)).try_init(),
         LogFormat::Json => registry
-            .with(layer.json().flatten_event(true).with_current_span(false).with_span_list(false))
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
             .try_init(),
     };
     // A second initialisation (only possible in tests) keeps the first logger.
@@ -38,12 +49,28 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, _: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        write!(writer, "ts={} level={}", Timestamp(SystemTime::now()), event.metadata().level())?;
+    fn format_event(
+        &self,
+        _: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(
+            writer,
+            "ts={} level={}",
+            Timestamp(SystemTime::now()),
+            event.metadata().level()
+        )?;
         let mut line = String::with_capacity(128);
         // The message first, whatever order the fields were declared in.
-        event.record(&mut Fields { line: &mut line, message: true });
-        event.record(&mut Fields { line: &mut line, message: false });
+        event.record(&mut Fields {
+            line: &mut line,
+            message: true,
+        });
+        event.record(&mut Fields {
+            line: &mut line,
+            message: false,
+        });
         writeln!(writer, "{line}")
     }
 }
@@ -83,7 +110,10 @@ impl Visit for Fields<'_> {
 /// Writes a value bare when it can be, quoted and escaped when it has spaces, quotes,
 /// `=` or control characters (or is empty).
 fn push_value(line: &mut String, value: &str) {
-    let bare = !value.is_empty() && value.chars().all(|c| c > ' ' && c != '"' && c != '=' && c != '\u{7f}');
+    let bare = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c > ' ' && c != '"' && c != '=' && c != '\u{7f}');
     if bare {
         line.push_str(value);
         return;
@@ -146,14 +176,20 @@ mod tests {
             push_value(&mut line, value);
             line.push('|');
         }
-        assert_eq!(line, r#"plain|"two words"|""|"a=b"|"say \"hi\""|"line\nbreak"|"#);
+        assert_eq!(
+            line,
+            r#"plain|"two words"|""|"a=b"|"say \"hi\""|"line\nbreak"|"#
+        );
     }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let at = UNIX_EPOCH + Duration::from_millis(1_795_600_000_123);
         assert_eq!(Timestamp(at).to_string(), "2026-11-25T09:46:40.123Z");
-        assert_eq!(Timestamp(UNIX_EPOCH).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            Timestamp(UNIX_EPOCH).to_string(),
+            "1970-01-01T00:00:00.000Z"
+        );
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(Timestamp(leap).to_string(), "2000-02-29T00:00:00.000Z");
     }

@@ -26,13 +26,26 @@ use crate::config::{self, ClientAuth, Problem};
 /// certificate or key in it, a key that does not belong to the certificate.
 pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem>> {
     let mut problems = Vec::new();
-    let certs = read_field("tls.cert_file", tls.cert_file.as_deref(), &mut problems, load_certs);
-    let key = read_field("tls.key_file", tls.key_file.as_deref(), &mut problems, load_key);
+    let certs = read_field(
+        "tls.cert_file",
+        tls.cert_file.as_deref(),
+        &mut problems,
+        load_certs,
+    );
+    let key = read_field(
+        "tls.key_file",
+        tls.key_file.as_deref(),
+        &mut problems,
+        load_key,
+    );
     let roots = match tls.client_auth {
         ClientAuth::None => None,
-        ClientAuth::Require | ClientAuth::Optional => {
-            read_field("tls.ca_file", tls.ca_file.as_deref(), &mut problems, load_roots)
-        }
+        ClientAuth::Require | ClientAuth::Optional => read_field(
+            "tls.ca_file",
+            tls.ca_file.as_deref(),
+            &mut problems,
+            load_roots,
+        ),
     };
     let (Some(certs), Some(key), true) = (certs, key, problems.is_empty()) else {
         return Err(problems);
@@ -42,14 +55,18 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
     let verifier = match roots {
         None => WebPkiClientVerifier::no_client_auth(),
         Some(roots) => {
-            let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             let builder = match tls.client_auth {
                 ClientAuth::Optional => builder.allow_unauthenticated(),
                 _ => builder,
             };
-            builder
-                .build()
-                .map_err(|error| vec![Problem::new("tls.ca_file", format!("cannot verify clients with it: {error}"))])?
+            builder.build().map_err(|error| {
+                vec![Problem::new(
+                    "tls.ca_file",
+                    format!("cannot verify clients with it: {error}"),
+                )]
+            })?
         }
     };
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -59,7 +76,9 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
         .with_single_cert(certs, key)
         .map_err(|error| {
             let message = match error {
-                rustls::Error::InconsistentKeys(_) => "does not match the certificate in tls.cert_file".to_owned(),
+                rustls::Error::InconsistentKeys(_) => {
+                    "does not match the certificate in tls.cert_file".to_owned()
+                }
                 other => format!("unusable with tls.cert_file: {other}"),
             };
             vec![Problem::new("tls.key_file", message)]
@@ -78,13 +97,17 @@ fn read_field<T>(
         problems.push(Problem::new(field, "required"));
         return None;
     };
-    read(path).map_err(|message| problems.push(Problem::new(field, message))).ok()
+    read(path)
+        .map_err(|message| problems.push(Problem::new(field, message)))
+        .ok()
 }
 
 fn describe_pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error;
     match error {
-        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+        Error::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("no such file: {}", path.display())
+        }
         Error::Io(io) => format!("cannot read {}: {io}", path.display()),
         Error::NoItemsFound => format!("no PEM item of the expected kind in {}", path.display()),
         other => format!("not valid PEM: {}: {other}", path.display()),
@@ -111,9 +134,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots
-            .add(cert)
-            .map_err(|error| format!("not a usable CA certificate in {}: {error}", path.display()))?;
+        roots.add(cert).map_err(|error| {
+            format!("not a usable CA certificate in {}: {error}", path.display())
+        })?;
     }
     Ok(roots)
 }
@@ -136,7 +159,8 @@ pub struct PeerIdentity {
 impl PeerIdentity {
     /// Extracts the identity from a DER certificate that rustls has already verified.
     pub fn from_der(der: &[u8]) -> Result<PeerIdentity, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|error| format!("unparseable client certificate: {error}"))?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|error| format!("unparseable client certificate: {error}"))?;
         let mut identity = PeerIdentity {
             subject: cert.subject().to_string(),
             common_name: cert
@@ -162,7 +186,10 @@ impl PeerIdentity {
 
     /// The SPIFFE ID, if the certificate carries one.
     pub fn spiffe_id(&self) -> Option<&str> {
-        self.uris.iter().map(String::as_str).find(|uri| uri.starts_with("spiffe://"))
+        self.uris
+            .iter()
+            .map(String::as_str)
+            .find(|uri| uri.starts_with("spiffe://"))
     }
 
     /// The one name to show for this peer in logs: SPIFFE ID, else first URI or DNS SAN,
@@ -193,11 +220,21 @@ mod tests {
         let pem = include_str!("../certs-dev/client-gateway.crt");
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
         let identity = PeerIdentity::from_der(&der).unwrap();
-        assert_eq!(identity.spiffe_id(), Some("spiffe://dev.gatehouse/ns/default/sa/gateway"));
-        assert_eq!(identity.name(), "spiffe://dev.gatehouse/ns/default/sa/gateway");
+        assert_eq!(
+            identity.spiffe_id(),
+            Some("spiffe://dev.gatehouse/ns/default/sa/gateway")
+        );
+        assert_eq!(
+            identity.name(),
+            "spiffe://dev.gatehouse/ns/default/sa/gateway"
+        );
         assert_eq!(identity.common_name.as_deref(), Some("gateway"));
         assert_eq!(identity.sha256.len(), 64);
-        assert!(identity.subject.contains("CN=gateway"), "{}", identity.subject);
+        assert!(
+            identity.subject.contains("CN=gateway"),
+            "{}",
+            identity.subject
+        );
     }
 
     fn dev_tls() -> config::Tls {
@@ -239,7 +276,11 @@ mod tests {
         let problems = server_config(&tls).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].field, "tls.key_file");
-        assert!(problems[0].message.contains("does not match"), "{}", problems[0]);
+        assert!(
+            problems[0].message.contains("does not match"),
+            "{}",
+            problems[0]
+        );
     }
 
     #[test]

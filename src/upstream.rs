@@ -68,7 +68,9 @@ impl Upstream {
     pub fn new(config: &config::Upstream) -> Self {
         let target = config.target();
         let authority = match &target {
-            Target::Tcp(address) => address.parse().unwrap_or_else(|_| Authority::from_static("localhost")),
+            Target::Tcp(address) => address
+                .parse()
+                .unwrap_or_else(|_| Authority::from_static("localhost")),
             Target::Unix(_) => Authority::from_static("localhost"),
         };
         let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -128,7 +130,8 @@ impl Upstream {
         if parts.authority.is_none() {
             parts.authority = Some(self.authority.clone());
         }
-        *request.uri_mut() = Uri::from_parts(parts).map_err(|_| "request path cannot be forwarded")?;
+        *request.uri_mut() =
+            Uri::from_parts(parts).map_err(|_| "request path cannot be forwarded")?;
         strip_hop_by_hop(request.headers_mut());
         Ok(())
     }
@@ -165,12 +168,21 @@ impl Upstream {
                 return Ok(sender);
             }
         }
-        Err((Code::Unavailable, "connection to the app keeps closing".to_owned()))
+        Err((
+            Code::Unavailable,
+            "connection to the app keeps closing".to_owned(),
+        ))
     }
 
     fn live(&self) -> Option<Sender> {
-        let current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        current.as_ref().filter(|sender| !sender.is_closed()).cloned()
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned()
     }
 
     async fn reconnect(&self) -> Result<Sender, (Code, String)> {
@@ -184,19 +196,29 @@ impl Upstream {
             Err(_) => {
                 return Err((
                     Code::Unavailable,
-                    format!("app at {} did not accept a connection within {:?}", self.describe(), self.connect_timeout),
+                    format!(
+                        "app at {} did not accept a connection within {:?}",
+                        self.describe(),
+                        self.connect_timeout
+                    ),
                 ));
             }
         };
-        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
         Ok(sender)
     }
 
     async fn connect(&self) -> Result<Sender, String> {
-        let unreachable = |error: std::io::Error| format!("app at {} is unreachable: {error}", self.describe());
+        let unreachable =
+            |error: std::io::Error| format!("app at {} is unreachable: {error}", self.describe());
         match &self.target {
             Target::Tcp(address) => {
-                let stream = TcpStream::connect(address.as_str()).await.map_err(unreachable)?;
+                let stream = TcpStream::connect(address.as_str())
+                    .await
+                    .map_err(unreachable)?;
                 stream.set_nodelay(true).map_err(unreachable)?;
                 self.handshake(TokioIo::new(stream)).await
             }
@@ -211,16 +233,19 @@ impl Upstream {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (sender, connection) = self
-            .builder
-            .handshake(io)
-            .await
-            .map_err(|error| format!("HTTP/2 handshake with the app at {} failed: {error}", self.describe()))?;
+        let (sender, connection) = self.builder.handshake(io).await.map_err(|error| {
+            format!(
+                "HTTP/2 handshake with the app at {} failed: {error}",
+                self.describe()
+            )
+        })?;
         let target = self.describe();
         tokio::spawn(async move {
             match connection.await {
                 Ok(()) => tracing::debug!(upstream = %target, "connection to the app closed"),
-                Err(error) => tracing::warn!(upstream = %target, %error, "connection to the app failed"),
+                Err(error) => {
+                    tracing::warn!(upstream = %target, %error, "connection to the app failed")
+                }
             }
         });
         tracing::debug!(upstream = %self.describe(), "connected to the app");
@@ -250,14 +275,20 @@ pub fn status_for_error(error: &hyper::Error, when: &str) -> (Code, String) {
     let h2_error = error
         .source()
         .and_then(|source| source.downcast_ref::<h2::Error>());
-    if let Some(h2_error) = h2_error {
-        if h2_error.is_reset() && h2_error.is_remote() {
-            if let Some(reason) = h2_error.reason() {
-                return (grpc::code_for_reset(reason), format!("the app reset the stream {when}: {reason}"));
-            }
-        }
+    if let Some(h2_error) = h2_error
+        && h2_error.is_reset()
+        && h2_error.is_remote()
+        && let Some(reason) = h2_error.reason()
+    {
+        return (
+            grpc::code_for_reset(reason),
+            format!("the app reset the stream {when}: {reason}"),
+        );
     }
-    (Code::Unavailable, format!("connection to the app lost {when}: {error}"))
+    (
+        Code::Unavailable,
+        format!("connection to the app lost {when}: {error}"),
+    )
 }
 
 /// The innermost service of the chain: forwards the call to the app.
@@ -292,7 +323,8 @@ impl tower::Service<Request<Incoming>> for Forward {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let upstream = self.upstream.clone();
         #[cfg(debug_assertions)]
-        let panic_requested = self.panic_probe && request.headers().contains_key("x-gatehouse-debug-panic");
+        let panic_requested =
+            self.panic_probe && request.headers().contains_key("x-gatehouse-debug-panic");
         Box::pin(async move {
             #[cfg(debug_assertions)]
             if panic_requested {

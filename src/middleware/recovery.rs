@@ -71,7 +71,9 @@ where
         let uri = request.uri().clone();
         match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
             Ok(future) => RecoveryFuture::Running { future, uri },
-            Err(panic) => RecoveryFuture::Panicked { response: Some(recovered(&uri, panic.as_ref())) },
+            Err(panic) => RecoveryFuture::Panicked {
+                response: Some(recovered(&uri, panic.as_ref())),
+            },
         }
     }
 }
@@ -93,13 +95,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            RecoveryProj::Running { future, uri } => match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                Ok(poll) => poll,
-                Err(panic) => Poll::Ready(Ok(recovered(uri, panic.as_ref()))),
-            },
-            RecoveryProj::Panicked { response } => {
-                Poll::Ready(Ok(response.take().expect("RecoveryFuture polled after completion")))
+            RecoveryProj::Running { future, uri } => {
+                match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                    Ok(poll) => poll,
+                    Err(panic) => Poll::Ready(Ok(recovered(uri, panic.as_ref()))),
+                }
             }
+            RecoveryProj::Panicked { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("RecoveryFuture polled after completion"))),
         }
     }
 }
@@ -110,7 +114,11 @@ fn recovered(uri: &Uri, panic: &(dyn Any + Send)) -> Response<ResponseBody> {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload");
-    tracing::error!(method = uri.path(), panic = reason, "panic while handling a call; answered INTERNAL");
+    tracing::error!(
+        method = uri.path(),
+        panic = reason,
+        "panic while handling a call; answered INTERNAL"
+    );
     grpc::status_response(Code::Internal, "internal error in gatehouse")
 }
 
@@ -123,16 +131,20 @@ mod tests {
         Request::post("/pkg.Svc/Method").body(()).unwrap()
     }
 
-    async fn answer(service: &mut impl Service<Request<()>, Response = Response<ResponseBody>, Error = Infallible>) -> String {
+    async fn answer(
+        service: &mut impl Service<Request<()>, Response = Response<ResponseBody>, Error = Infallible>,
+    ) -> String {
         let response = service.call(request()).await.unwrap();
         response.headers()[GRPC_STATUS].to_str().unwrap().to_owned()
     }
 
     #[tokio::test]
     async fn panic_in_call_becomes_internal() {
-        let mut service = RecoveryLayer::new().layer(tower::service_fn(|_: Request<()>| -> std::future::Ready<Result<Response<ResponseBody>, Infallible>> {
-            panic!("boom in call")
-        }));
+        let mut service = RecoveryLayer::new().layer(tower::service_fn(
+            |_: Request<()>| -> std::future::Ready<Result<Response<ResponseBody>, Infallible>> {
+                panic!("boom in call")
+            },
+        ));
         assert_eq!(answer(&mut service).await, "13");
     }
 
@@ -151,8 +163,9 @@ mod tests {
 
     #[tokio::test]
     async fn passes_responses_through_untouched() {
-        let mut service = RecoveryLayer::new()
-            .layer(tower::service_fn(|_: Request<()>| async { Ok(grpc::status_response(Code::NotFound, "nope")) }));
+        let mut service = RecoveryLayer::new().layer(tower::service_fn(|_: Request<()>| async {
+            Ok(grpc::status_response(Code::NotFound, "nope"))
+        }));
         assert_eq!(answer(&mut service).await, "5");
     }
 }

@@ -18,7 +18,7 @@ pub struct EchoReply {
     #[prost(uint32, tag = "3")]
     pub sequence: u32,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CountdownRequest {
     #[prost(uint32, tag = "1")]
     pub count: u32,
@@ -27,6 +27,12 @@ pub struct CountdownRequest {
     /// Pause between messages, for callers that want to cancel mid-stream.
     #[prost(uint32, tag = "3")]
     pub interval_millis: u32,
+    /// After the last reply, end with this status (0 = OK) and message. The status comes
+    /// in real trailers, with the trailer `x-demo-trailer: countdown`.
+    #[prost(int32, tag = "4")]
+    pub end_code: i32,
+    #[prost(string, tag = "5")]
+    pub end_message: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CollectReply {
@@ -58,9 +64,6 @@ pub struct FailRequest {
     pub code: i32,
     #[prost(string, tag = "2")]
     pub message: ::prost::alloc::string::String,
-    /// Replies sent before the status, so the status arrives in real trailers.
-    #[prost(uint32, tag = "3")]
-    pub replies_before: u32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WaitRequest {
@@ -270,7 +273,8 @@ pub mod demo_client {
                 .insert(GrpcMethod::new("gatehouse.demo.v1.Demo", "Inspect"));
             self.inner.unary(req, path, codec).await
         }
-        /// Ends with the status code and message the caller asks for.
+        /// Ends with the status code and message the caller asks for, trailers-only, with
+        /// the metadata `x-demo-trailer: fail`.
         pub async fn fail(
             &mut self,
             request: impl tonic::IntoRequest<super::FailRequest>,
@@ -391,7 +395,8 @@ pub mod demo_server {
             &self,
             request: tonic::Request<super::InspectRequest>,
         ) -> std::result::Result<tonic::Response<super::InspectReply>, tonic::Status>;
-        /// Ends with the status code and message the caller asks for.
+        /// Ends with the status code and message the caller asks for, trailers-only, with
+        /// the metadata `x-demo-trailer: fail`.
         async fn fail(
             &self,
             request: tonic::Request<super::FailRequest>,

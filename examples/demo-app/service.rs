@@ -1,0 +1,335 @@
+//! The demo app that runs behind gatehouse: `gatehouse.demo.v1.Demo` (all four gRPC call
+//! kinds, plus RPCs that show what the app received and return chosen statuses),
+//! `grpc.health.v1` and server reflection, so grpcurl works without proto files.
+//!
+//! Shared by the `demo-app` example binary and the end-to-end tests, which run this same
+//! code in-process so they can watch what the app observed (cancellations above all).
+//! It is served with a bare HTTP/2 server on purpose: it does not enforce `grpc-timeout`
+//! itself, like many real apps, so a deadline that ends a call was enforced by gatehouse.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt, stream};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tonic::metadata::{KeyAndValueRef, MetadataMap, MetadataValue};
+use tonic::{Request, Response, Status, Streaming};
+
+pub mod pb {
+    include!("generated/gatehouse.demo.v1.rs");
+    /// The encoded descriptors of `demo.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/demo_descriptor.bin");
+}
+
+use pb::demo_server::{Demo, DemoServer};
+use pb::*;
+
+/// What the app has observed, shared with whoever started it.
+#[derive(Debug, Default)]
+pub struct Observed {
+    cancelled: AtomicU64,
+    waits_started: AtomicU64,
+    changed: Notify,
+}
+
+impl Observed {
+    /// Calls whose caller (or gatehouse) went away before the app finished them.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// `Wait` calls that reached the app.
+    pub fn waits_started(&self) -> u64 {
+        self.waits_started.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `condition` holds, at most `limit`; false if it never did.
+    pub async fn wait_until(&self, limit: Duration, condition: impl Fn(&Observed) -> bool) -> bool {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if condition(self) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
+/// Counts a cancellation when dropped before [`CancelGuard::finish`].
+struct CancelGuard {
+    observed: Arc<Observed>,
+    finished: bool,
+}
+
+impl CancelGuard {
+    fn new(observed: &Arc<Observed>) -> Self {
+        CancelGuard {
+            observed: observed.clone(),
+            finished: false,
+        }
+    }
+
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.observed.cancelled.fetch_add(1, Ordering::SeqCst);
+            self.observed.changed.notify_waiters();
+        }
+    }
+}
+
+/// The `gatehouse.demo.v1.Demo` implementation.
+#[derive(Clone, Debug, Default)]
+pub struct DemoService {
+    pub observed: Arc<Observed>,
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
+
+fn payload(size: u32, otherwise: Vec<u8>) -> Vec<u8> {
+    if size > 0 {
+        vec![b'x'; size as usize]
+    } else {
+        otherwise
+    }
+}
+
+/// Request metadata starting with `x-echo-` comes back as response metadata.
+fn echo_metadata(request: &MetadataMap, response: &mut MetadataMap) {
+    for entry in request.iter() {
+        match entry {
+            KeyAndValueRef::Ascii(key, value) if key.as_str().starts_with("x-echo-") => {
+                response.insert(key.clone(), value.clone());
+            }
+            KeyAndValueRef::Binary(key, value) if key.as_str().starts_with("x-echo-") => {
+                response.insert_bin(key.clone(), value.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Demo for DemoService {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let mut response = Response::new(EchoReply {
+            payload: payload(message.reply_size, message.payload),
+            message: message.message,
+            sequence: 0,
+        });
+        echo_metadata(&metadata, response.metadata_mut());
+        Ok(response)
+    }
+
+    type CountdownStream = ReplyStream;
+
+    async fn countdown(
+        &self,
+        request: Request<CountdownRequest>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let request = request.into_inner();
+        let guard = CancelGuard::new(&self.observed);
+        let replies = stream::unfold((0u32, Some(guard)), move |(sequence, guard)| {
+            let request = request.clone();
+            async move {
+                let guard = guard?;
+                if sequence == request.count {
+                    guard.finish();
+                    if request.end_code == 0 {
+                        return None;
+                    }
+                    let mut status =
+                        Status::new(request.end_code.into(), request.end_message.clone());
+                    status
+                        .metadata_mut()
+                        .insert("x-demo-trailer", MetadataValue::from_static("countdown"));
+                    return Some((Err(status), (sequence, None)));
+                }
+                if request.interval_millis > 0 {
+                    tokio::time::sleep(Duration::from_millis(request.interval_millis.into())).await;
+                }
+                let reply = EchoReply {
+                    message: format!("{}", request.count - sequence),
+                    payload: vec![b'x'; request.payload_size as usize],
+                    sequence,
+                };
+                Some((Ok(reply), (sequence + 1, Some(guard))))
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn collect(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<CollectReply>, Status> {
+        let guard = CancelGuard::new(&self.observed);
+        let mut inbound = request.into_inner();
+        let mut reply = CollectReply::default();
+        while let Some(message) = inbound.message().await? {
+            reply.count += 1;
+            reply.payload_bytes += message.payload.len() as u64;
+            reply.last_message = message.message;
+        }
+        guard.finish();
+        Ok(Response::new(reply))
+    }
+
+    type ChatStream = ReplyStream;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let guard = CancelGuard::new(&self.observed);
+        let inbound = request.into_inner();
+        let replies = stream::unfold(
+            (inbound, 0u32, Some(guard)),
+            |(mut inbound, sequence, guard)| async move {
+                let guard = guard?;
+                match inbound.next().await {
+                    Some(Ok(message)) => {
+                        let reply = EchoReply {
+                            payload: payload(message.reply_size, message.payload),
+                            message: message.message,
+                            sequence,
+                        };
+                        Some((Ok(reply), (inbound, sequence + 1, Some(guard))))
+                    }
+                    Some(Err(status)) => Some((Err(status), (inbound, sequence, None))),
+                    None => {
+                        guard.finish();
+                        None
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
+
+    async fn inspect(
+        &self,
+        request: Request<InspectRequest>,
+    ) -> Result<Response<InspectReply>, Status> {
+        let metadata = request
+            .metadata()
+            .iter()
+            .map(|entry| match entry {
+                KeyAndValueRef::Ascii(key, value) => MetadataEntry {
+                    key: key.to_string(),
+                    value: value.to_str().unwrap_or("<not visible ASCII>").to_owned(),
+                },
+                KeyAndValueRef::Binary(key, value) => MetadataEntry {
+                    key: key.to_string(),
+                    value: String::from_utf8_lossy(value.as_encoded_bytes()).into_owned(),
+                },
+            })
+            .collect();
+        Ok(Response::new(InspectReply { metadata }))
+    }
+
+    async fn fail(&self, request: Request<FailRequest>) -> Result<Response<EchoReply>, Status> {
+        let request = request.into_inner();
+        let mut status = Status::new(request.code.into(), request.message);
+        status
+            .metadata_mut()
+            .insert("x-demo-trailer", MetadataValue::from_static("fail"));
+        Err(status)
+    }
+
+    async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<EchoReply>, Status> {
+        let guard = CancelGuard::new(&self.observed);
+        self.observed.waits_started.fetch_add(1, Ordering::SeqCst);
+        self.observed.changed.notify_waiters();
+        let millis = request.into_inner().millis;
+        tokio::time::sleep(Duration::from_millis(millis.into())).await;
+        guard.finish();
+        Ok(Response::new(EchoReply {
+            message: format!("waited {millis}ms"),
+            ..EchoReply::default()
+        }))
+    }
+
+    async fn cancellations(
+        &self,
+        _: Request<CancellationsRequest>,
+    ) -> Result<Response<CancellationsReply>, Status> {
+        Ok(Response::new(CancellationsReply {
+            cancelled: self.observed.cancelled(),
+        }))
+    }
+}
+
+/// The demo service, health and reflection, routed by gRPC path.
+pub async fn routes(service: DemoService) -> tonic::service::Routes {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<DemoServer<DemoService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the demo descriptors are valid");
+    // grpcurl 1.8 asks for the v1alpha reflection service.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the demo descriptors are valid");
+    tonic::service::Routes::new(DemoServer::new(service))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+}
+
+/// Serves the demo app on `listener` (plaintext HTTP/2) until `stop` resolves; then every
+/// open connection is closed at once, as when an app process dies.
+pub async fn serve(listener: TcpListener, service: DemoService, stop: impl Future<Output = ()>) {
+    let routes = routes(service).await;
+    let mut connections = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = &mut stop => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(routes.clone());
+        connections.spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+        // Reap finished connections so a long-running app does not accumulate handles.
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Binds `address` (port 0 for any free port) and returns the bound address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the built `gatehouse` binary, on loopback sockets, between real
+//! clients (a Rust gRPC client with a client certificate, and grpcurl) and the demo app.
+//! One test binary, so the suite links once.
+
+mod support;
+
+mod cli;
+mod forwarding;
+mod grpcurl;
+mod refusals;
+mod shutdown;
+mod upstream_failures;

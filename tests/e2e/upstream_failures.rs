@@ -1,0 +1,209 @@
+//! When the app is down, dies, is slow or loses its caller, the caller gets the right
+//! gRPC status at once and the app's stream is cancelled.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use crate::support::pb::*;
+use crate::support::*;
+
+/// Sends `grpc-timeout` as plain metadata; with [`bare_client`] no client timer races
+/// gatehouse's.
+fn only_gatehouse_enforces<T>(request: &mut tonic::Request<T>, timeout: &'static str) {
+    request.metadata_mut().insert(
+        "grpc-timeout",
+        tonic::metadata::MetadataValue::from_static(timeout),
+    );
+}
+
+/// A loopback port with nothing listening on it.
+async fn free_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_down_is_unavailable_at_once_and_app_back_is_served_without_restart() {
+    let app_addr = free_port().await;
+    let gatehouse = Gatehouse::start(&dev_config(app_addr));
+    let mut client = client(gatehouse.addr).await;
+
+    // The caller's deadline is far away: UNAVAILABLE (not DEADLINE_EXCEEDED) shows that
+    // gatehouse answered at once instead of hanging.
+    let mut request = tonic::Request::new(EchoRequest::default());
+    request.set_timeout(Duration::from_secs(60));
+    let status = client.echo(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("unreachable"), "{status:?}");
+
+    let app = App::start_on(app_addr, Default::default()).await;
+    let reply = client
+        .echo(EchoRequest {
+            message: "back".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "back");
+
+    // And again after the app restarts while gatehouse holds a connection to it.
+    app.kill().await;
+    let status = client.echo(EchoRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let _app = App::start_on(app_addr, Default::default()).await;
+    let reply = client
+        .echo(EchoRequest {
+            message: "back again".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "back again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_dying_mid_stream_ends_the_call_with_an_error_not_ok() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let mut client = client(gatehouse.addr).await;
+    let request = CountdownRequest {
+        count: 10_000,
+        interval_millis: 5,
+        ..Default::default()
+    };
+    let mut stream = client.countdown(request).await.unwrap().into_inner();
+    for _ in 0..3 {
+        stream.message().await.unwrap().unwrap();
+    }
+    app.kill().await;
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK although the app died"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_before_the_app_answers_is_deadline_exceeded_and_cancels_the_app() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let mut client = bare_client(gatehouse.addr).await;
+    let mut request = tonic::Request::new(WaitRequest { millis: 30_000 });
+    only_gatehouse_enforces(&mut request, "300m");
+    let status = client.wait(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The demo app does not enforce deadlines itself: this message is gatehouse's.
+    assert!(
+        status.message().contains("grpc-timeout ran out"),
+        "{status:?}"
+    );
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
+            .await,
+        "the app never saw its call cancelled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_during_a_stream_ends_it_with_deadline_exceeded_and_cancels_the_app() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let mut client = bare_client(gatehouse.addr).await;
+    let mut request = tonic::Request::new(CountdownRequest {
+        count: 1000,
+        interval_millis: 50,
+        ..Default::default()
+    });
+    only_gatehouse_enforces(&mut request, "400m");
+    let mut stream = client.countdown(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended OK past its deadline"),
+            Err(status) => break status,
+        }
+    };
+    assert!(received >= 1, "messages before the deadline were forwarded");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("grpc-timeout ran out while the app was answering"),
+        "{status:?}"
+    );
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
+            .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancelling_mid_stream_cancels_the_apps_stream() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let mut client = client(gatehouse.addr).await;
+    let request = CountdownRequest {
+        count: 100_000,
+        interval_millis: 10,
+        ..Default::default()
+    };
+    let mut stream = client.countdown(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    stream.message().await.unwrap().unwrap();
+    assert_eq!(app.observed().cancelled(), 0);
+    drop(stream); // RST_STREAM(CANCEL) to gatehouse
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
+            .await,
+        "the app's stream was not cancelled"
+    );
+    // The shared connection to the app survives a cancelled stream.
+    let reply = client
+        .echo(EchoRequest {
+            message: "after".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_the_request_path_is_internal_and_serving_continues() {
+    let app = App::start().await;
+    let mut gatehouse = Gatehouse::start_with_env(
+        &dev_config(app.addr),
+        &[("GATEHOUSE_DEBUG_PANIC_PROBE", "1")],
+    );
+    let mut client = client(gatehouse.addr).await;
+    let mut request = tonic::Request::new(EchoRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-gatehouse-debug-panic", "1".parse().unwrap());
+    let status = client.echo(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    gatehouse
+        .wait_for_line(&[
+            "panic while handling a call",
+            "method=/gatehouse.demo.v1.Demo/Echo",
+        ])
+        .await;
+
+    assert!(gatehouse.is_running());
+    let reply = client
+        .echo(EchoRequest {
+            message: "alive".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().message, "alive");
+}
