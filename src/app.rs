@@ -128,7 +128,7 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
     tracing::info!(
         address = %bound,
         tls = config.tls.enabled,
-        client_auth = ?config.tls.client_auth,
+        client_auth = config.tls.client_auth.as_str(),
         upstream = %config.upstream.address,
         "listening"
     );

@@ -81,6 +81,17 @@ pub enum ClientAuth {
     None,
 }
 
+impl ClientAuth {
+    /// The value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Require => "require",
+            ClientAuth::Optional => "optional",
+            ClientAuth::None => "none",
+        }
+    }
+}
+
 /// `upstream`: the app behind gatehouse, spoken to in plaintext HTTP/2.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

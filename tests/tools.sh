@@ -14,4 +14,6 @@ if [ ! -x "$GRPCURL" ]; then
   chmod +x "$GRPCURL"
 fi
 "$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
+mkdir -p "$gatehouse_tools/bin"
+ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
 export GRPCURL

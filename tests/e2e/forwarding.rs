@@ -276,3 +276,45 @@ async fn health_check_reaches_the_app() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A 64 MiB response read by a caller that stops reading for a while: with streaming
+/// under flow control, gatehouse holds a few windows' worth, never the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_without_buffering_when_the_caller_reads_slowly() {
+    let (_app, gatehouse) = setup().await;
+    let mut client = client(gatehouse.addr).await;
+    client.echo(EchoRequest::default()).await.unwrap();
+    let before = peak_rss_kib(gatehouse.pid());
+
+    let request = CountdownRequest {
+        count: 256,
+        payload_size: 256 * 1024,
+        ..Default::default()
+    };
+    let mut stream = client.countdown(request).await.unwrap().into_inner();
+    stream.message().await.unwrap().unwrap();
+    // Stall: a buffering proxy would now read the app's whole answer into memory.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut total = 1;
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.payload.len(), 256 * 1024);
+        total += 1;
+    }
+    assert_eq!(total, 256);
+    let growth_mib = (peak_rss_kib(gatehouse.pid()) - before) / 1024;
+    eprintln!("peak RSS growth: {growth_mib} MiB");
+    assert!(
+        growth_mib < 16,
+        "gatehouse grew by {growth_mib} MiB while 64 MiB passed through"
+    );
+}

@@ -191,3 +191,28 @@ async fn answers_non_grpc_requests_with_http_415() {
     }
     assert_still_serving(&gatehouse).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let app = App::start().await;
+    let config = dev_config(app.addr).replace(
+        "limits: { drain_timeout: 10s }",
+        "limits: { handshake_timeout: 300ms }",
+    );
+    let gatehouse = Gatehouse::start(&config);
+    let mut silent = tokio::net::TcpStream::connect(gatehouse.addr)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(PATIENCE, silent.read(&mut buffer))
+        .await
+        .expect("gatehouse closed the connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a silent client was sent data: {read:?}"
+    );
+    gatehouse
+        .wait_for_line(&["TLS handshake failed", "limits.handshake_timeout"])
+        .await;
+    assert_still_serving(&gatehouse).await;
+}
