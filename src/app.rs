@@ -9,6 +9,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Problem};
 use crate::listener::Listener;
 use crate::server::Server;
@@ -37,14 +38,14 @@ pub fn check(path: &Path) -> ExitCode {
 
 /// `gatehouse run`: serves until a signal, drains, and exits.
 pub fn run(path: &Path) -> ExitCode {
-    let (config, tls) = match load_with_material(path) {
+    let loaded = match load_with_material(path) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    telemetry::init_logging(&config.telemetry);
+    telemetry::init_logging(&loaded.config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +56,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(serve(config, tls));
+    let result = runtime.block_on(serve(loaded));
     // Calls cut off by the drain timeout must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -69,9 +70,7 @@ pub fn run(path: &Path) -> ExitCode {
 
 /// Parses, validates and reads every file the configuration names, reporting all
 /// problems at once.
-fn load_with_material(
-    path: &Path,
-) -> Result<(Config, Option<Arc<rustls::ServerConfig>>), ConfigError> {
+fn load_with_material(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -93,11 +92,28 @@ fn load_with_material(
     } else {
         None
     };
-    if problems.is_empty() {
-        Ok((config, tls))
-    } else {
-        Err(invalid(problems))
+    let authenticator = match Authenticator::build(&config) {
+        Ok(authenticator) => Some(authenticator),
+        Err(more) => {
+            merge(&mut problems, more);
+            None
+        }
+    };
+    match (problems.is_empty(), authenticator) {
+        (true, Some(authenticator)) => Ok(Loaded {
+            config,
+            tls,
+            authenticator,
+        }),
+        _ => Err(invalid(problems)),
     }
+}
+
+/// A configuration with every file it names read and checked.
+struct Loaded {
+    config: Config,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    authenticator: Authenticator,
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by
@@ -110,7 +126,12 @@ fn merge(problems: &mut Vec<Problem>, more: Vec<Problem>) {
     }
 }
 
-async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String> {
+async fn serve(loaded: Loaded) -> Result<(), String> {
+    let Loaded {
+        config,
+        tls,
+        authenticator,
+    } = loaded;
     let address = config.listen.address;
     let tcp = TcpListener::bind(address)
         .await
@@ -119,8 +140,10 @@ async fn serve(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result
         .local_addr()
         .map_err(|error| format!("listen.address {address}: {error}"))?;
 
+    let authenticator = Arc::new(authenticator);
+    authenticator.start().await;
     let upstream = Arc::new(Upstream::new(&config.upstream));
-    let chain = middleware::build(Forward::new(upstream));
+    let chain = middleware::build(authenticator, Forward::new(upstream));
     let server = Server::new(&config.limits, chain);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = Listener::new(tcp, acceptor, server, &config.limits);

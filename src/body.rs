@@ -1,5 +1,8 @@
-//! The response body every layer hands back to the HTTP/2 server: either nothing (a
-//! trailers-only status made by gatehouse) or the app's response, streamed frame by frame.
+//! The bodies that travel through the chain. [`RequestBody`] is the caller's request
+//! body on its way to the app, with caller-sent identity headers removed from its
+//! trailers too. [`ResponseBody`] is what every layer hands back to the HTTP/2 server:
+//! either nothing (a trailers-only status made by gatehouse) or the app's response,
+//! streamed frame by frame.
 //!
 //! A forwarded body is where two promises are kept after the response headers have gone
 //! out: the caller's `grpc-timeout` still ends the call (with `DEADLINE_EXCEEDED` in the
@@ -18,8 +21,51 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::principal::strip_identity_headers;
 use crate::grpc::{self, Code};
 use crate::upstream;
+
+/// The caller's request body, streamed to the app as it arrives.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming) -> Self {
+        RequestBody { inner }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_trailers() {
+                // Identity headers are gatehouse's to set, in trailers as in headers.
+                Ok(mut trailers) => {
+                    strip_identity_headers(&mut trailers);
+                    Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A response body: empty, or the app's body being forwarded.
 #[derive(Debug)]

@@ -28,6 +28,177 @@ pub struct Config {
     pub telemetry: Telemetry,
     #[serde(default)]
     pub limits: Limits,
+    /// Absent: the client certificate is the only credential (`x-auth-method: mtls`).
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    /// Absent: any authenticated caller may call any method.
+    #[serde(default)]
+    pub authorization: Option<Authorization>,
+}
+
+/// `auth`: who may call, proven by a JWT or an API key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Methods callable without credentials: exact paths or `/pkg.Service/*`.
+    #[serde(default = "Auth::default_public_methods")]
+    pub public_methods: Vec<String>,
+    #[serde(default)]
+    pub jwt: Option<Jwt>,
+    #[serde(default)]
+    pub api_keys: Option<ApiKeys>,
+}
+
+impl Auth {
+    fn default_public_methods() -> Vec<String> {
+        vec![
+            "/grpc.health.v1.Health/Check".to_owned(),
+            "/grpc.health.v1.Health/Watch".to_owned(),
+        ]
+    }
+}
+
+/// `auth.jwt`: bearer tokens, checked against one or more issuers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    pub providers: Vec<JwtProvider>,
+    /// Verified tokens remembered until they expire; 0 turns the cache off.
+    #[serde(default = "Jwt::default_cache_size")]
+    pub cache_size: usize,
+}
+
+impl Jwt {
+    fn default_cache_size() -> usize {
+        10_000
+    }
+}
+
+/// `auth.jwt.providers[]`: one token issuer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProvider {
+    pub name: String,
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; the token must name at least one.
+    pub audiences: Vec<String>,
+    /// One family: RS256/384/512, PS256/384/512, ES256/384, EdDSA, or HS256/384/512.
+    pub algorithms: Vec<String>,
+    pub jwks_file: Option<PathBuf>,
+    /// HTTPS address of the issuer's key set, fetched in the background.
+    pub jwks_url: Option<String>,
+    /// Extra trust roots (PEM) for `jwks_url`, added to the public web roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(default = "JwtProvider::default_refresh_interval")]
+    pub refresh_interval: Duration,
+    /// Least time between two fetches of `jwks_url`, however many unknown key ids arrive.
+    #[serde(default = "JwtProvider::default_min_refresh_interval")]
+    pub min_refresh_interval: Duration,
+    /// The shared secret for HS* algorithms.
+    pub secret_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "JwtProvider::default_leeway")]
+    pub leeway: Duration,
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// A token without the tenant claim is refused unless this is true.
+    #[serde(default)]
+    pub tenant_optional: bool,
+    /// Keep `authorization` on the forwarded request, so the app can pass it on.
+    #[serde(default = "enabled")]
+    pub forward_token: bool,
+}
+
+impl JwtProvider {
+    fn default_refresh_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    fn default_min_refresh_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// `claims`: which claims carry the identity; dotted paths reach into objects.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    pub user_id: String,
+    pub tenant_id: String,
+    pub roles: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            user_id: "sub".to_owned(),
+            tenant_id: "tenant_id".to_owned(),
+            roles: "roles".to_owned(),
+        }
+    }
+}
+
+/// `auth.api_keys`: pre-provisioned keys for callers with no user.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeys {
+    #[serde(default = "ApiKeys::default_header")]
+    pub header: String,
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+    /// A YAML file `keys: [...]` with more entries, re-read when it changes.
+    pub keys_file: Option<PathBuf>,
+}
+
+impl ApiKeys {
+    fn default_header() -> String {
+        "x-api-key".to_owned()
+    }
+}
+
+/// One API key, stored only as the SHA-256 of the key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    /// 64 hex characters, as printed by `gatehouse hash-key`.
+    pub sha256: String,
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// `2027-01-31` or `2027-01-31T12:00:00Z`: the key is refused from then on.
+    pub not_after: Option<String>,
+}
+
+/// The file named by `auth.api_keys.keys_file`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysFile {
+    pub keys: Vec<ApiKey>,
+}
+
+/// `authorization`: which authenticated callers may call which methods.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    pub rules: Vec<Rule>,
+}
+
+/// `authorization.rules[]`: the first rule whose `methods` match decides.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub allow_roles: Vec<String>,
+    #[serde(default)]
+    pub allow_api_keys: Vec<String>,
+    #[serde(default)]
+    pub allow_peers: Vec<String>,
 }
 
 /// `listen`: where callers connect.
@@ -50,6 +221,10 @@ pub struct Tls {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// Client certificates allowed to call at all: URI SAN (SPIFFE ID), DNS SAN or CN
+    /// patterns, `*` matching any run of characters. Empty: any verified certificate.
+    #[serde(default)]
+    pub allowed_peers: Vec<String>,
 }
 
 fn enabled() -> bool {
@@ -64,6 +239,7 @@ impl Default for Tls {
             key_file: None,
             ca_file: None,
             client_auth: ClientAuth::default(),
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -365,6 +541,30 @@ impl Config {
         if let Err(message) = check_log_level(&self.telemetry.log_level) {
             problems.push(Problem::new("telemetry.log_level", message));
         }
+        if let Some(auth) = &self.auth {
+            validate_auth(auth, &mut problems);
+        }
+        if let Some(authorization) = &self.authorization {
+            for (i, rule) in authorization.rules.iter().enumerate() {
+                let field = format!("authorization.rules[{i}].methods");
+                if rule.methods.is_empty() {
+                    problems.push(Problem::new(&field, "name at least one method pattern"));
+                }
+                for (j, pattern) in rule.methods.iter().enumerate() {
+                    if let Err(message) = check_method_pattern(pattern) {
+                        problems.push(Problem::new(format!("{field}[{j}]"), message));
+                    }
+                }
+            }
+        }
+        for (i, pattern) in self.tls.allowed_peers.iter().enumerate() {
+            if pattern.is_empty() {
+                problems.push(Problem::new(
+                    format!("tls.allowed_peers[{i}]"),
+                    "empty pattern",
+                ));
+            }
+        }
         let limits = &self.limits;
         let positive = [
             ("limits.max_connections", limits.max_connections as u64),
@@ -412,6 +612,201 @@ fn problem_at(path: &str, message: &str) -> Problem {
         (_, "." | "") => Problem::new("(root)", message),
         _ => Problem::new(path, message),
     }
+}
+
+fn validate_auth(auth: &Auth, problems: &mut Vec<Problem>) {
+    for (i, pattern) in auth.public_methods.iter().enumerate() {
+        if let Err(message) = check_method_pattern(pattern) {
+            problems.push(Problem::new(format!("auth.public_methods[{i}]"), message));
+        }
+    }
+    if auth.jwt.is_none() && auth.api_keys.is_none() {
+        problems.push(Problem::new(
+            "auth",
+            "configure jwt, api_keys or both (or leave auth out for mTLS only)",
+        ));
+    }
+    if let Some(jwt) = &auth.jwt {
+        if jwt.providers.is_empty() {
+            problems.push(Problem::new(
+                "auth.jwt.providers",
+                "name at least one provider",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, provider) in jwt.providers.iter().enumerate() {
+            let at = |field: &str| format!("auth.jwt.providers[{i}].{field}");
+            if !names.insert(provider.name.as_str()) {
+                problems.push(Problem::new(
+                    at("name"),
+                    format!("{:?} is used by another provider", provider.name),
+                ));
+            }
+            if provider.issuer.is_empty() {
+                problems.push(Problem::new(at("issuer"), "required"));
+            }
+            if provider.audiences.is_empty() {
+                problems.push(Problem::new(at("audiences"), "name at least one audience"));
+            }
+            let family = match crate::auth::jwt::Family::of(&provider.algorithms) {
+                Ok(family) => Some(family),
+                Err(message) => {
+                    problems.push(Problem::new(at("algorithms"), message));
+                    None
+                }
+            };
+            let sources = [
+                provider.jwks_file.is_some(),
+                provider.jwks_url.is_some(),
+                provider.secret_file.is_some(),
+            ];
+            if sources.iter().filter(|set| **set).count() != 1 {
+                problems.push(Problem::new(
+                    at("jwks_file"),
+                    "set exactly one of jwks_file, jwks_url or secret_file",
+                ));
+            }
+            let hmac = family == Some(crate::auth::jwt::Family::Hmac);
+            if hmac && provider.secret_file.is_none() {
+                problems.push(Problem::new(
+                    at("secret_file"),
+                    "HS* algorithms need secret_file",
+                ));
+            }
+            if !hmac && family.is_some() && provider.secret_file.is_some() {
+                problems.push(Problem::new(
+                    at("secret_file"),
+                    "only HS* algorithms use a shared secret",
+                ));
+            }
+            if let Some(url) = &provider.jwks_url
+                && !url.starts_with("https://")
+            {
+                problems.push(Problem::new(
+                    at("jwks_url"),
+                    format!("{url:?}: must be an https:// address"),
+                ));
+            }
+            for (field, path) in [
+                ("user_id", &provider.claims.user_id),
+                ("tenant_id", &provider.claims.tenant_id),
+                ("roles", &provider.claims.roles),
+            ] {
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    problems.push(Problem::new(
+                        at(&format!("claims.{field}")),
+                        "a claim name or dotted path",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(api_keys) = &auth.api_keys {
+        if http::HeaderName::from_bytes(api_keys.header.as_bytes()).is_err()
+            || api_keys.header != api_keys.header.to_ascii_lowercase()
+        {
+            problems.push(Problem::new(
+                "auth.api_keys.header",
+                format!("{:?} is not a lowercase header name", api_keys.header),
+            ));
+        }
+        if api_keys.keys.is_empty() && api_keys.keys_file.is_none() {
+            problems.push(Problem::new("auth.api_keys", "set keys, keys_file or both"));
+        }
+        problems.extend(validate_api_keys(&api_keys.keys, "auth.api_keys.keys"));
+    }
+}
+
+/// Problems in a list of API keys, each under `prefix[i]`.
+pub fn validate_api_keys(keys: &[ApiKey], prefix: &str) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, key) in keys.iter().enumerate() {
+        if key.name.is_empty() || !names.insert(key.name.as_str()) {
+            problems.push(Problem::new(
+                format!("{prefix}[{i}].name"),
+                "required, and unique",
+            ));
+        }
+        if crate::auth::api_key::parse_sha256(&key.sha256).is_none() {
+            problems.push(Problem::new(
+                format!("{prefix}[{i}].sha256"),
+                "64 hex characters, as printed by `gatehouse hash-key`",
+            ));
+        }
+        if let Some(not_after) = &key.not_after
+            && parse_timestamp(not_after).is_none()
+        {
+            problems.push(Problem::new(
+                format!("{prefix}[{i}].not_after"),
+                format!("{not_after:?}: write 2027-01-31 or 2027-01-31T12:00:00Z"),
+            ));
+        }
+    }
+    problems
+}
+
+/// `/pkg.Service/Method`, `/pkg.Service/*` or `*`.
+fn check_method_pattern(pattern: &str) -> Result<(), String> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    let valid = pattern
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| {
+            !service.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+                && (method == "*" || !method.contains('*'))
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{pattern:?}: write /pkg.Service/Method, /pkg.Service/* or *"
+        ))
+    }
+}
+
+/// Seconds since the Unix epoch for `YYYY-MM-DD` (midnight UTC) or
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some()
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || year < 1970
+    {
+        return None;
+    }
+    let seconds = match time {
+        None => 0,
+        Some(time) => {
+            let mut hms = time.split(':').map(|part| part.parse::<i64>().ok());
+            let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+            if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
+                return None;
+            }
+            h * 3600 + m * 60 + s
+        }
+    };
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + seconds).ok()
 }
 
 /// Accepts `LEVEL` and `module::path=LEVEL` directives, comma-separated.

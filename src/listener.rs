@@ -96,10 +96,7 @@ impl Connection {
     async fn serve(mut self) {
         let remote_addr = self.remote_addr;
         let Some(acceptor) = self.tls.take() else {
-            let info = ConnectionInfo {
-                remote_addr,
-                peer: None,
-            };
+            let info = ConnectionInfo::new(remote_addr, None);
             let served = self.watcher.watch(self.server.serve(self.tcp, info)).await;
             log_connection_end(remote_addr, served);
             return;
@@ -126,7 +123,7 @@ impl Connection {
                 Err(error) => return handshake_failed(remote_addr, &error),
             },
         };
-        let info = ConnectionInfo { remote_addr, peer };
+        let info = ConnectionInfo::new(remote_addr, peer);
         let served = self.watcher.watch(self.server.serve(stream, info)).await;
         log_connection_end(remote_addr, served);
     }

@@ -5,21 +5,30 @@
 //! concurrency are enforced by HTTP/2 stream settings and the listener, not by
 //! back-pressure inside the chain.
 
+pub mod auth;
 pub mod recovery;
+
+use std::sync::Arc;
 
 use tower::ServiceBuilder;
 
+use crate::auth::Authenticator;
 use crate::upstream::Forward;
+use auth::{Auth, AuthLayer};
 use recovery::{Recovery, RecoveryLayer};
 
 /// The assembled chain, outermost layer first.
-pub type Chain = Recovery<Forward>;
+pub type Chain = Recovery<Auth<Forward>>;
 
 /// Builds the chain around the service that forwards calls to the app.
-pub fn build(forward: Forward) -> Chain {
+pub fn build(authenticator: Arc<Authenticator>, forward: Forward) -> Chain {
     ServiceBuilder::new()
         // Outermost, so that a panic anywhere below it, forwarding included, becomes an
         // INTERNAL status for that one call while the process keeps serving.
         .layer(RecoveryLayer::new())
+        // Last before forwarding: every layer above sees (and counts) refusals too, and
+        // nothing reaches the app without having been stripped of forged identity
+        // headers and admitted.
+        .layer(AuthLayer::new(authenticator))
         .service(forward)
 }

@@ -14,7 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::auth::principal::forwarded_client_cert;
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::Limits;
 use crate::grpc;
 use crate::middleware::Chain;
@@ -35,6 +36,19 @@ pub struct ConnectionInfo {
     /// The verified client certificate's identity; `None` without TLS or without a
     /// client certificate (`client_auth: optional` or `none`).
     pub peer: Option<PeerIdentity>,
+    /// `peer` as an `x-forwarded-client-cert` value, built once per connection.
+    pub client_cert_header: Option<http::HeaderValue>,
+}
+
+impl ConnectionInfo {
+    pub fn new(remote_addr: SocketAddr, peer: Option<PeerIdentity>) -> Self {
+        let client_cert_header = peer.as_ref().and_then(forwarded_client_cert);
+        ConnectionInfo {
+            remote_addr,
+            peer,
+            client_cert_header,
+        }
+    }
 }
 
 /// Serves HTTP/2 connections into the middleware chain.
@@ -87,14 +101,15 @@ impl hyper::service::Service<Request<Incoming>> for Door {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Either<
-        <Chain as Service<Request<Incoming>>>::Future,
+        <Chain as Service<Request<RequestBody>>>::Future,
         Ready<Result<Response<ResponseBody>, Infallible>>,
     >;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         if !grpc::is_grpc_request(request.method(), request.headers()) {
             return Either::Right(ready(Ok(grpc::unsupported_media_type())));
         }
+        let mut request = request.map(RequestBody::new);
         request.extensions_mut().insert(self.info.clone());
         // Every layer is always ready, so calling a clone directly is sound.
         Either::Left(self.chain.clone().call(request))

@@ -51,7 +51,7 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
         return Err(problems);
     };
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = match roots {
         None => WebPkiClientVerifier::no_client_auth(),
         Some(roots) => {
@@ -71,7 +71,7 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|error| {
@@ -169,7 +169,7 @@ impl PeerIdentity {
                 .next()
                 .and_then(|cn| cn.as_str().ok())
                 .map(str::to_owned),
-            sha256: hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()),
+            sha256: hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref()),
             ..PeerIdentity::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -244,6 +244,7 @@ mod tests {
             key_file: Some("certs-dev/server.key".into()),
             ca_file: Some("certs-dev/ca.crt".into()),
             client_auth: ClientAuth::Require,
+            allowed_peers: Vec::new(),
         }
     }
 

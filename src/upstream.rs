@@ -25,11 +25,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::config;
 use crate::grpc::{self, Code};
 
-type Sender = http2::SendRequest<Incoming>;
+type Sender = http2::SendRequest<RequestBody>;
 
 /// Where the app listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl Upstream {
     }
 
     /// Forwards one call and turns every failure into a gRPC status response.
-    pub async fn forward(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn forward(&self, mut request: Request<RequestBody>) -> Response<ResponseBody> {
         let deadline = request
             .headers()
             .get(grpc::GRPC_TIMEOUT)
@@ -124,7 +124,7 @@ impl Upstream {
     }
 
     /// Points the request at the app: `http` scheme, the caller's `:authority` kept.
-    fn prepare(&self, request: &mut Request<Incoming>) -> Result<(), &'static str> {
+    fn prepare(&self, request: &mut Request<RequestBody>) -> Result<(), &'static str> {
         let mut parts = std::mem::take(request.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTP);
         if parts.authority.is_none() {
@@ -139,7 +139,10 @@ impl Upstream {
     /// Sends the request on the live connection, opening one if needed. A request that
     /// never left gatehouse because the connection had just died is retried once on a new
     /// connection; one that reached the app is never retried.
-    async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, (Code, String)> {
+    async fn send(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, (Code, String)> {
         let mut sender = self.ready_sender().await?;
         match sender.try_send_request(request).await {
             Ok(response) => Ok(response),
@@ -311,7 +314,7 @@ impl Forward {
     }
 }
 
-impl tower::Service<Request<Incoming>> for Forward {
+impl tower::Service<Request<RequestBody>> for Forward {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -320,7 +323,7 @@ impl tower::Service<Request<Incoming>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let upstream = self.upstream.clone();
         #[cfg(debug_assertions)]
         let panic_requested =

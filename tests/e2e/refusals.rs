@@ -123,7 +123,7 @@ async fn speaks_h2_only_over_tls_1_2_and_1_3() {
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
 
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls12_only = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()

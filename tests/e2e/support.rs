@@ -199,7 +199,7 @@ impl Identity {
 
 /// A rustls client configuration that trusts the development CA and speaks h2.
 pub fn client_tls(identity: Option<&Identity>) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,0 +1,311 @@
+//! API keys: pre-provisioned secrets for service callers with no user, stored only as
+//! their SHA-256.
+//!
+//! A presented key is hashed and looked up by its hash, so the comparison never touches
+//! the secret itself and its timing reveals nothing about stored keys. Keys come from the
+//! config and from `keys_file`, which is re-read when its content changes; a broken file
+//! keeps the last good keys and the log says why.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderName;
+
+use crate::auth::principal::{AuthMethod, Principal, Refusal};
+use crate::config::{self, ApiKey, Problem};
+
+type Digest = [u8; 32];
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Digest {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+}
+
+/// Parses the 64 hex characters of a stored key hash.
+pub fn parse_sha256(hex: &str) -> Option<Digest> {
+    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Entry {
+    not_after: Option<u64>,
+    principal: Arc<Principal>,
+}
+
+type Keys = HashMap<Digest, Entry>;
+
+/// The API keys in force.
+pub struct ApiKeyStore {
+    header: HeaderName,
+    inline: Vec<ApiKey>,
+    file: Option<PathBuf>,
+    keys: RwLock<Arc<Keys>>,
+    /// Hash of the last `keys_file` content loaded (or refused), to notice changes.
+    file_digest: RwLock<Option<Digest>>,
+}
+
+impl ApiKeyStore {
+    /// Loads the inline keys and `keys_file`; problems name their fields.
+    pub fn load(config: &config::ApiKeys) -> Result<ApiKeyStore, Vec<Problem>> {
+        let header = HeaderName::from_bytes(config.header.as_bytes())
+            .map_err(|_| vec![Problem::new("auth.api_keys.header", "not a header name")])?;
+        let mut file_keys = Vec::new();
+        let mut file_digest = None;
+        if let Some(path) = &config.keys_file {
+            let (keys, digest) = read_keys_file(path).map_err(|problems| {
+                problems
+                    .into_iter()
+                    .map(|p| {
+                        Problem::new(
+                            format!("auth.api_keys.keys_file: {}", path.display()),
+                            p.to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+            file_keys = keys;
+            file_digest = Some(digest);
+        }
+        let all: Vec<ApiKey> = config.keys.iter().cloned().chain(file_keys).collect();
+        let keys = build(&all).map_err(|message| vec![Problem::new("auth.api_keys", message)])?;
+        Ok(ApiKeyStore {
+            header,
+            inline: config.keys.clone(),
+            file: config.keys_file.clone(),
+            keys: RwLock::new(Arc::new(keys)),
+            file_digest: RwLock::new(file_digest),
+        })
+    }
+
+    /// The header callers put their key in.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
+    /// The identity of the key presented, or why it is refused.
+    pub fn authenticate(&self, presented: &[u8]) -> Result<Arc<Principal>, Refusal> {
+        let digest = sha256(presented);
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(entry) = keys.get(&digest) else {
+            return Err(Refusal::unauthenticated(
+                "unknown_api_key",
+                "unknown API key",
+            ));
+        };
+        if entry.not_after.is_some_and(|not_after| now() >= not_after) {
+            return Err(Refusal::unauthenticated(
+                "expired_api_key",
+                "API key expired",
+            ));
+        }
+        Ok(entry.principal.clone())
+    }
+
+    /// Re-reads `keys_file` every `interval` and swaps the keys in when the content
+    /// changed and is valid.
+    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(store) = store.upgrade() else {
+                    return;
+                };
+                store.reload_if_changed(&path);
+            }
+        });
+    }
+
+    fn reload_if_changed(&self, path: &Path) {
+        let content = match std::fs::read(path) {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::warn!(file = %path.display(), %error, "cannot read auth.api_keys.keys_file; keeping the last good keys");
+                return;
+            }
+        };
+        let digest = sha256(&content);
+        if *self.file_digest.read().unwrap_or_else(|p| p.into_inner()) == Some(digest) {
+            return;
+        }
+        *self.file_digest.write().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        let parsed = parse_keys_file(&content).and_then(|file_keys| {
+            let all: Vec<ApiKey> = self.inline.iter().cloned().chain(file_keys).collect();
+            build(&all).map_err(|message| vec![Problem::new("keys", message)])
+        });
+        match parsed {
+            Ok(keys) => {
+                let count = keys.len();
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                tracing::info!(file = %path.display(), keys = count, "API keys reloaded");
+            }
+            Err(problems) => {
+                for problem in problems {
+                    tracing::warn!(file = %path.display(), %problem, "API keys file refused; keeping the last good keys");
+                }
+            }
+        }
+    }
+}
+
+fn read_keys_file(path: &Path) -> Result<(Vec<ApiKey>, Digest), Vec<Problem>> {
+    let content = std::fs::read(path).map_err(|error| {
+        let message = match error.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            _ => format!("cannot read: {error}"),
+        };
+        vec![Problem::new("keys_file", message)]
+    })?;
+    Ok((parse_keys_file(&content)?, sha256(&content)))
+}
+
+fn parse_keys_file(content: &[u8]) -> Result<Vec<ApiKey>, Vec<Problem>> {
+    let text =
+        std::str::from_utf8(content).map_err(|_| vec![Problem::new("(root)", "not UTF-8")])?;
+    let file: config::ApiKeysFile = serde_saphyr::from_str(text)
+        .map_err(|error| vec![Problem::new("(root)", error.to_string())])?;
+    let problems = config::validate_api_keys(&file.keys, "keys");
+    if problems.is_empty() {
+        Ok(file.keys)
+    } else {
+        Err(problems)
+    }
+}
+
+fn build(keys: &[ApiKey]) -> Result<Keys, String> {
+    let mut built = Keys::with_capacity(keys.len());
+    for key in keys {
+        let digest = parse_sha256(&key.sha256)
+            .ok_or_else(|| format!("key {:?}: sha256 is not 64 hex characters", key.name))?;
+        let principal = Principal::new(
+            AuthMethod::ApiKey,
+            key.user_id.clone(),
+            key.tenant_id.clone(),
+            key.roles.clone(),
+            Some(key.name.clone()),
+        )
+        .map_err(|_| format!("key {:?}: a value cannot be sent as metadata", key.name))?;
+        let not_after = key.not_after.as_deref().and_then(config::parse_timestamp);
+        let entry = Entry {
+            not_after,
+            principal: Arc::new(principal),
+        };
+        if built.insert(digest, entry).is_some() {
+            return Err(format!(
+                "key {:?}: the same key hash is configured twice",
+                key.name
+            ));
+        }
+    }
+    Ok(built)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(keys_yaml: &str) -> ApiKeyStore {
+        let config: config::ApiKeys = serde_saphyr::from_str(keys_yaml).unwrap();
+        ApiKeyStore::load(&config).unwrap()
+    }
+
+    #[test]
+    fn finds_keys_by_hash_with_their_identity() {
+        let hash = to_hex(&sha256(b"s3cret"));
+        let store = store(&format!(
+            "keys: [{{ name: scanner, sha256: \"{hash}\", tenant_id: acme, roles: [scanner] }}]"
+        ));
+        let principal = store.authenticate(b"s3cret").unwrap();
+        assert_eq!(principal.api_key_name.as_deref(), Some("scanner"));
+        assert_eq!(principal.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(principal.method, AuthMethod::ApiKey);
+        assert_eq!(
+            store.authenticate(b"s3cret!").unwrap_err().reason,
+            "unknown_api_key"
+        );
+        assert_eq!(store.header(), "x-api-key");
+    }
+
+    #[test]
+    fn refuses_keys_past_not_after() {
+        let hash = to_hex(&sha256(b"old"));
+        let store = store(&format!(
+            "keys: [{{ name: old, sha256: \"{hash}\", not_after: \"2020-01-01\" }}]"
+        ));
+        assert_eq!(
+            store.authenticate(b"old").unwrap_err().reason,
+            "expired_api_key"
+        );
+    }
+
+    #[test]
+    fn parses_stored_hashes_with_or_without_prefix() {
+        let hash = to_hex(&sha256(b"k"));
+        assert_eq!(parse_sha256(&hash), Some(sha256(b"k")));
+        assert_eq!(parse_sha256(&format!("sha256:{hash}")), Some(sha256(b"k")));
+        assert_eq!(parse_sha256("abc"), None);
+        assert_eq!(parse_sha256(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn a_broken_keys_file_keeps_the_last_good_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let hash = to_hex(&sha256(b"first"));
+        std::fs::write(
+            &path,
+            format!("keys: [{{ name: first, sha256: \"{hash}\" }}]"),
+        )
+        .unwrap();
+        let store = store(&format!("keys_file: {}", path.display()));
+        assert!(store.authenticate(b"first").is_ok());
+
+        std::fs::write(&path, "keys: [{ name: broken, sha256: nope }]").unwrap();
+        store.reload_if_changed(&path);
+        assert!(store.authenticate(b"first").is_ok(), "last good keys kept");
+
+        let hash = to_hex(&sha256(b"second"));
+        std::fs::write(
+            &path,
+            format!("keys: [{{ name: second, sha256: \"{hash}\" }}]"),
+        )
+        .unwrap();
+        store.reload_if_changed(&path);
+        assert!(store.authenticate(b"second").is_ok());
+        assert_eq!(
+            store.authenticate(b"first").unwrap_err().reason,
+            "unknown_api_key",
+            "revoked by the file change"
+        );
+    }
+}

@@ -1,0 +1,558 @@
+//! Bearer tokens: strict JWT validation against the configured providers, claims mapped
+//! to an identity, and a cache of verified tokens.
+//!
+//! A token is checked in this order, cheapest refusal first: size (8 KiB), header
+//! (`alg` of the provider's one family, no `crit`), issuer (picks the provider), key
+//! (by `kid`, refetching a remote key set once if the id is unknown), then signature and
+//! claims: `exp`, `iss`, `aud` and `sub` required, `nbf` honoured, with the provider's
+//! leeway. `jku`, `x5u` and embedded `jwk` headers are never used: keys come only from
+//! the config. A verified token is remembered, keyed by its SHA-256, until it expires or
+//! its key leaves the key set.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+use crate::auth::api_key::sha256;
+use crate::auth::jwks::{KeySource, VerifyingKey};
+use crate::auth::principal::{AuthMethod, Principal, Refusal};
+use crate::config::ClaimNames;
+
+/// Tokens longer than this are refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// One algorithm family per provider, so a key of one kind can never verify a token
+/// that claims another (the RSA-public-key-as-HMAC-secret confusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Rsa,
+    RsaPss,
+    Ec,
+    Ed,
+    Hmac,
+}
+
+impl Family {
+    fn of_algorithm(algorithm: Algorithm) -> Option<Family> {
+        match algorithm {
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => Some(Family::Rsa),
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => Some(Family::RsaPss),
+            Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
+            Algorithm::EdDSA => Some(Family::Ed),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Some(Family::Hmac),
+            _ => None,
+        }
+    }
+
+    /// The family of a provider's `algorithms`, or why they are not acceptable.
+    pub fn of(names: &[String]) -> Result<Family, String> {
+        let algorithms = parse_algorithms(names)?;
+        let first = *algorithms.first().ok_or("name at least one algorithm")?;
+        let first =
+            Family::of_algorithm(first).ok_or_else(|| format!("{first:?} is not supported"))?;
+        if algorithms
+            .iter()
+            .any(|a| Family::of_algorithm(*a) != Some(first))
+        {
+            return Err(format!(
+                "{names:?} mixes algorithm families: one family per provider"
+            ));
+        }
+        Ok(first)
+    }
+}
+
+/// Parses algorithm names; `none` is never accepted.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    names
+        .iter()
+        .map(|name| {
+            if name.eq_ignore_ascii_case("none") {
+                return Err("\"none\" is never accepted".to_owned());
+            }
+            Algorithm::from_str(name).map_err(|_| {
+                format!("{name:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, HS256…)")
+            })
+        })
+        .collect()
+}
+
+/// One configured issuer.
+pub struct Provider {
+    pub name: String,
+    issuer: String,
+    algorithms: Vec<Algorithm>,
+    validation: Validation,
+    pub keys: KeySource,
+    claims: ClaimNames,
+    tenant_optional: bool,
+    forward_token: bool,
+    leeway: u64,
+}
+
+impl Provider {
+    pub fn new(config: &crate::config::JwtProvider, keys: KeySource) -> Result<Provider, String> {
+        let algorithms = parse_algorithms(&config.algorithms)?;
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms.clone();
+        validation.leeway = config.leeway.get().as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&config.audiences);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        Ok(Provider {
+            name: config.name.clone(),
+            issuer: config.issuer.clone(),
+            algorithms,
+            validation,
+            keys,
+            claims: config.claims.clone(),
+            tenant_optional: config.tenant_optional,
+            forward_token: config.forward_token,
+            leeway: config.leeway.get().as_secs(),
+        })
+    }
+
+    fn identity(&self, claims: &Value) -> Result<Principal, Refusal> {
+        let text = |path: &str| -> Option<String> {
+            match claim(claims, path)? {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            }
+        };
+        let tenant_id = text(&self.claims.tenant_id);
+        if tenant_id.is_none() && !self.tenant_optional {
+            return Err(Refusal::unauthenticated(
+                "missing_tenant",
+                format!("token has no {} claim", self.claims.tenant_id),
+            ));
+        }
+        let roles = match claim(claims, &self.claims.roles) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect(),
+            Some(Value::String(spaced)) => spaced.split_whitespace().map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        Principal::new(
+            AuthMethod::Jwt,
+            text(&self.claims.user_id),
+            tenant_id,
+            roles,
+            None,
+        )
+    }
+}
+
+/// A claim by name or dotted path (`realm.tenant`).
+fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(value) = claims.get(path) {
+        return Some(value);
+    }
+    path.split('.')
+        .try_fold(claims, |value, part| value.get(part))
+}
+
+/// A token that passed, and whether the app should still see it.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub principal: Arc<Principal>,
+    pub forward_token: bool,
+}
+
+/// Checks bearer tokens against every configured provider.
+pub struct JwtVerifier {
+    pub providers: Vec<Provider>,
+    cache: Option<TokenCache>,
+}
+
+impl JwtVerifier {
+    pub fn new(providers: Vec<Provider>, cache_size: usize) -> JwtVerifier {
+        let cache = (cache_size > 0).then(|| TokenCache::new(cache_size));
+        JwtVerifier { providers, cache }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Verified, Refusal> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::unauthenticated(
+                "token_too_large",
+                "token too large",
+            ));
+        }
+        let digest = sha256(token.as_bytes());
+        let now = now();
+        if let Some(verified) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&digest, now))
+        {
+            return Ok(verified);
+        }
+        let malformed = || Refusal::unauthenticated("malformed_token", "malformed token");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            if names_unknown_algorithm(token) {
+                Refusal::unauthenticated("bad_algorithm", "algorithm not allowed")
+            } else {
+                malformed()
+            }
+        })?;
+        if header.crit.is_some() {
+            return Err(Refusal::unauthenticated(
+                "crit_header",
+                "token has critical header parameters",
+            ));
+        }
+        let provider = self.provider_for(token).ok_or_else(malformed)??;
+        if !provider.algorithms.contains(&header.alg) {
+            return Err(Refusal::unauthenticated(
+                "bad_algorithm",
+                "algorithm not allowed",
+            ));
+        }
+        let key = self.key(provider, header.kid.as_deref()).await?;
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, &provider.validation)
+            .map_err(|error| refusal_for(error.kind()))?;
+        let principal = Arc::new(provider.identity(&data.claims)?);
+        let verified = Verified {
+            principal,
+            forward_token: provider.forward_token,
+        };
+        if let (Some(cache), Some(exp)) =
+            (&self.cache, data.claims.get("exp").and_then(Value::as_u64))
+        {
+            cache.insert(
+                digest,
+                verified.clone(),
+                exp.saturating_add(provider.leeway),
+                Arc::downgrade(&key),
+                now,
+            );
+        }
+        Ok(verified)
+    }
+
+    /// The provider whose issuer the (not yet verified) payload names. `None` when the
+    /// payload cannot be read; an error when no provider has that issuer.
+    fn provider_for(&self, token: &str) -> Option<Result<&Provider, Refusal>> {
+        #[derive(serde::Deserialize)]
+        struct Issuer {
+            iss: Option<Value>,
+        }
+        let payload = token.split('.').nth(1)?;
+        let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let issuer: Issuer = serde_json::from_slice(&bytes).ok()?;
+        let found = match issuer.iss {
+            Some(Value::String(iss)) => self.providers.iter().find(|p| p.issuer == iss),
+            // No issuer: let the only provider's validation say what is missing.
+            None if self.providers.len() == 1 => self.providers.first(),
+            _ => None,
+        };
+        Some(found.ok_or_else(|| Refusal::unauthenticated("wrong_issuer", "wrong issuer")))
+    }
+
+    async fn key(
+        &self,
+        provider: &Provider,
+        kid: Option<&str>,
+    ) -> Result<Arc<VerifyingKey>, Refusal> {
+        if let Some(key) = provider.keys.current().find(kid) {
+            return Ok(key.clone());
+        }
+        if let (KeySource::Remote(remote), Some(_)) = (&provider.keys, kid)
+            && remote.refetch_for_unknown_kid().await
+            && let Some(key) = provider.keys.current().find(kid)
+        {
+            return Ok(key.clone());
+        }
+        Err(match kid {
+            Some(_) => Refusal::unauthenticated("unknown_kid", "unknown key id"),
+            None => Refusal::unauthenticated(
+                "unknown_kid",
+                "token names no key id and the provider has several keys",
+            ),
+        })
+    }
+}
+
+/// Whether an unreadable header at least names an `alg`, one gatehouse does not
+/// implement (`none` above all): worth saying so rather than "malformed".
+fn names_unknown_algorithm(token: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Alg {
+        alg: String,
+    }
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let alg = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Alg>(&json).ok());
+    alg.is_some_and(|alg| Algorithm::from_str(&alg.alg).is_err())
+}
+
+fn refusal_for(kind: &ErrorKind) -> Refusal {
+    match kind {
+        ErrorKind::ExpiredSignature => Refusal::unauthenticated("token_expired", "token expired"),
+        ErrorKind::ImmatureSignature => {
+            Refusal::unauthenticated("token_not_yet_valid", "token not yet valid")
+        }
+        ErrorKind::InvalidAudience => Refusal::unauthenticated("wrong_audience", "wrong audience"),
+        ErrorKind::InvalidIssuer => Refusal::unauthenticated("wrong_issuer", "wrong issuer"),
+        ErrorKind::InvalidSignature => Refusal::unauthenticated("bad_signature", "bad signature"),
+        ErrorKind::MissingRequiredClaim(claim) => {
+            Refusal::unauthenticated("missing_claim", format!("token has no {claim} claim"))
+        }
+        ErrorKind::InvalidClaimFormat(claim) => {
+            Refusal::unauthenticated("malformed_claim", format!("malformed {claim} claim"))
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => {
+            Refusal::unauthenticated("bad_algorithm", "algorithm not allowed")
+        }
+        _ => Refusal::unauthenticated("malformed_token", "malformed token"),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+struct CacheEntry {
+    verified: Verified,
+    valid_until: u64,
+    /// Dead once the key leaves the key set (a refresh replaces the set).
+    key: Weak<VerifyingKey>,
+}
+
+/// Verified tokens by SHA-256, bounded.
+struct TokenCache {
+    capacity: usize,
+    entries: RwLock<HashMap<[u8; 32], CacheEntry>>,
+}
+
+impl TokenCache {
+    fn new(capacity: usize) -> TokenCache {
+        TokenCache {
+            capacity,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, digest: &[u8; 32], now: u64) -> Option<Verified> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.get(digest)?;
+        (now < entry.valid_until && entry.key.strong_count() > 0).then(|| entry.verified.clone())
+    }
+
+    fn insert(
+        &self,
+        digest: [u8; 32],
+        verified: Verified,
+        valid_until: u64,
+        key: Weak<VerifyingKey>,
+        now: u64,
+    ) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            entries.retain(|_, entry| now < entry.valid_until && entry.key.strong_count() > 0);
+            if entries.len() >= self.capacity
+                && let Some(victim) = entries.keys().next().copied()
+            {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(
+            digest,
+            CacheEntry {
+                verified,
+                valid_until,
+                key,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::jwks::KeySet;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"a development secret that is long enough";
+
+    fn provider(yaml_extra: &str) -> Provider {
+        let yaml = format!(
+            "{{ name: dev, issuer: https://issuer.test, audiences: [svc], algorithms: [HS256], secret_file: /unused{yaml_extra} }}"
+        );
+        let config: crate::config::JwtProvider = serde_saphyr::from_str(&yaml).unwrap();
+        Provider::new(&config, KeySource::Static(Arc::new(KeySet::secret(SECRET)))).unwrap()
+    }
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(vec![provider("")], 100)
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://issuer.test", "aud": "svc", "sub": "user-1", "exp": now() + 600,
+               "tenant_id": "acme", "roles": ["reader", "writer"]})
+    }
+
+    fn sign(claims: &Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_maps_its_claims() {
+        let verified = block_on(verifier().verify(&sign(&claims()))).unwrap();
+        let principal = verified.principal;
+        assert_eq!(principal.user_id.as_deref(), Some("user-1"));
+        assert_eq!(principal.tenant_id.as_deref(), Some("acme"));
+        assert_eq!(principal.roles, ["reader", "writer"]);
+        assert!(verified.forward_token);
+    }
+
+    #[test]
+    fn refuses_bad_tokens_with_a_reason() {
+        let verifier = verifier();
+        let mut cases: Vec<(&str, String)> = Vec::new();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut c = claims();
+            f(&mut c);
+            sign(&c)
+        };
+        cases.push(("token_expired", with(&|c| c["exp"] = json!(now() - 3600))));
+        cases.push((
+            "token_not_yet_valid",
+            with(&|c| c["nbf"] = json!(now() + 3600)),
+        ));
+        cases.push(("wrong_audience", with(&|c| c["aud"] = json!("other"))));
+        cases.push((
+            "wrong_issuer",
+            with(&|c| c["iss"] = json!("https://evil.test")),
+        ));
+        cases.push((
+            "missing_claim",
+            with(&|c| drop(c.as_object_mut().unwrap().remove("exp"))),
+        ));
+        cases.push((
+            "missing_claim",
+            with(&|c| drop(c.as_object_mut().unwrap().remove("sub"))),
+        ));
+        // A string `exp` is not a time: refused as if absent.
+        cases.push((
+            "missing_claim",
+            with(&|c| c["exp"] = json!((now() + 600).to_string())),
+        ));
+        cases.push((
+            "missing_tenant",
+            with(&|c| drop(c.as_object_mut().unwrap().remove("tenant_id"))),
+        ));
+        let good = sign(&claims());
+        let (head, rest) = good.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!({"sub": "admin"})).unwrap());
+        cases.push((
+            "bad_signature",
+            format!("{head}.{forged_payload}.{signature}"),
+        ));
+        cases.push(("malformed_token", "not.a.token".to_owned()));
+        cases.push(("token_too_large", "x".repeat(MAX_TOKEN_BYTES + 1)));
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        cases.push((
+            "bad_algorithm",
+            format!("{none_header}.{}.", rest.split_once('.').unwrap().0),
+        ));
+        let crit_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","crit":["exp"]}"#);
+        cases.push(("crit_header", format!("{crit_header}.{rest}")));
+        for (reason, token) in cases {
+            let refusal = block_on(verifier.verify(&token)).unwrap_err();
+            assert_eq!(refusal.reason, reason, "{token}: {refusal:?}");
+            assert_eq!(refusal.code, crate::grpc::Code::Unauthenticated);
+        }
+    }
+
+    #[test]
+    fn rejects_mixed_families_and_none() {
+        assert_eq!(
+            Family::of(&["RS256".into(), "RS512".into()]),
+            Ok(Family::Rsa)
+        );
+        assert!(Family::of(&["RS256".into(), "HS256".into()]).is_err());
+        assert!(Family::of(&["none".into()]).unwrap_err().contains("never"));
+        assert!(Family::of(&[]).is_err());
+    }
+
+    #[test]
+    fn caches_verified_tokens_until_they_expire() {
+        let verifier = verifier();
+        let token = sign(&claims());
+        block_on(verifier.verify(&token)).unwrap();
+        assert_eq!(verifier.cache.as_ref().unwrap().len(), 1);
+        let again = block_on(verifier.verify(&token)).unwrap();
+        assert_eq!(again.principal.user_id.as_deref(), Some("user-1"));
+        let digest = sha256(token.as_bytes());
+        assert!(
+            verifier
+                .cache
+                .as_ref()
+                .unwrap()
+                .get(&digest, now() + 10_000)
+                .is_none(),
+            "expired entries are not served"
+        );
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let verifier = JwtVerifier::new(vec![provider("")], 3);
+        for i in 0..10 {
+            let mut c = claims();
+            c["sub"] = json!(format!("user-{i}"));
+            block_on(verifier.verify(&sign(&c))).unwrap();
+        }
+        assert!(verifier.cache.as_ref().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn reads_nested_claims_and_space_separated_roles() {
+        let provider = provider(", claims: { tenant_id: realm.tenant, roles: scope }");
+        let claims = json!({"sub": "u", "realm": {"tenant": "globex"}, "scope": "read write"});
+        let principal = provider.identity(&claims).unwrap();
+        assert_eq!(principal.tenant_id.as_deref(), Some("globex"));
+        assert_eq!(principal.roles, ["read", "write"]);
+    }
+}

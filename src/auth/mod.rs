@@ -1,0 +1,289 @@
+//! Credentials to identity to decision: who is calling (a JWT, an API key, or only the
+//! client certificate), and whether they may call this method.
+//!
+//! [`Authenticator::admit`] is the whole decision for one request, applied by
+//! `middleware::auth`. It runs after caller-sent identity headers were stripped and
+//! ends by setting the verified ones.
+
+pub mod api_key;
+pub mod jwks;
+pub mod jwt;
+pub mod policy;
+pub mod principal;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+
+use crate::config::{self, Config, Problem};
+use crate::server::ConnectionInfo;
+use api_key::ApiKeyStore;
+use jwks::{KeySet, KeySource, RemoteJwks};
+use jwt::{Family, JwtVerifier, Provider};
+use policy::{MethodPattern, Policy};
+use principal::{AuthMethod, Principal, Refusal};
+
+/// How often `auth.api_keys.keys_file` is checked for changes.
+const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
+
+/// The configured authentication and authorization.
+pub struct Authenticator {
+    /// `None`: no `auth` section, the client certificate is the only credential.
+    credentials: Option<Credentials>,
+    policy: Policy,
+}
+
+struct Credentials {
+    public: Vec<MethodPattern>,
+    jwt: Option<JwtVerifier>,
+    api_keys: Option<Arc<ApiKeyStore>>,
+}
+
+impl Authenticator {
+    /// Builds from the config, reading every file it names (key sets, secrets, keys
+    /// files); problems name their fields. Remote key sets are fetched by [`start`].
+    ///
+    /// [`start`]: Authenticator::start
+    pub fn build(config: &Config) -> Result<Authenticator, Vec<Problem>> {
+        let policy = Policy::new(&config.tls, config.authorization.as_ref());
+        let Some(auth) = &config.auth else {
+            return Ok(Authenticator {
+                credentials: None,
+                policy,
+            });
+        };
+        let mut problems = Vec::new();
+        let jwt = auth.jwt.as_ref().map(|jwt| {
+            let providers = jwt
+                .providers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, provider)| match build_provider(provider) {
+                    Ok(provider) => Some(provider),
+                    Err(problem) => {
+                        problems.push(Problem::new(
+                            format!("auth.jwt.providers[{i}].{}", problem.field),
+                            problem.message,
+                        ));
+                        None
+                    }
+                })
+                .collect();
+            JwtVerifier::new(providers, jwt.cache_size)
+        });
+        let api_keys = match auth.api_keys.as_ref().map(ApiKeyStore::load).transpose() {
+            Ok(store) => store.map(Arc::new),
+            Err(more) => {
+                problems.extend(more);
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let public = auth
+            .public_methods
+            .iter()
+            .map(|pattern| MethodPattern::parse(pattern))
+            .collect();
+        Ok(Authenticator {
+            credentials: Some(Credentials {
+                public,
+                jwt,
+                api_keys,
+            }),
+            policy,
+        })
+    }
+
+    /// Fetches remote key sets (waiting a few seconds at most, so an issuer that is down
+    /// does not stop the sidecar from starting) and starts the background refreshers.
+    pub async fn start(&self) {
+        let Some(credentials) = &self.credentials else {
+            return;
+        };
+        if let Some(api_keys) = &credentials.api_keys {
+            api_keys.spawn_reloader(KEYS_FILE_POLL);
+        }
+        for provider in credentials.jwt.iter().flat_map(|jwt| &jwt.providers) {
+            if let KeySource::Remote(remote) = &provider.keys {
+                remote.spawn_refresher();
+                if !remote.wait_loaded(Duration::from_secs(5)).await {
+                    tracing::warn!(provider = %provider.name, "JWKS not loaded yet; tokens of this provider are refused until it is");
+                }
+            }
+        }
+    }
+
+    /// Decides one request: on success the verified identity headers are set, the API
+    /// key header is gone and `authorization` is kept only if the provider forwards it.
+    pub async fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+        let info = request.extensions.get::<Arc<ConnectionInfo>>().cloned();
+        let peer = info.as_ref().and_then(|info| info.peer.as_ref());
+        let client_cert = info
+            .as_ref()
+            .and_then(|info| info.client_cert_header.as_ref());
+        self.policy.admit_peer(peer)?;
+        let path = request.uri.path();
+        let headers = &mut request.headers;
+
+        let Some(credentials) = &self.credentials else {
+            let principal = Principal::anonymous(if peer.is_some() {
+                AuthMethod::Mtls
+            } else {
+                AuthMethod::None
+            });
+            self.policy.authorize(path, &principal, peer)?;
+            principal.inject(headers, client_cert);
+            return Ok(());
+        };
+        // Never forwarded, whatever the outcome.
+        let api_key = credentials
+            .api_keys
+            .as_ref()
+            .and_then(|store| headers.remove(store.header()));
+        if policy::any_matches(&credentials.public, path) {
+            Principal::anonymous(AuthMethod::None).inject(headers, client_cert);
+            return Ok(());
+        }
+        let bearer = match &credentials.jwt {
+            Some(_) => {
+                let mut values = headers.get_all(AUTHORIZATION).iter();
+                let first = values.next();
+                if values.next().is_some() {
+                    return Err(Refusal::unauthenticated(
+                        "ambiguous_credentials",
+                        "more than one authorization header",
+                    ));
+                }
+                first
+            }
+            None => None,
+        };
+        let (principal, keep_token) = match (bearer, api_key) {
+            (Some(_), Some(_)) => {
+                return Err(Refusal::unauthenticated(
+                    "ambiguous_credentials",
+                    "both a bearer token and an API key: send one",
+                ));
+            }
+            (Some(value), None) => {
+                let token = bearer_token(value.as_bytes()).ok_or_else(|| {
+                    Refusal::unauthenticated(
+                        "malformed_token",
+                        "authorization is not a bearer token",
+                    )
+                })?;
+                let verifier = credentials
+                    .jwt
+                    .as_ref()
+                    .expect("bearer tokens are read only with jwt configured");
+                let verified = verifier.verify(token).await?;
+                (verified.principal, verified.forward_token)
+            }
+            (None, Some(key)) => {
+                let store = credentials
+                    .api_keys
+                    .as_ref()
+                    .expect("the key header is read only with api_keys configured");
+                (store.authenticate(key.as_bytes())?, true)
+            }
+            (None, None) => {
+                return Err(Refusal::unauthenticated(
+                    "missing_credentials",
+                    "missing credentials",
+                ));
+            }
+        };
+        self.policy.authorize(path, &principal, peer)?;
+        if !keep_token {
+            headers.remove(AUTHORIZATION);
+        }
+        principal.inject(headers, client_cert);
+        Ok(())
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = std::str::from_utf8(token).ok()?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+fn build_provider(config: &config::JwtProvider) -> Result<Provider, Problem> {
+    let family =
+        Family::of(&config.algorithms).map_err(|message| Problem::new("algorithms", message))?;
+    let algorithms = jwt::parse_algorithms(&config.algorithms)
+        .map_err(|message| Problem::new("algorithms", message))?;
+    let keys = if let Some(path) = &config.secret_file {
+        let secret = read(path).map_err(|message| Problem::new("secret_file", message))?;
+        let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+        if secret.len() < 32 {
+            return Err(Problem::new(
+                "secret_file",
+                "the secret must be at least 32 bytes",
+            ));
+        }
+        KeySource::Static(Arc::new(KeySet::secret(secret)))
+    } else if let Some(path) = &config.jwks_file {
+        let json = read(path).map_err(|message| Problem::new("jwks_file", message))?;
+        let mut skipped = Vec::new();
+        let keys =
+            KeySet::from_jwks(&json, family, &algorithms, &mut skipped).map_err(|message| {
+                Problem::new("jwks_file", format!("{}: {message}", path.display()))
+            })?;
+        for reason in skipped {
+            tracing::warn!(file = %path.display(), reason, "JWKS key skipped");
+        }
+        KeySource::Static(Arc::new(keys))
+    } else if let Some(url) = &config.jwks_url {
+        let extra_roots = match &config.jwks_ca_file {
+            Some(path) => crate::tls::load_certs(path)
+                .map_err(|message| Problem::new("jwks_ca_file", message))?,
+            None => Vec::new(),
+        };
+        let remote = RemoteJwks::new(
+            url,
+            extra_roots,
+            family,
+            algorithms,
+            config.refresh_interval.get(),
+            config.min_refresh_interval.get(),
+        )
+        .map_err(|message| Problem::new("jwks_url", message))?;
+        KeySource::Remote(Arc::new(remote))
+    } else {
+        return Err(Problem::new(
+            "jwks_file",
+            "set exactly one of jwks_file, jwks_url or secret_file",
+        ));
+    };
+    Provider::new(config, keys).map_err(|message| Problem::new("algorithms", message))
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+        _ => format!("cannot read {}: {error}", path.display()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_tokens_only() {
+        assert_eq!(bearer_token(b"Bearer abc.def.ghi"), Some("abc.def.ghi"));
+        assert_eq!(bearer_token(b"bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(b"Basic dXNlcjpwYXNz"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bear"), None);
+    }
+}

@@ -1,0 +1,322 @@
+//! The caller's verified identity, the refusals that stand in for one, and the metadata
+//! that carries it to the app.
+//!
+//! Strip, then set: every request loses whatever copies of the identity headers the
+//! caller sent (any spelling: `-bin` forms, underscores), and only then are the verified
+//! values inserted. Values are built into `HeaderValue`s once per identity, so a cached
+//! identity costs no formatting per call.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+
+use crate::body::ResponseBody;
+use crate::grpc::{self, Code};
+use crate::tls::PeerIdentity;
+
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+pub const X_USER_ROLES: HeaderName = HeaderName::from_static("x-user-roles");
+pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+pub const X_API_KEY_NAME: HeaderName = HeaderName::from_static("x-api-key-name");
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
+/// Every header gatehouse sets; callers can never send any of them.
+const IDENTITY_HEADERS: [&str; 6] = [
+    "x-user-id",
+    "x-tenant-id",
+    "x-user-roles",
+    "x-auth-method",
+    "x-api-key-name",
+    "x-forwarded-client-cert",
+];
+
+/// Whether `name` is an identity header in any spelling: `x_user_id`, `x-user-id-bin`…
+pub fn is_identity_header(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.len() < 9 || bytes[0] != b'x' || (bytes[1] != b'-' && bytes[1] != b'_') {
+        return false;
+    }
+    let base = name
+        .strip_suffix("-bin")
+        .or_else(|| name.strip_suffix("_bin"))
+        .unwrap_or(name);
+    IDENTITY_HEADERS.iter().any(|identity| {
+        base.len() == identity.len()
+            && base
+                .bytes()
+                .zip(identity.bytes())
+                .all(|(sent, ours)| sent == ours || (sent == b'_' && ours == b'-'))
+    })
+}
+
+/// Removes every caller-sent identity header. Allocates only when there is one.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+/// How the caller proved who it is; sent to the app as `x-auth-method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    Jwt,
+    ApiKey,
+    /// The client certificate is the only credential: no `auth` section is configured.
+    Mtls,
+    /// A public method: no credentials were asked for.
+    None,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Jwt => "jwt",
+            AuthMethod::ApiKey => "api_key",
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::None => "none",
+        }
+    }
+
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub method: AuthMethod,
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub roles: Vec<String>,
+    pub api_key_name: Option<String>,
+    headers: [Option<HeaderValue>; 4],
+}
+
+impl Principal {
+    /// Builds a principal; refused if a value cannot travel as a header (control
+    /// characters in a claim, say).
+    pub fn new(
+        method: AuthMethod,
+        user_id: Option<String>,
+        tenant_id: Option<String>,
+        roles: Vec<String>,
+        api_key_name: Option<String>,
+    ) -> Result<Principal, Refusal> {
+        let value = |text: &Option<String>| -> Result<Option<HeaderValue>, Refusal> {
+            text.as_deref()
+                .map(|text| {
+                    HeaderValue::from_str(text).map_err(|_| {
+                        Refusal::unauthenticated(
+                            "bad_claim",
+                            "identity value cannot be sent as metadata",
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let joined = (!roles.is_empty()).then(|| roles.join(","));
+        let headers = [
+            value(&user_id)?,
+            value(&tenant_id)?,
+            value(&joined)?,
+            value(&api_key_name)?,
+        ];
+        Ok(Principal {
+            method,
+            user_id,
+            tenant_id,
+            roles,
+            api_key_name,
+            headers,
+        })
+    }
+
+    /// The principal of a caller whose only credential is its certificate, or none.
+    pub fn anonymous(method: AuthMethod) -> Principal {
+        Principal {
+            method,
+            user_id: None,
+            tenant_id: None,
+            roles: Vec::new(),
+            api_key_name: None,
+            headers: Default::default(),
+        }
+    }
+
+    /// Sets the verified identity headers (after [`strip_identity_headers`]).
+    pub fn inject(&self, headers: &mut HeaderMap, client_cert: Option<&HeaderValue>) {
+        let names = [X_USER_ID, X_TENANT_ID, X_USER_ROLES, X_API_KEY_NAME];
+        for (name, value) in names.into_iter().zip(&self.headers) {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
+        headers.insert(X_AUTH_METHOD, self.method.header_value());
+        if let Some(client_cert) = client_cert {
+            headers.insert(X_FORWARDED_CLIENT_CERT, client_cert.clone());
+        }
+    }
+}
+
+/// Why a call was refused: the status, a message that says why without revealing any
+/// secret, and a short reason for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub message: Cow<'static, str>,
+    pub reason: &'static str,
+}
+
+impl Refusal {
+    pub fn unauthenticated(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            code: Code::Unauthenticated,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    pub fn permission_denied(
+        reason: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Refusal {
+        Refusal {
+            code: Code::PermissionDenied,
+            message: message.into(),
+            reason,
+        }
+    }
+
+    pub fn response(&self) -> Response<ResponseBody> {
+        grpc::status_response(self.code, &self.message)
+    }
+}
+
+/// The verified client certificate in Envoy's `x-forwarded-client-cert` format:
+/// `Hash=…;Subject="…";URI=…;DNS=…`.
+pub fn forwarded_client_cert(peer: &PeerIdentity) -> Option<HeaderValue> {
+    let mut value = format!(
+        "Hash={};Subject=\"{}\"",
+        peer.sha256,
+        peer.subject.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    for uri in &peer.uris {
+        value.push_str(";URI=");
+        push_field(&mut value, uri);
+    }
+    for dns in &peer.dns_names {
+        value.push_str(";DNS=");
+        push_field(&mut value, dns);
+    }
+    HeaderValue::try_from(value).ok()
+}
+
+/// Quotes a value that contains a separator, as Envoy does.
+fn push_field(out: &mut String, value: &str) {
+    if value.contains([',', ';', '=', '"']) {
+        out.push('"');
+        out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_every_spelling_of_identity_headers() {
+        for forged in [
+            "x-tenant-id",
+            "x_tenant_id",
+            "x-tenant_id",
+            "x-tenant-id-bin",
+            "x_tenant_id_bin",
+            "x-user-id",
+            "x-user-roles",
+            "x-auth-method",
+            "x-api-key-name",
+            "x-forwarded-client-cert",
+        ] {
+            assert!(is_identity_header(forged), "{forged}");
+        }
+        for innocent in [
+            "x-tenant",
+            "x-tenant-ids",
+            "tenant-id",
+            "x-request-id",
+            "authorization",
+            "x-api-key",
+        ] {
+            assert!(!is_identity_header(innocent), "{innocent}");
+        }
+    }
+
+    #[test]
+    fn strips_caller_sent_tenant_header_then_sets_the_verified_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant-id", HeaderValue::from_static("forged"));
+        headers.insert("x_tenant_id", HeaderValue::from_static("forged"));
+        headers.insert("x-tenant-id-bin", HeaderValue::from_static("Zm9yZ2Vk"));
+        headers.insert("x-custom", HeaderValue::from_static("kept"));
+        strip_identity_headers(&mut headers);
+        assert_eq!(headers.len(), 1);
+
+        let principal = Principal::new(
+            AuthMethod::Jwt,
+            Some("u1".into()),
+            Some("acme".into()),
+            vec!["a".into(), "b".into()],
+            None,
+        )
+        .unwrap();
+        principal.inject(&mut headers, None);
+        assert_eq!(headers["x-tenant-id"], "acme");
+        assert_eq!(headers["x-user-id"], "u1");
+        assert_eq!(headers["x-user-roles"], "a,b");
+        assert_eq!(headers["x-auth-method"], "jwt");
+        assert!(headers.get("x-api-key-name").is_none());
+    }
+
+    #[test]
+    fn refuses_identity_values_that_cannot_be_headers() {
+        let refusal = Principal::new(
+            AuthMethod::Jwt,
+            Some("evil\nvalue".into()),
+            None,
+            vec![],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(refusal.code, Code::Unauthenticated);
+    }
+
+    #[test]
+    fn formats_the_client_certificate_like_envoy() {
+        let peer = PeerIdentity {
+            uris: vec!["spiffe://td/ns/a/sa/b".into()],
+            dns_names: vec!["b.svc".into()],
+            common_name: Some("b".into()),
+            subject: "CN=b,O=x".into(),
+            sha256: "ab".repeat(32),
+        };
+        let value = forwarded_client_cert(&peer).unwrap();
+        assert_eq!(
+            value,
+            format!(
+                "Hash={};Subject=\"CN=b,O=x\";URI=spiffe://td/ns/a/sa/b;DNS=b.svc",
+                "ab".repeat(32)
+            )
+            .as_str()
+        );
+    }
+}

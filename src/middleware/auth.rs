@@ -1,0 +1,97 @@
+//! Auth: strips caller-sent identity headers from every request, then admits the call
+//! (credentials, peer allow-list, authorization rules) and sets the verified identity,
+//! or answers with the refusal's gRPC status without calling the app.
+//!
+//! ```no_run
+//! # async fn example(config: gatehouse::config::Config, forward: gatehouse::upstream::Forward) {
+//! use std::sync::Arc;
+//! use gatehouse::auth::Authenticator;
+//! use gatehouse::middleware::auth::AuthLayer;
+//! use tower::Layer;
+//! let authenticator = Arc::new(Authenticator::build(&config).expect("valid auth config"));
+//! let service = AuthLayer::new(authenticator).layer(forward);
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::Authenticator;
+use crate::auth::principal::strip_identity_headers;
+use crate::body::{RequestBody, ResponseBody};
+
+/// Wraps a service in [`Auth`].
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S> Service<Request<RequestBody>> for Auth<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        // Strip first, on every path: refused, public and authenticated alike.
+        strip_identity_headers(&mut parts.headers);
+        let authenticator = self.authenticator.clone();
+        // The inner service is always ready; take the ready one and leave a clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match authenticator.admit(&mut parts).await {
+                Ok(()) => inner.call(Request::from_parts(parts, body)).await,
+                Err(refusal) => {
+                    tracing::debug!(
+                        method = parts.uri.path(),
+                        reason = refusal.reason,
+                        "call refused"
+                    );
+                    Ok(refusal.response())
+                }
+            }
+        })
+    }
+}
