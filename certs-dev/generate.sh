@@ -8,6 +8,10 @@
 #                                        localhost, 127.0.0.1, ::1
 #   client-gateway.crt / .key            a caller: spiffe://dev.gatehouse/ns/default/sa/gateway
 #   client-compliance-scanner.crt / .key a caller: spiffe://dev.gatehouse/ns/default/sa/compliance-scanner
+#   jwt-signing.key / jwks.json          the development token issuer's RSA key (kid dev-1)
+#                                        and its public JWKS, trusted by config/dev.yaml;
+#                                        `gatehouse token --key certs-dev/jwt-signing.key` mints
+#   api-key-compliance-scanner.txt       a development API key; config/dev.yaml holds its SHA-256
 set -euo pipefail
 cd "$(dirname "$0")"
 days=3650
@@ -43,6 +47,20 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth
 subjectAltName=URI:spiffe://dev.gatehouse/ns/default/sa/$sa"
 done
+
+# The token issuer: an RSA key and its JWKS (n and e, base64url without padding).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out jwt-signing.key 2>/dev/null
+modulus="$(openssl rsa -in jwt-signing.key -noout -modulus | cut -d= -f2)"
+python3 - "$modulus" >jwks.json <<'PY'
+import base64, json, sys
+n = bytes.fromhex(sys.argv[1])
+b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+key = {"kty": "RSA", "kid": "dev-1", "use": "sig", "alg": "RS256", "n": b64(n), "e": b64((65537).to_bytes(3, "big"))}
+print(json.dumps({"keys": [key]}, indent=2))
+PY
+
+# A development API key (random), stored in config/dev.yaml only as its SHA-256.
+printf 'dev-%s\n' "$(openssl rand -hex 16)" >api-key-compliance-scanner.txt
 
 rm -f ca.srl
 chmod 600 ./*.key

@@ -36,6 +36,44 @@ pub fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// `gatehouse hash-key`: the SHA-256 of the key on standard input (one trailing newline
+/// ignored), as the config line that stores it.
+pub fn hash_key() -> ExitCode {
+    use std::io::Read;
+    let mut key = Vec::new();
+    if let Err(error) = std::io::stdin().read_to_end(&mut key) {
+        eprintln!("hash-key: cannot read standard input: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let key = key.strip_suffix(b"\n").unwrap_or(&key);
+    let key = key.strip_suffix(b"\r").unwrap_or(key);
+    if key.is_empty() {
+        eprintln!(
+            "hash-key: no key on standard input (try: printf %s \"$KEY\" | gatehouse hash-key)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    println!(
+        "sha256: \"{}\"",
+        crate::auth::api_key::to_hex(&crate::auth::api_key::sha256(key))
+    );
+    ExitCode::SUCCESS
+}
+
+/// `gatehouse token`: prints a freshly signed development JWT.
+pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
+    match crate::auth::token::mint(args) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("token: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// `gatehouse run`: serves until a signal, drains, and exits.
 pub fn run(path: &Path) -> ExitCode {
     let loaded = match load_with_material(path) {

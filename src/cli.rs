@@ -1,4 +1,4 @@
-//! The command line: `gatehouse run`, `gatehouse check`.
+//! The command line: `gatehouse run`, `check`, `hash-key` and `token`.
 
 use std::path::PathBuf;
 
@@ -28,4 +28,40 @@ pub enum Command {
         #[arg(long, short, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Read an API key on standard input and print the `sha256:` line for the config.
+    HashKey,
+    /// Development helper: mint a JWT to try calls with, such as with grpcurl.
+    Token(TokenArgs),
+}
+
+/// Options of `gatehouse token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The signing key: a PEM private key (RS*, PS*, ES*, EdDSA) or a secret file (HS*).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The signing algorithm.
+    #[arg(long, default_value = "RS256")]
+    pub alg: String,
+    /// `kid` header: the key's id in the provider's JWKS.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// `iss` claim.
+    #[arg(long)]
+    pub iss: String,
+    /// `aud` claim.
+    #[arg(long)]
+    pub aud: String,
+    /// `sub` claim: the user.
+    #[arg(long)]
+    pub sub: String,
+    /// `tenant_id` claim.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// `roles` claim, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime: `exp` is now plus this (30s, 15m, 1h).
+    #[arg(long, default_value = "1h")]
+    pub ttl: crate::config::Duration,
 }

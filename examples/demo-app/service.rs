@@ -36,6 +36,7 @@ use pb::*;
 /// What the app has observed, shared with whoever started it.
 #[derive(Debug, Default)]
 pub struct Observed {
+    calls: AtomicU64,
     cancelled: AtomicU64,
     waits_started: AtomicU64,
     changed: Notify,
@@ -45,6 +46,15 @@ impl Observed {
     /// Calls whose caller (or gatehouse) went away before the app finished them.
     pub fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Calls of `Echo`, `Inspect` and `Collect` that reached the app.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
     }
 
     /// `Wait` calls that reached the app.
@@ -126,9 +136,27 @@ fn echo_metadata(request: &MetadataMap, response: &mut MetadataMap) {
     }
 }
 
+/// Metadata as key/value pairs; binary values in their base64 wire form.
+fn entries(metadata: &MetadataMap) -> Vec<MetadataEntry> {
+    metadata
+        .iter()
+        .map(|entry| match entry {
+            KeyAndValueRef::Ascii(key, value) => MetadataEntry {
+                key: key.to_string(),
+                value: value.to_str().unwrap_or("<not visible ASCII>").to_owned(),
+            },
+            KeyAndValueRef::Binary(key, value) => MetadataEntry {
+                key: key.to_string(),
+                value: String::from_utf8_lossy(value.as_encoded_bytes()).into_owned(),
+            },
+        })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Demo for DemoService {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        self.observed.count_call();
         let (metadata, _, message) = request.into_parts();
         let mut response = Response::new(EchoReply {
             payload: payload(message.reply_size, message.payload),
@@ -181,6 +209,7 @@ impl Demo for DemoService {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<CollectReply>, Status> {
+        self.observed.count_call();
         let guard = CancelGuard::new(&self.observed);
         let mut inbound = request.into_inner();
         let mut reply = CollectReply::default();
@@ -188,6 +217,9 @@ impl Demo for DemoService {
             reply.count += 1;
             reply.payload_bytes += message.payload.len() as u64;
             reply.last_message = message.message;
+        }
+        if let Some(trailers) = inbound.trailers().await? {
+            reply.trailers = entries(&trailers);
         }
         guard.finish();
         Ok(Response::new(reply))
@@ -229,20 +261,8 @@ impl Demo for DemoService {
         &self,
         request: Request<InspectRequest>,
     ) -> Result<Response<InspectReply>, Status> {
-        let metadata = request
-            .metadata()
-            .iter()
-            .map(|entry| match entry {
-                KeyAndValueRef::Ascii(key, value) => MetadataEntry {
-                    key: key.to_string(),
-                    value: value.to_str().unwrap_or("<not visible ASCII>").to_owned(),
-                },
-                KeyAndValueRef::Binary(key, value) => MetadataEntry {
-                    key: key.to_string(),
-                    value: String::from_utf8_lossy(value.as_encoded_bytes()).into_owned(),
-                },
-            })
-            .collect();
+        self.observed.count_call();
+        let metadata = entries(request.metadata());
         Ok(Response::new(InspectReply { metadata }))
     }
 

@@ -39,11 +39,16 @@ pub struct VerifyingKey {
 pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyingKey>>,
     all: Vec<Arc<VerifyingKey>>,
+    /// A shared secret verifies every token of its provider, whatever `kid` it names.
+    shared_secret: bool,
 }
 
 impl KeySet {
     /// The key a token names, or the only key when the token names none.
     pub fn find(&self, kid: Option<&str>) -> Option<&Arc<VerifyingKey>> {
+        if self.shared_secret {
+            return self.all.first();
+        }
         match kid {
             Some(kid) => self.by_kid.get(kid),
             None if self.all.len() == 1 => self.all.first(),
@@ -68,6 +73,7 @@ impl KeySet {
         KeySet {
             by_kid: HashMap::new(),
             all: vec![key],
+            shared_secret: true,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod policy;
 pub mod principal;
+pub mod token;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -207,6 +207,14 @@ async fn passes_custom_metadata_and_trailers_both_ways() {
     assert_eq!(value("x-custom").as_deref(), Some("hello"));
     assert_eq!(value("x-blob-bin").as_deref(), Some("AAEC/w"));
     assert_eq!(value("te").as_deref(), Some("trailers"));
+    // No auth section: the certificate is the only credential, and the app sees it.
+    assert_eq!(value("x-auth-method").as_deref(), Some("mtls"));
+    let client_cert = value("x-forwarded-client-cert").unwrap();
+    assert!(client_cert.starts_with("Hash="), "{client_cert}");
+    assert!(
+        client_cert.contains(";URI=spiffe://dev.gatehouse/ns/default/sa/gateway"),
+        "{client_cert}"
+    );
 
     let mut request = tonic::Request::new(EchoRequest {
         message: "m".into(),

@@ -143,3 +143,102 @@ async fn grpcurl_sees_the_apps_status_and_custom_metadata() {
         "{inspected}"
     );
 }
+
+/// The quick-start config (`config/dev.yaml`) on an ephemeral port, in front of `app`.
+fn dev_yaml(app: std::net::SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo().join("config/dev.yaml")).unwrap();
+    let text = text
+        .replace("127.0.0.1:12018", "127.0.0.1:0")
+        .replace("127.0.0.1:50051", &app.to_string());
+    let certs = repo().join("certs-dev");
+    text.replace("certs-dev/", &format!("{}/", certs.display()))
+}
+
+/// The README's JWT and API key calls, as written there: a token minted with
+/// `gatehouse token`, the development API key, and grpcurl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_calls_with_a_minted_token_and_with_the_development_api_key() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_yaml(app.addr));
+    let addr = gatehouse.addr;
+    let (with_token, with_key, without, admin_only) = tokio::task::spawn_blocking(move || {
+        let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .current_dir(repo())
+            .args([
+                "token",
+                "--key",
+                "certs-dev/jwt-signing.key",
+                "--kid",
+                "dev-1",
+                "--iss",
+                "https://issuer.dev.gatehouse",
+            ])
+            .args([
+                "--aud", "demo", "--sub", "alice", "--tenant", "acme", "--roles", "reader",
+            ])
+            .output()
+            .unwrap();
+        assert!(minted.status.success(), "{}", stderr(&minted));
+        let token = stdout(&minted).trim().to_owned();
+        let key = std::fs::read_to_string(repo().join("certs-dev/api-key-compliance-scanner.txt"))
+            .unwrap();
+        let auth = format!("authorization: Bearer {token}");
+        let api_key = format!("x-api-key: {}", key.trim());
+        let with_token = grpcurl(addr, &["-H", &auth], &[&format!("{DEMO}/Inspect")], None);
+        let with_key = grpcurl(addr, &["-H", &api_key], &[&format!("{DEMO}/Inspect")], None);
+        let without = grpcurl(addr, &[], &[&format!("{DEMO}/Inspect")], None);
+        let admin_only = grpcurl(
+            addr,
+            &["-H", &auth, "-d", r#"{"code":5}"#],
+            &[&format!("{DEMO}/Fail")],
+            None,
+        );
+        (with_token, with_key, without, admin_only)
+    })
+    .await
+    .unwrap();
+    let with_token = ok(&with_token);
+    assert!(
+        with_token.contains("\"key\": \"x-user-id\",\n      \"value\": \"alice\""),
+        "{with_token}"
+    );
+    assert!(with_token.contains("\"value\": \"acme\""), "{with_token}");
+    let with_key = ok(&with_key);
+    assert!(
+        with_key.contains("\"value\": \"compliance-scanner\""),
+        "{with_key}"
+    );
+    assert!(
+        !with_key.contains("x-api-key\""),
+        "the API key reached the app: {with_key}"
+    );
+    assert!(!without.status.success());
+    // Reflection is a method like any other: without credentials grpcurl cannot even
+    // describe the service.
+    assert!(
+        stderr(&without).contains("Unauthenticated"),
+        "{}",
+        stderr(&without)
+    );
+    assert!(
+        stderr(&without).contains("missing credentials"),
+        "{}",
+        stderr(&without)
+    );
+    assert!(
+        stderr(&admin_only).contains("Code: PermissionDenied"),
+        "{}",
+        stderr(&admin_only)
+    );
+
+    // The health service is public: a probe without credentials (and without
+    // reflection, which is not public) gets its answer.
+    let channel = channel(gatehouse.addr, Some(Identity::gateway()))
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    assert!(health.check(request).await.is_ok());
+}

@@ -4,9 +4,11 @@
 
 mod support;
 
+mod auth;
 mod cli;
 mod forwarding;
 mod grpcurl;
+mod issuers;
 mod refusals;
 mod shutdown;
 mod upstream_failures;

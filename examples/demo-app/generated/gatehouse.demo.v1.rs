@@ -34,7 +34,7 @@ pub struct CountdownRequest {
     #[prost(string, tag = "5")]
     pub end_message: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CollectReply {
     #[prost(uint32, tag = "1")]
     pub count: u32,
@@ -42,6 +42,9 @@ pub struct CollectReply {
     pub payload_bytes: u64,
     #[prost(string, tag = "3")]
     pub last_message: ::prost::alloc::string::String,
+    /// The request trailers, if the caller sent any after its last message.
+    #[prost(message, repeated, tag = "4")]
+    pub trailers: ::prost::alloc::vec::Vec<MetadataEntry>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct InspectRequest {}
