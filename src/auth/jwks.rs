@@ -35,7 +35,7 @@ pub struct VerifyingKey {
 }
 
 /// The keys of one provider at one moment.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct KeySet {
     by_kid: HashMap<String, Arc<VerifyingKey>>,
     all: Vec<Arc<VerifyingKey>>,

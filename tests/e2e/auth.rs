@@ -238,7 +238,18 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
         .unwrap()
     };
 
+    // Headers that point at keys (jku, x5u) or embed one (jwk) are never used.
+    let self_keyed = {
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some(rs.kid.clone());
+        header.jwk = Some(impostor.jwk());
+        header.jku = Some(format!("https://127.0.0.1:{}/jwks", gatehouse.addr.port()));
+        header.x5u = Some("https://127.0.0.1:1/cert.pem".to_owned());
+        impostor.sign_with_header(header, &rs.claims("alice", "acme", &["admin"]))
+    };
+
     let cases: Vec<(&str, String, &str)> = vec![
+        ("jku, x5u and an embedded jwk", self_keyed, "bad signature"),
         (
             "alg none",
             format!("{}.{payload}.", b64(json!({"alg": "none", "typ": "JWT"}))),

@@ -102,6 +102,10 @@ impl Issuer {
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
     }
 
+    pub fn sign_with_header(&self, header: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+
     pub fn token(&self, sub: &str, tenant: &str, roles: &[&str]) -> String {
         self.sign(&self.claims(sub, tenant, roles))
     }

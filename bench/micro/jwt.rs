@@ -1,0 +1,116 @@
+//! JWT checks per algorithm family, with and without the verified-token cache.
+//!
+//!     cargo bench --bench jwt
+//!
+//! "uncached" is a full check (header, issuer, key lookup, signature, claims, identity);
+//! "cached" is what every call after the first pays for the same token.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
+use gatehouse::auth::jwks::{KeySet, KeySource};
+use gatehouse::auth::jwt::{Family, JwtVerifier, Provider};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const ISSUER: &str = "https://issuer.bench";
+
+struct Case {
+    name: &'static str,
+    token: String,
+    keys: KeySet,
+}
+
+fn case(name: &'static str, alg: Algorithm) -> Case {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"iss": ISSUER, "aud": "bench", "sub": "user-1", "exp": now + 3600,
+                        "tenant_id": "acme", "roles": ["reader", "writer"]});
+    let mut header = Header::new(alg);
+    header.kid = Some("k1".into());
+    let (encoding, jwk): (EncodingKey, Option<Jwk>) = match alg {
+        Algorithm::HS256 => (
+            EncodingKey::from_secret(b"a benchmark secret of at least 32 bytes"),
+            None,
+        ),
+        _ => {
+            let rcgen_alg = match alg {
+                Algorithm::RS256 | Algorithm::PS256 => &rcgen::PKCS_RSA_SHA256,
+                Algorithm::ES256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+                _ => &rcgen::PKCS_ED25519,
+            };
+            let pair = rcgen::KeyPair::generate_for(rcgen_alg).expect("key generation");
+            let pem = pair.serialize_pem();
+            let encoding = match alg {
+                Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
+                Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+                _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+            }
+            .expect("PEM key");
+            let mut jwk: Jwk = if alg == Algorithm::EdDSA {
+                let x = URL_SAFE_NO_PAD.encode(pair.public_key_raw());
+                serde_json::from_value(json!({"kty": "OKP", "crv": "Ed25519", "x": x}))
+                    .expect("JWK")
+            } else {
+                Jwk::from_encoding_key(&encoding, alg).expect("JWK")
+            };
+            jwk.common.key_id = Some("k1".into());
+            (encoding, Some(jwk))
+        }
+    };
+    let token = jsonwebtoken::encode(&header, &claims, &encoding).expect("signing");
+    let family = Family::of(&[format!("{alg:?}")]).expect("family");
+    let keys = match jwk {
+        None => KeySet::secret(b"a benchmark secret of at least 32 bytes"),
+        Some(jwk) => {
+            let document = serde_json::to_vec(&JwkSet { keys: vec![jwk] }).expect("JWKS");
+            KeySet::from_jwks(&document, family, &[alg], &mut Vec::new()).expect("key set")
+        }
+    };
+    Case { name, token, keys }
+}
+
+fn verifier(alg: &str, keys: KeySet, cache_size: usize) -> JwtVerifier {
+    let yaml = format!(
+        "{{ name: b, issuer: \"{ISSUER}\", audiences: [bench], algorithms: [{alg}], jwks_file: /unused }}"
+    );
+    let config: gatehouse::config::JwtProvider =
+        serde_saphyr::from_str(&yaml).expect("provider config");
+    let provider = Provider::new(&config, KeySource::Static(Arc::new(keys))).expect("provider");
+    JwtVerifier::new(vec![provider], cache_size)
+}
+
+fn checks(c: &mut Criterion) {
+    let algorithms = [
+        ("RS256", Algorithm::RS256),
+        ("PS256", Algorithm::PS256),
+        ("ES256", Algorithm::ES256),
+        ("EdDSA", Algorithm::EdDSA),
+        ("HS256", Algorithm::HS256),
+    ];
+    for (name, alg) in algorithms {
+        let case = case(name, alg);
+        let uncached = verifier(name, case.keys.clone(), 0);
+        let cached = verifier(name, case.keys.clone(), 1024);
+        // The key sets are static, so the check never waits: poll it once.
+        let check = |verifier: &JwtVerifier| {
+            verifier
+                .verify(black_box(&case.token))
+                .now_or_never()
+                .expect("static keys never wait")
+                .expect("valid token")
+        };
+        check(&cached);
+        let mut group = c.benchmark_group(format!("jwt/{}", case.name));
+        group.bench_function("uncached", |b| b.iter(|| check(&uncached)));
+        group.bench_function("cached", |b| b.iter(|| check(&cached)));
+        group.finish();
+    }
+}
+
+criterion_group!(benches, checks);
+criterion_main!(benches);
