@@ -9,10 +9,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::sync::atomic::Ordering;
+
+use crate::admin::Readiness;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Problem};
 use crate::listener::Listener;
+use crate::metrics::Metrics;
 use crate::server::Server;
+use crate::telemetry::Tracing;
 use crate::upstream::{Forward, Upstream};
 use crate::{middleware, telemetry, tls};
 
@@ -170,6 +175,7 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
         tls,
         authenticator,
     } = loaded;
+    let telemetry = &config.telemetry;
     let address = config.listen.address;
     let tcp = TcpListener::bind(address)
         .await
@@ -177,20 +183,57 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
     let bound = tcp
         .local_addr()
         .map_err(|error| format!("listen.address {address}: {error}"))?;
+    let admin =
+        match telemetry.admin_address {
+            Some(admin) => Some(TcpListener::bind(admin).await.map_err(|error| {
+                format!("telemetry.admin_address {admin}: cannot listen: {error}")
+            })?),
+            None => None,
+        };
 
+    let metrics = Arc::new(Metrics::new());
+    let tracing = Arc::new(match &telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            Tracing::exporting(endpoint, &telemetry.service_name, telemetry.sample_ratio)?
+        }
+        None => Tracing::propagate_only(telemetry.sample_ratio),
+    });
     let authenticator = Arc::new(authenticator);
     authenticator.start().await;
-    let upstream = Arc::new(Upstream::new(&config.upstream));
-    let chain = middleware::build(authenticator, Forward::new(upstream));
+    let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone()));
+    let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
+    let chain = middleware::build(
+        tracing.clone(),
+        metrics.clone(),
+        authenticator,
+        Forward::new(upstream),
+    );
     let server = Server::new(&config.limits, chain);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let listener = Listener::new(tcp, acceptor, server, &config.limits);
+    let listener = Listener::new(tcp, acceptor, server, &config.limits, metrics.clone());
 
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let admin_bound = match admin {
+        Some(admin) => {
+            let admin_bound = admin.local_addr().ok();
+            tokio::spawn(crate::admin::serve(
+                admin,
+                metrics.clone(),
+                readiness.clone(),
+                admin_stopped,
+            ));
+            admin_bound
+        }
+        None => None,
+    };
+    readiness.listening.store(true, Ordering::SeqCst);
     tracing::info!(
         address = %bound,
         tls = config.tls.enabled,
         client_auth = config.tls.client_auth.as_str(),
         upstream = %config.upstream.address,
+        admin = admin_bound.map(|a| a.to_string()),
+        otlp = telemetry.otlp_endpoint.as_deref(),
         "listening"
     );
 
@@ -201,7 +244,10 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
         tokio::pin!(accepting);
         tokio::select! {
             () = &mut accepting => {}
-            signal = shutdown_signal() => tracing::info!(signal, "draining: no new connections, in-flight calls may finish"),
+            signal = shutdown_signal() => {
+                readiness.draining.store(true, Ordering::SeqCst);
+                tracing::info!(signal, "draining: no new connections, in-flight calls may finish");
+            }
         }
         let _ = stop.send(true);
         accepting.await;
@@ -215,6 +261,8 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
         },
         signal = shutdown_signal() => tracing::warn!(signal, "second signal; closing the calls still open"),
     }
+    let _ = stop_admin.send(true);
+    tracing.flush(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -25,15 +27,40 @@ use crate::auth::principal::strip_identity_headers;
 use crate::grpc::{self, Code};
 use crate::upstream;
 
-/// The caller's request body, streamed to the app as it arrives.
+/// The caller's request body, streamed to the app as it arrives, or a body gatehouse
+/// made itself (a health check of the app).
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
+    /// Bytes received so far, for the access log.
+    received: Option<Arc<AtomicU64>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Caller(Incoming),
+    Local(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming) -> Self {
-        RequestBody { inner }
+        RequestBody {
+            inner: Source::Caller(inner),
+            received: None,
+        }
+    }
+
+    /// A body of one data frame.
+    pub fn local(bytes: Bytes) -> Self {
+        RequestBody {
+            inner: Source::Local(Some(bytes)),
+            received: None,
+        }
+    }
+
+    /// Adds the size of every data frame to `counter` from now on.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.received = Some(counter);
     }
 }
 
@@ -45,7 +72,15 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match &mut self.inner {
+            Source::Caller(incoming) => ready!(Pin::new(incoming).poll_frame(cx)),
+            Source::Local(bytes) => bytes.take().map(|bytes| Ok(Frame::data(bytes))),
+        };
+        if let (Some(counter), Some(Ok(frame))) = (&self.received, &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| match frame.into_trailers() {
                 // Identity headers are gatehouse's to set, in trailers as in headers.
@@ -59,11 +94,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Caller(incoming) => incoming.is_end_stream(),
+            Source::Local(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Caller(incoming) => incoming.size_hint(),
+            Source::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
@@ -178,5 +221,132 @@ impl Body for ResponseBody {
             }) => inner.size_hint(),
             Kind::Forwarded(_) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// How a call ended, as its response's last frame said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub code: Code,
+    /// Response body bytes sent to the caller.
+    pub bytes_out: u64,
+}
+
+/// What a layer does when a call it watches ends.
+pub trait Completion: Send + 'static {
+    fn complete(self, outcome: Outcome);
+}
+
+/// A completion that fires exactly once: with the outcome, or, if dropped first (the
+/// caller went away), as `CANCELLED`.
+pub struct Pending<C: Completion> {
+    completion: Option<C>,
+}
+
+impl<C: Completion> Pending<C> {
+    pub fn new(completion: C) -> Self {
+        Pending {
+            completion: Some(completion),
+        }
+    }
+
+    pub fn get_mut(&mut self) -> Option<&mut C> {
+        self.completion.as_mut()
+    }
+
+    pub fn finish(&mut self, outcome: Outcome) {
+        if let Some(completion) = self.completion.take() {
+            completion.complete(outcome);
+        }
+    }
+}
+
+impl<C: Completion> Drop for Pending<C> {
+    fn drop(&mut self) {
+        self.finish(Outcome {
+            code: Code::Cancelled,
+            bytes_out: 0,
+        });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body watched to its end: the status is read where gRPC puts it (the
+    /// trailers, or the headers of a trailers-only response) and handed to a
+    /// [`Completion`] together with the bytes sent.
+    pub struct Watched<B, C: Completion> {
+        #[pin]
+        inner: B,
+        pending: Pending<C>,
+        code: Option<Code>,
+        bytes_out: u64,
+    }
+}
+
+impl<B: Body, C: Completion> Watched<B, C> {
+    /// `header_code` is the `grpc-status` of the response headers, if any.
+    pub fn new(inner: B, mut pending: Pending<C>, header_code: Option<Code>) -> Self {
+        if inner.is_end_stream() {
+            // Trailers-only: the server will not poll an empty body.
+            pending.finish(Outcome {
+                code: header_code.unwrap_or(Code::Unknown),
+                bytes_out: 0,
+            });
+        }
+        Watched {
+            inner,
+            pending,
+            code: header_code,
+            bytes_out: 0,
+        }
+    }
+}
+
+impl<B, C> Body for Watched<B, C>
+where
+    B: Body<Data = Bytes>,
+    C: Completion,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes_out += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get(grpc::GRPC_STATUS)
+                        .map_or(Code::Unknown, Code::from_header);
+                    this.pending.finish(Outcome {
+                        code,
+                        bytes_out: *this.bytes_out,
+                    });
+                }
+            }
+            Some(Err(_)) => this.pending.finish(Outcome {
+                code: Code::Unavailable,
+                bytes_out: *this.bytes_out,
+            }),
+            None => this.pending.finish(Outcome {
+                code: this.code.unwrap_or(Code::Unknown),
+                bytes_out: *this.bytes_out,
+            }),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -292,7 +292,7 @@ impl Upstream {
     }
 }
 
-/// `telemetry`: logs.
+/// `telemetry`: logs, metrics, traces.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Telemetry {
@@ -301,11 +301,27 @@ pub struct Telemetry {
     /// A level (`info`) or per-module levels (`info,gatehouse::upstream=debug`).
     #[serde(default = "Telemetry::default_log_level")]
     pub log_level: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; absent: not served.
+    pub admin_address: Option<SocketAddr>,
+    /// OTLP/gRPC collector for spans; absent: trace context is propagated, nothing is
+    /// exported.
+    pub otlp_endpoint: Option<String>,
+    #[serde(default = "Telemetry::default_service_name")]
+    pub service_name: String,
+    /// Share of new traces sampled (0.0 to 1.0); a caller's sampled flag is followed.
+    #[serde(default = "Telemetry::default_sample_ratio")]
+    pub sample_ratio: f64,
 }
 
 impl Telemetry {
     fn default_log_level() -> String {
         "info".to_owned()
+    }
+    fn default_service_name() -> String {
+        "gatehouse".to_owned()
+    }
+    fn default_sample_ratio() -> f64 {
+        1.0
     }
 }
 
@@ -314,6 +330,10 @@ impl Default for Telemetry {
         Telemetry {
             log_format: LogFormat::default(),
             log_level: Telemetry::default_log_level(),
+            admin_address: None,
+            otlp_endpoint: None,
+            service_name: Telemetry::default_service_name(),
+            sample_ratio: Telemetry::default_sample_ratio(),
         }
     }
 }
@@ -540,6 +560,20 @@ impl Config {
         }
         if let Err(message) = check_log_level(&self.telemetry.log_level) {
             problems.push(Problem::new("telemetry.log_level", message));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            problems.push(Problem::new(
+                "telemetry.sample_ratio",
+                "a share between 0.0 and 1.0",
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(Problem::new(
+                "telemetry.otlp_endpoint",
+                format!("{endpoint:?}: write http://host:4317"),
+            ));
         }
         if let Some(auth) = &self.auth {
             validate_auth(auth, &mut problems);

@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
@@ -34,8 +35,10 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod listener;
+pub mod metrics;
 pub mod middleware;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
 pub mod upstream;

@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::server::{ConnectionInfo, Server};
 use crate::tls::PeerIdentity;
 
@@ -22,6 +23,7 @@ pub struct Listener {
     server: Server,
     max_connections: usize,
     handshake_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Listener {
@@ -30,6 +32,7 @@ impl Listener {
         tls: Option<TlsAcceptor>,
         server: Server,
         limits: &Limits,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Listener {
             tcp,
@@ -37,6 +40,7 @@ impl Listener {
             server,
             max_connections: limits.max_connections,
             handshake_timeout: limits.handshake_timeout.get(),
+            metrics,
         }
     }
 
@@ -73,9 +77,13 @@ impl Listener {
                 handshake_timeout: self.handshake_timeout,
                 watcher: graceful.watcher(),
                 shutdown: shutdown.clone(),
+                metrics: self.metrics.clone(),
             };
             tokio::spawn(async move {
+                connection.metrics.connections.inc();
+                let metrics = connection.metrics.clone();
                 connection.serve().await;
+                metrics.connections.dec();
                 drop(permit);
             });
         }
@@ -90,6 +98,7 @@ struct Connection {
     handshake_timeout: Duration,
     watcher: Watcher,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Connection {
@@ -106,10 +115,14 @@ impl Connection {
             result = handshake => result,
             _ = self.shutdown.wait_for(|stop| *stop) => return,
         };
+        let failed = |reason: &'static str, detail: &str| {
+            self.metrics.tls_handshake_error(reason);
+            handshake_failed(remote_addr, reason, detail);
+        };
         let stream = match stream {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return handshake_failed(remote_addr, &error.to_string()),
-            Err(_) => return handshake_failed(remote_addr, "timed out (limits.handshake_timeout)"),
+            Ok(Err(error)) => return failed(classify(&error), &error.to_string()),
+            Err(_) => return failed("timeout", "no handshake within limits.handshake_timeout"),
         };
         let peer = match stream
             .get_ref()
@@ -120,12 +133,38 @@ impl Connection {
             None => None,
             Some(der) => match PeerIdentity::from_der(der) {
                 Ok(identity) => Some(identity),
-                Err(error) => return handshake_failed(remote_addr, &error),
+                Err(error) => return failed("bad_certificate", &error),
             },
         };
         let info = ConnectionInfo::new(remote_addr, peer);
         let served = self.watcher.watch(self.server.serve(stream, info)).await;
         log_connection_end(remote_addr, served);
+    }
+}
+
+/// A bounded label for why a handshake failed.
+fn classify(error: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+    else {
+        return "connection_closed";
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate_expired",
+        Error::InvalidCertificate(_) => "bad_certificate",
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. } => "not_tls",
+        Error::NoApplicationProtocol => "no_alpn",
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::AlertReceived(_) => "alert_received",
+        _ => "other",
     }
 }
 
@@ -136,16 +175,16 @@ fn log_connection_end(remote_addr: SocketAddr, served: Result<(), hyper::Error>)
 }
 
 /// Second of the last handshake failure logged: at most one line a second, so a scanner
-/// or a misconfigured client cannot flood the log.
+/// or a misconfigured client cannot flood the log (the metric counts every one).
 static LAST_HANDSHAKE_LOG: AtomicU64 = AtomicU64::new(0);
 
-fn handshake_failed(remote_addr: SocketAddr, reason: &str) {
+fn handshake_failed(remote_addr: SocketAddr, reason: &str, detail: &str) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
     if LAST_HANDSHAKE_LOG.swap(now, Ordering::Relaxed) != now {
-        tracing::warn!(remote = %remote_addr, reason, "TLS handshake failed");
+        tracing::warn!(remote = %remote_addr, reason, detail, "TLS handshake failed");
     } else {
-        tracing::debug!(remote = %remote_addr, reason, "TLS handshake failed");
+        tracing::debug!(remote = %remote_addr, reason, detail, "TLS handshake failed");
     }
 }

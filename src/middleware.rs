@@ -6,26 +6,46 @@
 //! back-pressure inside the chain.
 
 pub mod auth;
+pub mod logging;
+pub mod metrics;
 pub mod recovery;
 
 use std::sync::Arc;
 
-use tower::ServiceBuilder;
+use http::Request;
+use tower::{Service, ServiceBuilder};
 
 use crate::auth::Authenticator;
+use crate::body::RequestBody;
+use crate::telemetry::Tracing;
 use crate::upstream::Forward;
 use auth::{Auth, AuthLayer};
+use logging::{Logging, LoggingLayer};
+use metrics::{Metrics, MetricsLayer};
 use recovery::{Recovery, RecoveryLayer};
 
 /// The assembled chain, outermost layer first.
-pub type Chain = Recovery<Auth<Forward>>;
+pub type Chain = Recovery<Logging<Metrics<Auth<Forward>>>>;
+
+/// What the chain answers with.
+pub type ChainResponse = <Chain as Service<Request<RequestBody>>>::Response;
 
 /// Builds the chain around the service that forwards calls to the app.
-pub fn build(authenticator: Arc<Authenticator>, forward: Forward) -> Chain {
+pub fn build(
+    tracing: Arc<Tracing>,
+    metrics: Arc<crate::metrics::Metrics>,
+    authenticator: Arc<Authenticator>,
+    forward: Forward,
+) -> Chain {
     ServiceBuilder::new()
         // Outermost, so that a panic anywhere below it, forwarding included, becomes an
         // INTERNAL status for that one call while the process keeps serving.
         .layer(RecoveryLayer::new())
+        // Next, so every call that is answered is logged and traced, refusals included,
+        // and its time covers everything gatehouse does for it.
+        .layer(LoggingLayer::new(tracing))
+        // Counts what Logging logs; above Auth so refusals are counted too.
+        .layer(MetricsLayer::new(metrics))
         // Last before forwarding: every layer above sees (and counts) refusals too, and
         // nothing reaches the app without having been stripped of forged identity
         // headers and admitted.

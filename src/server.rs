@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::future::{Either, Ready, ready};
-use http::{Request, Response};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,10 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::auth::principal::forwarded_client_cert;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::RequestBody;
 use crate::config::Limits;
 use crate::grpc;
-use crate::middleware::Chain;
+use crate::middleware::recovery::RecoveryBody;
+use crate::middleware::{Chain, ChainResponse};
 use crate::tls::PeerIdentity;
 
 /// How many streams a client may open and reset before the server has accepted them,
@@ -98,16 +99,18 @@ pub struct Door {
 }
 
 impl hyper::service::Service<Request<Incoming>> for Door {
-    type Response = Response<ResponseBody>;
+    type Response = ChainResponse;
     type Error = Infallible;
     type Future = Either<
         <Chain as Service<Request<RequestBody>>>::Future,
-        Ready<Result<Response<ResponseBody>, Infallible>>,
+        Ready<Result<ChainResponse, Infallible>>,
     >;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         if !grpc::is_grpc_request(request.method(), request.headers()) {
-            return Either::Right(ready(Ok(grpc::unsupported_media_type())));
+            return Either::Right(ready(Ok(RecoveryBody::local(
+                grpc::unsupported_media_type(),
+            ))));
         }
         let mut request = request.map(RequestBody::new);
         request.extensions_mut().insert(self.info.clone());

@@ -164,6 +164,218 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// What the Logging layer knows of a finished call, for its span.
+pub struct CallSpan<'a> {
+    pub path: &'a str,
+    pub context: &'a crate::trace_context::TraceContext,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub code: crate::grpc::Code,
+    pub principal: Option<&'a crate::auth::principal::Principal>,
+    pub peer: Option<&'a str>,
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// Spans waiting for export at most; when the collector is slow or down, further spans
+/// are dropped (and counted) rather than slowing a call.
+const SPAN_QUEUE: usize = 4096;
+/// Spans sent to the collector in one request at most.
+const SPAN_BATCH: usize = 512;
+
+enum SpanMessage {
+    Span(Box<opentelemetry_sdk::trace::SpanData>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Trace context propagation for every call, and span export when a collector is set.
+pub struct Tracing {
+    pub sample_ratio: f64,
+    queue: Option<tokio::sync::mpsc::Sender<SpanMessage>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Tracing {
+    /// Propagation only: trace context flows through, nothing is exported.
+    pub fn propagate_only(sample_ratio: f64) -> Tracing {
+        Tracing {
+            sample_ratio,
+            queue: None,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Exports spans over OTLP/gRPC to `endpoint` from a background task (which needs
+    /// the runtime: call from inside it).
+    pub fn exporting(
+        endpoint: &str,
+        service_name: &str,
+        sample_ratio: f64,
+    ) -> Result<Tracing, String> {
+        use opentelemetry_otlp::WithExportConfig;
+        use opentelemetry_sdk::trace::SpanExporter as _;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|error| format!("telemetry.otlp_endpoint {endpoint}: {error}"))?;
+        exporter.set_resource(
+            &opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        );
+        let (queue, mut spans) = tokio::sync::mpsc::channel(SPAN_QUEUE);
+        let endpoint = endpoint.to_owned();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(SPAN_BATCH);
+            let mut last_failure_logged: Option<std::time::Instant> = None;
+            loop {
+                let Some(first) = spans.recv().await else {
+                    break;
+                };
+                let mut flushed = Vec::new();
+                let mut take = |message: SpanMessage, batch: &mut Vec<_>| match message {
+                    SpanMessage::Span(span) => batch.push(*span),
+                    SpanMessage::Flush(done) => flushed.push(done),
+                };
+                take(first, &mut batch);
+                while batch.len() < SPAN_BATCH {
+                    match spans.try_recv() {
+                        Ok(message) => take(message, &mut batch),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty()
+                    && let Err(error) = exporter.export(std::mem::take(&mut batch)).await
+                {
+                    let quiet = last_failure_logged
+                        .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
+                    if !quiet {
+                        tracing::warn!(endpoint, %error, "span export failed; spans of this batch are lost");
+                        last_failure_logged = Some(std::time::Instant::now());
+                    }
+                }
+                for done in flushed {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Ok(Tracing {
+            sample_ratio,
+            queue: Some(queue),
+            dropped: Default::default(),
+        })
+    }
+
+    /// Queues the span of a finished call; never waits.
+    pub fn record(&self, call: CallSpan<'_>) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if queue
+            .try_send(SpanMessage::Span(Box::new(span_data(call))))
+            .is_err()
+        {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Spans dropped because the export queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until the spans queued so far have been sent.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let flushed = async {
+            if queue.send(SpanMessage::Flush(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, flushed).await;
+    }
+}
+
+fn span_data(call: CallSpan<'_>) -> opentelemetry_sdk::trace::SpanData {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+    };
+    use opentelemetry::{InstrumentationScope, KeyValue};
+    use std::sync::LazyLock;
+    static SCOPE: LazyLock<InstrumentationScope> = LazyLock::new(|| {
+        InstrumentationScope::builder("gatehouse")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build()
+    });
+
+    let name = call.path.strip_prefix('/').unwrap_or(call.path);
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    let mut attributes = vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new("rpc.grpc.status_code", call.code as i64),
+    ];
+    if let Some(principal) = call.principal {
+        if let Some(user) = &principal.user_id {
+            attributes.push(KeyValue::new("enduser.id", user.clone()));
+        }
+        if let Some(tenant) = &principal.tenant_id {
+            attributes.push(KeyValue::new("gatehouse.tenant_id", tenant.clone()));
+        }
+        attributes.push(KeyValue::new(
+            "gatehouse.auth_method",
+            principal.method.as_str(),
+        ));
+    }
+    if let Some(peer) = call.peer {
+        attributes.push(KeyValue::new("gatehouse.peer", peer.to_owned()));
+    }
+    if let Some(remote) = call.remote {
+        attributes.push(KeyValue::new("client.address", remote.ip().to_string()));
+    }
+    use crate::grpc::Code;
+    // Server-side errors, as OpenTelemetry's gRPC conventions define them.
+    let status = match call.code {
+        Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => Status::error(call.code.as_str()),
+        _ => Status::Unset,
+    };
+    let context = call.context;
+    opentelemetry_sdk::trace::SpanData {
+        span_context: SpanContext::new(
+            TraceId::from_bytes(context.trace_id.to_be_bytes()),
+            SpanId::from_bytes(context.span_id.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: context
+            .parent_span_id
+            .map_or(SpanId::INVALID, |id| SpanId::from_bytes(id.to_be_bytes())),
+        parent_span_is_remote: context.parent_span_id.is_some(),
+        span_kind: SpanKind::Server,
+        name: name.to_owned().into(),
+        start_time: call.start,
+        end_time: call.end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: Default::default(),
+        links: Default::default(),
+        status,
+        instrumentation_scope: SCOPE.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config;
 use crate::grpc::{self, Code};
+use crate::metrics::Metrics;
 
 type Sender = http2::SendRequest<RequestBody>;
 
@@ -52,6 +53,7 @@ pub struct Upstream {
     /// Serialises reconnects so a burst of calls after the app restarts opens one
     /// connection, not one per call.
     connecting: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// Connection-specific headers, which HTTP/2 forbids and a proxy must not pass on.
@@ -65,7 +67,7 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 
 impl Upstream {
     /// Prepares the connection; nothing is dialled until the first call.
-    pub fn new(config: &config::Upstream) -> Self {
+    pub fn new(config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
         let target = config.target();
         let authority = match &target {
             Target::Tcp(address) => address
@@ -86,6 +88,7 @@ impl Upstream {
             builder,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            metrics,
         }
     }
 
@@ -105,6 +108,7 @@ impl Upstream {
             Some(at) => match tokio::time::timeout_at(at, exchange).await {
                 Ok(result) => result,
                 Err(_) => {
+                    self.metrics.upstream_error("deadline");
                     return grpc::status_response(
                         Code::DeadlineExceeded,
                         "deadline exceeded: grpc-timeout ran out before the app answered",
@@ -119,8 +123,59 @@ impl Upstream {
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, ResponseBody::forwarded(body, deadline))
             }
-            Err((code, message)) => grpc::status_response(code, &message),
+            Err((code, message)) => {
+                if code != Code::Unavailable || !message.starts_with("app at") {
+                    self.metrics.upstream_error("request");
+                }
+                grpc::status_response(code, &message)
+            }
         }
+    }
+
+    /// Whether the app answers: `grpc.health.v1.Health/Check` says SERVING, or the app
+    /// has no health service but answered (UNIMPLEMENTED).
+    pub async fn check_health(&self) -> Result<(), String> {
+        use http_body_util::BodyExt;
+        const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
+        let request = Request::post(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            self.authority
+        ))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(TE, "trailers")
+        .body(RequestBody::local(bytes::Bytes::from_static(EMPTY_MESSAGE)))
+        .map_err(|error| error.to_string())?;
+        let checked = async {
+            let response = self.send(request).await.map_err(|(_, message)| message)?;
+            let (parts, body) = response.into_parts();
+            let collected = http_body_util::Limited::new(body, 64 * 1024)
+                .collect()
+                .await
+                .map_err(|error| format!("app health check: {error}"))?;
+            let status = parts
+                .headers
+                .get(grpc::GRPC_STATUS)
+                .or_else(|| collected.trailers().and_then(|t| t.get(grpc::GRPC_STATUS)));
+            match status.map(Code::from_header) {
+                Some(Code::Unimplemented) => Ok(()),
+                Some(Code::Ok) => {
+                    // HealthCheckResponse { status = 1 (SERVING) }: field 1, varint 1.
+                    let message = collected.to_bytes();
+                    if message.get(5..) == Some(&[0x08, 0x01][..]) {
+                        Ok(())
+                    } else {
+                        Err("app health check: not SERVING".to_owned())
+                    }
+                }
+                other => Err(format!(
+                    "app health check: status {}",
+                    other.map_or("missing", Code::as_str)
+                )),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), checked)
+            .await
+            .unwrap_or_else(|_| Err("app health check: no answer within 2s".to_owned()))
     }
 
     /// Points the request at the app: `http` scheme, the caller's `:authority` kept.
@@ -195,8 +250,12 @@ impl Upstream {
         }
         let sender = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
             Ok(Ok(sender)) => sender,
-            Ok(Err(message)) => return Err((Code::Unavailable, message)),
+            Ok(Err(message)) => {
+                self.metrics.upstream_error("connect");
+                return Err((Code::Unavailable, message));
+            }
             Err(_) => {
+                self.metrics.upstream_error("connect_timeout");
                 return Err((
                     Code::Unavailable,
                     format!(

@@ -24,7 +24,7 @@ use api_key::ApiKeyStore;
 use jwks::{KeySet, KeySource, RemoteJwks};
 use jwt::{Family, JwtVerifier, Provider};
 use policy::{MethodPattern, Policy};
-use principal::{AuthMethod, Principal, Refusal};
+use principal::{AuthMethod, AuthOutcome, Principal, Refusal};
 
 /// How often `auth.api_keys.keys_file` is checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
@@ -118,9 +118,48 @@ impl Authenticator {
         }
     }
 
+    /// Providers whose remote key set has not loaded yet.
+    pub fn providers_without_keys(&self) -> Vec<String> {
+        let providers = self
+            .credentials
+            .iter()
+            .flat_map(|c| &c.jwt)
+            .flat_map(|jwt| &jwt.providers);
+        providers
+            .filter(|provider| matches!(&provider.keys, KeySource::Remote(remote) if remote.current().is_empty()))
+            .map(|provider| provider.name.clone())
+            .collect()
+    }
+
     /// Decides one request: on success the verified identity headers are set, the API
     /// key header is gone and `authorization` is kept only if the provider forwards it.
-    pub async fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+    ///
+    /// Either way the [`AuthOutcome`] says how the caller tried to authenticate, for the
+    /// layers that log and count.
+    pub async fn admit(&self, request: &mut Parts) -> Result<AuthOutcome, (AuthOutcome, Refusal)> {
+        let mut attempted = AuthMethod::None;
+        match self.decide(request, &mut attempted).await {
+            Ok(principal) => Ok(AuthOutcome {
+                method: principal.method,
+                principal: Some(principal),
+                refusal: None,
+            }),
+            Err(refusal) => Err((
+                AuthOutcome {
+                    method: attempted,
+                    principal: None,
+                    refusal: Some(refusal.reason),
+                },
+                refusal,
+            )),
+        }
+    }
+
+    async fn decide(
+        &self,
+        request: &mut Parts,
+        attempted: &mut AuthMethod,
+    ) -> Result<Arc<Principal>, Refusal> {
         let info = request.extensions.get::<Arc<ConnectionInfo>>().cloned();
         let peer = info.as_ref().and_then(|info| info.peer.as_ref());
         let client_cert = info
@@ -136,9 +175,10 @@ impl Authenticator {
             } else {
                 AuthMethod::None
             });
+            *attempted = principal.method;
             self.policy.authorize(path, &principal, peer)?;
             principal.inject(headers, client_cert);
-            return Ok(());
+            return Ok(principal);
         };
         // Never forwarded, whatever the outcome.
         let api_key = credentials
@@ -146,8 +186,9 @@ impl Authenticator {
             .as_ref()
             .and_then(|store| headers.remove(store.header()));
         if policy::any_matches(&credentials.public, path) {
-            Principal::anonymous(AuthMethod::None).inject(headers, client_cert);
-            return Ok(());
+            let principal = Principal::anonymous(AuthMethod::None);
+            principal.inject(headers, client_cert);
+            return Ok(principal);
         }
         let bearer = match &credentials.jwt {
             Some(_) => {
@@ -171,6 +212,7 @@ impl Authenticator {
                 ));
             }
             (Some(value), None) => {
+                *attempted = AuthMethod::Jwt;
                 let token = bearer_token(value.as_bytes()).ok_or_else(|| {
                     Refusal::unauthenticated(
                         "malformed_token",
@@ -185,6 +227,7 @@ impl Authenticator {
                 (verified.principal, verified.forward_token)
             }
             (None, Some(key)) => {
+                *attempted = AuthMethod::ApiKey;
                 let store = credentials
                     .api_keys
                     .as_ref()
@@ -203,7 +246,7 @@ impl Authenticator {
             headers.remove(AUTHORIZATION);
         }
         principal.inject(headers, client_cert);
-        Ok(())
+        Ok(principal)
     }
 }
 

@@ -7,6 +7,7 @@
 //! identity costs no formatting per call.
 
 use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
@@ -138,8 +139,20 @@ impl Principal {
         })
     }
 
-    /// The principal of a caller whose only credential is its certificate, or none.
-    pub fn anonymous(method: AuthMethod) -> Principal {
+    /// The principal of a caller whose only credential is its certificate
+    /// ([`AuthMethod::Mtls`]) or who called a public method ([`AuthMethod::None`]).
+    pub fn anonymous(method: AuthMethod) -> Arc<Principal> {
+        static MTLS: LazyLock<Arc<Principal>> =
+            LazyLock::new(|| Arc::new(Principal::nobody(AuthMethod::Mtls)));
+        static NONE: LazyLock<Arc<Principal>> =
+            LazyLock::new(|| Arc::new(Principal::nobody(AuthMethod::None)));
+        match method {
+            AuthMethod::Mtls => MTLS.clone(),
+            _ => NONE.clone(),
+        }
+    }
+
+    fn nobody(method: AuthMethod) -> Principal {
         Principal {
             method,
             user_id: None,
@@ -163,6 +176,17 @@ impl Principal {
             headers.insert(X_FORWARDED_CLIENT_CERT, client_cert.clone());
         }
     }
+}
+
+/// What Auth decided, put in the response's extensions for the layers above it.
+#[derive(Clone, Debug)]
+pub struct AuthOutcome {
+    /// How the caller authenticated, or tried to.
+    pub method: AuthMethod,
+    /// The verified caller, when admitted.
+    pub principal: Option<Arc<Principal>>,
+    /// The reason of a refusal.
+    pub refusal: Option<&'static str>,
 }
 
 /// Why a call was refused: the status, a message that says why without revealing any

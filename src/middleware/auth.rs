@@ -82,14 +82,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             match authenticator.admit(&mut parts).await {
-                Ok(()) => inner.call(Request::from_parts(parts, body)).await,
-                Err(refusal) => {
+                Ok(outcome) => {
+                    let mut response = inner.call(Request::from_parts(parts, body)).await?;
+                    response.extensions_mut().insert(outcome);
+                    Ok(response)
+                }
+                Err((outcome, refusal)) => {
                     tracing::debug!(
                         method = parts.uri.path(),
                         reason = refusal.reason,
                         "call refused"
                     );
-                    Ok(refusal.response())
+                    let mut response = refusal.response();
+                    response.extensions_mut().insert(outcome);
+                    Ok(response)
                 }
             }
         })

@@ -53,13 +53,13 @@ pub struct Recovery<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Recovery<S>
+impl<S, B, RB> Service<Request<B>> for Recovery<S>
 where
-    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<RB>, Error = Infallible>,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Response<RecoveryBody<RB>>;
     type Error = Infallible;
-    type Future = RecoveryFuture<S::Future>;
+    type Future = RecoveryFuture<S::Future, RB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -81,23 +81,26 @@ where
 pin_project! {
     /// The response future of [`Recovery`].
     #[project = RecoveryProj]
-    pub enum RecoveryFuture<F> {
+    pub enum RecoveryFuture<F, RB> {
         Running { #[pin] future: F, uri: Uri },
-        Panicked { response: Option<Response<ResponseBody>> },
+        Panicked { response: Option<Response<RecoveryBody<RB>>> },
     }
 }
 
-impl<F> Future for RecoveryFuture<F>
+impl<F, RB> Future for RecoveryFuture<F, RB>
 where
-    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+    F: Future<Output = Result<Response<RB>, Infallible>>,
 {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Response<RecoveryBody<RB>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             RecoveryProj::Running { future, uri } => {
                 match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                    Ok(poll) => poll,
+                    Ok(Poll::Ready(Ok(response))) => {
+                        Poll::Ready(Ok(response.map(|body| RecoveryBody::Inner { body })))
+                    }
+                    Ok(Poll::Pending) => Poll::Pending,
                     Err(panic) => Poll::Ready(Ok(recovered(uri, panic.as_ref()))),
                 }
             }
@@ -108,7 +111,7 @@ where
     }
 }
 
-fn recovered(uri: &Uri, panic: &(dyn Any + Send)) -> Response<ResponseBody> {
+fn recovered<RB>(uri: &Uri, panic: &(dyn Any + Send)) -> Response<RecoveryBody<RB>> {
     let reason = panic
         .downcast_ref::<&str>()
         .copied()
@@ -119,7 +122,64 @@ fn recovered(uri: &Uri, panic: &(dyn Any + Send)) -> Response<ResponseBody> {
         panic = reason,
         "panic while handling a call; answered INTERNAL"
     );
-    grpc::status_response(Code::Internal, "internal error in gatehouse")
+    RecoveryBody::local(grpc::status_response(
+        Code::Internal,
+        "internal error in gatehouse",
+    ))
+}
+
+pin_project! {
+    /// The chain's response body: the inner layers' body, or one made here (a panic's
+    /// INTERNAL, or the HTTP server's own answers such as 415).
+    #[project = RecoveryBodyProj]
+    pub enum RecoveryBody<B> {
+        Inner { #[pin] body: B },
+        Local { body: ResponseBody },
+    }
+}
+
+impl<B> RecoveryBody<B> {
+    /// Wraps a response made outside the inner layers.
+    pub fn local(response: Response<ResponseBody>) -> Response<RecoveryBody<B>> {
+        response.map(|body| RecoveryBody::Local { body })
+    }
+}
+
+impl<B> http_body::Body for RecoveryBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        match self.project() {
+            RecoveryBodyProj::Inner { body } => body.poll_frame(cx),
+            RecoveryBodyProj::Local { body } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    Poll::Ready(frame.map(|frame| frame.map_err(|never| match never {})))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RecoveryBody::Inner { body } => body.is_end_stream(),
+            RecoveryBody::Local { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RecoveryBody::Inner { body } => body.size_hint(),
+            RecoveryBody::Local { body } => body.size_hint(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +192,11 @@ mod tests {
     }
 
     async fn answer(
-        service: &mut impl Service<Request<()>, Response = Response<ResponseBody>, Error = Infallible>,
+        service: &mut impl Service<
+            Request<()>,
+            Response = Response<RecoveryBody<ResponseBody>>,
+            Error = Infallible,
+        >,
     ) -> String {
         let response = service.call(request()).await.unwrap();
         response.headers()[GRPC_STATUS].to_str().unwrap().to_owned()

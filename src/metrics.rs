@@ -1,0 +1,309 @@
+//! Prometheus metrics, with the names dashboards know from go-grpc-prometheus, rendered
+//! as text on the admin port.
+//!
+//! Label values that callers control are bounded: a method gets its own labels only once
+//! a call to it has been admitted (authenticated, or public), and at most
+//! [`MAX_METHODS`] of them; everything else is counted under `grpc_service="other"`. A
+//! flood of made-up method names therefore grows neither memory nor the scrape. Each
+//! method's metric handles are looked up once and kept, so recording a call allocates
+//! nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::grpc::Code;
+
+/// Distinct methods that get labels of their own.
+pub const MAX_METHODS: usize = 500;
+
+/// Latency buckets from a tenth of a millisecond to ten seconds.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    /// A proxy without the service schema cannot tell unary from streaming calls.
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    method: &'static str,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Every metric gatehouse exports.
+pub struct Metrics {
+    registry: Registry,
+    started: Family<MethodLabels, Counter>,
+    handled: Family<HandledLabels, Counter>,
+    handling: HistogramFamily,
+    auth: Family<AuthLabels, Counter>,
+    tls_errors: Family<ReasonLabels, Counter>,
+    upstream_errors: Family<KindLabels, Counter>,
+    pub connections: Gauge,
+    pub in_flight: Gauge,
+    methods: RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
+    other: OnceLock<Arc<MethodMetrics>>,
+}
+
+/// The handles of one method's metrics.
+pub struct MethodMetrics {
+    labels: MethodLabels,
+    pub started: Counter,
+    pub handling: Histogram,
+    handled: [OnceLock<Counter>; 17],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let started = Family::default();
+        let handled = Family::default();
+        let handling = HistogramFamily::new_with_constructor(histogram);
+        let auth = Family::default();
+        let tls_errors = Family::default();
+        let upstream_errors = Family::default();
+        let connections = Gauge::default();
+        let in_flight = Gauge::default();
+        // prometheus-client appends `_total` to counters itself.
+        registry.register(
+            "grpc_server_started",
+            "Calls started on the server.",
+            started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "Calls completed, by status code.",
+            handled.clone(),
+        );
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from a call's arrival to the end of its response.",
+            handling.clone(),
+        );
+        registry.register(
+            "gatehouse_auth",
+            "Authentication and authorization decisions.",
+            auth.clone(),
+        );
+        registry.register(
+            "gatehouse_tls_handshake_errors",
+            "TLS handshakes that failed, by reason.",
+            tls_errors.clone(),
+        );
+        registry.register(
+            "gatehouse_upstream_errors",
+            "Failures talking to the app, by kind.",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "gatehouse_connections",
+            "Open client connections.",
+            connections.clone(),
+        );
+        registry.register(
+            "gatehouse_requests_in_flight",
+            "Calls being handled.",
+            in_flight.clone(),
+        );
+        Metrics {
+            registry,
+            started,
+            handled,
+            handling,
+            auth,
+            tls_errors,
+            upstream_errors,
+            connections,
+            in_flight,
+            methods: RwLock::new(HashMap::new()),
+            other: OnceLock::new(),
+        }
+    }
+
+    /// The metrics of the method at `path`. Only `admitted` calls may add a method;
+    /// others, and every method past [`MAX_METHODS`], are counted as `other`.
+    pub fn method(&self, path: &str, admitted: bool) -> Arc<MethodMetrics> {
+        if let Some(found) = self
+            .methods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            return found.clone();
+        }
+        let other = || {
+            self.other
+                .get_or_init(|| Arc::new(self.method_metrics("other", "other")))
+                .clone()
+        };
+        if !admitted {
+            return other();
+        }
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = methods.get(path) {
+            return found.clone();
+        }
+        if methods.len() >= MAX_METHODS {
+            return other();
+        }
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or(("unknown", "unknown"));
+        let metrics = Arc::new(self.method_metrics(service, method));
+        methods.insert(path.into(), metrics.clone());
+        metrics
+    }
+
+    fn method_metrics(&self, service: &str, method: &str) -> MethodMetrics {
+        let labels = MethodLabels {
+            grpc_type: "unknown",
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        MethodMetrics {
+            started: self.started.get_or_create_owned(&labels),
+            handling: self.handling.get_or_create_owned(&labels),
+            labels,
+            handled: Default::default(),
+        }
+    }
+
+    /// Counts a completed call with `code`.
+    pub fn handled(&self, method: &MethodMetrics, code: Code, seconds: f64) {
+        method.handling.observe(seconds);
+        let counter = method.handled[code as usize].get_or_init(|| {
+            let MethodLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+            } = method.labels.clone();
+            self.handled.get_or_create_owned(&HandledLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+                grpc_code: code.as_str(),
+            })
+        });
+        counter.inc();
+    }
+
+    pub fn auth(&self, method: &'static str, result: &'static str, reason: &'static str) {
+        self.auth
+            .get_or_create(&AuthLabels {
+                method,
+                result,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn tls_handshake_error(&self, reason: &'static str) {
+        self.tls_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_go_grpc_prometheus_names() {
+        let metrics = Metrics::new();
+        let method = metrics.method("/pkg.Svc/Get", true);
+        method.started.inc();
+        metrics.handled(&method, Code::NotFound, 0.002);
+        metrics.auth("jwt", "refused", "token_expired");
+        let text = metrics.render();
+        for expected in [
+            r#"grpc_server_started_total{grpc_type="unknown",grpc_service="pkg.Svc",grpc_method="Get"} 1"#,
+            r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="pkg.Svc",grpc_method="Get",grpc_code="NotFound"} 1"#,
+            r#"grpc_server_handling_seconds_count{grpc_type="unknown",grpc_service="pkg.Svc",grpc_method="Get"} 1"#,
+            r#"gatehouse_auth_total{method="jwt",result="refused",reason="token_expired"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn made_up_methods_are_bounded() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_METHODS * 3 {
+            metrics
+                .method(&format!("/made.up/M{i}"), i % 2 == 0)
+                .started
+                .inc();
+        }
+        assert_eq!(metrics.methods.read().unwrap().len(), MAX_METHODS);
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("grpc_server_started_total"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_METHODS + 1,
+            "own labels up to the cap, then `other`"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Metrics: counts every call by method and status code and times it to the end of
+//! its response; counts authentication decisions.
+//!
+//! It sits above Auth so refusals are counted too, and below Logging so that what the
+//! log says and what the counters say agree. The status is read at the end of the
+//! response body (trailers), where gRPC puts it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::auth::principal::AuthOutcome;
+use crate::body::{Completion, Outcome, Pending, RequestBody, Watched};
+use crate::grpc::{self, Code};
+use crate::metrics::{MethodMetrics, Metrics as Registry};
+
+/// Wraps a service in [`Metrics`].
+#[derive(Clone)]
+pub struct MetricsLayer {
+    registry: Arc<Registry>,
+}
+
+impl MetricsLayer {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        MetricsLayer { registry }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Metrics<S> {
+        Metrics {
+            inner,
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    registry: Arc<Registry>,
+}
+
+/// Records one call when it ends.
+pub struct Recorder {
+    registry: Arc<Registry>,
+    started: Instant,
+    method: Option<Arc<MethodMetrics>>,
+}
+
+impl Completion for Recorder {
+    fn complete(self, outcome: Outcome) {
+        self.registry.in_flight.dec();
+        if let Some(method) = &self.method {
+            self.registry
+                .handled(method, outcome.code, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<RequestBody>> for Metrics<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+{
+    type Response = Response<Watched<B, Recorder>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let registry = self.registry.clone();
+        registry.in_flight.inc();
+        let mut pending = Pending::new(Recorder {
+            registry: registry.clone(),
+            started: Instant::now(),
+            method: None,
+        });
+        let path = request.uri().clone();
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            let outcome = response.extensions().get::<AuthOutcome>();
+            let admitted = outcome.is_none_or(|outcome| outcome.refusal.is_none());
+            if let Some(outcome) = outcome {
+                match outcome.refusal {
+                    None => registry.auth(outcome.method.as_str(), "allowed", "ok"),
+                    Some(reason) => registry.auth(outcome.method.as_str(), "refused", reason),
+                }
+            }
+            let method = registry.method(path.path(), admitted);
+            method.started.inc();
+            if let Some(recorder) = pending.get_mut() {
+                recorder.method = Some(method);
+            }
+            let header_code = response
+                .headers()
+                .get(grpc::GRPC_STATUS)
+                .map(Code::from_header);
+            Ok(response.map(|body| Watched::new(body, pending, header_code)))
+        })
+    }
+}
