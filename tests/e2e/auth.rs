@@ -29,7 +29,7 @@ const SCANNER_KEY: &str = "scanner-key-0123456789";
 const OPS_KEY: &str = "ops-key-0123456789";
 const FILE_KEY: &str = "file-key-0123456789";
 
-fn hash(key: &str) -> String {
+pub fn hash(key: &str) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .arg("hash-key")
         .stdin(std::process::Stdio::piped())

@@ -149,7 +149,8 @@ fn dev_yaml(app: std::net::SocketAddr) -> String {
     let text = std::fs::read_to_string(repo().join("config/dev.yaml")).unwrap();
     let text = text
         .replace("127.0.0.1:12018", "127.0.0.1:0")
-        .replace("127.0.0.1:50051", &app.to_string());
+        .replace("127.0.0.1:50051", &app.to_string())
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
     let certs = repo().join("certs-dev");
     text.replace("certs-dev/", &format!("{}/", certs.display()))
 }

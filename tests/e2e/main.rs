@@ -9,6 +9,7 @@ mod cli;
 mod forwarding;
 mod grpcurl;
 mod issuers;
+mod observability;
 mod refusals;
 mod shutdown;
 mod upstream_failures;

@@ -1,0 +1,86 @@
+//! The per-call cost of the observability layers (Logging with tracing, and Metrics),
+//! in memory: the same trivial inner service called bare and through both layers, with
+//! the access log formatted as logfmt into a sink and the response watched to its end.
+//!
+//!     cargo bench --bench chain
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
+use gatehouse::body::{RequestBody, ResponseBody};
+use gatehouse::grpc::{Code, status_response};
+use gatehouse::metrics::Metrics;
+use gatehouse::middleware::logging::LoggingLayer;
+use gatehouse::middleware::metrics::MetricsLayer;
+use gatehouse::telemetry::{Logfmt, Tracing};
+use http::Request;
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+fn request() -> Request<RequestBody> {
+    Request::post("http://localhost/pkg.Svc/Get")
+        .header("content-type", "application/grpc")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(RequestBody::local(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("valid request")
+}
+
+fn app() -> impl Service<
+    Request<RequestBody>,
+    Response = http::Response<ResponseBody>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_: Request<RequestBody>| async {
+        Ok::<_, Infallible>(status_response(Code::Ok, ""))
+    })
+}
+
+fn layers(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(Logfmt)
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+
+    let mut bare = app();
+    let tracing = Arc::new(Tracing::propagate_only(1.0));
+    let mut observed =
+        LoggingLayer::new(tracing).layer(MetricsLayer::new(Arc::new(Metrics::new())).layer(app()));
+
+    let mut group = c.benchmark_group("chain");
+    group.bench_function("bare", |b| {
+        b.iter(|| {
+            let response = bare
+                .call(black_box(request()))
+                .now_or_never()
+                .expect("ready")
+                .expect("infallible");
+            black_box(response.into_body().collect().now_or_never())
+        })
+    });
+    group.bench_function("logging+metrics", |b| {
+        b.iter(|| {
+            let response = observed
+                .call(black_box(request()))
+                .now_or_never()
+                .expect("ready")
+                .expect("infallible");
+            black_box(response.into_body().collect().now_or_never())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layers);
+criterion_main!(benches);

@@ -1,0 +1,447 @@
+//! Metrics, access logs, traces and the admin endpoints, observed from outside: a
+//! Prometheus-style scrape, the process's log lines, and an OTLP/gRPC collector
+//! running in the test.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::sync::Notify;
+use tonic::Code;
+
+use crate::auth::hash;
+use crate::support::pb::*;
+use crate::support::*;
+
+const KEY: &str = "observability-key-0123456789";
+
+/// gatehouse with the admin server, API-key auth and, optionally, span export.
+fn config(app: SocketAddr, otlp: Option<SocketAddr>) -> String {
+    let otlp = otlp
+        .map(|addr| format!(", otlp_endpoint: \"http://{addr}\", service_name: gatehouse-test"))
+        .unwrap_or_default();
+    dev_config(app).replace(
+        "telemetry: { log_level: 'info,gatehouse=debug' }",
+        &format!(
+            "telemetry: {{ log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0{otlp} }}"
+        ),
+    ) + &format!(
+        "auth:\n  api_keys:\n    keys:\n      - {{ name: svc, sha256: \"{}\", tenant_id: acme, user_id: svc-user, roles: [svc] }}\n",
+        hash(KEY)
+    )
+}
+
+fn with_key<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", KEY.parse().unwrap());
+    request
+}
+
+fn admin(gatehouse: &Gatehouse) -> SocketAddr {
+    let output = gatehouse.output();
+    let line = output
+        .lines()
+        .find(|line| line.contains("msg=listening"))
+        .unwrap();
+    field(line, "admin").parse().unwrap()
+}
+
+/// `GET path` on the admin server: status and body.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The value of one series in a scrape, if present.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let mut client = client(gatehouse.addr).await;
+    for _ in 0..3 {
+        client.echo(with_key(EchoRequest::default())).await.unwrap();
+    }
+    for _ in 0..2 {
+        let status = client
+            .fail(with_key(FailRequest {
+                code: 5,
+                message: "no".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        let status = client.inspect(InspectRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let (status, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert_eq!(status, 200);
+    let demo = r#"grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo""#;
+    let expect = [
+        (format!(r#"grpc_server_started_total{{{demo},grpc_method="Echo"}}"#), 3.0),
+        (format!(r#"grpc_server_handled_total{{{demo},grpc_method="Echo",grpc_code="OK"}}"#), 3.0),
+        (format!(r#"grpc_server_handling_seconds_count{{{demo},grpc_method="Echo"}}"#), 3.0),
+        (format!(r#"grpc_server_handled_total{{{demo},grpc_method="Fail",grpc_code="NotFound"}}"#), 2.0),
+        (
+            r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="other",grpc_method="other",grpc_code="Unauthenticated"}"#.to_owned(),
+            2.0,
+        ),
+        (r#"gatehouse_auth_total{method="api_key",result="allowed",reason="ok"}"#.to_owned(), 5.0),
+        (r#"gatehouse_auth_total{method="none",result="refused",reason="missing_credentials"}"#.to_owned(), 2.0),
+        ("gatehouse_requests_in_flight".to_owned(), 0.0),
+        ("gatehouse_connections".to_owned(), 1.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(
+            sample(&scrape, &series),
+            Some(value),
+            "{series} in\n{scrape}"
+        );
+    }
+    let echo_sum = sample(
+        &scrape,
+        &format!(r#"grpc_server_handling_seconds_sum{{{demo},grpc_method="Echo"}}"#),
+    )
+    .unwrap();
+    assert!(echo_sum > 0.0);
+    let (status, _) = get(admin(&gatehouse), "/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_made_up_method_names_leaves_the_labels_bounded() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let channel = channel(gatehouse.addr, Some(Identity::gateway()))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..300 {
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default();
+        let path: http::uri::PathAndQuery = format!("/made.up.Svc{i}/Method{i}").parse().unwrap();
+        let status = grpc
+            .unary(tonic::Request::new(EchoRequest::default()), path, codec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert!(!scrape.contains("made.up"), "made-up names became labels");
+    let series = scrape
+        .lines()
+        .filter(|line| line.starts_with("grpc_server_started_total"))
+        .count();
+    assert_eq!(series, 1, "{scrape}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let mut client = client(gatehouse.addr).await;
+    client.inspect(with_key(InspectRequest {})).await.unwrap();
+    let mut bad = tonic::Request::new(InspectRequest {});
+    bad.metadata_mut()
+        .insert("x-api-key", "wrong-key-do-not-log-me".parse().unwrap());
+    client.inspect(bad).await.unwrap_err();
+
+    let line = gatehouse
+        .wait_for_line(&["msg=request", "grpc_code=OK"])
+        .await;
+    assert_eq!(field(&line, "method"), "/gatehouse.demo.v1.Demo/Inspect");
+    assert_eq!(field(&line, "user_id"), "svc-user");
+    assert_eq!(field(&line, "tenant_id"), "acme");
+    assert_eq!(field(&line, "auth"), "api_key");
+    assert_eq!(field(&line, "api_key"), "svc");
+    assert_eq!(
+        field(&line, "peer"),
+        "spiffe://dev.gatehouse/ns/default/sa/gateway"
+    );
+    assert_eq!(field(&line, "trace_id").len(), 32);
+    assert!(field(&line, "duration_ms").parse::<f64>().unwrap() > 0.0);
+    assert_eq!(field(&line, "bytes_in"), "5");
+    assert!(field(&line, "bytes_out").parse::<u64>().unwrap() > 5);
+    let refused = gatehouse
+        .wait_for_line(&["msg=request", "grpc_code=Unauthenticated"])
+        .await;
+    assert_eq!(field(&refused, "refused"), "unknown_api_key");
+
+    let output = gatehouse.output();
+    for secret in [KEY, "wrong-key-do-not-log-me", "BEGIN", "PRIVATE KEY"] {
+        assert!(
+            !output.contains(secret),
+            "{secret:?} appears in the log:\n{output}"
+        );
+    }
+    assert_eq!(
+        output
+            .lines()
+            .filter(|line| line.contains("msg=request"))
+            .count(),
+        2
+    );
+}
+
+/// An OTLP/gRPC trace receiver.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+    changed: Arc<Notify>,
+    stall: bool,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.stall {
+            std::future::pending::<()>().await;
+        }
+        let spans = request
+            .into_inner()
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans);
+        self.spans.lock().unwrap().extend(spans);
+        self.changed.notify_waiters();
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    async fn start(stall: bool) -> (Collector, SocketAddr) {
+        let collector = Collector {
+            stall,
+            ..Collector::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (collector, addr)
+    }
+
+    async fn span(&self, span_id: &[u8]) -> Span {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if let Some(span) = self
+                    .spans
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s.span_id == span_id)
+                {
+                    return span.clone();
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("the span was exported")
+    }
+}
+
+fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone()?.value)
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The app's view of `traceparent`: (trace id, parent span id, flags).
+async fn traceparent_seen_by_app(
+    client: &mut DemoClient<tonic::transport::Channel>,
+    request: tonic::Request<InspectRequest>,
+) -> (String, String, String) {
+    let metadata = client.inspect(request).await.unwrap().into_inner().metadata;
+    let value = metadata
+        .iter()
+        .find(|e| e.key == "traceparent")
+        .expect("the app got a traceparent")
+        .value
+        .clone();
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(parts[0], "00");
+    (
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continues_or_starts_the_trace_and_exports_the_server_span() {
+    let (collector, collector_addr) = Collector::start(false).await;
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, Some(collector_addr)));
+    let mut client = client(gatehouse.addr).await;
+
+    // Continued: same trace, gatehouse's span between the caller's and the app's.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = with_key(InspectRequest {});
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-{caller_span}-01")
+            .parse()
+            .unwrap(),
+    );
+    let (trace, parent, flags) = traceparent_seen_by_app(&mut client, request).await;
+    assert_eq!((trace.as_str(), flags.as_str()), (caller_trace, "01"));
+    assert_ne!(parent, caller_span, "the app's parent is gatehouse's span");
+    let span = collector.span(&hex(&parent)).await;
+    assert_eq!(span.trace_id, hex(caller_trace));
+    assert_eq!(span.parent_span_id, hex(caller_span));
+    assert_eq!(span.name, "gatehouse.demo.v1.Demo/Inspect");
+    assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
+    let text = |key| match attribute(&span, key) {
+        Some(AnyValue::StringValue(value)) => value,
+        other => panic!("{key}: {other:?}"),
+    };
+    assert_eq!(text("rpc.system"), "grpc");
+    assert_eq!(text("rpc.service"), "gatehouse.demo.v1.Demo");
+    assert_eq!(text("rpc.method"), "Inspect");
+    assert_eq!(text("enduser.id"), "svc-user");
+    assert_eq!(text("gatehouse.tenant_id"), "acme");
+    assert_eq!(
+        text("gatehouse.peer"),
+        "spiffe://dev.gatehouse/ns/default/sa/gateway"
+    );
+    assert_eq!(
+        attribute(&span, "rpc.grpc.status_code"),
+        Some(AnyValue::IntValue(0))
+    );
+    assert!(span.end_time_unix_nano > span.start_time_unix_nano);
+    gatehouse
+        .wait_for_line(&["msg=request", &format!("trace_id={caller_trace}")])
+        .await;
+
+    // Started: no traceparent from the caller.
+    let (trace, parent, flags) =
+        traceparent_seen_by_app(&mut client, with_key(InspectRequest {})).await;
+    assert_ne!(trace, caller_trace);
+    assert_eq!(flags, "01", "sample_ratio 1.0 samples every new trace");
+    let span = collector.span(&hex(&parent)).await;
+    assert_eq!(span.trace_id, hex(&trace));
+    assert!(
+        span.parent_span_id.is_empty(),
+        "a new trace's first span has no parent"
+    );
+
+    // Refused calls are traced too, with their status.
+    let mut refused = tonic::Request::new(InspectRequest {});
+    let refused_trace = "0af7651916cd43dd8448eb211c80319c";
+    refused.metadata_mut().insert(
+        "traceparent",
+        format!("00-{refused_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    client.inspect(refused).await.unwrap_err();
+    let wait = async {
+        loop {
+            let changed = collector.changed.notified();
+            let found = collector
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| s.trace_id == hex(refused_trace))
+                .cloned();
+            if let Some(span) = found {
+                return span;
+            }
+            changed.await;
+        }
+    };
+    let span = tokio::time::timeout(PATIENCE, wait).await.unwrap();
+    assert_eq!(
+        attribute(&span, "rpc.grpc.status_code"),
+        Some(AnyValue::IntValue(16))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_or_stalled_never_fails_or_holds_up_a_call() {
+    let (_stalled, stalled_addr) = Collector::start(true).await;
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = App::start().await;
+    for collector in [stalled_addr, down] {
+        let gatehouse = Gatehouse::start(&config(app.addr, Some(collector)));
+        let mut client = client(gatehouse.addr).await;
+        for _ in 0..50 {
+            let mut request = with_key(EchoRequest::default());
+            // Generous, but far shorter than an exporter timeout or a stalled export.
+            request.set_timeout(std::time::Duration::from_secs(3));
+            client.echo(request).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_app_going_down_and_coming_back() {
+    let app = App::start().await;
+    let app_addr = app.addr;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let admin = admin(&gatehouse);
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
+
+    app.kill().await;
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("unreachable"), "{body}");
+    assert_eq!(get(admin, "/healthz").await.0, 200, "alive while not ready");
+
+    let _app = App::start_on(app_addr, Default::default()).await;
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
+}
