@@ -899,6 +899,18 @@ upstream: { address: 127.0.0.1:50051 }
     }
 
     #[test]
+    fn kubernetes_example_config_parses_and_validates() {
+        #[derive(serde::Deserialize)]
+        struct ConfigMap {
+            data: std::collections::HashMap<String, String>,
+        }
+        let manifest = include_str!("../deploy/kubernetes/configmap.yaml");
+        let config_map: ConfigMap = serde_saphyr::from_str(manifest).expect("a ConfigMap");
+        let config = Config::from_yaml(&config_map.data["gatehouse.yaml"]).expect("the embedded config parses");
+        assert_eq!(config.validate(), vec![]);
+    }
+
+    #[test]
     fn dev_config_parses_and_validates() {
         let config =
             Config::from_yaml(include_str!("../config/dev.yaml")).expect("dev config parses");
