@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::tls::ReloadableTls;
 use crate::upstream::Upstream;
 
 /// What `/readyz` checks.
@@ -30,6 +31,7 @@ pub struct Readiness {
     pub draining: AtomicBool,
     upstream: Arc<Upstream>,
     authenticator: Arc<Authenticator>,
+    tls: std::sync::OnceLock<Option<Arc<ReloadableTls>>>,
 }
 
 impl Readiness {
@@ -39,7 +41,13 @@ impl Readiness {
             draining: AtomicBool::new(false),
             upstream,
             authenticator,
+            tls: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The serving certificates, whose expiry makes gatehouse unready.
+    pub fn set_tls(&self, tls: Option<Arc<ReloadableTls>>) {
+        let _ = self.tls.set(tls);
     }
 
     /// Every reason gatehouse cannot serve now; empty when ready.
@@ -50,6 +58,14 @@ impl Readiness {
         }
         if self.draining.load(Ordering::SeqCst) {
             problems.push("draining: shutting down".to_owned());
+        }
+        if self
+            .tls
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(|tls| tls.serving_certificate_expired())
+        {
+            problems.push("serving certificate expired".to_owned());
         }
         for provider in self.authenticator.providers_without_keys() {
             problems.push(format!("JWKS of provider {provider} not loaded"));

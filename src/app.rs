@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -18,6 +17,7 @@ use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::telemetry::Tracing;
+use crate::tls::ReloadableTls;
 use crate::upstream::{Forward, Upstream};
 use crate::{middleware, telemetry, tls};
 
@@ -209,8 +209,13 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
         Forward::new(upstream),
     );
     let server = Server::new(&config.limits, chain);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let listener = Listener::new(tcp, acceptor, server, &config.limits, metrics.clone());
+    let tls = tls.map(|initial| {
+        let reloadable = Arc::new(ReloadableTls::new(&config.tls, initial, metrics.clone()));
+        reloadable.spawn_watcher();
+        reloadable
+    });
+    readiness.set_tls(tls.clone());
+    let listener = Listener::new(tcp, tls.clone(), server, &config.limits, metrics.clone());
 
     let (stop_admin, admin_stopped) = watch::channel(false);
     let admin_bound = match admin {
@@ -238,24 +243,27 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
     );
 
     let (stop, stopped) = watch::channel(false);
-    let graceful = GracefulShutdown::new();
-    {
-        let accepting = listener.run(&graceful, stopped);
-        tokio::pin!(accepting);
-        tokio::select! {
-            () = &mut accepting => {}
-            signal = shutdown_signal() => {
-                readiness.draining.store(true, Ordering::SeqCst);
-                tracing::info!(signal, "draining: no new connections, in-flight calls may finish");
-            }
-        }
-        let _ = stop.send(true);
-        accepting.await;
+    let accepting = tokio::spawn(listener.run(stopped));
+    let signal = shutdown_signal().await;
+    readiness.draining.store(true, Ordering::SeqCst);
+    let drain_delay = config.limits.drain_delay.get();
+    tracing::info!(
+        signal,
+        ?drain_delay,
+        "draining: /readyz is unready; new connections are refused after the delay"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(drain_delay) => {}
+        signal = shutdown_signal() => tracing::warn!(signal, "second signal; skipping the drain delay"),
     }
+    let _ = stop.send(true);
+    let drain = accepting
+        .await
+        .map_err(|error| format!("accept loop failed: {error}"))?;
 
     let drain_timeout = config.limits.drain_timeout.get();
     tokio::select! {
-        finished = tokio::time::timeout(drain_timeout, graceful.shutdown()) => match finished {
+        finished = tokio::time::timeout(drain_timeout, drain.finished()) => match finished {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
         },

@@ -210,7 +210,7 @@ pub struct Listen {
 }
 
 /// `tls`: the server certificate and how client certificates are checked.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     #[serde(default = "enabled")]
@@ -366,6 +366,14 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// On SIGTERM, how long in-flight calls may take to finish.
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long to keep accepting after `/readyz` turned unready, so load
+    /// balancers stop sending before gatehouse stops listening.
+    pub drain_delay: Duration,
+    /// A connection with no call open for this long is closed with GOAWAY.
+    pub idle_timeout: Duration,
+    /// Connections older than this are closed with GOAWAY (calls in flight finish), so
+    /// clients rebalance; absent: no limit.
+    pub max_connection_age: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -378,6 +386,9 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(0),
+            idle_timeout: Duration::from_secs(3600),
+            max_connection_age: None,
         }
     }
 }
@@ -622,6 +633,7 @@ impl Config {
             ("limits.handshake_timeout", limits.handshake_timeout),
             ("limits.keepalive_interval", limits.keepalive_interval),
             ("limits.keepalive_timeout", limits.keepalive_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
         ] {
             if value.get().is_zero() {
                 problems.push(Problem::new(field, "must be longer than 0s"));
@@ -906,7 +918,8 @@ upstream: { address: 127.0.0.1:50051 }
         }
         let manifest = include_str!("../deploy/kubernetes/configmap.yaml");
         let config_map: ConfigMap = serde_saphyr::from_str(manifest).expect("a ConfigMap");
-        let config = Config::from_yaml(&config_map.data["gatehouse.yaml"]).expect("the embedded config parses");
+        let config = Config::from_yaml(&config_map.data["gatehouse.yaml"])
+            .expect("the embedded config parses");
         assert_eq!(config.validate(), vec![]);
     }
 

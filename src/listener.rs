@@ -1,58 +1,74 @@
 //! The accept loop: a bounded number of connections, each given a fixed time to finish
-//! its TLS handshake before HTTP/2 is spoken on it, and all of them drained on shutdown.
+//! its TLS handshake before HTTP/2 is spoken on it; each closed with GOAWAY when it has
+//! been idle too long, has reached its maximum age, or the sidecar drains.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::server::{ConnectionInfo, Server};
-use crate::tls::PeerIdentity;
+use crate::server::{Activity, ConnectionInfo, Server};
+use crate::tls::{PeerIdentity, ReloadableTls};
 
 /// Accepts connections and hands each to the HTTP/2 server.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadableTls>>,
     server: Server,
-    max_connections: usize,
-    handshake_timeout: Duration,
+    limits: Limits,
     metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+}
+
+/// Waits for the connections of a stopped listener to finish.
+pub struct Drain {
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl Drain {
+    /// Resolves once every connection has closed.
+    pub async fn finished(&self) {
+        let _all = self.permits.acquire_many(self.max_connections).await;
+    }
 }
 
 impl Listener {
     pub fn new(
         tcp: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<ReloadableTls>>,
         server: Server,
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
         Listener {
             tcp,
             tls,
             server,
-            max_connections: limits.max_connections,
-            handshake_timeout: limits.handshake_timeout.get(),
+            limits: limits.clone(),
             metrics,
+            permits,
         }
     }
 
-    /// Accepts until `shutdown` turns true. Connections are registered with `graceful`,
-    /// which sends each a GOAWAY when the drain starts; handshakes still in progress
-    /// at that moment are abandoned so they cannot hold the drain up.
-    pub async fn run(self, graceful: &GracefulShutdown, mut shutdown: watch::Receiver<bool>) {
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+    /// Accepts until `shutdown` turns true, then stops listening and returns the
+    /// [`Drain`] of the connections still open; each of them has been told to GOAWAY.
+    /// Handshakes still in progress are abandoned so they cannot hold the drain up.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Drain {
+        let drain = Drain {
+            permits: self.permits.clone(),
+            max_connections: u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX),
+        };
         loop {
             let accepted = tokio::select! {
                 accepted = self.tcp.accept() => accepted,
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                () = stopped(&mut shutdown) => return drain,
             };
             let (tcp, remote_addr) = match accepted {
                 Ok(accepted) => accepted,
@@ -64,7 +80,7 @@ impl Listener {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 tracing::debug!(remote = %remote_addr, "connection closed at accept: limits.max_connections reached");
                 continue;
             };
@@ -74,14 +90,13 @@ impl Listener {
                 remote_addr,
                 tls: self.tls.clone(),
                 server: self.server.clone(),
-                handshake_timeout: self.handshake_timeout,
-                watcher: graceful.watcher(),
+                limits: self.limits.clone(),
                 shutdown: shutdown.clone(),
                 metrics: self.metrics.clone(),
             };
             tokio::spawn(async move {
-                connection.metrics.connections.inc();
                 let metrics = connection.metrics.clone();
+                metrics.connections.inc();
                 connection.serve().await;
                 metrics.connections.dec();
                 drop(permit);
@@ -90,13 +105,16 @@ impl Listener {
     }
 }
 
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 struct Connection {
     tcp: TcpStream,
     remote_addr: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadableTls>>,
     server: Server,
-    handshake_timeout: Duration,
-    watcher: Watcher,
+    limits: Limits,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 }
@@ -104,16 +122,22 @@ struct Connection {
 impl Connection {
     async fn serve(mut self) {
         let remote_addr = self.remote_addr;
-        let Some(acceptor) = self.tls.take() else {
+        let Some(tls) = self.tls.take() else {
             let info = ConnectionInfo::new(remote_addr, None);
-            let served = self.watcher.watch(self.server.serve(self.tcp, info)).await;
-            log_connection_end(remote_addr, served);
-            return;
+            let (server, limits, mut shutdown) = (
+                self.server.clone(),
+                self.limits.clone(),
+                self.shutdown.clone(),
+            );
+            return run_http2(&server, self.tcp, info, &limits, &mut shutdown).await;
         };
-        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(self.tcp));
+        let handshake = tokio::time::timeout(
+            self.limits.handshake_timeout.get(),
+            tls.acceptor().accept(self.tcp),
+        );
         let stream = tokio::select! {
             result = handshake => result,
-            _ = self.shutdown.wait_for(|stop| *stop) => return,
+            () = stopped(&mut self.shutdown) => return,
         };
         let failed = |reason: &'static str, detail: &str| {
             self.metrics.tls_handshake_error(reason);
@@ -137,8 +161,48 @@ impl Connection {
             },
         };
         let info = ConnectionInfo::new(remote_addr, peer);
-        let served = self.watcher.watch(self.server.serve(stream, info)).await;
-        log_connection_end(remote_addr, served);
+        run_http2(&self.server, stream, info, &self.limits, &mut self.shutdown).await;
+    }
+}
+
+/// Serves HTTP/2 until the client leaves, sending GOAWAY (and letting open calls finish)
+/// when the connection has idled for `idle_timeout`, reached `max_connection_age`, or
+/// the sidecar starts draining.
+async fn run_http2<I>(
+    server: &Server,
+    io: I,
+    info: ConnectionInfo,
+    limits: &Limits,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote_addr = info.remote_addr;
+    let activity = Arc::new(Activity::default());
+    let connection = server.serve(io, info, activity.clone());
+    tokio::pin!(connection);
+    let age = async {
+        match limits.max_connection_age {
+            Some(age) => tokio::time::sleep(age.get()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(age);
+    let idle = activity.idle_for(limits.idle_timeout.get());
+    tokio::pin!(idle);
+    let mut closing = false;
+    let served = loop {
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            () = stopped(shutdown), if !closing => {}
+            () = &mut age, if !closing => tracing::debug!(remote = %remote_addr, "limits.max_connection_age reached"),
+            () = &mut idle, if !closing => tracing::debug!(remote = %remote_addr, "limits.idle_timeout reached"),
+        }
+        connection.as_mut().graceful_shutdown();
+        closing = true;
+    };
+    if let Err(error) = served {
+        tracing::debug!(remote = %remote_addr, %error, "connection ended with an error");
     }
 }
 
@@ -165,12 +229,6 @@ fn classify(error: &std::io::Error) -> &'static str {
         Error::PeerIncompatible(_) => "incompatible",
         Error::AlertReceived(_) => "alert_received",
         _ => "other",
-    }
-}
-
-fn log_connection_end(remote_addr: SocketAddr, served: Result<(), hyper::Error>) {
-    if let Err(error) = served {
-        tracing::debug!(remote = %remote_addr, %error, "connection ended with an error");
     }
 }
 

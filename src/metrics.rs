@@ -62,6 +62,16 @@ struct KindLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    file: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 fn histogram() -> Histogram {
@@ -77,6 +87,8 @@ pub struct Metrics {
     auth: Family<AuthLabels, Counter>,
     tls_errors: Family<ReasonLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
+    cert_expiry: Family<FileLabels, Gauge>,
+    reloads: Family<ResultLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
     methods: RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
@@ -106,6 +118,8 @@ impl Metrics {
         let auth = Family::default();
         let tls_errors = Family::default();
         let upstream_errors = Family::default();
+        let cert_expiry = Family::default();
+        let reloads = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         // prometheus-client appends `_total` to counters itself.
@@ -157,6 +171,8 @@ impl Metrics {
             auth,
             tls_errors,
             upstream_errors,
+            cert_expiry,
+            reloads,
             connections,
             in_flight,
             methods: RwLock::new(HashMap::new()),
@@ -252,6 +268,19 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    pub fn cert_expiry(&self, file: &std::path::Path, not_after: i64) {
+        self.cert_expiry
+            .get_or_create(&FileLabels {
+                file: file.display().to_string(),
+            })
+            .set(not_after);
+    }
+
+    /// Counts a reload: `success` or `failure`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The Prometheus text exposition.

@@ -6,12 +6,21 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use futures_util::future::{Either, Ready, ready};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::ready;
 use http::Request;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tower::Service;
 
 use crate::auth::principal::forwarded_client_cert;
@@ -78,6 +87,7 @@ impl Server {
         &self,
         io: I,
         info: ConnectionInfo,
+        activity: Arc<Activity>,
     ) -> http2::Connection<TokioIo<I>, Door, TokioExecutor>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -85,6 +95,7 @@ impl Server {
         let door = Door {
             chain: self.chain.clone(),
             info: Arc::new(info),
+            activity,
         };
         self.builder.serve_connection(TokioIo::new(io), door)
     }
@@ -96,25 +107,112 @@ impl Server {
 pub struct Door {
     chain: Chain,
     info: Arc<ConnectionInfo>,
+    activity: Arc<Activity>,
+}
+
+/// How many calls are open on a connection, to close connections that idle.
+#[derive(Debug, Default)]
+pub struct Activity {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+impl Activity {
+    fn open(self: &Arc<Self>) -> OpenCall {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        OpenCall {
+            activity: self.clone(),
+        }
+    }
+
+    /// Resolves once no call has been open for `limit`.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) > 0 {
+                changed.await;
+                continue;
+            }
+            if tokio::time::timeout(limit, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One open call; closed when its response body is dropped (sent, or reset).
+pub struct OpenCall {
+    activity: Arc<Activity>,
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.activity.open.fetch_sub(1, Ordering::SeqCst);
+        self.activity.changed.notify_waiters();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call counted as open until it is dropped.
+    pub struct CallBody<B> {
+        #[pin]
+        inner: B,
+        open: OpenCall,
+    }
+}
+
+impl<B: Body> Body for CallBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type ChainBody = <ChainResponse as ResponseParts>::Body;
+
+/// Names the body type of a response type.
+pub trait ResponseParts {
+    type Body;
+}
+
+impl<B> ResponseParts for Response<B> {
+    type Body = B;
 }
 
 impl hyper::service::Service<Request<Incoming>> for Door {
-    type Response = ChainResponse;
+    type Response = Response<CallBody<ChainBody>>;
     type Error = Infallible;
-    type Future = Either<
-        <Chain as Service<Request<RequestBody>>>::Future,
-        Ready<Result<ChainResponse, Infallible>>,
-    >;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let open = self.activity.open();
         if !grpc::is_grpc_request(request.method(), request.headers()) {
-            return Either::Right(ready(Ok(RecoveryBody::local(
-                grpc::unsupported_media_type(),
-            ))));
+            let response = RecoveryBody::local(grpc::unsupported_media_type());
+            return Box::pin(ready(Ok(response.map(|inner| CallBody { inner, open }))));
         }
         let mut request = request.map(RequestBody::new);
         request.extensions_mut().insert(self.info.clone());
         // Every layer is always ready, so calling a clone directly is sound.
-        Either::Left(self.chain.clone().call(request))
+        let call = self.chain.clone().call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(response.map(|inner| CallBody { inner, open }))
+        })
     }
 }

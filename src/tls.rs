@@ -141,6 +141,146 @@ fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// The serving TLS configuration, rebuilt when the files behind it change.
+///
+/// The files are re-read every [`RELOAD_POLL`] and compared by content hash. That
+/// notices every way a certificate is rotated: an edit in place, an atomic rename, and
+/// a Kubernetes Secret volume, whose files sit behind a `..data` symlink swapped
+/// atomically (a change that watchers of the file itself miss). New handshakes use new
+/// material at once; established connections keep theirs. A new pair that is broken or
+/// mismatched is refused and the running one kept. Each rebuild starts with an empty
+/// session cache, so a client whose certificate a new CA bundle no longer trusts cannot
+/// resume its old session.
+pub struct ReloadableTls {
+    config: std::sync::Mutex<config::Tls>,
+    current: std::sync::RwLock<Arc<ServerConfig>>,
+    fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    serving_not_after: std::sync::atomic::AtomicI64,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// How often certificate files are checked for changes.
+pub const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ReloadableTls {
+    pub fn new(
+        tls: &config::Tls,
+        initial: Arc<ServerConfig>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        let reloadable = ReloadableTls {
+            config: std::sync::Mutex::new(tls.clone()),
+            current: std::sync::RwLock::new(initial),
+            fingerprint: std::sync::Mutex::new(fingerprint(tls)),
+            serving_not_after: std::sync::atomic::AtomicI64::new(i64::MAX),
+            metrics,
+        };
+        reloadable.record_expiry(tls);
+        reloadable
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Whether the serving certificate has expired.
+    pub fn serving_certificate_expired(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now >= self
+            .serving_not_after
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Rebuilds from `tls` (new paths after a config reload) or the current paths, if
+    /// anything changed. `None`: nothing changed; `Some(Ok)`: reloaded.
+    pub fn reload(&self, tls: Option<&config::Tls>) -> Option<Result<(), Vec<Problem>>> {
+        let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let candidate = tls.unwrap_or(&config).clone();
+        let new_fingerprint = fingerprint(&candidate);
+        {
+            let mut known = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+            if *known == new_fingerprint && tls.is_none_or(|tls| tls == &*config) {
+                return None;
+            }
+            *known = new_fingerprint;
+        }
+        match server_config(&candidate) {
+            Ok(server) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = server;
+                self.record_expiry(&candidate);
+                *config = candidate;
+                self.metrics.reload("success");
+                tracing::info!(cert_file = ?config.cert_file, "TLS certificates reloaded");
+                Some(Ok(()))
+            }
+            Err(problems) => {
+                self.metrics.reload("failure");
+                for problem in &problems {
+                    tracing::warn!(%problem, "new TLS material refused; keeping the running certificates");
+                }
+                Some(Err(problems))
+            }
+        }
+    }
+
+    /// Checks the files every [`RELOAD_POLL`] for as long as `self` is in use.
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let tls = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(RELOAD_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(tls) = tls.upgrade() else { return };
+                tls.reload(None);
+            }
+        });
+    }
+
+    fn record_expiry(&self, tls: &config::Tls) {
+        for (path, serving) in [(&tls.cert_file, true), (&tls.ca_file, false)] {
+            let Some(path) = path else { continue };
+            let Some(not_after) = first_not_after(path) else {
+                continue;
+            };
+            self.metrics.cert_expiry(path, not_after);
+            if serving {
+                self.serving_not_after
+                    .store(not_after, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// SHA-256 over the contents of every file `tls` names; `None` if one cannot be read.
+fn fingerprint(tls: &config::Tls) -> Option<[u8; 32]> {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for path in [&tls.cert_file, &tls.key_file, &tls.ca_file]
+        .into_iter()
+        .flatten()
+    {
+        let content = std::fs::read(path).ok()?;
+        context.update(&(content.len() as u64).to_le_bytes());
+        context.update(&content);
+    }
+    context.finish().as_ref().try_into().ok()
+}
+
+/// `notAfter` of the first certificate in a PEM file, as Unix time.
+fn first_not_after(path: &Path) -> Option<i64> {
+    let der = load_certs(path).ok()?.into_iter().next()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Who the client is, as its verified certificate says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerIdentity {
