@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::reload::Current;
 use crate::tls::ReloadableTls;
 use crate::upstream::Upstream;
 
@@ -30,12 +31,12 @@ pub struct Readiness {
     pub listening: AtomicBool,
     pub draining: AtomicBool,
     upstream: Arc<Upstream>,
-    authenticator: Arc<Authenticator>,
+    authenticator: Arc<Current<Authenticator>>,
     tls: std::sync::OnceLock<Option<Arc<ReloadableTls>>>,
 }
 
 impl Readiness {
-    pub fn new(upstream: Arc<Upstream>, authenticator: Arc<Authenticator>) -> Self {
+    pub fn new(upstream: Arc<Upstream>, authenticator: Arc<Current<Authenticator>>) -> Self {
         Readiness {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -67,7 +68,7 @@ impl Readiness {
         {
             problems.push("serving certificate expired".to_owned());
         }
-        for provider in self.authenticator.providers_without_keys() {
+        for provider in self.authenticator.get().providers_without_keys() {
             problems.push(format!("JWKS of provider {provider} not loaded"));
         }
         if let Err(reason) = self.upstream.check_health().await {

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Problem};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::reload::{Current, Reloader};
 use crate::server::Server;
 use crate::telemetry::Tracing;
 use crate::tls::ReloadableTls;
@@ -29,7 +30,7 @@ pub const EXIT_FAILURE: u8 = 1;
 /// `gatehouse check`: prints `ok`, or every problem (one per line, naming the file and
 /// the field) and returns 64.
 pub fn check(path: &Path) -> ExitCode {
-    match load_with_material(path) {
+    match load(path) {
         Ok(_) => {
             println!("ok");
             ExitCode::SUCCESS
@@ -81,14 +82,14 @@ pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
 
 /// `gatehouse run`: serves until a signal, drains, and exits.
 pub fn run(path: &Path) -> ExitCode {
-    let loaded = match load_with_material(path) {
+    let loaded = match load(path) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    telemetry::init_logging(&loaded.config.telemetry);
+    let log_level = Arc::new(telemetry::init_logging(&loaded.config.telemetry));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,7 +100,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(serve(loaded));
+    let result = runtime.block_on(serve(path, loaded, log_level));
     // Calls cut off by the drain timeout must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -113,7 +114,7 @@ pub fn run(path: &Path) -> ExitCode {
 
 /// Parses, validates and reads every file the configuration names, reporting all
 /// problems at once.
-fn load_with_material(path: &Path) -> Result<Loaded, ConfigError> {
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -153,10 +154,10 @@ fn load_with_material(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// A configuration with every file it names read and checked.
-struct Loaded {
-    config: Config,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    authenticator: Authenticator,
+pub struct Loaded {
+    pub config: Config,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub authenticator: Authenticator,
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by
@@ -169,7 +170,12 @@ fn merge(problems: &mut Vec<Problem>, more: Vec<Problem>) {
     }
 }
 
-async fn serve(loaded: Loaded) -> Result<(), String> {
+async fn serve(
+    path: &Path,
+    loaded: Loaded,
+    log_level: Arc<telemetry::LogLevel>,
+) -> Result<(), String> {
+    let mut signals = ShutdownSignals::install();
     let Loaded {
         config,
         tls,
@@ -200,13 +206,15 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
     });
     let authenticator = Arc::new(authenticator);
     authenticator.start().await;
+    let authenticator = Arc::new(Current::new(authenticator));
     let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone()));
+    let forward = Forward::new(upstream.clone());
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
     let chain = middleware::build(
         tracing.clone(),
         metrics.clone(),
-        authenticator,
-        Forward::new(upstream),
+        authenticator.clone(),
+        forward,
     );
     let server = Server::new(&config.limits, chain);
     let tls = tls.map(|initial| {
@@ -216,6 +224,15 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
     });
     readiness.set_tls(tls.clone());
     let listener = Listener::new(tcp, tls.clone(), server, &config.limits, metrics.clone());
+    Reloader {
+        path: path.to_owned(),
+        running: config.clone(),
+        authenticator,
+        tls: tls.clone(),
+        log_level,
+        metrics: metrics.clone(),
+    }
+    .spawn();
 
     let (stop_admin, admin_stopped) = watch::channel(false);
     let admin_bound = match admin {
@@ -244,7 +261,7 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
 
     let (stop, stopped) = watch::channel(false);
     let accepting = tokio::spawn(listener.run(stopped));
-    let signal = shutdown_signal().await;
+    let signal = signals.next().await;
     readiness.draining.store(true, Ordering::SeqCst);
     let drain_delay = config.limits.drain_delay.get();
     tracing::info!(
@@ -254,7 +271,7 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
     );
     tokio::select! {
         () = tokio::time::sleep(drain_delay) => {}
-        signal = shutdown_signal() => tracing::warn!(signal, "second signal; skipping the drain delay"),
+        signal = signals.next() => tracing::warn!(signal, "second signal; skipping the drain delay"),
     }
     let _ = stop.send(true);
     let drain = accepting
@@ -267,25 +284,48 @@ async fn serve(loaded: Loaded) -> Result<(), String> {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
         },
-        signal = shutdown_signal() => tracing::warn!(signal, "second signal; closing the calls still open"),
+        signal = signals.next() => tracing::warn!(signal, "second signal; closing the calls still open"),
     }
+    // Calls still open end with UNAVAILABLE rather than a dropped connection; give those
+    // answers a moment to reach the callers.
+    upstream.abort_open_calls();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished()).await;
     let _ = stop_admin.send(true);
     tracing.flush(std::time::Duration::from_secs(2)).await;
     Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop gatehouse with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, listened to from start-up on, so a second signal sent while
+/// draining is never missed.
+struct ShutdownSignals {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        let streams = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop gatehouse with SIGKILL");
+                None
+            }
+        };
+        ShutdownSignals { streams }
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        let Some((term, int)) = &mut self.streams else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }

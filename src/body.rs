@@ -22,6 +22,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::principal::strip_identity_headers;
 use crate::grpc::{self, Code};
@@ -128,6 +129,8 @@ struct Forwarded {
     inner: Option<Incoming>,
     /// Boxed because `Sleep` is not `Unpin`; only calls with a `grpc-timeout` pay for it.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Fires when gatehouse stops waiting for open calls at the end of a drain.
+    abort: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl ResponseBody {
@@ -137,11 +140,13 @@ impl ResponseBody {
     }
 
     /// The app's response body, ended with `DEADLINE_EXCEEDED` if `deadline` passes first.
-    pub fn forwarded(inner: Incoming, deadline: Option<Instant>) -> Self {
+    /// The app's response body, ended with `UNAVAILABLE` if `abort` fires first.
+    pub fn forwarded(inner: Incoming, deadline: Option<Instant>, abort: CancellationToken) -> Self {
         ResponseBody {
             kind: Kind::Forwarded(Forwarded {
                 inner: Some(inner),
                 deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+                abort: Box::pin(abort.cancelled_owned()),
             }),
         }
     }
@@ -161,6 +166,13 @@ impl Forwarded {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        if self.abort.as_mut().poll(cx).is_ready() {
+            self.inner = None;
+            return Poll::Ready(Some(Ok(status_trailers(
+                Code::Unavailable,
+                "gatehouse is shutting down: the drain timeout ended this call",
+            ))));
+        }
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {

@@ -125,42 +125,52 @@ impl Metrics {
         // prometheus-client appends `_total` to counters itself.
         registry.register(
             "grpc_server_started",
-            "Calls started on the server.",
+            "Calls started on the server",
             started.clone(),
         );
         registry.register(
             "grpc_server_handled",
-            "Calls completed, by status code.",
+            "Calls completed, by status code",
             handled.clone(),
         );
         registry.register(
             "grpc_server_handling_seconds",
-            "Time from a call's arrival to the end of its response.",
+            "Time from a call's arrival to the end of its response",
             handling.clone(),
         );
         registry.register(
             "gatehouse_auth",
-            "Authentication and authorization decisions.",
+            "Authentication and authorization decisions",
             auth.clone(),
         );
         registry.register(
             "gatehouse_tls_handshake_errors",
-            "TLS handshakes that failed, by reason.",
+            "TLS handshakes that failed, by reason",
             tls_errors.clone(),
         );
         registry.register(
             "gatehouse_upstream_errors",
-            "Failures talking to the app, by kind.",
+            "Failures talking to the app, by kind",
             upstream_errors.clone(),
         );
         registry.register(
+            "gatehouse_cert_expiry_timestamp_seconds",
+            "When the first certificate in each file expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "gatehouse_config_reloads",
+            "Reloads of certificates and configuration, by result",
+            reloads.clone(),
+        );
+        registry.register(
             "gatehouse_connections",
-            "Open client connections.",
+            "Open client connections",
             connections.clone(),
         );
         registry.register(
             "gatehouse_requests_in_flight",
-            "Calls being handled.",
+            "Calls being handled",
             in_flight.clone(),
         );
         Metrics {

@@ -17,6 +17,7 @@ use tower::{Service, ServiceBuilder};
 
 use crate::auth::Authenticator;
 use crate::body::RequestBody;
+use crate::reload::Current;
 use crate::telemetry::Tracing;
 use crate::upstream::Forward;
 use auth::{Auth, AuthLayer};
@@ -34,7 +35,7 @@ pub type ChainResponse = <Chain as Service<Request<RequestBody>>>::Response;
 pub fn build(
     tracing: Arc<Tracing>,
     metrics: Arc<crate::metrics::Metrics>,
-    authenticator: Arc<Authenticator>,
+    authenticator: Arc<Current<Authenticator>>,
     forward: Forward,
 ) -> Chain {
     ServiceBuilder::new()

@@ -15,12 +15,30 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, Telemetry};
 
+/// Changes the log level of the running process (on a configuration reload).
+pub struct LogLevel {
+    handle: Option<tracing_subscriber::reload::Handle<Targets, tracing_subscriber::Registry>>,
+}
+
+impl LogLevel {
+    /// Applies `directives` (checked by `Config::validate`).
+    pub fn set(&self, directives: &str) {
+        let (Some(handle), Ok(filter)) = (&self.handle, directives.parse::<Targets>()) else {
+            return;
+        };
+        if let Err(error) = handle.reload(filter) {
+            tracing::warn!(%error, "cannot change the log level");
+        }
+    }
+}
+
 /// Installs the global logger. The level string was checked by `Config::validate`.
-pub fn init_logging(telemetry: &Telemetry) {
+pub fn init_logging(telemetry: &Telemetry) -> LogLevel {
     let filter: Targets = telemetry
         .log_level
         .parse()
         .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stdout)
@@ -38,7 +56,9 @@ pub fn init_logging(telemetry: &Telemetry) {
             .try_init(),
     };
     // A second initialisation (only possible in tests) keeps the first logger.
-    let _ = installed;
+    LogLevel {
+        handle: installed.ok().map(|()| handle),
+    }
 }
 
 /// Formats events as logfmt: `ts=… level=INFO msg=listening address=127.0.0.1:12018`.

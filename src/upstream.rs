@@ -54,6 +54,8 @@ pub struct Upstream {
     /// connection, not one per call.
     connecting: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
+    /// Cancelled when the drain gives up on open calls: they end with UNAVAILABLE.
+    abort: tokio_util::sync::CancellationToken,
 }
 
 /// Connection-specific headers, which HTTP/2 forbids and a proxy must not pass on.
@@ -89,6 +91,7 @@ impl Upstream {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             metrics,
+            abort: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -102,26 +105,41 @@ impl Upstream {
         if let Err(message) = self.prepare(&mut request) {
             return grpc::status_response(Code::Internal, message);
         }
-        let exchange = self.send(request);
-        let result = match deadline {
-            // Dropping the exchange on timeout resets the app's stream.
-            Some(at) => match tokio::time::timeout_at(at, exchange).await {
-                Ok(result) => result,
-                Err(_) => {
+        let exchange = async {
+            let deadline = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Dropping the exchange (deadline, abort) resets the app's stream.
+            tokio::select! {
+                result = self.send(request) => Ok(result),
+                () = deadline => {
                     self.metrics.upstream_error("deadline");
-                    return grpc::status_response(
+                    Err(grpc::status_response(
                         Code::DeadlineExceeded,
                         "deadline exceeded: grpc-timeout ran out before the app answered",
-                    );
+                    ))
                 }
-            },
-            None => exchange.await,
+                () = self.abort.cancelled() => Err(grpc::status_response(
+                    Code::Unavailable,
+                    "gatehouse is shutting down: the drain timeout ended this call",
+                )),
+            }
+        };
+        let result = match exchange.await {
+            Ok(result) => result,
+            Err(refusal) => return refusal,
         };
         match result {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, ResponseBody::forwarded(body, deadline))
+                Response::from_parts(
+                    parts,
+                    ResponseBody::forwarded(body, deadline, self.abort.clone()),
+                )
             }
             Err((code, message)) => {
                 if code != Code::Unavailable || !message.starts_with("app at") {
@@ -130,6 +148,11 @@ impl Upstream {
                 grpc::status_response(code, &message)
             }
         }
+    }
+
+    /// Ends every open call with `UNAVAILABLE` (the end of a drain that timed out).
+    pub fn abort_open_calls(&self) {
+        self.abort.cancel();
     }
 
     /// Whether the app answers: `grpc.health.v1.Health/Check` says SERVING, or the app

@@ -8,8 +8,9 @@
 //! use gatehouse::auth::Authenticator;
 //! use gatehouse::middleware::auth::AuthLayer;
 //! use tower::Layer;
+//! use gatehouse::reload::Current;
 //! let authenticator = Arc::new(Authenticator::build(&config).expect("valid auth config"));
-//! let service = AuthLayer::new(authenticator).layer(forward);
+//! let service = AuthLayer::new(Arc::new(Current::new(authenticator))).layer(forward);
 //! # }
 //! ```
 
@@ -25,15 +26,17 @@ use tower::{Layer, Service};
 use crate::auth::Authenticator;
 use crate::auth::principal::strip_identity_headers;
 use crate::body::{RequestBody, ResponseBody};
+use crate::reload::Current;
 
 /// Wraps a service in [`Auth`].
 #[derive(Clone)]
 pub struct AuthLayer {
-    authenticator: Arc<Authenticator>,
+    authenticator: Arc<Current<Authenticator>>,
 }
 
 impl AuthLayer {
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+    /// `authenticator` is read per call, so a configuration reload takes effect at once.
+    pub fn new(authenticator: Arc<Current<Authenticator>>) -> Self {
         AuthLayer { authenticator }
     }
 }
@@ -53,7 +56,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Auth<S> {
     inner: S,
-    authenticator: Arc<Authenticator>,
+    authenticator: Arc<Current<Authenticator>>,
 }
 
 impl<S> Service<Request<RequestBody>> for Auth<S>
@@ -76,7 +79,7 @@ where
         let (mut parts, body) = request.into_parts();
         // Strip first, on every path: refused, public and authenticated alike.
         strip_identity_headers(&mut parts.headers);
-        let authenticator = self.authenticator.clone();
+        let authenticator = self.authenticator.get();
         // The inner service is always ready; take the ready one and leave a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

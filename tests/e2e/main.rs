@@ -10,6 +10,7 @@ mod forwarding;
 mod grpcurl;
 mod issuers;
 mod observability;
+mod operations;
 mod refusals;
 mod shutdown;
 mod upstream_failures;

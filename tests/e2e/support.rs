@@ -168,6 +168,30 @@ pub mod broken {
         signed_by_dev_ca(params)
     }
 
+    /// A serving certificate for localhost and 127.0.0.1 signed by the development CA,
+    /// valid until `not_after` (year, month, day): (certificate PEM, key PEM).
+    pub fn server_certificate(name: &str, not_after: (i32, u8, u8)) -> Identity {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        signed_by_dev_ca(params)
+    }
+
+    /// A new CA (certificate PEM) that signs nothing gatehouse's clients hold.
+    pub fn other_ca() -> String {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, "another CA");
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
     /// Signed by the trusted development CA, but only for server authentication.
     pub fn server_only_usage() -> Identity {
         let mut params = client_params("wrong-usage");
@@ -352,10 +376,11 @@ impl Gatehouse {
         let collected = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Recorded before announced, so the line is in `output()` once start returns.
+                collected.lock().unwrap().push(line.clone());
                 if line.contains("msg=listening") {
-                    let _ = found.send(line.clone());
+                    let _ = found.send(line);
                 }
-                collected.lock().unwrap().push(line);
             }
         });
         let stderr = child.stderr.take().unwrap();
@@ -384,6 +409,11 @@ impl Gatehouse {
             lines,
             _dir: dir,
         }
+    }
+
+    /// The config file gatehouse was started with (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("gatehouse.yaml")
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,416 @@
+//! Living next to a pod for weeks: certificates rotating, configuration reloads, idle
+//! and aged connections, and the drain on SIGTERM.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+use crate::auth::hash;
+use crate::support::pb::*;
+use crate::support::*;
+
+/// The leaf certificate the server presents on a new connection.
+async fn served_certificate(addr: std::net::SocketAddr) -> Vec<u8> {
+    let tls = tls_connect(addr, Some(&Identity::gateway()))
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Waits (bounded) until new connections are served `expected`.
+async fn until_served(addr: std::net::SocketAddr, expected: &[u8]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while served_certificate(addr).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A Kubernetes Secret volume: files behind `..data`, a symlink swapped atomically.
+fn publish_secret(dir: &Path, version: &str, identity: &Identity) {
+    let versioned = dir.join(format!("..{version}"));
+    std::fs::create_dir_all(&versioned).unwrap();
+    std::fs::write(versioned.join("tls.crt"), &identity.cert_pem).unwrap();
+    std::fs::write(versioned.join("tls.key"), &identity.key_pem).unwrap();
+    std::fs::copy(dev_cert("ca.crt"), versioned.join("ca.crt")).unwrap();
+    let staged = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(format!("..{version}"), &staged).unwrap();
+    std::fs::rename(&staged, dir.join("..data")).unwrap();
+    for file in ["tls.crt", "tls.key", "ca.crt"] {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{file}"), &link).unwrap();
+        }
+    }
+}
+
+fn config_with_certs(app: std::net::SocketAddr, dir: &Path) -> String {
+    dev_config(app)
+        .replace(
+            dev_cert("server.crt").to_str().unwrap(),
+            dir.join("tls.crt").to_str().unwrap(),
+        )
+        .replace(
+            dev_cert("server.key").to_str().unwrap(),
+            dir.join("tls.key").to_str().unwrap(),
+        )
+        .replace(
+            dev_cert("ca.crt").to_str().unwrap(),
+            dir.join("ca.crt").to_str().unwrap(),
+        )
+        .replace(
+            "telemetry: { log_level: 'info,gatehouse=debug' }",
+            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
+        )
+}
+
+fn admin(gatehouse: &Gatehouse) -> std::net::SocketAddr {
+    let output = gatehouse.output();
+    let line = output
+        .lines()
+        .find(|line| line.contains("msg=listening"))
+        .unwrap();
+    field(line, "admin").parse().unwrap()
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotates_certificates_behind_a_kubernetes_symlink_swap_and_an_atomic_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = broken::server_certificate("first", (2040, 1, 1));
+    publish_secret(dir.path(), "2026_a", &first);
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config_with_certs(app.addr, dir.path()));
+    assert_eq!(
+        served_certificate(gatehouse.addr).await,
+        der(&first.cert_pem)
+    );
+    let mut established = client(gatehouse.addr).await;
+
+    // Kubernetes: the ..data symlink moves to a new directory in one rename.
+    let second = broken::server_certificate("second", (2040, 1, 1));
+    publish_secret(dir.path(), "2026_b", &second);
+    until_served(gatehouse.addr, &der(&second.cert_pem)).await;
+    gatehouse
+        .wait_for_line(&["TLS certificates reloaded"])
+        .await;
+    let reply = established
+        .echo(EchoRequest {
+            message: "old connection".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(reply.is_ok(), "an established connection was disturbed");
+
+    // A broken key is refused; the running pair stays.
+    let versioned = dir.path().join("..2026_b");
+    std::fs::write(versioned.join("tls.key"), "not a key").unwrap();
+    gatehouse.wait_for_line(&["new TLS material refused"]).await;
+    assert_eq!(
+        served_certificate(gatehouse.addr).await,
+        der(&second.cert_pem)
+    );
+
+    // A plain atomic rename of each file.
+    let third = broken::server_certificate("third", (2040, 1, 1));
+    for (file, content) in [("tls.key", &third.key_pem), ("tls.crt", &third.cert_pem)] {
+        let staged = versioned.join(format!("{file}.new"));
+        std::fs::write(&staged, content).unwrap();
+        std::fs::rename(&staged, versioned.join(file)).unwrap();
+    }
+    until_served(gatehouse.addr, &der(&third.cert_pem)).await;
+
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert!(
+        scrape.contains(r#"gatehouse_config_reloads_total{result="success"}"#),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains(r#"gatehouse_config_reloads_total{result="failure"}"#),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_ca_bundle_cannot_be_bypassed_by_session_resumption() {
+    let dir = tempfile::tempdir().unwrap();
+    publish_secret(
+        dir.path(),
+        "a",
+        &broken::server_certificate("server", (2040, 1, 1)),
+    );
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config_with_certs(app.addr, dir.path()));
+    let config = client_tls(Some(&Identity::gateway()));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gatehouse.addr)
+            .await
+            .unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await?;
+        // Speak HTTP/2 far enough to receive the server's SETTINGS (and session tickets).
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await?;
+        let mut buffer = [0u8; 9];
+        tls.read_exact(&mut buffer).await?;
+        Ok::<_, std::io::Error>(tls.get_ref().1.handshake_kind())
+    };
+    connect().await.unwrap();
+    assert_eq!(
+        connect().await.unwrap(),
+        Some(rustls::HandshakeKind::Resumed),
+        "sessions resume normally"
+    );
+
+    // The CA bundle changes to one that did not sign the client's certificate.
+    std::fs::write(dir.path().join("..a/ca.crt"), broken::other_ca()).unwrap();
+    gatehouse
+        .wait_for_line(&["TLS certificates reloaded"])
+        .await;
+    let refused = connect().await;
+    assert!(
+        refused.is_err(),
+        "the old session was resumed past the new CA: {refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_exported_and_an_expired_serving_certificate_fails_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    publish_secret(
+        dir.path(),
+        "a",
+        &broken::server_certificate("expired", (2021, 1, 1)),
+    );
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config_with_certs(app.addr, dir.path()));
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let series = format!(
+        "gatehouse_cert_expiry_timestamp_seconds{{file=\"{}\"}} 1609459200",
+        dir.path().join("tls.crt").display()
+    );
+    assert!(scrape.contains(&series), "{series} not in\n{scrape}");
+    let (status, body) = get(admin(&gatehouse), "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("serving certificate expired"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
+    let app = App::start().await;
+    let with_key = |key: &str| {
+        dev_config(app.addr)
+            + &format!(
+                "auth:\n  api_keys:\n    keys:\n      - {{ name: k, sha256: \"{}\" }}\n",
+                hash(key)
+            )
+    };
+    let gatehouse = Gatehouse::start(&with_key("first-key-0123456789"));
+    let mut client = client(gatehouse.addr).await;
+    let call = |key: &'static str| {
+        let mut request = tonic::Request::new(InspectRequest {});
+        request
+            .metadata_mut()
+            .insert("x-api-key", key.parse().unwrap());
+        request
+    };
+    assert!(client.inspect(call("first-key-0123456789")).await.is_ok());
+    assert_eq!(
+        client
+            .inspect(call("second-key-0123456789"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    std::fs::write(gatehouse.config_path(), with_key("second-key-0123456789")).unwrap();
+    gatehouse.signal("HUP");
+    gatehouse.wait_for_line(&["configuration reloaded"]).await;
+    assert!(client.inspect(call("second-key-0123456789")).await.is_ok());
+    assert_eq!(
+        client
+            .inspect(call("first-key-0123456789"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // Invalid: every problem logged, nothing changed.
+    std::fs::write(
+        gatehouse.config_path(),
+        with_key("third-key-0123456789").replace("client_auth: require", "client_auth: sometimes"),
+    )
+    .unwrap();
+    gatehouse.signal("HUP");
+    gatehouse
+        .wait_for_line(&["configuration reload refused", "tls.client_auth"])
+        .await;
+    assert!(client.inspect(call("second-key-0123456789")).await.is_ok());
+
+    // A restart-only setting is named, the rest applies.
+    let moved =
+        with_key("third-key-0123456789").replace("address: 127.0.0.1:0", "address: 127.0.0.1:1");
+    std::fs::write(gatehouse.config_path(), moved).unwrap();
+    gatehouse.signal("HUP");
+    gatehouse
+        .wait_for_line(&[
+            "takes effect only after a restart",
+            "setting=listen.address",
+        ])
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client.inspect(call("third-key-0123456789")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reload did not apply"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_connections_past_their_age_get_goaway() {
+    let app = App::start().await;
+    let config = dev_config(app.addr).replace(
+        "limits: { drain_timeout: 10s }",
+        "limits: { idle_timeout: 300ms }",
+    );
+    let gatehouse = Gatehouse::start(&config);
+    let tls = tls_connect(gatehouse.addr, Some(&Identity::gateway()))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("an idle connection was closed")
+        .unwrap()
+        .unwrap();
+
+    // Max age: GOAWAY while a call is open; the call still finishes.
+    let config = dev_config(app.addr).replace(
+        "limits: { drain_timeout: 10s }",
+        "limits: { max_connection_age: 300ms }",
+    );
+    let aged = Gatehouse::start(&config);
+    let mut client = client(aged.addr).await;
+    let reply = client
+        .wait(WaitRequest { millis: 1000 })
+        .await
+        .expect("the open call finished");
+    assert_eq!(reply.into_inner().message, "waited 1000ms");
+    aged.wait_for_line(&["limits.max_connection_age reached"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_delay_keeps_serving_while_readyz_is_unready_and_a_stuck_handshake_does_not_hold_the_drain()
+ {
+    let app = App::start().await;
+    let config = dev_config(app.addr)
+        .replace(
+            "limits: { drain_timeout: 10s }",
+            "limits: { drain_timeout: 10s, drain_delay: 1s, handshake_timeout: 1h }",
+        )
+        .replace(
+            "telemetry: { log_level: 'info,gatehouse=debug' }",
+            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
+        );
+    let mut gatehouse = Gatehouse::start(&config);
+    let admin = admin(&gatehouse);
+    let _silent = tokio::net::TcpStream::connect(gatehouse.addr)
+        .await
+        .unwrap();
+    gatehouse.signal("TERM");
+    gatehouse.wait_for_line(&["draining"]).await;
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("draining"), "{body}");
+    // Still accepting during the delay.
+    let mut late = client(gatehouse.addr).await;
+    assert!(late.echo(EchoRequest::default()).await.is_ok());
+    drop(late);
+    let status = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the silent connection held the drain"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging() {
+    let app = App::start().await;
+    let config = dev_config(app.addr).replace(
+        "limits: { drain_timeout: 10s }",
+        "limits: { drain_timeout: 1h }",
+    );
+    let mut gatehouse = Gatehouse::start(&config);
+    let mut client = client(gatehouse.addr).await;
+    let open = tokio::spawn(async move { client.wait(WaitRequest { millis: 600_000 }).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await
+    );
+    gatehouse.signal("TERM");
+    gatehouse.wait_for_line(&["draining"]).await;
+    gatehouse.signal("TERM");
+    let status = tokio::time::timeout(PATIENCE, open)
+        .await
+        .expect("the open call ended")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let exit = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
