@@ -37,6 +37,8 @@ use pb::*;
 #[derive(Debug, Default)]
 pub struct Observed {
     calls: AtomicU64,
+    connections: AtomicU64,
+    finished: AtomicU64,
     cancelled: AtomicU64,
     waits_started: AtomicU64,
     changed: Notify,
@@ -55,6 +57,16 @@ impl Observed {
 
     fn count_call(&self) {
         self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Connections the app has accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Streaming calls the app finished sending or receiving.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// `Wait` calls that reached the app.
@@ -93,6 +105,8 @@ impl CancelGuard {
 
     fn finish(mut self) {
         self.finished = true;
+        self.observed.finished.fetch_add(1, Ordering::SeqCst);
+        self.observed.changed.notify_waiters();
     }
 }
 
@@ -217,6 +231,9 @@ impl Demo for DemoService {
             reply.count += 1;
             reply.payload_bytes += message.payload.len() as u64;
             reply.last_message = message.message;
+            if message.pause_millis > 0 {
+                tokio::time::sleep(Duration::from_millis(message.pause_millis.into())).await;
+            }
         }
         if let Some(trailers) = inbound.trailers().await? {
             reply.trailers = entries(&trailers);
@@ -322,6 +339,27 @@ pub async fn routes(service: DemoService) -> tonic::service::Routes {
 /// Serves the demo app on `listener` (plaintext HTTP/2) until `stop` resolves; then every
 /// open connection is closed at once, as when an app process dies.
 pub async fn serve(listener: TcpListener, service: DemoService, stop: impl Future<Output = ()>) {
+    serve_with(listener, service, Serving::default(), stop).await
+}
+
+/// How the demo app serves, for tests of how gatehouse copes with apps.
+#[derive(Clone, Default)]
+pub struct Serving {
+    /// The HTTP/2 stream limit the app advertises (default: hyper's).
+    pub max_concurrent_streams: Option<u32>,
+    /// Each `send(())` makes every open connection GOAWAY gracefully (calls in flight
+    /// finish) while the app keeps listening, as an app rolling its connections does.
+    pub goaway: Option<tokio::sync::broadcast::Sender<()>>,
+}
+
+/// [`serve`] with the choices of [`Serving`].
+pub async fn serve_with(
+    listener: TcpListener,
+    service: DemoService,
+    serving: Serving,
+    stop: impl Future<Output = ()>,
+) {
+    let observed = service.observed.clone();
     let routes = routes(service).await;
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
@@ -334,11 +372,30 @@ pub async fn serve(listener: TcpListener, service: DemoService, stop: impl Futur
             () = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
+        observed.connections.fetch_add(1, Ordering::SeqCst);
         let service = TowerToHyperService::new(routes.clone());
+        let mut goaway = serving.goaway.as_ref().map(|sender| sender.subscribe());
+        let max_streams = serving.max_concurrent_streams;
         connections.spawn(async move {
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            if let Some(max) = max_streams {
+                builder.max_concurrent_streams(max);
+            }
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            let asked = async {
+                match goaway.as_mut() {
+                    Some(goaway) => {
+                        let _ = goaway.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = asked => connection.as_mut().graceful_shutdown(),
+            }
+            let _ = connection.await;
         });
         // Reap finished connections so a long-running app does not accumulate handles.
         while connections.try_join_next().is_some() {}

@@ -23,6 +23,7 @@ async fn forwards_unary_calls() {
             message: "hello".into(),
             payload: b"abc".to_vec(),
             reply_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -65,6 +66,7 @@ async fn forwards_client_streams_long_and_empty() {
             message: format!("m{i}"),
             payload: vec![7; 50],
             reply_size: 0,
+            ..Default::default()
         })
         .collect();
     let reply = client
@@ -139,6 +141,7 @@ async fn forwards_one_mebibyte_messages_both_ways() {
             message: "big".into(),
             payload: payload.clone(),
             reply_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -150,6 +153,7 @@ async fn forwards_one_mebibyte_messages_both_ways() {
             message: "big reply".into(),
             payload: vec![],
             reply_size: mebibyte as u32,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -414,3 +414,63 @@ async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging()
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_running_out_of_descriptors_is_survived() {
+    let app = App::start().await;
+    let config = dev_config(app.addr).replace(
+        "limits: { drain_timeout: 10s }",
+        "limits: { max_connections: 2 }",
+    );
+    let gatehouse = Gatehouse::start(&config);
+    let first = client(gatehouse.addr).await;
+    let second = client(gatehouse.addr).await;
+    let mut third = tokio::net::TcpStream::connect(gatehouse.addr)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 1];
+    let read = tokio::time::timeout(PATIENCE, third.read(&mut buffer))
+        .await
+        .expect("closed at accept");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a third connection was served"
+    );
+    drop((first, second));
+
+    // Few descriptors: accept fails with EMFILE while silent connections hold them.
+    let gatehouse = Gatehouse::start_with_fd_limit(&dev_config(app.addr), 40);
+    let mut silent = Vec::new();
+    for _ in 0..60 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(gatehouse.addr).await {
+            silent.push(tcp);
+        }
+    }
+    gatehouse.wait_for_line(&["accept failed"]).await;
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let served = async {
+            let channel = channel(gatehouse.addr, Some(Identity::gateway()))
+                .await
+                .ok()?;
+            DemoClient::new(channel)
+                .echo(EchoRequest::default())
+                .await
+                .ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the accept loop did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

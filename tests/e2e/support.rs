@@ -51,11 +51,24 @@ impl App {
     }
 
     pub async fn start_on(address: SocketAddr, service: demo::DemoService) -> App {
+        App::start_serving(address, service, demo::Serving::default()).await
+    }
+
+    pub async fn start_serving(
+        address: SocketAddr,
+        service: demo::DemoService,
+        serving: demo::Serving,
+    ) -> App {
         let (listener, addr) = demo::bind(address).await.expect("bind the demo app");
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(demo::serve(listener, service.clone(), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(demo::serve_with(
+            listener,
+            service.clone(),
+            serving,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         App {
             addr,
             service,
@@ -356,10 +369,30 @@ impl Gatehouse {
     /// Starts `gatehouse run` and waits for its `listening` line, which carries the
     /// address it bound.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
+        Gatehouse::start_with(config, env, None)
+    }
+
+    /// Starts gatehouse allowed at most `files` open file descriptors.
+    pub fn start_with_fd_limit(config: &str, files: u32) -> Gatehouse {
+        Gatehouse::start_with(config, &[], Some(files))
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        let binary = env!("CARGO_BIN_EXE_gatehouse");
+        let mut command = match fd_limit {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut shell = Command::new("bash");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+        };
         command
             .arg("run")
             .arg("--config")

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::support::pb::*;
-use crate::support::*;
+use crate::support::{self, *};
 
 /// Sends `grpc-timeout` as plain metadata; with [`bare_client`] no client timer races
 /// gatehouse's.
@@ -206,4 +206,59 @@ async fn panic_in_the_request_path_is_internal_and_serving_continues() {
         .await
         .unwrap();
     assert_eq!(reply.into_inner().message, "alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_rolling_its_connection_with_goaway_loses_no_call() {
+    let (goaway, _) = tokio::sync::broadcast::channel(1);
+    let serving = support::demo::Serving {
+        goaway: Some(goaway.clone()),
+        ..Default::default()
+    };
+    let app = App::start_serving("127.0.0.1:0".parse().unwrap(), Default::default(), serving).await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let client = client(gatehouse.addr).await;
+    let call = |millis| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.wait(WaitRequest { millis }).await })
+    };
+    let in_flight: Vec<_> = (0..5).map(|_| call(500)).collect();
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 5)
+            .await
+    );
+    goaway.send(()).unwrap();
+    let after: Vec<_> = (0..5).map(|_| call(10)).collect();
+    for call in in_flight.into_iter().chain(after) {
+        call.await.unwrap().expect("no call was lost to the GOAWAY");
+    }
+    assert_eq!(
+        app.observed().connections(),
+        2,
+        "new calls went over a new connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_apps_stream_limit_queue_instead_of_failing() {
+    let serving = support::demo::Serving {
+        max_concurrent_streams: Some(2),
+        ..Default::default()
+    };
+    let app = App::start_serving("127.0.0.1:0".parse().unwrap(), Default::default(), serving).await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let client = client(gatehouse.addr).await;
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.wait(WaitRequest { millis: 100 }).await })
+        })
+        .collect();
+    for call in calls {
+        call.await
+            .unwrap()
+            .expect("a call beyond the app's limit failed");
+    }
+    assert_eq!(app.observed().connections(), 1);
 }

@@ -8,6 +8,9 @@ pub struct EchoRequest {
     /// Size of the payload in the reply; 0 echoes the request's payload.
     #[prost(uint32, tag = "3")]
     pub reply_size: u32,
+    /// Collect pauses this long after reading the message: a slow consumer.
+    #[prost(uint32, tag = "4")]
+    pub pause_millis: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EchoReply {
