@@ -1,0 +1,117 @@
+"""Turns bench/run's measurements into latest.json, latest.md (a table, the ratios to
+HAProxy and the targets) and chart.svg."""
+
+import json
+import sys
+from pathlib import Path
+
+rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true"
+rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
+order = ["direct", "gatehouse-jwt", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward"]
+rows = {name: rows[name] for name in order if name in rows}
+
+
+def mib(kib):
+    return None if kib is None else kib / 1024
+
+
+def per_connection_kib(row):
+    idle = row.get("idle")
+    if not idle:
+        return None
+    return (idle["rss_with_kib"] - idle["rss_before_kib"]) / idle["connections"]
+
+
+def stream_growth_mib(row):
+    if row.get("stream_rss_peak_kib") is None or row.get("stream_rss_before_kib") is None:
+        return None
+    return (row["stream_rss_peak_kib"] - row["stream_rss_before_kib"]) / 1024
+
+
+def fmt(value, digits=1):
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+summary = {}
+for name, row in rows.items():
+    latency = row.get("latency") or {}
+    summary[name] = {
+        "calls_per_second": row["saturation"]["calls_per_second"],
+        "errors": row["saturation"]["errors"] + (latency.get("errors") or 0),
+        "p50_us": latency.get("p50_us"),
+        "p90_us": latency.get("p90_us"),
+        "p99_us": latency.get("p99_us"),
+        "p999_us": latency.get("p999_us"),
+        "max_us": latency.get("max_us"),
+        "cpu_us_per_call": row.get("cpu_us_per_call"),
+        "rss_idle_mib": mib(row.get("rss_idle_kib")),
+        "rss_peak_under_load_mib": mib(row.get("rss_peak_under_load_kib")),
+        "kib_per_idle_connection": per_connection_kib(row),
+        "stream_megabytes_per_second": row["stream"]["megabytes_per_second"],
+        "stream_bytes": row["stream"]["bytes"],
+        "stream_rss_growth_mib": stream_growth_mib(row),
+    }
+
+
+def ratio(a, b, key):
+    x, y = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
+    return None if x is None or y in (None, 0) else x / y
+
+
+targets = [
+    ("CPU per call, gatehouse mTLS+JWT / HAProxy forwarding only", ratio("gatehouse-jwt", "haproxy-forward", "cpu_us_per_call"), "≤ 1.0"),
+    ("CPU per call, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "cpu_us_per_call"), "(for reference)"),
+    ("throughput on one core, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "calls_per_second"), "≥ 2.0"),
+    ("p99 at the fixed rate, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "p99_us"), "≤ 1.0"),
+]
+absolute = [
+    ("gatehouse idle RSS (MiB)", summary.get("gatehouse-jwt", {}).get("rss_idle_mib"), "< 8"),
+    ("gatehouse KiB per idle mTLS connection", summary.get("gatehouse-jwt", {}).get("kib_per_idle_connection"), "≤ 40"),
+    ("gatehouse stream MB/s", summary.get("gatehouse-mtls", {}).get("stream_megabytes_per_second"), "≥ 1000"),
+    ("gatehouse RSS growth during the stream (MiB)", summary.get("gatehouse-mtls", {}).get("stream_rss_growth_mib"), "< 16"),
+]
+
+document = {"smoke": smoke, "targets": summary, "ratios": {name: value for name, value, _ in targets}}
+(out_dir / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
+
+lines = [
+    "| target | calls/s (saturation) | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | CPU µs/call | RSS idle MiB | RSS peak MiB | KiB/idle conn | stream MB/s | stream RSS growth MiB |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+for name, s in summary.items():
+    lines.append(
+        f"| {name} | {fmt(s['calls_per_second'], 0)} | {fmt(s['p50_us'], 0)} | {fmt(s['p90_us'], 0)} | {fmt(s['p99_us'], 0)} "
+        f"| {fmt(s['p999_us'], 0)} | {fmt(s['max_us'], 0)} | {fmt(s['cpu_us_per_call'])} | {fmt(s['rss_idle_mib'])} "
+        f"| {fmt(s['rss_peak_under_load_mib'])} | {fmt(s['kib_per_idle_connection'])} | {fmt(s['stream_megabytes_per_second'], 0)} "
+        f"| {fmt(s['stream_rss_growth_mib'])} |"
+    )
+lines += ["", "| ratio | value | target |", "|---|---:|---|"]
+lines += [f"| {name} | {fmt(value, 2)} | {target} |" for name, value, target in targets]
+lines += ["", "| figure | value | target |", "|---|---:|---|"]
+lines += [f"| {name} | {fmt(value)} | {target} |" for name, value, target in absolute]
+(out_dir / "latest.md").write_text("\n".join(lines) + "\n")
+
+# A bar chart of CPU per call and p99, each scaled to its largest value.
+proxies = [name for name in summary if summary[name]["cpu_us_per_call"] is not None]
+width, bar, gap, left = 760, 16, 14, 190
+height = 60 + len(proxies) * (2 * bar + gap)
+cpu_max = max((summary[n]["cpu_us_per_call"] for n in proxies), default=1) or 1
+p99_max = max((summary[n]["p99_us"] or 0 for n in proxies), default=1) or 1
+svg = [
+    f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+    f'<text x="10" y="20" font-size="14">CPU µs per call (blue) and p99 µs at {fmt(summary.get("haproxy-jwt", {}).get("calls_per_second", 0) / 2, 0)} calls/s (orange)</text>',
+]
+y = 40
+for name in proxies:
+    s = summary[name]
+    cpu_w = (width - left - 80) * s["cpu_us_per_call"] / cpu_max
+    p99_w = (width - left - 80) * (s["p99_us"] or 0) / p99_max
+    svg.append(f'<text x="10" y="{y + bar + 4}">{name}</text>')
+    svg.append(f'<rect x="{left}" y="{y}" width="{cpu_w:.1f}" height="{bar}" fill="#3b6ea5"/>')
+    svg.append(f'<text x="{left + cpu_w + 4:.1f}" y="{y + 12}">{s["cpu_us_per_call"]:.1f}</text>')
+    svg.append(f'<rect x="{left}" y="{y + bar}" width="{p99_w:.1f}" height="{bar}" fill="#e08a2c"/>')
+    svg.append(f'<text x="{left + p99_w + 4:.1f}" y="{y + bar + 12}">{fmt(s["p99_us"], 0)}</text>')
+    y += 2 * bar + gap
+svg.append("</svg>")
+(out_dir / "chart.svg").write_text("\n".join(svg) + "\n")
+print("\n".join(lines))

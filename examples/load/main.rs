@@ -1,0 +1,339 @@
+//! The load generator for gatehouse's benchmarks: gRPC calls to the demo app, directly
+//! or through a proxy, over plaintext HTTP/2 or mTLS with a bearer token or API key.
+//!
+//!     cargo run --release --example load -- --target 127.0.0.1:12018 --tls \
+//!         --token "$TOKEN" --mode closed --connections 4 --streams 16 --duration 10s
+//!
+//! Closed loop (`--mode closed`) finds the saturation throughput: every worker sends its
+//! next call as soon as the last one returns. Open loop (`--mode open --rate N`) sends at
+//! a fixed rate and measures each call's latency from the moment it was *meant* to be
+//! sent, so a stalled proxy shows up as latency instead of quietly lowering the rate
+//! (coordinated omission). `--rpc stream` measures a server stream's throughput;
+//! `--idle-connections N` opens N connections and holds them. One JSON object is
+//! printed on standard output.
+
+#[path = "../demo-app/service.rs"]
+#[allow(dead_code)]
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use service::pb::demo_client::DemoClient;
+use service::pb::{CountdownRequest, EchoRequest};
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(about = "gRPC load generator for gatehouse benchmarks")]
+struct Args {
+    /// host:port to call.
+    #[arg(long)]
+    target: SocketAddr,
+    /// Speak mTLS (with --ca, --cert, --key) instead of plaintext HTTP/2.
+    #[arg(long)]
+    tls: bool,
+    #[arg(long, default_value = "certs-dev/ca.crt")]
+    ca: String,
+    #[arg(long, default_value = "certs-dev/client-gateway.crt")]
+    cert: String,
+    #[arg(long, default_value = "certs-dev/client-gateway.key")]
+    key: String,
+    /// Sent as `authorization: Bearer TOKEN`.
+    #[arg(long)]
+    token: Option<String>,
+    /// Sent as `x-api-key`.
+    #[arg(long)]
+    api_key: Option<String>,
+    #[arg(long, value_enum, default_value = "closed")]
+    mode: Mode,
+    /// Calls per second in open-loop mode.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value = "5s")]
+    duration: gatehouse::config::Duration,
+    /// Calls before measuring starts.
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Concurrent calls per connection (closed loop).
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Request and reply payload bytes (unary), or bytes per message (stream).
+    #[arg(long, default_value_t = 1024)]
+    payload: u32,
+    #[arg(long, value_enum, default_value = "unary")]
+    rpc: Rpc,
+    /// Messages in one server stream (`--rpc stream`).
+    #[arg(long, default_value_t = 1024)]
+    messages: u32,
+    /// Open this many connections, hold them for --duration, and report.
+    #[arg(long)]
+    idle_connections: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Closed,
+    Open,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Rpc {
+    Unary,
+    Stream,
+}
+
+struct Load {
+    args: Args,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Load {
+    async fn channel(&self) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.args.target))
+            .map_err(|e| e.to_string())?
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .tcp_nodelay(true);
+        let Some(tls) = self.tls.clone() else {
+            return endpoint.connect().await.map_err(|e| format!("connect: {e}"));
+        };
+        let target = self.args.target;
+        endpoint
+            .connect_with_connector(tower::service_fn(move |_| {
+                let tls = tls.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(target).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = ServerName::try_from("localhost").expect("a valid name");
+                    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.args.token {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII token"));
+        }
+        if let Some(key) = &self.args.api_key {
+            request.metadata_mut().insert("x-api-key", key.parse().expect("ASCII key"));
+        }
+        request
+    }
+
+    fn echo(&self) -> EchoRequest {
+        EchoRequest {
+            payload: vec![b'x'; self.args.payload as usize],
+            reply_size: self.args.payload,
+            ..Default::default()
+        }
+    }
+}
+
+fn tls_config(args: &Args) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&args.ca).map_err(|e| format!("--ca: {e}"))? {
+        roots.add(cert.map_err(|e| format!("--ca: {e}"))?).map_err(|e| format!("--ca: {e}"))?;
+    }
+    let certs = CertificateDer::pem_file_iter(&args.cert)
+        .map_err(|e| format!("--cert: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--cert: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(&args.key).map_err(|e| format!("--key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let tls = match args.tls.then(|| tls_config(&args)).transpose() {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("load: {message}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let load = Arc::new(Load { args, tls });
+    let result = if let Some(count) = load.args.idle_connections {
+        idle(&load, count).await
+    } else {
+        match (load.args.rpc, load.args.mode) {
+            (Rpc::Stream, _) => stream(&load).await,
+            (Rpc::Unary, Mode::Closed) => closed(&load).await,
+            (Rpc::Unary, Mode::Open) => open(&load).await,
+        }
+    };
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("load: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(calls: u64, errors: u64, elapsed: Duration, latencies: &Histogram<u64>) -> String {
+    format!(
+        "{{\"calls\":{calls},\"errors\":{errors},\"seconds\":{:.3},\"calls_per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        elapsed.as_secs_f64(),
+        calls as f64 / elapsed.as_secs_f64(),
+        latencies.value_at_quantile(0.5),
+        latencies.value_at_quantile(0.9),
+        latencies.value_at_quantile(0.99),
+        latencies.value_at_quantile(0.999),
+        latencies.max(),
+    )
+}
+
+async fn clients(load: &Load) -> Result<Vec<DemoClient<Channel>>, String> {
+    let mut clients = Vec::with_capacity(load.args.connections);
+    for _ in 0..load.args.connections {
+        let client = DemoClient::new(load.channel().await?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        clients.push(client);
+    }
+    // Warm up: connections open, caches filled.
+    let mut warm = clients[0].clone();
+    for _ in 0..load.args.warmup {
+        warm.echo(load.request(load.echo())).await.map_err(|status| format!("warm-up call failed: {status}"))?;
+    }
+    Ok(clients)
+}
+
+async fn closed(load: &Arc<Load>) -> Result<String, String> {
+    let clients = clients(load).await?;
+    let duration = load.args.duration.get();
+    let calls = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(histogram()));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for client in clients {
+        for _ in 0..load.args.streams {
+            let (mut client, load, calls, errors, latencies) =
+                (client.clone(), load.clone(), calls.clone(), errors.clone(), latencies.clone());
+            workers.push(tokio::spawn(async move {
+                let mut own = histogram();
+                while started.elapsed() < duration {
+                    let sent = Instant::now();
+                    match client.echo(load.request(load.echo())).await {
+                        Ok(_) => {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            let _ = own.record(sent.elapsed().as_micros() as u64);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let _ = latencies.lock().await.add(&own);
+            }));
+        }
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let elapsed = started.elapsed();
+    let latencies = latencies.lock().await;
+    Ok(report(calls.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), elapsed, &latencies))
+}
+
+async fn open(load: &Arc<Load>) -> Result<String, String> {
+    let clients = clients(load).await?;
+    let duration = load.args.duration.get();
+    let interval = Duration::from_nanos(1_000_000_000 / load.args.rate.max(1));
+    let total = (duration.as_secs_f64() * load.args.rate as f64) as u64;
+    let errors = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(histogram()));
+    let started = tokio::time::Instant::now();
+    let mut calls = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        // The intended send time; latency counts from here even if sending is late.
+        let intended = started + interval * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let mut client = clients[i as usize % clients.len()].clone();
+        let (load, errors, latencies) = (load.clone(), errors.clone(), latencies.clone());
+        calls.push(tokio::spawn(async move {
+            match client.echo(load.request(load.echo())).await {
+                Ok(_) => {
+                    let micros = intended.elapsed().as_micros() as u64;
+                    let _ = latencies.lock().expect("not poisoned").record(micros);
+                }
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for call in calls {
+        let _ = call.await;
+    }
+    let elapsed = started.elapsed();
+    let latencies = latencies.lock().expect("not poisoned");
+    let errors = errors.load(Ordering::Relaxed);
+    Ok(report(latencies.len(), errors, elapsed, &latencies))
+}
+
+async fn stream(load: &Arc<Load>) -> Result<String, String> {
+    let mut client = DemoClient::new(load.channel().await?).max_decoding_message_size(64 << 20);
+    let request = CountdownRequest { count: load.args.messages, payload_size: load.args.payload, ..Default::default() };
+    let started = Instant::now();
+    let mut replies = client
+        .countdown(load.request(request))
+        .await
+        .map_err(|status| format!("stream failed: {status}"))?
+        .into_inner();
+    let mut bytes = 0u64;
+    while let Some(reply) = replies.message().await.map_err(|status| format!("stream failed: {status}"))? {
+        bytes += reply.payload.len() as u64;
+    }
+    let elapsed = started.elapsed();
+    Ok(format!(
+        "{{\"bytes\":{bytes},\"seconds\":{:.3},\"megabytes_per_second\":{:.1}}}",
+        elapsed.as_secs_f64(),
+        bytes as f64 / 1e6 / elapsed.as_secs_f64()
+    ))
+}
+
+async fn idle(load: &Arc<Load>, count: usize) -> Result<String, String> {
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut client = DemoClient::new(load.channel().await?);
+        // One call per connection, so each is a complete HTTP/2 session through the proxy.
+        client.echo(load.request(EchoRequest::default())).await.map_err(|status| format!("call failed: {status}"))?;
+        held.push(client);
+    }
+    println!("{{\"idle_connections\":{count}}}");
+    tokio::time::sleep(load.args.duration.get()).await;
+    drop(held);
+    Ok(format!("{{\"released\":{count}}}"))
+}
