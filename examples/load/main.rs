@@ -13,7 +13,6 @@
 //! printed on standard output.
 
 #[path = "../demo-app/service.rs"]
-#[allow(dead_code)]
 mod service;
 
 use std::net::SocketAddr;
@@ -105,7 +104,10 @@ impl Load {
             .initial_connection_window_size(Some(16 << 20))
             .tcp_nodelay(true);
         let Some(tls) = self.tls.clone() else {
-            return endpoint.connect().await.map_err(|e| format!("connect: {e}"));
+            return endpoint
+                .connect()
+                .await
+                .map_err(|e| format!("connect: {e}"));
         };
         let target = self.args.target;
         endpoint
@@ -115,7 +117,9 @@ impl Load {
                     let tcp = tokio::net::TcpStream::connect(target).await?;
                     tcp.set_nodelay(true)?;
                     let name = ServerName::try_from("localhost").expect("a valid name");
-                    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+                    let stream = tokio_rustls::TlsConnector::from(tls)
+                        .connect(name, tcp)
+                        .await?;
                     Ok::<_, std::io::Error>(TokioIo::new(stream))
                 }
             }))
@@ -126,10 +130,15 @@ impl Load {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.args.token {
-            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII token"));
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ASCII token"),
+            );
         }
         if let Some(key) = &self.args.api_key {
-            request.metadata_mut().insert("x-api-key", key.parse().expect("ASCII key"));
+            request
+                .metadata_mut()
+                .insert("x-api-key", key.parse().expect("ASCII key"));
         }
         request
     }
@@ -146,7 +155,9 @@ impl Load {
 fn tls_config(args: &Args) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&args.ca).map_err(|e| format!("--ca: {e}"))? {
-        roots.add(cert.map_err(|e| format!("--ca: {e}"))?).map_err(|e| format!("--ca: {e}"))?;
+        roots
+            .add(cert.map_err(|e| format!("--ca: {e}"))?)
+            .map_err(|e| format!("--ca: {e}"))?;
     }
     let certs = CertificateDer::pem_file_iter(&args.cert)
         .map_err(|e| format!("--cert: {e}"))?
@@ -224,7 +235,9 @@ async fn clients(load: &Load) -> Result<Vec<DemoClient<Channel>>, String> {
     // Warm up: connections open, caches filled.
     let mut warm = clients[0].clone();
     for _ in 0..load.args.warmup {
-        warm.echo(load.request(load.echo())).await.map_err(|status| format!("warm-up call failed: {status}"))?;
+        warm.echo(load.request(load.echo()))
+            .await
+            .map_err(|status| format!("warm-up call failed: {status}"))?;
     }
     Ok(clients)
 }
@@ -239,8 +252,13 @@ async fn closed(load: &Arc<Load>) -> Result<String, String> {
     let mut workers = Vec::new();
     for client in clients {
         for _ in 0..load.args.streams {
-            let (mut client, load, calls, errors, latencies) =
-                (client.clone(), load.clone(), calls.clone(), errors.clone(), latencies.clone());
+            let (mut client, load, calls, errors, latencies) = (
+                client.clone(),
+                load.clone(),
+                calls.clone(),
+                errors.clone(),
+                latencies.clone(),
+            );
             workers.push(tokio::spawn(async move {
                 let mut own = histogram();
                 while started.elapsed() < duration {
@@ -264,7 +282,12 @@ async fn closed(load: &Arc<Load>) -> Result<String, String> {
     }
     let elapsed = started.elapsed();
     let latencies = latencies.lock().await;
-    Ok(report(calls.load(Ordering::Relaxed), errors.load(Ordering::Relaxed), elapsed, &latencies))
+    Ok(report(
+        calls.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed),
+        elapsed,
+        &latencies,
+    ))
 }
 
 async fn open(load: &Arc<Load>) -> Result<String, String> {
@@ -305,7 +328,11 @@ async fn open(load: &Arc<Load>) -> Result<String, String> {
 
 async fn stream(load: &Arc<Load>) -> Result<String, String> {
     let mut client = DemoClient::new(load.channel().await?).max_decoding_message_size(64 << 20);
-    let request = CountdownRequest { count: load.args.messages, payload_size: load.args.payload, ..Default::default() };
+    let request = CountdownRequest {
+        count: load.args.messages,
+        payload_size: load.args.payload,
+        ..Default::default()
+    };
     let started = Instant::now();
     let mut replies = client
         .countdown(load.request(request))
@@ -313,7 +340,11 @@ async fn stream(load: &Arc<Load>) -> Result<String, String> {
         .map_err(|status| format!("stream failed: {status}"))?
         .into_inner();
     let mut bytes = 0u64;
-    while let Some(reply) = replies.message().await.map_err(|status| format!("stream failed: {status}"))? {
+    while let Some(reply) = replies
+        .message()
+        .await
+        .map_err(|status| format!("stream failed: {status}"))?
+    {
         bytes += reply.payload.len() as u64;
     }
     let elapsed = started.elapsed();
@@ -329,7 +360,10 @@ async fn idle(load: &Arc<Load>, count: usize) -> Result<String, String> {
     for _ in 0..count {
         let mut client = DemoClient::new(load.channel().await?);
         // One call per connection, so each is a complete HTTP/2 session through the proxy.
-        client.echo(load.request(EchoRequest::default())).await.map_err(|status| format!("call failed: {status}"))?;
+        client
+            .echo(load.request(EchoRequest::default()))
+            .await
+            .map_err(|status| format!("call failed: {status}"))?;
         held.push(client);
     }
     println!("{{\"idle_connections\":{count}}}");
