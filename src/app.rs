@@ -115,15 +115,11 @@ pub fn run(path: &Path) -> ExitCode {
 /// Parses, validates and reads every file the configuration names, reporting all
 /// problems at once.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let config = Config::read(path)?;
     let invalid = |problems| ConfigError::Invalid {
         file: path.to_owned(),
         problems,
     };
-    let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
     let mut problems = config.validate();
     let tls = if config.tls.enabled {
         match tls::server_config(&config.tls) {

@@ -517,17 +517,25 @@ impl Config {
         }
     }
 
-    /// Reads and parses the file, then validates it; every problem names `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses the file; the error names `path`.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
+        Config::from_yaml(&text).map_err(|problem| ConfigError::Invalid {
+            file: path.to_owned(),
+            problems: vec![problem],
+        })
+    }
+
+    /// Reads and parses the file, then validates it; every problem names `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
         let invalid = |problems| ConfigError::Invalid {
             file: path.to_owned(),
             problems,
         };
-        let config = Config::from_yaml(&text).map_err(|problem| invalid(vec![problem]))?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)

@@ -49,15 +49,6 @@ fn hpack_length(mut value: usize) -> Vec<u8> {
     out
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// The well-behaved side of every test: a normal client is answered, and gatehouse
 /// still uses its first connection to the app.
 async fn assert_unharmed(gatehouse: &Gatehouse, app: &App) {

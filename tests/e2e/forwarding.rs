@@ -289,16 +289,6 @@ async fn health_check_reaches_the_app() {
     );
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A 64 MiB response read by a caller that stops reading for a while: with streaming
 /// under flow control, gatehouse holds a few windows' worth, never the whole stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -47,32 +44,6 @@ fn with_key<T>(message: T) -> tonic::Request<T> {
         .metadata_mut()
         .insert("x-api-key", KEY.parse().unwrap());
     request
-}
-
-fn admin(gatehouse: &Gatehouse) -> SocketAddr {
-    let output = gatehouse.output();
-    let line = output
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .unwrap();
-    field(line, "admin").parse().unwrap()
-}
-
-/// `GET path` on the admin server: status and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
 /// The value of one series in a scrape, if present.

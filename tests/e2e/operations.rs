@@ -77,33 +77,6 @@ fn config_with_certs(app: std::net::SocketAddr, dir: &Path) -> String {
         )
 }
 
-fn admin(gatehouse: &Gatehouse) -> std::net::SocketAddr {
-    let output = gatehouse.output();
-    let line = output
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .unwrap();
-    field(line, "admin").parse().unwrap()
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use http_body_util::{BodyExt, Empty};
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotates_certificates_behind_a_kubernetes_symlink_swap_and_an_atomic_rename() {
     let dir = tempfile::tempdir().unwrap();
