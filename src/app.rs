@@ -265,22 +265,33 @@ async fn serve(
         ?drain_delay,
         "draining: /readyz is unready; new connections are refused after the delay"
     );
-    tokio::select! {
-        () = tokio::time::sleep(drain_delay) => {}
-        signal = signals.next() => tracing::warn!(signal, "second signal; skipping the drain delay"),
-    }
+    // A second signal at any point ends the drain: no more delay, no more waiting.
+    let second_signal = tokio::select! {
+        () = tokio::time::sleep(drain_delay) => None,
+        signal = signals.next() => Some(signal),
+    };
     let _ = stop.send(true);
     let drain = accepting
         .await
         .map_err(|error| format!("accept loop failed: {error}"))?;
+    tracing::info!("stopped accepting; GOAWAY sent, waiting for calls in flight");
 
     let drain_timeout = config.limits.drain_timeout.get();
-    tokio::select! {
-        finished = tokio::time::timeout(drain_timeout, drain.finished()) => match finished {
-            Ok(()) => tracing::info!("drained; exiting"),
-            Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
+    let second_signal = match second_signal {
+        Some(signal) => Some(signal),
+        None => tokio::select! {
+            finished = tokio::time::timeout(drain_timeout, drain.finished()) => {
+                match finished {
+                    Ok(()) => tracing::info!("drained; exiting"),
+                    Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
+                }
+                None
+            }
+            signal = signals.next() => Some(signal),
         },
-        signal = signals.next() => tracing::warn!(signal, "second signal; closing the calls still open"),
+    };
+    if let Some(signal) = second_signal {
+        tracing::warn!(signal, "second signal; closing the calls still open");
     }
     // Calls still open end with UNAVAILABLE rather than a dropped connection; give those
     // answers a moment to reach the callers.

@@ -82,7 +82,11 @@ impl Upstream {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(false);
+            .keep_alive_while_idle(false)
+            // Until the app's SETTINGS arrive, open one stream at a time: an app that
+            // allows fewer concurrent streams than the protocol's default would otherwise
+            // refuse the calls sent in that first round trip. They queue instead.
+            .initial_max_send_streams(1);
         Upstream {
             target,
             connect_timeout: config.connect_timeout.get(),

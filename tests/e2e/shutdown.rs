@@ -21,6 +21,7 @@ async fn sigterm_lets_in_flight_calls_finish_then_exits_zero() {
     gatehouse
         .wait_for_line(&["msg=\"draining:", "signal=SIGTERM"])
         .await;
+    gatehouse.wait_for_line(&["stopped accepting"]).await;
     // Draining: a new connection is not served.
     let late = tokio::time::timeout(Duration::from_secs(5), async {
         let channel = channel(gatehouse.addr, Some(Identity::gateway())).await?;
