@@ -8,7 +8,6 @@
 //! SHA-256 fingerprint) are extracted once per connection for the layers that decide who
 //! is calling.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use rustls::{RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use crate::auth::api_key::{sha256, to_hex};
 use crate::config::{self, ClientAuth, Problem};
 
 /// Builds the server configuration, reading and checking every file `tls:` names. All
@@ -309,7 +309,7 @@ impl PeerIdentity {
                 .next()
                 .and_then(|cn| cn.as_str().ok())
                 .map(str::to_owned),
-            sha256: hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref()),
+            sha256: to_hex(&sha256(der)),
             ..PeerIdentity::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -341,14 +341,6 @@ impl PeerIdentity {
             .or(self.common_name.as_deref())
             .unwrap_or(&self.sha256)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        write!(out, "{byte:02x}").expect("writing to a String cannot fail");
-    }
-    out
 }
 
 #[cfg(test)]

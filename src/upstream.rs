@@ -145,12 +145,7 @@ impl Upstream {
                     ResponseBody::forwarded(body, deadline, self.abort.clone()),
                 )
             }
-            Err((code, message)) => {
-                if code != Code::Unavailable || !message.starts_with("app at") {
-                    self.metrics.upstream_error("request");
-                }
-                grpc::status_response(code, &message)
-            }
+            Err((code, message)) => grpc::status_response(code, &message),
         }
     }
 
@@ -225,6 +220,11 @@ impl Upstream {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, (Code, String)> {
+        // Failures to connect are counted where they happen; these are the requests lost.
+        let lost = |error: &hyper::Error| {
+            self.metrics.upstream_error("request");
+            status_for_error(error, "before the app answered")
+        };
         let mut sender = self.ready_sender().await?;
         match sender.try_send_request(request).await {
             Ok(response) => Ok(response),
@@ -234,9 +234,9 @@ impl Upstream {
                     sender
                         .send_request(request)
                         .await
-                        .map_err(|error| status_for_error(&error, "before the app answered"))
+                        .map_err(|error| lost(&error))
                 }
-                None => Err(status_for_error(failed.error(), "before the app answered")),
+                None => Err(lost(failed.error())),
             },
         }
     }

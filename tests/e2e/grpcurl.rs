@@ -21,7 +21,16 @@ async fn grpcurl_lists_services_and_calls_all_four_kinds() {
     let addr = gatehouse.addr;
 
     // Blocking child processes: run them off the runtime that serves the app.
-    let results = tokio::task::spawn_blocking(move || {
+    let (
+        list,
+        unary,
+        server_stream,
+        empty_server_stream,
+        client_stream,
+        empty_client_stream,
+        bidi,
+        health,
+    ) = tokio::task::spawn_blocking(move || {
         let list = ok(&grpcurl(addr, &[], &["list"], None));
         let unary = ok(&grpcurl(
             addr,
@@ -76,16 +85,6 @@ async fn grpcurl_lists_services_and_calls_all_four_kinds() {
     })
     .await
     .unwrap();
-    let (
-        list,
-        unary,
-        server_stream,
-        empty_server_stream,
-        client_stream,
-        empty_client_stream,
-        bidi,
-        health,
-    ) = results;
 
     assert!(
         list.contains(DEMO) && list.contains("grpc.health.v1.Health"),
