@@ -78,11 +78,12 @@ impl Upstream {
             Target::Unix(_) => Authority::from_static("localhost"),
         };
         let mut builder = http2::Builder::new(TokioExecutor::new());
+        // No keepalive pings: the app is on loopback or a Unix socket, where a dead app
+        // closes the socket and the kernel tells us at once. Pings would only cost: stock
+        // grpc-go and grpc C-core servers allow one ping per 5 minutes and answer more
+        // with GOAWAY too_many_pings, which drops every call on the connection.
         builder
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(false)
             // Until the app's SETTINGS arrive, open one stream at a time: an app that
             // allows fewer concurrent streams than the protocol's default would otherwise
             // refuse the calls sent in that first round trip. They queue instead.
