@@ -14,6 +14,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::auth::policy::{MethodPattern, parse_all};
+use crate::tls::PeerPattern;
 use crate::upstream::Target;
 
 /// The whole configuration file.
@@ -185,7 +187,21 @@ pub struct ApiKeysFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Authorization {
+    /// What a call that no rule matches gets.
+    #[serde(default)]
+    pub default: DefaultDecision,
     pub rules: Vec<Rule>,
+}
+
+/// `authorization.default`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultDecision {
+    /// Any authenticated caller may call a method no rule matches.
+    #[default]
+    Allow,
+    /// A method no rule matches is refused with PERMISSION_DENIED.
+    Deny,
 }
 
 /// `authorization.rules[]`: the first rule whose `methods` match decides.
@@ -221,8 +237,9 @@ pub struct Tls {
     pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
-    /// Client certificates allowed to call at all: URI SAN (SPIFFE ID), DNS SAN or CN
-    /// patterns, `*` matching any run of characters. Empty: any verified certificate.
+    /// Client certificates allowed to call at all: `spiffe://…` (any `scheme://`) patterns
+    /// match URI SANs, `dns:NAME` DNS SANs, `cn:NAME` the subject CN; `*` matches within
+    /// one segment. Empty: any verified certificate.
     #[serde(default)]
     pub allowed_peers: Vec<String>,
 }
@@ -603,21 +620,21 @@ impl Config {
                 if rule.methods.is_empty() {
                     problems.push(Problem::new(&field, "name at least one method pattern"));
                 }
-                for (j, pattern) in rule.methods.iter().enumerate() {
-                    if let Err(message) = check_method_pattern(pattern) {
-                        problems.push(Problem::new(format!("{field}[{j}]"), message));
-                    }
-                }
+                parse_all(&rule.methods, &field, MethodPattern::parse, &mut problems);
+                parse_all(
+                    &rule.allow_peers,
+                    &format!("authorization.rules[{i}].allow_peers"),
+                    PeerPattern::parse,
+                    &mut problems,
+                );
             }
         }
-        for (i, pattern) in self.tls.allowed_peers.iter().enumerate() {
-            if pattern.is_empty() {
-                problems.push(Problem::new(
-                    format!("tls.allowed_peers[{i}]"),
-                    "empty pattern",
-                ));
-            }
-        }
+        parse_all(
+            &self.tls.allowed_peers,
+            "tls.allowed_peers",
+            PeerPattern::parse,
+            &mut problems,
+        );
         let limits = &self.limits;
         let positive = [
             ("limits.max_connections", limits.max_connections as u64),
@@ -669,11 +686,12 @@ fn problem_at(path: &str, message: &str) -> Problem {
 }
 
 fn validate_auth(auth: &Auth, problems: &mut Vec<Problem>) {
-    for (i, pattern) in auth.public_methods.iter().enumerate() {
-        if let Err(message) = check_method_pattern(pattern) {
-            problems.push(Problem::new(format!("auth.public_methods[{i}]"), message));
-        }
-    }
+    parse_all(
+        &auth.public_methods,
+        "auth.public_methods",
+        MethodPattern::parse,
+        problems,
+    );
     if auth.jwt.is_none() && auth.api_keys.is_none() {
         problems.push(Problem::new(
             "auth",
@@ -788,6 +806,27 @@ pub fn validate_api_keys(keys: &[ApiKey], prefix: &str) -> Vec<Problem> {
                 "64 hex characters, as printed by `gatehouse hash-key`",
             ));
         }
+        // Values that become identity headers: a role with `,` would read as two roles in
+        // `x-user-roles`, and an empty id as no id at all.
+        for (field, value) in [("tenant_id", &key.tenant_id), ("user_id", &key.user_id)] {
+            if value
+                .as_deref()
+                .is_some_and(|value| value.trim().is_empty())
+            {
+                problems.push(Problem::new(
+                    format!("{prefix}[{i}].{field}"),
+                    "empty: leave it out instead",
+                ));
+            }
+        }
+        for (j, role) in key.roles.iter().enumerate() {
+            if role.is_empty() || role.contains(|c: char| c == ',' || c.is_whitespace()) {
+                problems.push(Problem::new(
+                    format!("{prefix}[{i}].roles[{j}]"),
+                    format!("{role:?}: a role is one non-empty name without ',' or whitespace"),
+                ));
+            }
+        }
         if let Some(not_after) = &key.not_after
             && parse_timestamp(not_after).is_none()
         {
@@ -798,29 +837,6 @@ pub fn validate_api_keys(keys: &[ApiKey], prefix: &str) -> Vec<Problem> {
         }
     }
     problems
-}
-
-/// `/pkg.Service/Method`, `/pkg.Service/*` or `*`.
-fn check_method_pattern(pattern: &str) -> Result<(), String> {
-    if pattern == "*" {
-        return Ok(());
-    }
-    let valid = pattern
-        .strip_prefix('/')
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(service, method)| {
-            !service.is_empty()
-                && !method.is_empty()
-                && !method.contains('/')
-                && (method == "*" || !method.contains('*'))
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "{pattern:?}: write /pkg.Service/Method, /pkg.Service/* or *"
-        ))
-    }
 }
 
 /// Seconds since the Unix epoch for `YYYY-MM-DD` (midnight UTC) or

@@ -182,6 +182,33 @@ pub fn is_grpc_request(method: &Method, headers: &HeaderMap) -> bool {
         && matches!(value.get(prefix.len()), None | Some(b'+') | Some(b';'))
 }
 
+/// Whether `path` (the request's `:path`, query included) is a gRPC method path:
+/// `/` Service `/` Method, where the service is one or more dot-separated names and the
+/// method one name, each name made of ASCII letters, digits and `_`.
+///
+/// gatehouse authorizes, logs and forwards only such paths. Anything else (a `%`-escape,
+/// `//`, a `.` or `..` segment, a trailing `/`, `;`, a query) is refused before
+/// authentication, because app servers that decode or normalise the path would run a
+/// method that gatehouse's rules never saw.
+pub fn is_method_path(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| is_service_name(service) && is_name(method))
+}
+
+/// Whether `service` is a gRPC service name (`pkg.v1.Service`): dot-separated names,
+/// none of them empty. Method patterns in the config are checked with it too.
+pub fn is_service_name(service: &str) -> bool {
+    service.split('.').all(is_name)
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+}
+
 /// Parses a `grpc-timeout` value: one to eight digits and a unit (`H`, `M`, `S`, `m`,
 /// `u`, `n`). A malformed value is `None`, and the call then runs without a deadline of
 /// gatehouse's own, as gRPC servers treat it.
@@ -288,6 +315,44 @@ mod tests {
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         assert!(!is_grpc_request(&Method::GET, &headers));
+    }
+
+    #[test]
+    fn accepts_only_paths_in_grpcs_method_grammar() {
+        let table = [
+            ("/probe.v1.Probe/Fail", true),
+            ("/grpc.health.v1.Health/Check", true),
+            ("/Svc/Get", true),
+            ("/pkg_2.Svc_1/Get_all2", true),
+            ("/probe.v1.Probe/%46ail", false),
+            ("/probe.v1.%50robe/Fail", false),
+            ("/probe.v1.Probe/Fail/", false),
+            ("/probe.v1.Probe//Fail", false),
+            ("/probe.v1.Probe/./Fail", false),
+            ("/probe.v1.Probe/../Fail", false),
+            ("/probe.v1.Probe/Fail;x", false),
+            ("/probe.v1.Probe/Fail?x=1", false),
+            ("/probe.v1.Probe/Fail#x", false),
+            ("/probe.v1.Probe/Fa-il", false),
+            ("/probe.v1.Probe/Fa il", false),
+            ("/probe.v1.Probe/Fa\u{e9}il", false),
+            ("/probe.v1.Probe/", false),
+            ("/probe.v1.Probe", false),
+            ("//Fail", false),
+            ("/./Fail", false),
+            ("/../Fail", false),
+            ("/.probe.Probe/Fail", false),
+            ("/probe..Probe/Fail", false),
+            ("/probe.Probe./Fail", false),
+            ("/probe.v1.Probe/*", false),
+            ("probe.v1.Probe/Fail", false),
+            ("/", false),
+            ("*", false),
+            ("", false),
+        ];
+        for (path, expected) in table {
+            assert_eq!(is_method_path(path), expected, "{path:?}");
+        }
     }
 
     #[test]

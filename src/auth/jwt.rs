@@ -21,7 +21,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
 use crate::auth::jwks::{KeySource, VerifyingKey};
-use crate::auth::principal::{AuthMethod, Principal, Refusal};
+use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
 use crate::config::ClaimNames;
 
 /// Tokens longer than this are refused before any decoding.
@@ -143,7 +143,13 @@ impl Provider {
             Some(Value::String(spaced)) => spaced.split_whitespace().map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Principal::new(
+        let sources = Sources {
+            user_id: &self.claims.user_id,
+            tenant_id: &self.claims.tenant_id,
+            roles: &self.claims.roles,
+        };
+        Principal::from_sources(
+            sources,
             AuthMethod::Jwt,
             text(&self.claims.user_id),
             tenant_id,

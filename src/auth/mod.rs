@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Config, Problem};
 use crate::server::ConnectionInfo;
@@ -48,7 +49,7 @@ impl Authenticator {
     ///
     /// [`start`]: Authenticator::start
     pub fn build(config: &Config) -> Result<Authenticator, Vec<Problem>> {
-        let policy = Policy::new(&config.tls, config.authorization.as_ref());
+        let policy = Policy::new(&config.tls, config.authorization.as_ref())?;
         let Some(auth) = &config.auth else {
             return Ok(Authenticator {
                 credentials: None,
@@ -56,6 +57,12 @@ impl Authenticator {
             });
         };
         let mut problems = Vec::new();
+        let public = policy::parse_all(
+            &auth.public_methods,
+            "auth.public_methods",
+            MethodPattern::parse,
+            &mut problems,
+        );
         let jwt = auth.jwt.as_ref().map(|jwt| {
             let providers = jwt
                 .providers
@@ -84,11 +91,6 @@ impl Authenticator {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let public = auth
-            .public_methods
-            .iter()
-            .map(|pattern| MethodPattern::parse(pattern))
-            .collect();
         Ok(Authenticator {
             credentials: Some(Credentials {
                 public,
@@ -169,7 +171,17 @@ impl Authenticator {
         let path = request.uri.path();
         let headers = &mut request.headers;
 
-        let Some(credentials) = &self.credentials else {
+        // Credentials leave every request here, whatever the outcome: the app sees a bearer
+        // token only when gatehouse verified it and its provider forwards it (put back
+        // below), and never an API key, on public methods and in configurations that do
+        // not read them alike.
+        let credentials = self.credentials.as_ref();
+        let store = credentials.and_then(|c| c.api_keys.as_deref());
+        let bearer = take(headers, &AUTHORIZATION);
+        let api_key = take(headers, store.map_or(&X_API_KEY, |store| store.header()));
+        headers.remove(X_API_KEY);
+
+        let Some(credentials) = credentials else {
             let principal = Principal::anonymous(if peer.is_some() {
                 AuthMethod::Mtls
             } else {
@@ -180,31 +192,34 @@ impl Authenticator {
             principal.inject(headers, client_cert);
             return Ok(principal);
         };
-        // Never forwarded, whatever the outcome.
-        let api_key = credentials
-            .api_keys
-            .as_ref()
-            .and_then(|store| headers.remove(store.header()));
         if policy::any_matches(&credentials.public, path) {
             let principal = Principal::anonymous(AuthMethod::None);
             principal.inject(headers, client_cert);
             return Ok(principal);
         }
-        let bearer = match &credentials.jwt {
-            Some(_) => {
-                let mut values = headers.get_all(AUTHORIZATION).iter();
-                let first = values.next();
-                if values.next().is_some() {
-                    return Err(Refusal::unauthenticated(
-                        "ambiguous_credentials",
-                        "more than one authorization header",
-                    ));
-                }
-                first
+        let bearer = match (&credentials.jwt, bearer) {
+            (None, _) | (Some(_), Presented::Absent) => None,
+            (Some(_), Presented::One(value)) => Some(value),
+            (Some(_), Presented::Many) => {
+                *attempted = AuthMethod::Jwt;
+                return Err(Refusal::unauthenticated(
+                    "ambiguous_credentials",
+                    "more than one authorization header",
+                ));
             }
-            None => None,
         };
-        let (principal, keep_token) = match (bearer, api_key) {
+        let api_key = match (store, api_key) {
+            (None, _) | (Some(_), Presented::Absent) => None,
+            (Some(_), Presented::One(value)) => Some(value),
+            (Some(store), Presented::Many) => {
+                *attempted = AuthMethod::ApiKey;
+                return Err(Refusal::unauthenticated(
+                    "ambiguous_credentials",
+                    format!("more than one {} header", store.header()),
+                ));
+            }
+        };
+        let (principal, forward) = match (bearer, api_key) {
             (Some(_), Some(_)) => {
                 return Err(Refusal::unauthenticated(
                     "ambiguous_credentials",
@@ -224,15 +239,12 @@ impl Authenticator {
                     .as_ref()
                     .expect("bearer tokens are read only with jwt configured");
                 let verified = verifier.verify(token).await?;
-                (verified.principal, verified.forward_token)
+                (verified.principal, verified.forward_token.then_some(value))
             }
             (None, Some(key)) => {
                 *attempted = AuthMethod::ApiKey;
-                let store = credentials
-                    .api_keys
-                    .as_ref()
-                    .expect("the key header is read only with api_keys configured");
-                (store.authenticate(key.as_bytes())?, true)
+                let store = store.expect("the key header is read only with api_keys configured");
+                (store.authenticate(key.as_bytes())?, None)
             }
             (None, None) => {
                 return Err(Refusal::unauthenticated(
@@ -242,11 +254,33 @@ impl Authenticator {
             }
         };
         self.policy.authorize(path, &principal, peer)?;
-        if !keep_token {
-            headers.remove(AUTHORIZATION);
+        if let Some(token) = forward {
+            headers.insert(AUTHORIZATION, token);
         }
         principal.inject(headers, client_cert);
         Ok(principal)
+    }
+}
+
+/// The header API keys are sent in unless `auth.api_keys.header` says otherwise; removed
+/// from every request whatever is configured.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// What a caller sent in one credential header.
+enum Presented {
+    Absent,
+    One(HeaderValue),
+    /// Two or more: which one counts would be the app's guess, so such a call is refused.
+    Many,
+}
+
+/// Removes every `name` header from `headers` and says what there was.
+fn take(headers: &mut HeaderMap, name: &HeaderName) -> Presented {
+    let many = headers.get_all(name).iter().nth(1).is_some();
+    match headers.remove(name) {
+        None => Presented::Absent,
+        Some(_) if many => Presented::Many,
+        Some(value) => Presented::One(value),
     }
 }
 

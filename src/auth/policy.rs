@@ -1,8 +1,9 @@
 //! Who may call what: method patterns, the peer allow-list and authorization rules.
 
 use crate::auth::principal::{Principal, Refusal};
-use crate::config;
-use crate::tls::PeerIdentity;
+use crate::config::{self, DefaultDecision, Problem};
+use crate::grpc;
+use crate::tls::{PeerIdentity, PeerPattern};
 
 /// A method pattern from the config: `*`, `/pkg.Service/*` or an exact path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,17 +15,32 @@ pub enum MethodPattern {
 }
 
 impl MethodPattern {
-    /// Parses a pattern already checked by `Config::validate`.
-    pub fn parse(pattern: &str) -> MethodPattern {
-        match pattern {
-            "*" => MethodPattern::Any,
-            _ => match pattern.strip_suffix('*') {
-                Some(service) => MethodPattern::Service(service.to_owned()),
-                None => MethodPattern::Exact(pattern.to_owned()),
-            },
+    /// Parses `*`, `/pkg.Service/*` or `/pkg.Service/Method`, with service and method
+    /// in gRPC's grammar ([`grpc::is_method_path`]). Anything else is refused: such a
+    /// pattern could never match a path gatehouse lets through, so a rule written with
+    /// it would silently do nothing.
+    pub fn parse(pattern: &str) -> Result<MethodPattern, String> {
+        if pattern == "*" {
+            return Ok(MethodPattern::Any);
         }
+        if let Some(service) = pattern
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_suffix("/*"))
+            && grpc::is_service_name(service)
+        {
+            return Ok(MethodPattern::Service(
+                pattern[..pattern.len() - 1].to_owned(),
+            ));
+        }
+        if grpc::is_method_path(pattern) {
+            return Ok(MethodPattern::Exact(pattern.to_owned()));
+        }
+        Err(format!(
+            "{pattern:?}: write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"
+        ))
     }
 
+    /// Whether the pattern matches `path`, a path already in gRPC's grammar.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             MethodPattern::Any => true,
@@ -40,75 +56,90 @@ pub fn any_matches(patterns: &[MethodPattern], path: &str) -> bool {
     patterns.iter().any(|pattern| pattern.matches(path))
 }
 
-/// `*` matches any run of characters, everything else itself.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
+/// Parses every pattern in `patterns`, each problem on `field[i]`.
+pub fn parse_all<T>(
+    patterns: &[String],
+    field: &str,
+    parse: fn(&str) -> Result<T, String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<T> {
+    patterns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pattern)| {
+            parse(pattern)
+                .map_err(|message| problems.push(Problem::new(format!("{field}[{i}]"), message)))
+                .ok()
+        })
+        .collect()
 }
 
-/// Whether any of the peer's names (URI SANs, DNS SANs, CN) matches any pattern.
-pub fn peer_matches(patterns: &[String], peer: &PeerIdentity) -> bool {
-    let names = peer
-        .uris
-        .iter()
-        .chain(&peer.dns_names)
-        .chain(&peer.common_name);
-    names
-        .into_iter()
-        .any(|name| patterns.iter().any(|pattern| glob(pattern, name)))
+/// Whether any of the peer's names matches any pattern (each of its own kind).
+pub fn peer_matches(patterns: &[PeerPattern], peer: &PeerIdentity) -> bool {
+    patterns.iter().any(|pattern| pattern.matches(peer))
 }
 
 struct Rule {
     methods: Vec<MethodPattern>,
     allow_roles: Vec<String>,
     allow_api_keys: Vec<String>,
-    allow_peers: Vec<String>,
+    allow_peers: Vec<PeerPattern>,
 }
 
 /// The peer allow-list and the authorization rules.
 pub struct Policy {
-    allowed_peers: Vec<String>,
+    allowed_peers: Vec<PeerPattern>,
     rules: Vec<Rule>,
+    /// `authorization.default`: what a call that no rule matches gets.
+    default: DefaultDecision,
 }
 
 impl Policy {
-    pub fn new(tls: &config::Tls, authorization: Option<&config::Authorization>) -> Policy {
+    /// Builds from the config; every pattern that does not parse is a problem on its field.
+    pub fn new(
+        tls: &config::Tls,
+        authorization: Option<&config::Authorization>,
+    ) -> Result<Policy, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let allowed_peers = parse_all(
+            &tls.allowed_peers,
+            "tls.allowed_peers",
+            PeerPattern::parse,
+            &mut problems,
+        );
         let rules = authorization
             .map(|authorization| {
                 authorization
                     .rules
                     .iter()
-                    .map(|rule| Rule {
-                        methods: rule
-                            .methods
-                            .iter()
-                            .map(|m| MethodPattern::parse(m))
-                            .collect(),
+                    .enumerate()
+                    .map(|(i, rule)| Rule {
+                        methods: parse_all(
+                            &rule.methods,
+                            &format!("authorization.rules[{i}].methods"),
+                            MethodPattern::parse,
+                            &mut problems,
+                        ),
                         allow_roles: rule.allow_roles.clone(),
                         allow_api_keys: rule.allow_api_keys.clone(),
-                        allow_peers: rule.allow_peers.clone(),
+                        allow_peers: parse_all(
+                            &rule.allow_peers,
+                            &format!("authorization.rules[{i}].allow_peers"),
+                            PeerPattern::parse,
+                            &mut problems,
+                        ),
                     })
                     .collect()
             })
             .unwrap_or_default();
-        Policy {
-            allowed_peers: tls.allowed_peers.clone(),
-            rules,
+        if !problems.is_empty() {
+            return Err(problems);
         }
+        Ok(Policy {
+            allowed_peers,
+            rules,
+            default: authorization.map_or(DefaultDecision::Allow, |a| a.default),
+        })
     }
 
     /// `tls.allowed_peers`: which certificates may call at all.
@@ -129,7 +160,8 @@ impl Policy {
         }
     }
 
-    /// The first rule whose methods match decides; no match allows.
+    /// The first rule whose methods match decides; when none matches,
+    /// `authorization.default` does.
     pub fn authorize(
         &self,
         path: &str,
@@ -141,7 +173,13 @@ impl Policy {
             .iter()
             .find(|rule| any_matches(&rule.methods, path))
         else {
-            return Ok(());
+            return match self.default {
+                DefaultDecision::Allow => Ok(()),
+                DefaultDecision::Deny => Err(Refusal::permission_denied(
+                    "default_deny",
+                    format!("permission denied for {path}: no authorization rule allows it"),
+                )),
+            };
         };
         let by_role = principal
             .roles
@@ -169,41 +207,47 @@ mod tests {
     use crate::auth::principal::AuthMethod;
 
     #[test]
-    fn globs_match_spiffe_ids_and_names() {
-        assert!(glob(
-            "spiffe://cluster.local/ns/prod/sa/*",
-            "spiffe://cluster.local/ns/prod/sa/gateway"
-        ));
-        assert!(!glob(
-            "spiffe://cluster.local/ns/prod/sa/*",
-            "spiffe://cluster.local/ns/dev/sa/gateway"
-        ));
-        assert!(glob("*.svc.cluster.local", "api.prod.svc.cluster.local"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exactly"));
-        assert!(glob("a*b*c", "a-b-c"));
-        assert!(!glob("a*b*c", "a-c"));
-        assert!(glob("*", ""));
-        assert!(!glob("ab*ba", "aba"));
-    }
-
-    #[test]
     fn method_patterns_match_exact_service_and_any() {
-        let service = MethodPattern::parse("/pkg.Svc/*");
+        let service = MethodPattern::parse("/pkg.Svc/*").unwrap();
         assert!(service.matches("/pkg.Svc/Get"));
         assert!(!service.matches("/pkg.SvcOther/Get"));
         assert!(!service.matches("/pkg.Svc/Get/extra"));
-        assert!(MethodPattern::parse("/pkg.Svc/Get").matches("/pkg.Svc/Get"));
-        assert!(!MethodPattern::parse("/pkg.Svc/Get").matches("/pkg.Svc/GetAll"));
-        assert!(MethodPattern::parse("*").matches("/anything/At"));
+        let exact = MethodPattern::parse("/pkg.Svc/Get").unwrap();
+        assert!(exact.matches("/pkg.Svc/Get"));
+        assert!(!exact.matches("/pkg.Svc/GetAll"));
+        assert!(MethodPattern::parse("*").unwrap().matches("/anything/At"));
+    }
+
+    #[test]
+    fn refuses_method_patterns_that_could_never_match() {
+        for pattern in [
+            "/pkg.*/Get",
+            "/*/Get",
+            "/pkg.Svc/Get*",
+            "/pkg.Svc/*/x",
+            "/pkg.Svc/",
+            "/pkg.Svc",
+            "pkg.Svc/Get",
+            "/pkg.Svc//Get",
+            "/pkg.Svc/%47et",
+            "/pkg..Svc/Get",
+            "**",
+            "",
+        ] {
+            assert!(MethodPattern::parse(pattern).is_err(), "{pattern:?}");
+        }
     }
 
     fn policy(rules: &str) -> Policy {
+        policy_with("", rules)
+    }
+
+    fn policy_with(settings: &str, rules: &str) -> Policy {
         let yaml = format!(
-            "listen: {{ address: 127.0.0.1:1 }}\ntls: {{ enabled: false }}\nupstream: {{ address: 127.0.0.1:2 }}\nauthorization:\n  rules:\n{rules}"
+            "listen: {{ address: 127.0.0.1:1 }}\ntls: {{ enabled: false }}\nupstream: {{ address: 127.0.0.1:2 }}\nauthorization:\n{settings}  rules:\n{rules}"
         );
         let config = config::Config::from_yaml(&yaml).unwrap();
-        Policy::new(&config.tls, config.authorization.as_ref())
+        Policy::new(&config.tls, config.authorization.as_ref()).unwrap()
     }
 
     fn peer(uri: &str) -> PeerIdentity {
@@ -259,5 +303,55 @@ mod tests {
         let policy = policy("    - methods: [/c.v1.Compliance/*]\n      allow_roles: [admin]\n");
         let user = Principal::new(AuthMethod::Jwt, None, None, vec![], None).unwrap();
         assert!(policy.authorize("/other.Svc/Get", &user, None).is_ok());
+    }
+
+    #[test]
+    fn with_default_deny_no_matching_rule_refuses() {
+        let policy = policy_with(
+            "  default: deny\n",
+            "    - methods: [/c.v1.Compliance/*]\n      allow_roles: [admin]\n",
+        );
+        let admin =
+            Principal::new(AuthMethod::Jwt, None, None, vec!["admin".into()], None).unwrap();
+        assert!(
+            policy
+                .authorize("/c.v1.Compliance/Scan", &admin, None)
+                .is_ok()
+        );
+        let refused = policy
+            .authorize("/other.Svc/Get", &admin, None)
+            .unwrap_err();
+        assert_eq!(refused.code, crate::grpc::Code::PermissionDenied);
+        assert_eq!(
+            refused.message,
+            "permission denied for /other.Svc/Get: no authorization rule allows it"
+        );
+    }
+
+    #[test]
+    fn every_bad_pattern_is_a_problem_on_its_field() {
+        let yaml = "listen: { address: 127.0.0.1:1 }
+tls: { enabled: false, allowed_peers: [gateway] }
+upstream: { address: 127.0.0.1:2 }
+authorization:
+  rules:
+    - methods: [/ok.Svc/Get, /pkg.*/Get]
+      allow_peers: [spiffe://td/sa/x, 'cn:']
+";
+        let config = config::Config::from_yaml(yaml).unwrap();
+        let fields: Vec<String> = Policy::new(&config.tls, config.authorization.as_ref())
+            .err()
+            .unwrap()
+            .into_iter()
+            .map(|problem| problem.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "tls.allowed_peers[0]",
+                "authorization.rules[0].methods[1]",
+                "authorization.rules[0].allow_peers[1]"
+            ]
+        );
     }
 }

@@ -100,9 +100,27 @@ pub struct Principal {
     headers: [Option<HeaderValue>; 4],
 }
 
+/// Where the identity values came from (the claims a JWT provider maps, or the fields of
+/// an API key entry), so that a refusal names the one at fault.
+#[derive(Clone, Copy, Debug)]
+pub struct Sources<'a> {
+    pub user_id: &'a str,
+    pub tenant_id: &'a str,
+    pub roles: &'a str,
+}
+
+impl Sources<'static> {
+    /// The identity's own field names.
+    pub const FIELDS: Sources<'static> = Sources {
+        user_id: "user_id",
+        tenant_id: "tenant_id",
+        roles: "roles",
+    };
+}
+
 impl Principal {
     /// Builds a principal; refused if a value cannot travel as a header (control
-    /// characters in a claim, say).
+    /// characters, say) or would smuggle something into one (see [`Principal::from_sources`]).
     pub fn new(
         method: AuthMethod,
         user_id: Option<String>,
@@ -110,24 +128,61 @@ impl Principal {
         roles: Vec<String>,
         api_key_name: Option<String>,
     ) -> Result<Principal, Refusal> {
-        let value = |text: &Option<String>| -> Result<Option<HeaderValue>, Refusal> {
+        Principal::from_sources(
+            Sources::FIELDS,
+            method,
+            user_id,
+            tenant_id,
+            roles,
+            api_key_name,
+        )
+    }
+
+    /// Builds a principal from values taken from `sources`, refusing with
+    /// UNAUTHENTICATED and a message naming the source: an empty user or tenant id (the
+    /// app would see an id that names nobody), a role that is empty or holds `,` or
+    /// whitespace (`x-user-roles` is comma-separated, so `viewer,admin` would read as
+    /// two roles), and any value that cannot be sent as metadata.
+    pub fn from_sources(
+        sources: Sources<'_>,
+        method: AuthMethod,
+        user_id: Option<String>,
+        tenant_id: Option<String>,
+        roles: Vec<String>,
+        api_key_name: Option<String>,
+    ) -> Result<Principal, Refusal> {
+        let bad = |message: String| Refusal::unauthenticated("bad_claim", message);
+        for (source, value) in [(sources.user_id, &user_id), (sources.tenant_id, &tenant_id)] {
+            if value
+                .as_deref()
+                .is_some_and(|value| value.trim().is_empty())
+            {
+                return Err(bad(format!("claim {source} is empty")));
+            }
+        }
+        if roles
+            .iter()
+            .any(|role| role.is_empty() || role.contains(|c: char| c == ',' || c.is_whitespace()))
+        {
+            return Err(bad(format!(
+                "claim {}: a role is empty or contains ',' or whitespace",
+                sources.roles
+            )));
+        }
+        let value = |source: &str, text: &Option<String>| -> Result<Option<HeaderValue>, Refusal> {
             text.as_deref()
                 .map(|text| {
-                    HeaderValue::from_str(text).map_err(|_| {
-                        Refusal::unauthenticated(
-                            "bad_claim",
-                            "identity value cannot be sent as metadata",
-                        )
-                    })
+                    HeaderValue::from_str(text)
+                        .map_err(|_| bad(format!("claim {source} cannot be sent as metadata")))
                 })
                 .transpose()
         };
         let joined = (!roles.is_empty()).then(|| roles.join(","));
         let headers = [
-            value(&user_id)?,
-            value(&tenant_id)?,
-            value(&joined)?,
-            value(&api_key_name)?,
+            value(sources.user_id, &user_id)?,
+            value(sources.tenant_id, &tenant_id)?,
+            value(sources.roles, &joined)?,
+            value("api key name", &api_key_name)?,
         ];
         Ok(Principal {
             method,
@@ -215,6 +270,16 @@ impl Refusal {
             code: Code::PermissionDenied,
             message: message.into(),
             reason,
+        }
+    }
+
+    /// A `:path` outside gRPC's `/Service/Method` grammar: refused before authentication
+    /// and never forwarded (see [`grpc::is_method_path`]).
+    pub fn invalid_method_path() -> Refusal {
+        Refusal {
+            code: Code::Unimplemented,
+            message: Cow::Borrowed("not a gRPC method path: expected /Service/Method"),
+            reason: "invalid_method_path",
         }
     }
 
@@ -309,6 +374,53 @@ mod tests {
         assert_eq!(headers["x-user-roles"], "a,b");
         assert_eq!(headers["x-auth-method"], "jwt");
         assert!(headers.get("x-api-key-name").is_none());
+    }
+
+    #[test]
+    fn refuses_claims_that_would_smuggle_values_into_identity_headers() {
+        let sources = Sources {
+            user_id: "sub",
+            tenant_id: "realm.tenant",
+            roles: "groups",
+        };
+        let build = |user: &str, tenant: &str, roles: &[&str]| {
+            Principal::from_sources(
+                sources,
+                AuthMethod::Jwt,
+                Some(user.into()),
+                Some(tenant.into()),
+                roles.iter().map(|role| role.to_string()).collect(),
+                None,
+            )
+        };
+        let table = [
+            (build("", "acme", &[]), "claim sub is empty"),
+            (build(" ", "acme", &[]), "claim sub is empty"),
+            (build("u1", "", &[]), "claim realm.tenant is empty"),
+            (
+                build("u1", "acme", &["viewer,admin"]),
+                "claim groups: a role is empty or contains ',' or whitespace",
+            ),
+            (
+                build("u1", "acme", &["viewer admin"]),
+                "claim groups: a role is empty or contains ',' or whitespace",
+            ),
+            (
+                build("u1", "acme", &["viewer", ""]),
+                "claim groups: a role is empty or contains ',' or whitespace",
+            ),
+            (
+                build("u1\n", "acme", &[]),
+                "claim sub cannot be sent as metadata",
+            ),
+        ];
+        for (built, message) in table {
+            let refusal = built.unwrap_err();
+            assert_eq!(refusal.code, Code::Unauthenticated);
+            assert_eq!(refusal.message, message);
+        }
+        let principal = build("u1", "acme", &["viewer", "admin"]).unwrap();
+        assert_eq!(principal.roles, ["viewer", "admin"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Auth: strips caller-sent identity headers from every request, then admits the call
-//! (credentials, peer allow-list, authorization rules) and sets the verified identity,
-//! or answers with the refusal's gRPC status without calling the app.
+//! Auth: refuses paths outside gRPC's `/Service/Method` grammar, strips caller-sent
+//! identity headers from every request, then admits the call (credentials, peer
+//! allow-list, authorization rules) and sets the verified identity, or answers with the
+//! refusal's gRPC status without calling the app.
 //!
 //! ```no_run
 //! # async fn example(config: gatehouse::config::Config, forward: gatehouse::upstream::Forward) {
@@ -24,8 +25,9 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
-use crate::auth::principal::strip_identity_headers;
+use crate::auth::principal::{AuthMethod, AuthOutcome, Refusal, strip_identity_headers};
 use crate::body::{RequestBody, ResponseBody};
+use crate::grpc;
 use crate::reload::Current;
 
 /// Wraps a service in [`Auth`].
@@ -76,6 +78,25 @@ where
     }
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        // Before anything else: rules, logs and the app must all see the one path the
+        // grammar allows, so a path that an app server could decode or normalise into
+        // another method never gets as far as authentication. The refusal's outcome makes
+        // the layers above log it and count it under the bounded `other` method label.
+        let valid_path = request
+            .uri()
+            .path_and_query()
+            .is_some_and(|path| grpc::is_method_path(path.as_str()));
+        if !valid_path {
+            let refusal = Refusal::invalid_method_path();
+            tracing::debug!(reason = refusal.reason, "call refused");
+            let mut response = refusal.response();
+            response.extensions_mut().insert(AuthOutcome {
+                method: AuthMethod::None,
+                principal: None,
+                refusal: Some(refusal.reason),
+            });
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         let (mut parts, body) = request.into_parts();
         // Strip first, on every path: refused, public and authenticated alike.
         strip_identity_headers(&mut parts.headers);
