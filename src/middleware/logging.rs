@@ -82,7 +82,8 @@ impl Completion for AccessRecord {
             .map(|peer| peer.name());
         tracing::info!(
             target: "gatehouse::access",
-            method = self.uri.path(),
+            // The query too, so a refused `/pkg.Svc/Get?x` does not read as a call of `Get`.
+            method = self.uri.path_and_query().map_or(self.uri.path(), |path| path.as_str()),
             grpc_code = outcome.code.as_str(),
             duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
             user_id = principal.and_then(|p| p.user_id.as_deref()),

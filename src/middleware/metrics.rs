@@ -107,7 +107,12 @@ where
                     Some(reason) => registry.auth(outcome.method.as_str(), "refused", reason),
                 }
             }
-            let method = registry.method(path.path(), admitted);
+            // The query too: a refused `/pkg.Svc/Get?x` is not a call of `Get` and must
+            // not be counted as one.
+            let path = path
+                .path_and_query()
+                .map_or(path.path(), |path| path.as_str());
+            let method = registry.method(path, admitted);
             method.started.inc();
             if let Some(recorder) = pending.get_mut() {
                 recorder.method = Some(method);

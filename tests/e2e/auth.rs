@@ -129,11 +129,11 @@ authorization:
     }
 }
 
-fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
+pub fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
     format!("Bearer {token}").parse().unwrap()
 }
 
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -141,7 +141,7 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -150,7 +150,7 @@ fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
 }
 
 /// The metadata the app saw, as (key, value) pairs.
-async fn inspect(
+pub async fn inspect(
     client: &mut DemoClient<tonic::transport::Channel>,
     request: tonic::Request<InspectRequest>,
 ) -> Result<Vec<(String, String)>, tonic::Status> {
@@ -162,7 +162,7 @@ async fn inspect(
         .collect())
 }
 
-fn seen<'a>(metadata: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+pub fn seen<'a>(metadata: &'a [(String, String)], key: &str) -> Vec<&'a str> {
     metadata
         .iter()
         .filter(|(k, _)| k == key)

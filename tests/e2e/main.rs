@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod forwarding;
 mod grpcurl;
+mod hardening;
 mod issuers;
 mod observability;
 mod operations;

@@ -205,6 +205,14 @@ pub mod broken {
         ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
     }
 
+    /// Signed by the trusted development CA for client authentication, with exactly
+    /// this subject CN and these SANs: certificates whose names try to pass for others.
+    pub fn client_with_names(common_name: &str, sans: Vec<SanType>) -> Identity {
+        let mut params = client_params(common_name);
+        params.subject_alt_names = sans;
+        signed_by_dev_ca(params)
+    }
+
     /// Signed by the trusted development CA, but only for server authentication.
     pub fn server_only_usage() -> Identity {
         let mut params = client_params("wrong-usage");
