@@ -48,8 +48,8 @@ pub fn build(
         // Counts what Logging logs; above Auth so refusals are counted too.
         .layer(MetricsLayer::new(metrics))
         // Last before forwarding: every layer above sees (and counts) refusals too, and
-        // nothing reaches the app without having been stripped of forged identity
-        // headers and admitted.
+        // nothing reaches the app without a path in gRPC's grammar, having been stripped
+        // of forged identity headers and credentials, and admitted.
         .layer(AuthLayer::new(authenticator))
         .service(forward)
 }

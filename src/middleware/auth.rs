@@ -125,3 +125,52 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::grpc::{Code, GRPC_STATUS, status_response};
+
+    #[tokio::test]
+    async fn paths_outside_the_grammar_are_refused_before_the_app_is_called() {
+        let config = Config::from_yaml(
+            "listen: { address: 127.0.0.1:1 }\ntls: { enabled: false }\nupstream: { address: 127.0.0.1:2 }\n",
+        )
+        .unwrap();
+        let authenticator = Arc::new(Authenticator::build(&config).unwrap());
+        let called = Arc::new(AtomicUsize::new(0));
+        let counter = called.clone();
+        let app = tower::service_fn(move |_: Request<RequestBody>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(status_response(Code::Ok, "")) }
+        });
+        let mut auth = AuthLayer::new(Arc::new(Current::new(authenticator))).layer(app);
+        let call = |path: &str| {
+            Request::post(path)
+                .body(RequestBody::local(bytes::Bytes::new()))
+                .unwrap()
+        };
+        for path in [
+            "/pkg.Svc/%47et",
+            "/pkg.Svc/Get/",
+            "/pkg.Svc/./Get",
+            "/pkg.Svc/Get?x",
+        ] {
+            let response = auth.call(call(path)).await.unwrap();
+            assert_eq!(response.headers()[GRPC_STATUS], "12", "{path}");
+            let outcome = response.extensions().get::<AuthOutcome>().unwrap();
+            assert_eq!(outcome.refusal, Some("invalid_method_path"), "{path}");
+        }
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            0,
+            "a refused path was forwarded"
+        );
+        let response = auth.call(call("/pkg.Svc/Get")).await.unwrap();
+        assert_eq!(response.headers()[GRPC_STATUS], "0");
+        assert_eq!(called.load(Ordering::SeqCst), 1);
+    }
+}
