@@ -572,26 +572,35 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
             "auth:\n  api_keys:\n    keys:\n      - {{ name: ops, sha256: \"{}\", tenant_id: \"\", roles: [ops, \"ops,admin\", \"ops admin\"] }}\n",
             hash("ops-key-0123456789")
         );
-    let path = dir.path().join("keys-check.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = gatehouse_check(&path);
-    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
-    let errors = stderr(&output);
-    for field in [
-        "auth.api_keys.keys[0].tenant_id: empty",
-        "auth.api_keys.keys[0].roles[1]: \"ops,admin\"",
-        "auth.api_keys.keys[0].roles[2]: \"ops admin\"",
-    ] {
-        assert!(
-            errors.contains(&format!("{}: {field}", path.display())),
-            "{field}: {errors}"
-        );
-    }
-    assert!(!errors.contains("roles[0]"), "{errors}");
+    check_refuses(
+        dir.path(),
+        &config,
+        &[
+            "auth.api_keys.keys[0].tenant_id: empty",
+            "auth.api_keys.keys[0].roles[1]: \"ops,admin\"",
+            "auth.api_keys.keys[0].roles[2]: \"ops admin\"",
+        ],
+        &["roles[0]"],
+    );
 }
 
-fn gatehouse_check(path: &Path) -> std::process::Output {
-    gatehouse(&["check", "--config", path.to_str().unwrap()])
+/// Runs `gatehouse check` on `config`: exit 64, a line `FILE: problem` for each of
+/// `problems`, and no mention of any of `valid`.
+fn check_refuses(dir: &Path, config: &str, problems: &[&str], valid: &[&str]) {
+    let path = dir.join("check.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+    let errors = stderr(&output);
+    for problem in problems {
+        assert!(
+            errors.contains(&format!("{}: {problem}", path.display())),
+            "{problem}: {errors}"
+        );
+    }
+    for valid in valid {
+        assert!(!errors.contains(valid), "{valid} refused: {errors}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,33 +619,25 @@ authorization:
     - methods: [\"/*/Get\", /pkg.Svc//Get, \"*\"]
       allow_peers: [\"spiffe://td/*\", \"cn:\"]
 ";
-    let path = dir.path().join("patterns.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = gatehouse_check(&path);
-    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
-    let errors = stderr(&output);
-    for field in [
-        "tls.allowed_peers[0]: \"gateway\": write a URI",
-        "auth.public_methods[1]: \"/grpc.health.v1.Health/Check*\": write /pkg.Service/Method",
-        "authorization.rules[0].methods[1]: \"/pkg.*/Get\": write /pkg.Service/Method",
-        "authorization.rules[1].methods[0]: \"/*/Get\": write /pkg.Service/Method",
-        "authorization.rules[1].methods[1]: \"/pkg.Svc//Get\": write /pkg.Service/Method",
-        "authorization.rules[1].allow_peers[1]: \"cn:\"",
-    ] {
-        assert!(
-            errors.contains(&format!("{}: {field}", path.display())),
-            "{field}: {errors}"
-        );
-    }
-    for valid in [
-        "tls.allowed_peers[1]",
-        "auth.public_methods[0]",
-        "rules[0].methods[0]",
-        "rules[1].methods[2]",
-        "allow_peers[0]",
-    ] {
-        assert!(!errors.contains(valid), "{valid} refused: {errors}");
-    }
+    check_refuses(
+        dir.path(),
+        &config,
+        &[
+            "tls.allowed_peers[0]: \"gateway\": write a URI",
+            "auth.public_methods[1]: \"/grpc.health.v1.Health/Check*\": write /pkg.Service/Method",
+            "authorization.rules[0].methods[1]: \"/pkg.*/Get\": write /pkg.Service/Method",
+            "authorization.rules[1].methods[0]: \"/*/Get\": write /pkg.Service/Method",
+            "authorization.rules[1].methods[1]: \"/pkg.Svc//Get\": write /pkg.Service/Method",
+            "authorization.rules[1].allow_peers[1]: \"cn:\"",
+        ],
+        &[
+            "tls.allowed_peers[1]",
+            "auth.public_methods[0]",
+            "rules[0].methods[0]",
+            "rules[1].methods[2]",
+            "allow_peers[0]",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
