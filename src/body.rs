@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::auth::principal::strip_identity_headers;
+use crate::auth::principal::strip_request_trailers;
 use crate::grpc::{self, Code};
 use crate::upstream;
 
@@ -84,9 +84,10 @@ impl Body for RequestBody {
         }
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| match frame.into_trailers() {
-                // Identity headers are gatehouse's to set, in trailers as in headers.
+                // Identity headers are gatehouse's to set, in trailers as in headers, and
+                // credentials there would reach the app unverified.
                 Ok(mut trailers) => {
-                    strip_identity_headers(&mut trailers);
+                    strip_request_trailers(&mut trailers);
                     Frame::trailers(trailers)
                 }
                 Err(frame) => frame,

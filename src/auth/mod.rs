@@ -25,7 +25,7 @@ use api_key::ApiKeyStore;
 use jwks::{KeySet, KeySource, RemoteJwks};
 use jwt::{Family, JwtVerifier, Provider};
 use policy::{MethodPattern, Policy};
-use principal::{AuthMethod, AuthOutcome, Principal, Refusal};
+use principal::{AuthMethod, AuthOutcome, Principal, Refusal, X_API_KEY};
 
 /// How often `auth.api_keys.keys_file` is checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
@@ -261,10 +261,6 @@ impl Authenticator {
         Ok(principal)
     }
 }
-
-/// The header API keys are sent in unless `auth.api_keys.header` says otherwise; removed
-/// from every request whatever is configured.
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// What a caller sent in one credential header.
 enum Presented {

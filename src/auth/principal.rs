@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
+use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use crate::body::ResponseBody;
@@ -21,6 +22,9 @@ pub const X_USER_ROLES: HeaderName = HeaderName::from_static("x-user-roles");
 pub const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
 pub const X_API_KEY_NAME: HeaderName = HeaderName::from_static("x-api-key-name");
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// The header API keys are sent in unless `auth.api_keys.header` says otherwise; never
+/// forwarded, whatever is configured.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Every header gatehouse sets; callers can never send any of them.
 const IDENTITY_HEADERS: [&str; 6] = [
@@ -61,6 +65,16 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     for name in forged {
         headers.remove(name);
     }
+}
+
+/// Removes from request trailers what a caller may not hand the app there: identity
+/// headers, and credentials (`authorization`, `x-api-key`), which gatehouse reads and
+/// verifies only in the request headers, so in trailers they would reach the app
+/// unverified.
+pub fn strip_request_trailers(trailers: &mut HeaderMap) {
+    strip_identity_headers(trailers);
+    trailers.remove(AUTHORIZATION);
+    trailers.remove(X_API_KEY);
 }
 
 /// How the caller proved who it is; sent to the app as `x-auth-method`.
@@ -374,6 +388,18 @@ mod tests {
         assert_eq!(headers["x-user-roles"], "a,b");
         assert_eq!(headers["x-auth-method"], "jwt");
         assert!(headers.get("x-api-key-name").is_none());
+    }
+
+    #[test]
+    fn request_trailers_lose_identity_headers_and_credentials() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-user-id", HeaderValue::from_static("forged"));
+        trailers.insert("authorization", HeaderValue::from_static("Bearer forged"));
+        trailers.insert("x-api-key", HeaderValue::from_static("forged"));
+        trailers.insert("x-custom", HeaderValue::from_static("kept"));
+        strip_request_trailers(&mut trailers);
+        assert_eq!(trailers.len(), 1);
+        assert_eq!(trailers["x-custom"], "kept");
     }
 
     #[test]

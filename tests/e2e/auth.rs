@@ -552,8 +552,15 @@ async fn forged_identity_never_reaches_the_app_on_public_methods_or_in_trailers(
     assert_identity_not_forged(&metadata);
 
     // Request trailers: a client stream whose trailers carry a forged tenant.
-    let reply =
-        collect_with_trailers(gatehouse.addr, &fixture.rs.token("alice", "acme", &[])).await;
+    let mut forged = http::HeaderMap::new();
+    forged.insert("x-tenant-id", "forged".parse().unwrap());
+    forged.insert("x-custom-trailer", "kept".parse().unwrap());
+    let reply = collect_with_trailers(
+        gatehouse.addr,
+        &fixture.rs.token("alice", "acme", &[]),
+        forged,
+    )
+    .await;
     let trailers: Vec<(String, String)> = reply
         .trailers
         .into_iter()
@@ -571,8 +578,12 @@ async fn forged_identity_never_reaches_the_app_on_public_methods_or_in_trailers(
     assert_eq!(reply.count, 1);
 }
 
-/// Calls `Collect` on a bare HTTP/2 connection with one message and request trailers.
-async fn collect_with_trailers(addr: std::net::SocketAddr, token: &str) -> CollectReply {
+/// Calls `Collect` on a bare HTTP/2 connection with one message and request `trailers`.
+pub async fn collect_with_trailers(
+    addr: std::net::SocketAddr,
+    token: &str,
+    trailers: http::HeaderMap,
+) -> CollectReply {
     use http_body_util::{BodyExt, StreamBody};
     use prost::Message;
     let tls = tls_connect(addr, Some(&Identity::gateway())).await.unwrap();
@@ -591,9 +602,6 @@ async fn collect_with_trailers(addr: std::net::SocketAddr, token: &str) -> Colle
     let mut framed = vec![0u8];
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert("x-tenant-id", "forged".parse().unwrap());
-    trailers.insert("x-custom-trailer", "kept".parse().unwrap());
     let frames = vec![
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(framed))),
         Ok(http_body::Frame::trailers(trailers)),

@@ -17,7 +17,7 @@ use rcgen::SanType;
 use serde_json::json;
 use tonic::Code;
 
-use crate::auth::{hash, inspect, seen, with_key, with_token};
+use crate::auth::{collect_with_trailers, hash, inspect, seen, with_key, with_token};
 use crate::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
@@ -420,6 +420,23 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
         .unwrap();
     assert_no_credentials(&metadata, "public, valid token");
     assert_eq!(seen(&metadata, "x-auth-method"), ["none"]);
+    // Request trailers are not where gatehouse reads credentials, so none pass there.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("authorization", "Bearer not-a-token".parse().unwrap());
+    trailers.insert("x-api-key", "not-a-key".parse().unwrap());
+    trailers.insert("x-custom-trailer", "kept".parse().unwrap());
+    let reply = collect_with_trailers(gatehouse.addr, &valid, trailers).await;
+    let trailers: Vec<(String, String)> = reply
+        .trailers
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    assert_eq!(
+        seen(&trailers, "x-custom-trailer"),
+        ["kept"],
+        "{trailers:?}"
+    );
+    assert_no_credentials(&trailers, "request trailers");
     drop(gatehouse);
 
     // API keys only: a bearer token is nobody's credential here and goes nowhere.
