@@ -212,7 +212,7 @@ async fn serve(
         authenticator.clone(),
         forward,
     );
-    let server = Server::new(&config.limits, chain);
+    let server = Server::new(&config.limits, chain, metrics.clone());
     let tls = tls.map(|initial| {
         let reloadable = Arc::new(ReloadableTls::new(&config.tls, initial, metrics.clone()));
         reloadable.spawn_watcher();

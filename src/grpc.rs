@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::body::ResponseBody;
@@ -158,14 +158,6 @@ pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     response
 }
 
-/// The answer to a request that is not gRPC at all: HTTP 415, as the gRPC specification
-/// prescribes, because there is no gRPC client on the other end to read a status.
-pub fn unsupported_media_type() -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::empty());
-    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    response
-}
-
 /// Whether a request is a gRPC call: `POST` with `content-type: application/grpc`,
 /// optionally followed by `+proto`, `+json` or parameters.
 pub fn is_grpc_request(method: &Method, headers: &HeaderMap) -> bool {
@@ -279,7 +271,7 @@ mod tests {
         ];
         for (code, message, wire) in table {
             let response = status_response(code, message);
-            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.status(), http::StatusCode::OK);
             let headers = response.headers();
             assert_eq!(headers[CONTENT_TYPE], "application/grpc");
             assert_eq!(headers[GRPC_STATUS], wire);

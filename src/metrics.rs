@@ -91,6 +91,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
+    /// Requests that were not gRPC (answered with HTTP 415).
+    pub not_grpc: Counter,
     methods: RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
     other: OnceLock<Arc<MethodMetrics>>,
 }
@@ -122,6 +124,7 @@ impl Metrics {
         let reloads = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
+        let not_grpc = Counter::default();
         // prometheus-client appends `_total` to counters itself.
         registry.register(
             "grpc_server_started",
@@ -173,6 +176,11 @@ impl Metrics {
             "Calls being handled",
             in_flight.clone(),
         );
+        registry.register(
+            "gatehouse_non_grpc_requests",
+            "Requests that were not gRPC, answered with HTTP 415",
+            not_grpc.clone(),
+        );
         Metrics {
             registry,
             started,
@@ -185,6 +193,7 @@ impl Metrics {
             reloads,
             connections,
             in_flight,
+            not_grpc,
             methods: RwLock::new(HashMap::new()),
             other: OnceLock::new(),
         }

@@ -1,6 +1,17 @@
 //! The HTTP/2 server on each accepted connection: explicit protocol settings, the
 //! connection's facts put into every request, and the door check that keeps anything
 //! that is not gRPC out of the middleware chain.
+//!
+//! A request that is not gRPC gets HTTP 415 the way a conformant HTTP/2 server answers
+//! any request: its body is read to the end first (up to [`NOT_GRPC_BODY_LIMIT`], so
+//! frame and content-length errors on its stream are still caught and answered with the
+//! right stream error), then a complete response with a short text body is sent. A body
+//! larger than the limit, or slower than [`NOT_GRPC_BODY_TIME`], gets the 415 at once and
+//! its stream is reset with `NO_ERROR`, which RFC 9113 §8.1 prescribes for a response
+//! sent before the request ended.
+//!
+//! A request whose header list is over `limits.max_header_list_size` never reaches this
+//! code: h2 answers it with HTTP 431 itself (see docs/deploy.md, "Oversized headers").
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,10 +23,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::future::ready;
+use bytes::Bytes;
 use http::Request;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,7 +39,7 @@ use crate::auth::principal::forwarded_client_cert;
 use crate::body::RequestBody;
 use crate::config::Limits;
 use crate::grpc;
-use crate::middleware::recovery::RecoveryBody;
+use crate::metrics::Metrics;
 use crate::middleware::{Chain, ChainResponse};
 use crate::tls::PeerIdentity;
 
@@ -37,6 +49,16 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// How many streams gatehouse may reset for protocol errors on one connection before it
 /// closes the connection, the guard against floods of invalid frames. Never disabled.
 const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Body bytes read from a request that is not gRPC before it is answered; past this the
+/// 415 is sent at once and the rest of the request refused with `RST_STREAM(NO_ERROR)`.
+pub const NOT_GRPC_BODY_LIMIT: usize = 64 * 1024;
+/// How long a request that is not gRPC may take to end its body before it is answered.
+pub const NOT_GRPC_BODY_TIME: Duration = Duration::from_secs(5);
+/// The body of the 415, for a person or tool reading it.
+const NOT_GRPC_MESSAGE: &str =
+    "gatehouse serves gRPC only: POST with content-type application/grpc\n";
+/// Request paths in the log line of a request that is not gRPC are cut to this many bytes.
+const NOT_GRPC_LOGGED_PATH: usize = 200;
 
 /// What is known about the connection a request arrived on, in every request's
 /// extensions.
@@ -66,10 +88,11 @@ impl ConnectionInfo {
 pub struct Server {
     builder: http2::Builder<TokioExecutor>,
     chain: Chain,
+    metrics: Arc<Metrics>,
 }
 
 impl Server {
-    pub fn new(limits: &Limits, chain: Chain) -> Self {
+    pub fn new(limits: &Limits, chain: Chain, metrics: Arc<Metrics>) -> Self {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -79,7 +102,11 @@ impl Server {
             .keep_alive_timeout(limits.keepalive_timeout.get())
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
-        Server { builder, chain }
+        Server {
+            builder,
+            chain,
+            metrics,
+        }
     }
 
     /// The HTTP/2 connection future for one accepted (and, with TLS, handshaken) stream.
@@ -96,6 +123,7 @@ impl Server {
             chain: self.chain.clone(),
             info: Arc::new(info),
             activity,
+            metrics: self.metrics.clone(),
         };
         self.builder.serve_connection(TokioIo::new(io), door)
     }
@@ -108,6 +136,7 @@ pub struct Door {
     chain: Chain,
     info: Arc<ConnectionInfo>,
     activity: Arc<Activity>,
+    metrics: Arc<Metrics>,
 }
 
 /// How many calls are open on a connection, to close connections that idle.
@@ -195,16 +224,150 @@ impl<B> ResponseParts for Response<B> {
     type Body = B;
 }
 
+pin_project_lite::pin_project! {
+    /// What the door answers with: the chain's response, or its own 415.
+    #[project = DoorBodyProj]
+    pub enum DoorBody {
+        Call { #[pin] body: ChainBody },
+        NotGrpc { body: Full<Bytes> },
+    }
+}
+
+impl Body for DoorBody {
+    type Data = Bytes;
+    type Error = <ChainBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            DoorBodyProj::Call { body } => body.poll_frame(cx),
+            DoorBodyProj::NotGrpc { body } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            DoorBody::Call { body } => body.is_end_stream(),
+            DoorBody::NotGrpc { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            DoorBody::Call { body } => body.size_hint(),
+            DoorBody::NotGrpc { body } => body.size_hint(),
+        }
+    }
+}
+
+/// How much of a non-gRPC request's body was read before it was answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// The body ended (or was never there): the stream closes cleanly after the 415.
+    Ended,
+    /// Over [`NOT_GRPC_BODY_LIMIT`]: the rest is refused with `RST_STREAM(NO_ERROR)`.
+    TooLarge,
+    /// Not ended within [`NOT_GRPC_BODY_TIME`]: refused the same way.
+    TooSlow,
+    /// The stream failed (h2 has already reset it with the right error code).
+    Failed,
+}
+
+impl Drained {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Drained::Ended => "ended",
+            Drained::TooLarge => "too_large",
+            Drained::TooSlow => "too_slow",
+            Drained::Failed => "stream_error",
+        }
+    }
+}
+
+/// Reads a request body to its end, within the budget for requests that are not gRPC.
+/// Reading it is what lets h2 see (and answer) errors in the frames that carry it, and
+/// releases their flow-control window.
+async fn drain<B>(mut body: B, limit: usize, time: Duration) -> Drained
+where
+    B: Body + Unpin,
+{
+    use bytes::Buf as _;
+    let deadline = tokio::time::Instant::now() + time;
+    let mut read = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Drained::TooSlow,
+            Ok(None) => return Drained::Ended,
+            Ok(Some(Err(_))) => return Drained::Failed,
+            Ok(Some(Ok(frame))) => {
+                read = read.saturating_add(frame.data_ref().map_or(0, |data| data.remaining()));
+                if read > limit {
+                    return Drained::TooLarge;
+                }
+            }
+        }
+    }
+}
+
+/// The 415 for a request that is not gRPC: a complete response with a text body.
+fn not_grpc_response() -> Response<DoorBody> {
+    let mut response = Response::new(DoorBody::NotGrpc {
+        body: Full::new(Bytes::from_static(NOT_GRPC_MESSAGE.as_bytes())),
+    });
+    *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// `path` cut to at most `limit` bytes on a character boundary.
+fn truncated(path: &str, limit: usize) -> &str {
+    if path.len() <= limit {
+        return path;
+    }
+    let mut end = limit;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 impl hyper::service::Service<Request<Incoming>> for Door {
-    type Response = Response<CallBody<ChainBody>>;
+    type Response = Response<CallBody<DoorBody>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let open = self.activity.open();
         if !grpc::is_grpc_request(request.method(), request.headers()) {
-            let response = RecoveryBody::local(grpc::unsupported_media_type());
-            return Box::pin(ready(Ok(response.map(|inner| CallBody { inner, open }))));
+            self.metrics.not_grpc.inc();
+            let (parts, body) = request.into_parts();
+            let remote = self.info.remote_addr;
+            return Box::pin(async move {
+                let drained = drain(body, NOT_GRPC_BODY_LIMIT, NOT_GRPC_BODY_TIME).await;
+                // Logged like a refused call, so a misrouted client shows up in the log
+                // and not only in the counter; the path is the caller's, so it is cut.
+                tracing::info!(
+                    http_method = %parts.method,
+                    path = truncated(parts.uri.path(), NOT_GRPC_LOGGED_PATH),
+                    content_type = parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|value| value.to_str().ok())
+                        .map(|value| truncated(value, NOT_GRPC_LOGGED_PATH)),
+                    body = drained.as_str(),
+                    remote = %remote,
+                    status = 415,
+                    "not a gRPC request"
+                );
+                Ok(not_grpc_response().map(|inner| CallBody { inner, open }))
+            });
         }
         let mut request = request.map(RequestBody::new);
         request.extensions_mut().insert(self.info.clone());
@@ -212,7 +375,64 @@ impl hyper::service::Service<Request<Incoming>> for Door {
         let call = self.chain.clone().call(request);
         Box::pin(async move {
             let response = call.await?;
-            Ok(response.map(|inner| CallBody { inner, open }))
+            Ok(response.map(|body| CallBody {
+                inner: DoorBody::Call { body },
+                open,
+            }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn body_of(
+        chunks: Vec<usize>,
+    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>
+    {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
+            .into_iter()
+            .map(|size| Ok(Frame::data(Bytes::from(vec![0u8; size]))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    async fn drain_within_budget<B: Body + Unpin>(body: B) -> Drained {
+        drain(body, NOT_GRPC_BODY_LIMIT, NOT_GRPC_BODY_TIME).await
+    }
+
+    #[tokio::test]
+    async fn reads_a_small_body_to_its_end_and_stops_past_the_limit() {
+        assert_eq!(drain_within_budget(body_of(vec![])).await, Drained::Ended);
+        assert_eq!(
+            drain_within_budget(body_of(vec![16 * 1024; 4])).await,
+            Drained::Ended,
+            "exactly the limit is read to the end"
+        );
+        assert_eq!(
+            drain_within_budget(body_of(vec![16 * 1024; 4].into_iter().chain([1]).collect())).await,
+            Drained::TooLarge
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_is_given_up_on() {
+        let never = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, Infallible>,
+        >());
+        let time = Duration::from_millis(10);
+        assert_eq!(
+            drain(never, NOT_GRPC_BODY_LIMIT, time).await,
+            Drained::TooSlow
+        );
+    }
+
+    #[test]
+    fn cuts_logged_paths_on_character_boundaries() {
+        assert_eq!(truncated("/short", 200), "/short");
+        assert_eq!(truncated("/ééé", 4), "/é");
+        assert_eq!(truncated("/ééé", 3), "/é");
     }
 }
