@@ -112,6 +112,9 @@ pub struct JwtProvider {
     pub forward_token: bool,
 }
 
+/// The largest `leeway` a provider may allow on `exp` and `nbf`.
+pub const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 impl JwtProvider {
     fn default_refresh_interval() -> Duration {
         Duration::from_secs(300)
@@ -720,6 +723,15 @@ fn validate_auth(auth: &Auth, problems: &mut Vec<Problem>) {
             if provider.audiences.is_empty() {
                 problems.push(Problem::new(at("audiences"), "name at least one audience"));
             }
+            if provider.leeway.get() > MAX_LEEWAY {
+                problems.push(Problem::new(
+                    at("leeway"),
+                    format!(
+                        "at most {}m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
+                        MAX_LEEWAY.as_secs() / 60
+                    ),
+                ));
+            }
             let family = match crate::auth::jwt::Family::of(&provider.algorithms) {
                 Ok(family) => Some(family),
                 Err(message) => {
@@ -852,7 +864,7 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
     let day: i64 = parts.next()?.parse().ok()?;
     if parts.next().is_some()
         || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || year < 1970
     {
         return None;
@@ -877,6 +889,17 @@ pub fn parse_timestamp(text: &str) -> Option<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     u64::try_from(days * 86_400 + seconds).ok()
+}
+
+/// Days in `month` (1–12) of `year` in the Gregorian calendar, so that a date such as
+/// 31 February is refused instead of silently becoming 3 March.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Accepts `LEVEL` and `module::path=LEVEL` directives, comma-separated.
@@ -1024,6 +1047,57 @@ limits: { max_connections: 0, max_header_list_size: 10 }
                 "limits.max_header_list_size",
             ]
         );
+    }
+
+    #[test]
+    fn timestamps_name_only_dates_that_exist() {
+        assert_eq!(parse_timestamp("1970-01-01"), Some(0));
+        assert_eq!(parse_timestamp("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_timestamp("2000-02-29T12:00:00Z"), Some(951_825_600));
+        assert_eq!(parse_timestamp("2027-01-31T23:59:59Z"), Some(1_801_439_999));
+        for impossible in [
+            "2027-02-31",
+            "2027-02-29",
+            "1900-02-29",
+            "2100-02-29",
+            "2027-04-31",
+            "2027-06-31T00:00:00Z",
+            "2027-09-31",
+            "2027-11-31",
+            "2027-13-01",
+            "2027-00-10",
+            "2027-01-00",
+        ] {
+            assert_eq!(parse_timestamp(impossible), None, "{impossible}");
+        }
+    }
+
+    #[test]
+    fn leeway_is_bounded_and_the_problem_names_the_field() {
+        let provider = |leeway: &str| {
+            format!(
+                "{MINIMAL}auth:
+  jwt:
+    providers:
+      - {{ name: p, issuer: https://i.test, audiences: [a], algorithms: [RS256], jwks_file: /x.json, leeway: {leeway} }}
+"
+            )
+        };
+        let problems = |leeway: &str| -> Vec<Problem> {
+            Config::from_yaml(&provider(leeway))
+                .unwrap()
+                .validate()
+                .into_iter()
+                .filter(|p| p.field.ends_with("leeway"))
+                .collect()
+        };
+        assert_eq!(problems("5m"), vec![]);
+        assert_eq!(problems("300s"), vec![]);
+        let refused = problems("301s");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].field, "auth.jwt.providers[0].leeway");
+        assert!(refused[0].message.contains("at most 5m"), "{}", refused[0]);
+        assert_eq!(problems("1h").len(), 1);
     }
 
     #[test]

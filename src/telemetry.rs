@@ -127,13 +127,22 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// Whether `c` must never appear raw in a log line: control characters (C0, DEL and C1,
+/// which includes NEL, U+0085) and the Unicode line and paragraph separators (U+2028,
+/// U+2029). Each of them ends a line for some log reader, so a caller-sent value holding
+/// one could forge a line of its own. These are all the mandatory breaks of Unicode's
+/// line-breaking rules (UAX #14: BK, CR, LF, NL).
+fn breaks_lines(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
 /// Writes a value bare when it can be, quoted and escaped when it has spaces, quotes,
-/// `=` or control characters (or is empty).
+/// `=`, control characters or line separators (or is empty).
 fn push_value(line: &mut String, value: &str) {
     let bare = !value.is_empty()
         && value
             .chars()
-            .all(|c| c > ' ' && c != '"' && c != '=' && c != '\u{7f}');
+            .all(|c| c > ' ' && c != '"' && c != '=' && !breaks_lines(c));
     if bare {
         line.push_str(value);
         return;
@@ -146,7 +155,7 @@ fn push_value(line: &mut String, value: &str) {
             '\n' => line.push_str("\\n"),
             '\r' => line.push_str("\\r"),
             '\t' => line.push_str("\\t"),
-            c if c.is_control() => {
+            c if breaks_lines(c) => {
                 let _ = write!(line, "\\u{{{:x}}}", c as u32);
             }
             c => line.push(c),
@@ -412,6 +421,29 @@ mod tests {
             line,
             r#"plain|"two words"|""|"a=b"|"say \"hi\""|"line\nbreak"|"#
         );
+    }
+
+    #[test]
+    fn escapes_every_unicode_line_break_so_a_value_cannot_forge_a_line() {
+        let breaks = [
+            '\n', '\r', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{2029}',
+        ];
+        for c in breaks {
+            let mut line = String::new();
+            push_value(&mut line, &format!("user{c}level=ERROR msg=forged"));
+            assert!(
+                line.chars().all(|c| !breaks_lines(c)),
+                "U+{:04X} left raw: {line:?}",
+                c as u32
+            );
+            assert!(line.starts_with('"') && line.ends_with('"'), "{line:?}");
+        }
+        let mut line = String::new();
+        push_value(&mut line, "a\u{85}b\u{2028}c\u{2029}d");
+        assert_eq!(line, r#""a\u{85}b\u{2028}c\u{2029}d""#);
+        let mut line = String::new();
+        push_value(&mut line, "naïve-日本");
+        assert_eq!(line, "naïve-日本", "other non-ASCII text stays as it is");
     }
 
     #[test]
