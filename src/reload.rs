@@ -1,11 +1,13 @@
 //! Configuration reload on SIGHUP: the whole file is read and checked again, and what
 //! can change while running is swapped in (authentication, API keys, authorization
-//! rules, TLS files and client-auth settings, the log level). An invalid file changes
+//! rules, TLS files and client-auth settings, the log level). Key sets fetched from
+//! issuers carry over, so a reload during an issuer outage keeps JWT calls working. An invalid file changes
 //! nothing: every problem is logged and the failure counted. Settings that only take
 //! effect on restart are named in the log when they differ.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -32,6 +34,29 @@ impl<T> Current<T> {
     pub fn set(&self, value: Arc<T>) {
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = value;
     }
+}
+
+/// Runs `check` on `owner` every `interval` for as long as `owner` is in use elsewhere:
+/// the file polling behind `keys_file` and `jwks_file`. Polling content (rather than
+/// watching the file) notices every way a file is replaced, Kubernetes' `..data`
+/// symlink swap included.
+pub fn poll<T, F>(owner: &Arc<T>, interval: Duration, check: F)
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) + Send + 'static,
+{
+    let owner = Arc::downgrade(owner);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(owner) = owner.upgrade() else {
+                return;
+            };
+            check(&owner);
+        }
+    });
 }
 
 /// What a reload may change, and what it compares against.
@@ -73,13 +98,17 @@ impl Reloader {
                 return;
             }
         };
-        let (config, authenticator) = (loaded.config, loaded.authenticator);
+        let (config, mut authenticator) = (loaded.config, loaded.authenticator);
         for setting in restart_only_changes(&self.running, &config) {
             tracing::warn!(
                 setting,
                 "changed in the file, but takes effect only after a restart"
             );
         }
+        // Remote key sets are not fetched again: the running ones (or, for a provider
+        // whose source changed, the running keys until its own load) serve on, so an
+        // issuer that is down during the reload costs no working key.
+        authenticator.take_over_keys(&self.authenticator.get());
         let authenticator = Arc::new(authenticator);
         authenticator.start().await;
         self.authenticator.set(authenticator);

@@ -388,10 +388,7 @@ mod tests {
     use super::*;
     use http_body_util::StreamBody;
 
-    fn body_of(
-        chunks: Vec<usize>,
-    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>
-    {
+    fn body_of(chunks: Vec<usize>) -> impl Body<Data = Bytes> + Unpin {
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = chunks
             .into_iter()
             .map(|size| Ok(Frame::data(Bytes::from(vec![0u8; size]))))

@@ -126,18 +126,7 @@ impl ApiKeyStore {
         let Some(path) = self.file.clone() else {
             return;
         };
-        let store = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(store) = store.upgrade() else {
-                    return;
-                };
-                store.reload_if_changed(&path);
-            }
-        });
+        crate::reload::poll(self, interval, move |store| store.reload_if_changed(&path));
     }
 
     fn reload_if_changed(&self, path: &Path) {

@@ -5,10 +5,20 @@
 //! `Cache-Control: max-age` says so), and again when a token names a key id that is not
 //! in the set, which is how key rotation is picked up between refreshes. Those extra
 //! fetches are single-flight and at most one per `min_refresh_interval`, so a flood of
-//! made-up key ids cannot turn gatehouse into a load generator against the issuer. When
-//! the issuer is down, the last good key set keeps serving.
+//! made-up key ids cannot turn gatehouse into a load generator against the issuer. Calls
+//! that arrive while such a fetch is in flight wait for it (within their deadline and
+//! [`MAX_KEY_WAIT`]) rather than fail. When the issuer is down, the last good key set
+//! keeps serving, and a configuration reload carries it over (see
+//! [`JwtVerifier::take_over_keys`](crate::auth::jwt::JwtVerifier::take_over_keys)).
+//!
+//! A JWKS file is re-read when its content changes, like `keys_file`; a broken file keeps
+//! the last good keys. A new key set keeps the very same key objects for keys it shares
+//! with the old one (same `kid`, same key material), so tokens verified with them stay
+//! in the verified-token cache across a refresh.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,17 +31,23 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use crate::auth::api_key::sha256;
 use crate::auth::jwt::Family;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Time one fetch may take, connect to last byte.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a call waits for a key set fetch that may bring the key its token names; the
+/// call's own deadline, when shorter, bounds the wait too. A fetch cannot take longer.
+pub const MAX_KEY_WAIT: Duration = FETCH_TIMEOUT;
 
 /// One verification key.
 pub struct VerifyingKey {
     pub kid: Option<String>,
     pub key: DecodingKey,
+    /// SHA-256 of the key's parameters, to recognise the same key in a new key set.
+    material: [u8; 32],
 }
 
 /// The keys of one provider at one moment.
@@ -69,6 +85,7 @@ impl KeySet {
         let key = Arc::new(VerifyingKey {
             kid: None,
             key: DecodingKey::from_secret(secret),
+            material: sha256(secret),
         });
         KeySet {
             by_kid: HashMap::new(),
@@ -114,9 +131,15 @@ impl KeySet {
                     continue;
                 }
             };
+            // The key parameters alone (n and e, x and y, …): `use`, `alg` and the like
+            // do not change what a signature check does.
+            let material = serde_json::to_vec(&jwk.algorithm)
+                .map(|parameters| sha256(&parameters))
+                .map_err(|error| format!("key {label}: {error}"))?;
             let key = Arc::new(VerifyingKey {
                 kid: kid.clone(),
                 key,
+                material,
             });
             if let Some(kid) = kid {
                 set.by_kid.insert(kid, key.clone());
@@ -130,6 +153,37 @@ impl KeySet {
             ));
         }
         Ok(set)
+    }
+
+    /// This set, where every key that `previous` holds too (same `kid`, same key
+    /// material) is `previous`'s own key object. Verified tokens are cached against
+    /// their key object, so they stay cached across a refresh unless their key changed
+    /// or left the set.
+    pub fn keeping(self, previous: &KeySet) -> KeySet {
+        if self.shared_secret || previous.all.is_empty() {
+            return self;
+        }
+        let all: Vec<Arc<VerifyingKey>> = self
+            .all
+            .into_iter()
+            .map(|key| {
+                previous
+                    .all
+                    .iter()
+                    .find(|old| old.kid == key.kid && old.material == key.material)
+                    .cloned()
+                    .unwrap_or(key)
+            })
+            .collect();
+        let by_kid = all
+            .iter()
+            .filter_map(|key| Some((key.kid.clone()?, key.clone())))
+            .collect();
+        KeySet {
+            by_kid,
+            all,
+            shared_secret: false,
+        }
     }
 }
 
@@ -170,7 +224,11 @@ fn suits(jwk: &Jwk, family: Family, algorithms: &[Algorithm]) -> Result<(), Stri
 
 /// Where a provider's keys come from.
 pub enum KeySource {
+    /// Fixed for the life of the configuration (a shared secret).
     Static(Arc<KeySet>),
+    /// A JWKS file, re-read when it changes.
+    File(Arc<JwksFile>),
+    /// A JWKS URL, fetched in the background.
     Remote(Arc<RemoteJwks>),
 }
 
@@ -178,9 +236,102 @@ impl KeySource {
     pub fn current(&self) -> Arc<KeySet> {
         match self {
             KeySource::Static(keys) => keys.clone(),
+            KeySource::File(file) => file.current(),
             KeySource::Remote(remote) => remote.current(),
         }
     }
+}
+
+/// A JWKS document in a file, re-read when its content changes.
+pub struct JwksFile {
+    path: PathBuf,
+    family: Family,
+    algorithms: Vec<Algorithm>,
+    keys: RwLock<Arc<KeySet>>,
+    /// SHA-256 of the content last read (loaded or refused), to notice changes.
+    digest: Mutex<[u8; 32]>,
+}
+
+impl JwksFile {
+    /// Reads and parses the file; the error says what is wrong with it.
+    pub fn load(
+        path: &Path,
+        family: Family,
+        algorithms: Vec<Algorithm>,
+    ) -> Result<JwksFile, String> {
+        let content = std::fs::read(path).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+            _ => format!("cannot read {}: {error}", path.display()),
+        })?;
+        let keys = parse_logged(&content, path, family, &algorithms)
+            .map_err(|message| format!("{}: {message}", path.display()))?;
+        Ok(JwksFile {
+            path: path.to_owned(),
+            family,
+            algorithms,
+            keys: RwLock::new(Arc::new(keys)),
+            digest: Mutex::new(sha256(&content)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the file and, when its content changed and is a usable key set, swaps
+    /// the new keys in. Returns whether the keys were replaced.
+    pub fn reload_if_changed(&self) -> bool {
+        let content = match std::fs::read(&self.path) {
+            Ok(content) => content,
+            Err(error) => {
+                tracing::warn!(file = %self.path.display(), %error, "cannot read jwks_file; keeping the last good keys");
+                return false;
+            }
+        };
+        let digest = sha256(&content);
+        {
+            let mut known = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+            if *known == digest {
+                return false;
+            }
+            *known = digest;
+        }
+        match parse_logged(&content, &self.path, self.family, &self.algorithms) {
+            Ok(keys) => {
+                let count = keys.len();
+                let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+                *current = Arc::new(keys.keeping(&current));
+                tracing::info!(file = %self.path.display(), keys = count, "JWKS file reloaded");
+                true
+            }
+            Err(message) => {
+                tracing::warn!(file = %self.path.display(), problem = message, "JWKS file refused; keeping the last good keys");
+                false
+            }
+        }
+    }
+
+    /// Re-reads the file every `interval` for as long as `self` is in use.
+    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration) {
+        crate::reload::poll(self, interval, |file| {
+            file.reload_if_changed();
+        });
+    }
+}
+
+/// Parses a JWKS document, logging the keys that were skipped and why.
+fn parse_logged(
+    content: &[u8],
+    path: &Path,
+    family: Family,
+    algorithms: &[Algorithm],
+) -> Result<KeySet, String> {
+    let mut skipped = Vec::new();
+    let keys = KeySet::from_jwks(content, family, algorithms, &mut skipped)?;
+    for reason in skipped {
+        tracing::warn!(file = %path.display(), reason, "JWKS key skipped");
+    }
+    Ok(keys)
 }
 
 /// A JWKS document fetched over HTTPS.
@@ -189,6 +340,8 @@ pub struct RemoteJwks {
     host: String,
     port: u16,
     tls: tokio_rustls::TlsConnector,
+    /// The extra trust roots, to tell whether a reloaded configuration fetches the same way.
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     family: Family,
     algorithms: Vec<Algorithm>,
     refresh_interval: Duration,
@@ -196,10 +349,12 @@ pub struct RemoteJwks {
     keys: RwLock<Arc<KeySet>>,
     /// When the last fetch started; fetches for unknown key ids wait this long apart.
     last_fetch: Mutex<Option<Instant>>,
-    /// Makes concurrent refetches share one request.
+    /// Held for the whole of a fetch, so concurrent refetches share one request.
     fetching: tokio::sync::Mutex<()>,
-    /// Woken whenever a key set is loaded.
-    loaded: tokio::sync::Notify,
+    /// Woken whenever a fetch ends, loaded or failed.
+    fetched: tokio::sync::Notify,
+    /// Whether the background refresher runs (it is started once, whoever asks).
+    refreshing: AtomicBool,
 }
 
 impl RemoteJwks {
@@ -221,9 +376,9 @@ impl RemoteJwks {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
-        for cert in extra_roots {
+        for cert in &extra_roots {
             roots
-                .add(cert)
+                .add(cert.clone())
                 .map_err(|error| format!("jwks_ca_file: {error}"))?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -238,6 +393,7 @@ impl RemoteJwks {
             host,
             port,
             tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            extra_roots,
             family,
             algorithms,
             refresh_interval,
@@ -245,8 +401,35 @@ impl RemoteJwks {
             keys: RwLock::new(Arc::new(KeySet::default())),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
-            loaded: tokio::sync::Notify::new(),
+            fetched: tokio::sync::Notify::new(),
+            refreshing: AtomicBool::new(false),
         })
+    }
+
+    /// Whether `other` fetches the same document the same way and keeps the same keys
+    /// from it, so that its running state (keys, refresher, refetch limits) can serve
+    /// in its place.
+    pub fn same_source(&self, other: &RemoteJwks) -> bool {
+        self.url == other.url
+            && self.extra_roots == other.extra_roots
+            && self.family == other.family
+            && self.algorithms == other.algorithms
+            && self.refresh_interval == other.refresh_interval
+            && self.min_refresh_interval == other.min_refresh_interval
+    }
+
+    /// The family of keys this source keeps.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Serves `keys` until the first fetch succeeds, if nothing has loaded yet: how a
+    /// reloaded provider keeps working while its issuer cannot be reached.
+    pub fn seed(&self, keys: Arc<KeySet>) {
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_empty() {
+            *current = keys;
+        }
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -255,7 +438,15 @@ impl RemoteJwks {
 
     /// Fetches now; on success the new keys serve from the next call. Returns the
     /// `max-age` the issuer asked for, if any.
+    ///
+    /// Call it holding `fetching`. Waiters on `fetched` are woken however it ends.
     pub async fn refresh(&self) -> Result<Option<Duration>, String> {
+        let result = self.fetch_and_load().await;
+        self.fetched.notify_waiters();
+        result
+    }
+
+    async fn fetch_and_load(&self) -> Result<Option<Duration>, String> {
         *self.last_fetch.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let (body, max_age) = tokio::time::timeout(FETCH_TIMEOUT, self.fetch())
             .await
@@ -266,57 +457,74 @@ impl RemoteJwks {
             tracing::warn!(url = %self.url, reason, "JWKS key skipped");
         }
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS loaded");
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
-        self.loaded.notify_waiters();
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(keys.keeping(&current));
         Ok(max_age)
     }
 
-    /// Called when a token names a key id not in the set: fetches again unless a fetch
-    /// happened within `min_refresh_interval`, sharing one fetch among concurrent
-    /// callers. Returns whether the set may have changed.
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
-        let recently = |this: &Self| {
-            this.last_fetch
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|at| at.elapsed() < this.min_refresh_interval)
-        };
-        if recently(self) {
-            return false;
-        }
-        let Ok(_only_fetch) = self.fetching.try_lock() else {
-            // Another call is fetching: wait for it and use its result.
-            let _done = self.fetching.lock().await;
-            return true;
-        };
-        if recently(self) {
-            return false;
-        }
-        match self.refresh().await {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(url = %self.url, %error, "JWKS refetch failed; keeping the last good keys");
-                false
+    fn fetched_recently(&self) -> bool {
+        self.last_fetch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < self.min_refresh_interval)
+    }
+
+    /// Called when a token names a key id not in the set. A fetch already in flight
+    /// (a refetch or the background refresh) is waited for; otherwise one is started,
+    /// unless a fetch started within `min_refresh_interval`. The fetch runs in a task
+    /// of its own, so a caller that gives up (after `wait`, or by going away) does not
+    /// cancel it for the others. Returns whether a fetch ended while waiting, so the set
+    /// may have changed.
+    pub async fn refetch_for_unknown_kid(self: &Arc<Self>, wait: Duration) -> bool {
+        // Registered before anything is checked, so the end of a fetch is never missed.
+        let fetched = self.fetched.notified();
+        tokio::pin!(fetched);
+        fetched.as_mut().enable();
+        let in_flight = self.fetching.try_lock().is_err();
+        if !in_flight {
+            if self.fetched_recently() {
+                return false;
             }
+            let this = self.clone();
+            tokio::spawn(async move {
+                let _only_fetch = this.fetching.lock().await;
+                // Another caller may have fetched while this one waited for the lock;
+                // the refetch limit holds either way.
+                if this.fetched_recently() {
+                    this.fetched.notify_waiters();
+                    return;
+                }
+                if let Err(error) = this.refresh().await {
+                    tracing::warn!(url = %this.url, %error, "JWKS refetch failed; keeping the last good keys");
+                }
+            });
         }
+        tokio::time::timeout(wait, fetched).await.is_ok()
     }
 
     /// Waits until a key set has been loaded, at most `limit`.
     pub async fn wait_loaded(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            let loaded = self.loaded.notified();
+            let fetched = self.fetched.notified();
+            tokio::pin!(fetched);
+            fetched.as_mut().enable();
             if !self.current().is_empty() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+            if tokio::time::timeout_at(deadline, fetched).await.is_err() {
                 return false;
             }
         }
     }
 
-    /// Keeps the key set fresh in the background for as long as `self` is in use.
+    /// Keeps the key set fresh in the background for as long as `self` is in use. Only
+    /// the first call starts the refresher: a source carried over by a configuration
+    /// reload keeps the one it has.
     pub fn spawn_refresher(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let remote = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

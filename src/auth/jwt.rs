@@ -6,13 +6,13 @@
 //! (by `kid`, refetching a remote key set once if the id is unknown), then signature and
 //! claims: `exp`, `iss`, `aud` and `sub` required, `nbf` honoured, with the provider's
 //! leeway. `jku`, `x5u` and embedded `jwk` headers are never used: keys come only from
-//! the config. A verified token is remembered, keyed by a secret-keyed hash, until it expires or
-//! its key leaves the key set.
+//! the config. A verified token is remembered, keyed by HMAC-SHA-256 under a key drawn at
+//! start-up, until it expires or its key leaves (or changes in) the key set.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,7 +20,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
-use crate::auth::jwks::{KeySource, VerifyingKey};
+use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
 use crate::config::ClaimNames;
 
@@ -87,6 +87,7 @@ pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
 pub struct Provider {
     pub name: String,
     issuer: String,
+    family: Family,
     algorithms: Vec<Algorithm>,
     validation: Validation,
     pub keys: KeySource,
@@ -99,6 +100,7 @@ pub struct Provider {
 impl Provider {
     pub fn new(config: &crate::config::JwtProvider, keys: KeySource) -> Result<Provider, String> {
         let algorithms = parse_algorithms(&config.algorithms)?;
+        let family = Family::of(&config.algorithms)?;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
         validation.leeway = config.leeway.get().as_secs();
@@ -110,6 +112,7 @@ impl Provider {
         Ok(Provider {
             name: config.name.clone(),
             issuer: config.issuer.clone(),
+            family,
             algorithms,
             validation,
             keys,
@@ -183,11 +186,49 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn new(providers: Vec<Provider>, cache_size: usize) -> JwtVerifier {
-        let cache = (cache_size > 0).then(|| TokenCache::new(cache_size));
+        let cache = (cache_size > 0)
+            .then(|| TokenCache::new(cache_size))
+            .flatten();
         JwtVerifier { providers, cache }
     }
 
+    /// Takes over the key sets of `running`, the verifier a configuration reload
+    /// replaces. A provider (matched by name) whose remote key source is unchanged keeps
+    /// the running source itself: its keys, its background refresher and its refetch
+    /// limits. A provider whose remote source changed starts with the running keys of
+    /// the same family and serves them until its own first fetch succeeds. Without
+    /// this, a reload while the issuer is down would leave every JWT call refused.
+    pub fn take_over_keys(&mut self, running: &JwtVerifier) {
+        for provider in &mut self.providers {
+            let Some(previous) = running.providers.iter().find(|p| p.name == provider.name) else {
+                continue;
+            };
+            let KeySource::Remote(remote) = &provider.keys else {
+                continue;
+            };
+            match &previous.keys {
+                KeySource::Remote(old) if old.same_source(remote) => {
+                    provider.keys = KeySource::Remote(old.clone());
+                }
+                old if previous.family == provider.family && remote.family() == provider.family => {
+                    let keys = old.current();
+                    if !keys.is_empty() {
+                        remote.seed(keys);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks a token, waiting at most [`MAX_KEY_WAIT`] for a key set fetch.
     pub async fn verify(&self, token: &str) -> Result<Verified, Refusal> {
+        self.verify_within(token, MAX_KEY_WAIT).await
+    }
+
+    /// Checks a token; a token naming a key id that is not (yet) in its provider's key
+    /// set waits at most `wait` for a fetch that may bring it.
+    pub async fn verify_within(&self, token: &str, wait: Duration) -> Result<Verified, Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::unauthenticated(
                 "token_too_large",
@@ -219,7 +260,7 @@ impl JwtVerifier {
                 "algorithm not allowed",
             ));
         }
-        let key = self.key(provider, header.kid.as_deref()).await?;
+        let key = self.key(provider, header.kid.as_deref(), wait).await?;
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &provider.validation)
             .map_err(|error| refusal_for(error.kind()))?;
         let principal = Arc::new(provider.identity(&data.claims)?);
@@ -264,12 +305,13 @@ impl JwtVerifier {
         &self,
         provider: &Provider,
         kid: Option<&str>,
+        wait: Duration,
     ) -> Result<Arc<VerifyingKey>, Refusal> {
         if let Some(key) = provider.keys.current().find(kid) {
             return Ok(key.clone());
         }
         if let (KeySource::Remote(remote), Some(_)) = (&provider.keys, kid)
-            && remote.refetch_for_unknown_kid().await
+            && remote.refetch_for_unknown_kid(wait).await
             && let Some(key) = provider.keys.current().find(kid)
         {
             return Ok(key.clone());
@@ -282,6 +324,15 @@ impl JwtVerifier {
             ),
         })
     }
+}
+
+/// How long a call may wait for a key set fetch: [`MAX_KEY_WAIT`], or less when the
+/// caller's `grpc-timeout` is shorter.
+pub fn key_wait(headers: &http::HeaderMap) -> Duration {
+    headers
+        .get(crate::grpc::GRPC_TIMEOUT)
+        .and_then(crate::grpc::parse_timeout)
+        .map_or(MAX_KEY_WAIT, |timeout| timeout.min(MAX_KEY_WAIT))
 }
 
 /// Whether an unreadable header at least names an `alg`, one gatehouse does not
@@ -338,30 +389,45 @@ struct CacheEntry {
     key: Weak<VerifyingKey>,
 }
 
-/// Verified tokens, bounded, keyed by a 128-bit hash of the token under two secret
-/// keys drawn at start-up. Tokens themselves are not kept. Without the keys nobody can
-/// aim for a collision, and a chance one among 10,000 entries is 1 in 2^114; the hash
-/// costs a fraction of a SHA-256 over the same bytes, which profiling showed was a tenth
-/// of gatehouse's instructions per call.
+/// Verified tokens, bounded, keyed by the first 128 bits of HMAC-SHA-256 of the token
+/// under a 256-bit key drawn from the operating system at start-up. Tokens themselves
+/// are not kept. HMAC is a pseudo-random function under one independent key, so without
+/// the key nobody can aim for a collision, and a chance one among 10,000 entries is
+/// about 1 in 2^101.
+///
+/// (Two `std` `RandomState`s, used before, are not independent keys: the second is the
+/// first with `k0 + 1`, and SipHash-1-3 makes no promise for related keys.)
 struct TokenCache {
     capacity: usize,
-    keys: (std::hash::RandomState, std::hash::RandomState),
+    key: aws_lc_rs::hmac::Key,
     entries: RwLock<HashMap<u128, CacheEntry>>,
 }
 
 impl TokenCache {
-    fn new(capacity: usize) -> TokenCache {
-        let keys = (std::hash::RandomState::new(), std::hash::RandomState::new());
-        TokenCache {
-            capacity,
-            keys,
-            entries: RwLock::new(HashMap::new()),
+    /// `None` (no cache, every token checked in full) if the system has no randomness
+    /// to key it with.
+    fn new(capacity: usize) -> Option<TokenCache> {
+        let random = aws_lc_rs::rand::SystemRandom::new();
+        match aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &random) {
+            Ok(key) => Some(TokenCache {
+                capacity,
+                key,
+                entries: RwLock::new(HashMap::new()),
+            }),
+            Err(_) => {
+                tracing::warn!(
+                    "no system randomness to key the token cache; tokens are checked in full on every call"
+                );
+                None
+            }
         }
     }
 
     fn key(&self, token: &str) -> u128 {
-        use std::hash::BuildHasher;
-        (u128::from(self.keys.0.hash_one(token)) << 64) | u128::from(self.keys.1.hash_one(token))
+        let tag = aws_lc_rs::hmac::sign(&self.key, token.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&tag.as_ref()[..16]);
+        u128::from_le_bytes(first)
     }
 
     fn get(&self, token: &str, now: u64) -> Option<Verified> {
@@ -411,6 +477,7 @@ mod tests {
     use crate::auth::jwks::KeySet;
     use jsonwebtoken::{EncodingKey, Header, encode};
     use serde_json::json;
+    use std::future::Future as _;
 
     const SECRET: &[u8] = b"a development secret that is long enough";
 
@@ -567,5 +634,214 @@ mod tests {
         let principal = provider.identity(&claims).unwrap();
         assert_eq!(principal.tenant_id.as_deref(), Some("globex"));
         assert_eq!(principal.roles, ["read", "write"]);
+    }
+
+    /// An HS256 JWKS document whose keys are `(kid, secret)`.
+    fn oct_jwks(keys: &[(&str, &[u8])]) -> String {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|(kid, secret)| {
+                json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": URL_SAFE_NO_PAD.encode(secret)})
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn sign_with(kid: &str, secret: &[u8], claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.to_owned());
+        encode(&header, claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn provider_with(keys: KeySource) -> Provider {
+        let yaml = "{ name: dev, issuer: https://issuer.test, audiences: [svc], algorithms: [HS256], jwks_file: /unused }";
+        let config: crate::config::JwtProvider = serde_saphyr::from_str(yaml).unwrap();
+        Provider::new(&config, keys).unwrap()
+    }
+
+    const OTHER_SECRET: &[u8] = b"another development secret, also long enough";
+
+    #[test]
+    fn a_key_set_change_keeps_cached_tokens_whose_key_is_unchanged() {
+        use crate::auth::jwks::JwksFile;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, oct_jwks(&[("k1", SECRET)])).unwrap();
+        let file = Arc::new(JwksFile::load(&path, Family::Hmac, vec![Algorithm::HS256]).unwrap());
+        let verifier = JwtVerifier::new(vec![provider_with(KeySource::File(file.clone()))], 100);
+        let cache = verifier.cache.as_ref().unwrap();
+        let token = sign_with("k1", SECRET, &claims());
+        block_on(verifier.verify(&token)).unwrap();
+        assert!(cache.get(&token, now()).is_some(), "verified and cached");
+
+        // A new key joins, k1 stays as it was: the cached token stays cached.
+        std::fs::write(&path, oct_jwks(&[("k1", SECRET), ("k2", OTHER_SECRET)])).unwrap();
+        assert!(file.reload_if_changed(), "the new file was loaded");
+        assert_eq!(file.current().len(), 2);
+        assert!(
+            cache.get(&token, now()).is_some(),
+            "a refresh that left k1 alone emptied its cache entry"
+        );
+        let k2 = sign_with("k2", OTHER_SECRET, &claims());
+        assert!(
+            block_on(verifier.verify(&k2)).is_ok(),
+            "the new key verifies"
+        );
+
+        // k1 now names different key material: its cached tokens are checked again, and
+        // fail against the new key.
+        std::fs::write(
+            &path,
+            oct_jwks(&[("k1", OTHER_SECRET), ("k2", OTHER_SECRET)]),
+        )
+        .unwrap();
+        assert!(file.reload_if_changed());
+        assert!(
+            cache.get(&token, now()).is_none(),
+            "a changed key kept its cache entry"
+        );
+        let refusal = block_on(verifier.verify(&token)).unwrap_err();
+        assert_eq!(refusal.reason, "bad_signature");
+
+        // A broken file changes nothing.
+        std::fs::write(&path, "{ not json").unwrap();
+        assert!(!file.reload_if_changed());
+        assert!(
+            block_on(verifier.verify(&k2)).is_ok(),
+            "the last good keys serve on"
+        );
+    }
+
+    /// An HTTPS server (the development certificate for `localhost`) that serves one
+    /// JWKS document and holds each answer until the test releases it.
+    struct HeldJwksServer {
+        url: String,
+        /// One message per request received.
+        requests: tokio::sync::mpsc::UnboundedReceiver<()>,
+        release: Arc<tokio::sync::Semaphore>,
+    }
+
+    async fn held_jwks_server(document: String) -> HeldJwksServer {
+        use rustls::pki_types::pem::PemObject;
+        let certs_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(certs_dir.join("server.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(certs_dir.join("server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}/jwks",
+            listener.local_addr().unwrap().port()
+        );
+        let (sent, requests) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = release.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, sent, held, document) = (
+                    acceptor.clone(),
+                    sent.clone(),
+                    held.clone(),
+                    document.clone(),
+                );
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_| {
+                        let (sent, held, document) = (sent.clone(), held.clone(), document.clone());
+                        async move {
+                            let _ = sent.send(());
+                            held.acquire().await.unwrap().forget();
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(document)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        HeldJwksServer {
+            url,
+            requests,
+            release,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_arriving_during_an_unknown_kid_fetch_wait_for_it() {
+        use crate::auth::jwks::RemoteJwks;
+        use rustls::pki_types::pem::PemObject;
+        let mut server = held_jwks_server(oct_jwks(&[("k1", SECRET)])).await;
+        let ca = rustls::pki_types::CertificateDer::pem_file_iter(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev/ca.crt"),
+        )
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+        let remote = RemoteJwks::new(
+            &server.url,
+            ca,
+            Family::Hmac,
+            vec![Algorithm::HS256],
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let verifier = Arc::new(JwtVerifier::new(
+            vec![provider_with(KeySource::Remote(Arc::new(remote)))],
+            100,
+        ));
+        let token = sign_with("k1", SECRET, &claims());
+
+        // The first call names a key id the (empty) set lacks: a fetch starts, and the
+        // server holds its answer.
+        let first = tokio::spawn({
+            let (verifier, token) = (verifier.clone(), token.clone());
+            async move { verifier.verify(&token).await }
+        });
+        server
+            .requests
+            .recv()
+            .await
+            .expect("the fetch reached the server");
+
+        // A second call while the fetch is in flight waits for it instead of failing.
+        let mut second = Box::pin(verifier.verify(&token));
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(second.as_mut().poll(cx).map(|r| r.map(|_| ())))
+        })
+        .await;
+        assert!(
+            polled.is_pending(),
+            "a call during the fetch did not wait for it: {polled:?}"
+        );
+        // A call that may not wait (its deadline is about up) is refused at once.
+        let hurried = verifier
+            .verify_within(&token, Duration::from_millis(1))
+            .await;
+        assert_eq!(hurried.unwrap_err().reason, "unknown_kid");
+
+        server.release.add_permits(1);
+        let second = second.await;
+        assert!(second.is_ok(), "{second:?}");
+        assert!(first.await.unwrap().is_ok());
+        assert!(
+            server.requests.try_recv().is_err(),
+            "the waiting calls caused fetches of their own"
+        );
     }
 }

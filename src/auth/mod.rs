@@ -22,12 +22,12 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::config::{self, Config, Problem};
 use crate::server::ConnectionInfo;
 use api_key::ApiKeyStore;
-use jwks::{KeySet, KeySource, RemoteJwks};
+use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
 use jwt::{Family, JwtVerifier, Provider};
 use policy::{MethodPattern, Policy};
 use principal::{AuthMethod, AuthOutcome, Principal, Refusal, X_API_KEY};
 
-/// How often `auth.api_keys.keys_file` is checked for changes.
+/// How often `auth.api_keys.keys_file` and `jwks_file`s are checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// The configured authentication and authorization.
@@ -111,12 +111,25 @@ impl Authenticator {
             api_keys.spawn_reloader(KEYS_FILE_POLL);
         }
         for provider in credentials.jwt.iter().flat_map(|jwt| &jwt.providers) {
+            if let KeySource::File(file) = &provider.keys {
+                file.spawn_reloader(KEYS_FILE_POLL);
+            }
             if let KeySource::Remote(remote) = &provider.keys {
                 remote.spawn_refresher();
                 if !remote.wait_loaded(Duration::from_secs(5)).await {
                     tracing::warn!(provider = %provider.name, "JWKS not loaded yet; tokens of this provider are refused until it is");
                 }
             }
+        }
+    }
+
+    /// Takes over the key sets of `running`, the authenticator a reload replaces (see
+    /// [`JwtVerifier::take_over_keys`]). Call it before [`start`](Authenticator::start).
+    pub fn take_over_keys(&mut self, running: &Authenticator) {
+        let new = self.credentials.as_mut().and_then(|c| c.jwt.as_mut());
+        let old = running.credentials.as_ref().and_then(|c| c.jwt.as_ref());
+        if let (Some(new), Some(old)) = (new, old) {
+            new.take_over_keys(old);
         }
     }
 
@@ -197,6 +210,8 @@ impl Authenticator {
             principal.inject(headers, client_cert);
             return Ok(principal);
         }
+        // A token whose key is being fetched waits no longer than the caller would.
+        let key_wait = jwt::key_wait(headers);
         let bearer = match (&credentials.jwt, bearer) {
             (None, _) | (Some(_), Presented::Absent) => None,
             (Some(_), Presented::One(value)) => Some(value),
@@ -238,7 +253,7 @@ impl Authenticator {
                     .jwt
                     .as_ref()
                     .expect("bearer tokens are read only with jwt configured");
-                let verified = verifier.verify(token).await?;
+                let verified = verifier.verify_within(token, key_wait).await?;
                 (verified.principal, verified.forward_token.then_some(value))
             }
             (None, Some(key)) => {
@@ -306,16 +321,9 @@ fn build_provider(config: &config::JwtProvider) -> Result<Provider, Problem> {
         }
         KeySource::Static(Arc::new(KeySet::secret(secret)))
     } else if let Some(path) = &config.jwks_file {
-        let json = read(path).map_err(|message| Problem::new("jwks_file", message))?;
-        let mut skipped = Vec::new();
-        let keys =
-            KeySet::from_jwks(&json, family, &algorithms, &mut skipped).map_err(|message| {
-                Problem::new("jwks_file", format!("{}: {message}", path.display()))
-            })?;
-        for reason in skipped {
-            tracing::warn!(file = %path.display(), reason, "JWKS key skipped");
-        }
-        KeySource::Static(Arc::new(keys))
+        let file = JwksFile::load(path, family, algorithms)
+            .map_err(|message| Problem::new("jwks_file", message))?;
+        KeySource::File(Arc::new(file))
     } else if let Some(url) = &config.jwks_url {
         let extra_roots = match &config.jwks_ca_file {
             Some(path) => crate::tls::load_certs(path)
