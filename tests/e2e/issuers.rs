@@ -131,6 +131,7 @@ struct Published {
 pub struct JwksServer {
     pub addr: SocketAddr,
     state: Arc<Mutex<Published>>,
+    accepting: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl JwksServer {
@@ -153,9 +154,10 @@ impl JwksServer {
         let server = JwksServer {
             addr: listener.local_addr().unwrap(),
             state: Arc::default(),
+            accepting: Arc::default(),
         };
         let state = server.state.clone();
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let state = state.clone();
@@ -188,7 +190,26 @@ impl JwksServer {
                 });
             }
         });
+        *server.accepting.lock().unwrap() = Some(accepting.abort_handle());
         server
+    }
+
+    /// Stops the server for good: the listening socket closes, so every fetch from now on
+    /// fails to connect, as when the issuer's host is gone.
+    pub async fn stop(&self) {
+        let Some(accepting) = self.accepting.lock().unwrap().take() else {
+            return;
+        };
+        accepting.abort();
+        // Closed once the aborted task is gone: probe until a connect is refused.
+        let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the JWKS server still accepts connections"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
