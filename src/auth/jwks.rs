@@ -418,11 +418,6 @@ impl RemoteJwks {
             && self.min_refresh_interval == other.min_refresh_interval
     }
 
-    /// The family of keys this source keeps.
-    pub fn family(&self) -> Family {
-        self.family
-    }
-
     /// Serves `keys` until the first fetch succeeds, if nothing has loaded yet: how a
     /// reloaded provider keeps working while its issuer cannot be reached.
     pub fn seed(&self, keys: Arc<KeySet>) {

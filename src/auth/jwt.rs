@@ -210,7 +210,7 @@ impl JwtVerifier {
                 KeySource::Remote(old) if old.same_source(remote) => {
                     provider.keys = KeySource::Remote(old.clone());
                 }
-                old if previous.family == provider.family && remote.family() == provider.family => {
+                old if previous.family == provider.family => {
                     let keys = old.current();
                     if !keys.is_empty() {
                         remote.seed(keys);
