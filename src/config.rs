@@ -110,6 +110,10 @@ pub struct JwtProvider {
     /// Keep `authorization` on the forwarded request, so the app can pass it on.
     #[serde(default = "enabled")]
     pub forward_token: bool,
+    /// Refuse tokens without `cnf.x5t#S256` (RFC 8705). A token that carries it is checked
+    /// against the caller's certificate whatever this says.
+    #[serde(default)]
+    pub require_cert_binding: bool,
 }
 
 /// The largest `leeway` a provider may allow on `exp` and `nbf`.
@@ -193,6 +197,9 @@ pub struct Authorization {
     /// What a call that no rule matches gets.
     #[serde(default)]
     pub default: DefaultDecision,
+    /// Log and count the calls the rules would refuse, and let them through.
+    #[serde(default)]
+    pub dry_run: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -616,6 +623,18 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             validate_auth(auth, &mut problems);
+            // A provider that requires bound tokens on a listener that never sees a client
+            // certificate would refuse every token it issues.
+            let no_client_certs = !tls.enabled || tls.client_auth == ClientAuth::None;
+            let providers = auth.jwt.iter().flat_map(|jwt| jwt.providers.iter());
+            for (i, provider) in providers.enumerate() {
+                if provider.require_cert_binding && no_client_certs {
+                    problems.push(Problem::new(
+                        format!("auth.jwt.providers[{i}].require_cert_binding"),
+                        "needs client certificates: tls.enabled true and tls.client_auth require or optional",
+                    ));
+                }
+            }
         }
         if let Some(authorization) = &self.authorization {
             for (i, rule) in authorization.rules.iter().enumerate() {

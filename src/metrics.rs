@@ -53,6 +53,12 @@ struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DryRunLabels {
+    /// `/pkg.Svc/Get`, or `other` past the method cap.
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -89,6 +95,7 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     cert_expiry: Family<FileLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
+    dry_run_refusals: Family<DryRunLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
     /// Requests that were not gRPC (answered with HTTP 415).
@@ -103,6 +110,7 @@ pub struct MethodMetrics {
     pub started: Counter,
     pub handling: Histogram,
     handled: [OnceLock<Counter>; 17],
+    dry_run_refusals: OnceLock<Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +130,7 @@ impl Metrics {
         let upstream_errors = Family::default();
         let cert_expiry = Family::default();
         let reloads = Family::default();
+        let dry_run_refusals = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let not_grpc = Counter::default();
@@ -167,6 +176,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "gatehouse_authz_dry_run_refusals",
+            "Calls authorization.dry_run let through that the rules would have refused, by method",
+            dry_run_refusals.clone(),
+        );
+        registry.register(
             "gatehouse_connections",
             "Open client connections",
             connections.clone(),
@@ -191,6 +205,7 @@ impl Metrics {
             upstream_errors,
             cert_expiry,
             reloads,
+            dry_run_refusals,
             connections,
             in_flight,
             not_grpc,
@@ -245,6 +260,7 @@ impl Metrics {
             handling: self.handling.get_or_create_owned(&labels),
             labels,
             handled: Default::default(),
+            dry_run_refusals: OnceLock::new(),
         }
     }
 
@@ -263,6 +279,26 @@ impl Metrics {
                 grpc_method,
                 grpc_code: code.as_str(),
             })
+        });
+        counter.inc();
+    }
+
+    /// Counts a call that `authorization.dry_run` let through although the rules refuse
+    /// it, under the method's own label as bounded by [`Metrics::method`].
+    pub fn dry_run_refusal(&self, method: &MethodMetrics) {
+        let counter = method.dry_run_refusals.get_or_init(|| {
+            let other = self
+                .other
+                .get()
+                .is_some_and(|other| std::ptr::eq(other.as_ref(), method));
+            let labels = &method.labels;
+            let method = if other {
+                "other".to_owned()
+            } else {
+                format!("/{}/{}", labels.grpc_service, labels.grpc_method)
+            };
+            self.dry_run_refusals
+                .get_or_create_owned(&DryRunLabels { method })
         });
         counter.inc();
     }
@@ -328,6 +364,22 @@ mod tests {
             r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="pkg.Svc",grpc_method="Get",grpc_code="NotFound"} 1"#,
             r#"grpc_server_handling_seconds_count{grpc_type="unknown",grpc_service="pkg.Svc",grpc_method="Get"} 1"#,
             r#"gatehouse_auth_total{method="jwt",result="refused",reason="token_expired"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn dry_run_refusals_are_counted_by_bounded_method() {
+        let metrics = Metrics::new();
+        let get = metrics.method("/pkg.Svc/Get", true);
+        metrics.dry_run_refusal(&get);
+        metrics.dry_run_refusal(&get);
+        metrics.dry_run_refusal(&metrics.method("/made.up/M", false));
+        let text = metrics.render();
+        for expected in [
+            r#"gatehouse_authz_dry_run_refusals_total{method="/pkg.Svc/Get"} 2"#,
+            r#"gatehouse_authz_dry_run_refusals_total{method="other"} 1"#,
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

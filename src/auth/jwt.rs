@@ -20,6 +20,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
+use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
 use crate::config::ClaimNames;
@@ -94,6 +95,7 @@ pub struct Provider {
     claims: ClaimNames,
     tenant_optional: bool,
     forward_token: bool,
+    require_cert_binding: bool,
     leeway: u64,
 }
 
@@ -119,6 +121,7 @@ impl Provider {
             claims: config.claims.clone(),
             tenant_optional: config.tenant_optional,
             forward_token: config.forward_token,
+            require_cert_binding: config.require_cert_binding,
             leeway: config.leeway.get().as_secs(),
         })
     }
@@ -171,11 +174,16 @@ fn claim<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
         .try_fold(claims, |value, part| value.get(part))
 }
 
-/// A token that passed, and whether the app should still see it.
+/// A token that passed, whether the app should still see it, and the certificate it is
+/// bound to, which [`binding::check`] compares with the connection's on every call.
 #[derive(Clone, Debug)]
 pub struct Verified {
     pub principal: Arc<Principal>,
     pub forward_token: bool,
+    /// `cnf.x5t#S256`, when the token carries it.
+    pub bound_to: Option<Thumbprint>,
+    /// The provider's `require_cert_binding`.
+    pub binding_required: bool,
 }
 
 /// Checks bearer tokens against every configured provider.
@@ -267,6 +275,8 @@ impl JwtVerifier {
         let verified = Verified {
             principal,
             forward_token: provider.forward_token,
+            bound_to: binding::thumbprint(&data.claims)?,
+            binding_required: provider.require_cert_binding,
         };
         if let (Some(cache), Some(exp)) =
             (&self.cache, data.claims.get("exp").and_then(Value::as_u64))

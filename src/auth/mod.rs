@@ -6,6 +6,7 @@
 //! ends by setting the verified ones.
 
 pub mod api_key;
+pub mod binding;
 pub mod jwks;
 pub mod jwt;
 pub mod policy;
@@ -25,7 +26,7 @@ use api_key::ApiKeyStore;
 use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
 use jwt::{Family, JwtVerifier, Provider};
 use policy::{MethodPattern, Policy};
-use principal::{AuthMethod, AuthOutcome, Principal, Refusal, X_API_KEY};
+use principal::{AuthMethod, AuthOutcome, DecidingRule, Principal, Refusal, X_API_KEY};
 
 /// How often `auth.api_keys.keys_file` and `jwks_file`s are checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
@@ -154,27 +155,30 @@ impl Authenticator {
     pub async fn admit(&self, request: &mut Parts) -> Result<AuthOutcome, (AuthOutcome, Refusal)> {
         let mut attempted = AuthMethod::None;
         match self.decide(request, &mut attempted).await {
-            Ok(principal) => Ok(AuthOutcome {
+            Ok((principal, would_refuse)) => Ok(AuthOutcome {
                 method: principal.method,
                 principal: Some(principal),
                 refusal: None,
+                would_refuse,
             }),
             Err(refusal) => Err((
                 AuthOutcome {
                     method: attempted,
                     principal: None,
                     refusal: Some(refusal.reason),
+                    would_refuse: None,
                 },
                 refusal,
             )),
         }
     }
 
+    /// The admitted caller and, in dry run, the rule that would have refused it.
     async fn decide(
         &self,
         request: &mut Parts,
         attempted: &mut AuthMethod,
-    ) -> Result<Arc<Principal>, Refusal> {
+    ) -> Result<(Arc<Principal>, Option<DecidingRule>), Refusal> {
         let info = request.extensions.get::<Arc<ConnectionInfo>>().cloned();
         let peer = info.as_ref().and_then(|info| info.peer.as_ref());
         let client_cert = info
@@ -201,14 +205,21 @@ impl Authenticator {
                 AuthMethod::None
             });
             *attempted = principal.method;
-            self.policy.authorize(path, &principal, peer)?;
+            // Dry run lets through only callers whose certificate authenticated them.
+            let would_refuse = match peer {
+                Some(_) => self.policy.authorize(path, &principal, peer)?,
+                None => {
+                    self.policy.enforce(path, &principal, peer)?;
+                    None
+                }
+            };
             principal.inject(headers, client_cert);
-            return Ok(principal);
+            return Ok((principal, would_refuse));
         };
         if policy::any_matches(&credentials.public, path) {
             let principal = Principal::anonymous(AuthMethod::None);
             principal.inject(headers, client_cert);
-            return Ok(principal);
+            return Ok((principal, None));
         }
         // A token whose key is being fetched waits no longer than the caller would.
         let key_wait = jwt::key_wait(headers);
@@ -254,6 +265,9 @@ impl Authenticator {
                     .as_ref()
                     .expect("bearer tokens are read only with jwt configured");
                 let verified = verifier.verify_within(token, key_wait).await?;
+                // Per call, after the cache: a bound token verified on one connection
+                // must not pass on another.
+                binding::check(verified.bound_to.as_ref(), verified.binding_required, peer)?;
                 (verified.principal, verified.forward_token.then_some(value))
             }
             (None, Some(key)) => {
@@ -268,12 +282,12 @@ impl Authenticator {
                 ));
             }
         };
-        self.policy.authorize(path, &principal, peer)?;
+        let would_refuse = self.policy.authorize(path, &principal, peer)?;
         if let Some(token) = forward {
             headers.insert(AUTHORIZATION, token);
         }
         principal.inject(headers, client_cert);
-        Ok(principal)
+        Ok((principal, would_refuse))
     }
 }
 

@@ -1,6 +1,9 @@
 //! Who may call what: method patterns, the peer allow-list and authorization rules.
+//!
+//! With `authorization.dry_run` the rules are evaluated as usual but a refusal only says
+//! which rule would have refused; the peer allow-list is always enforced.
 
-use crate::auth::principal::{Principal, Refusal};
+use crate::auth::principal::{DecidingRule, Principal, Refusal};
 use crate::config::{self, DefaultDecision, Problem};
 use crate::grpc;
 use crate::tls::{PeerIdentity, PeerPattern};
@@ -92,6 +95,8 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// `authorization.default`: what a call that no rule matches gets.
     default: DefaultDecision,
+    /// `authorization.dry_run`: rules report refusals instead of enforcing them.
+    dry_run: bool,
 }
 
 impl Policy {
@@ -139,6 +144,7 @@ impl Policy {
             allowed_peers,
             rules,
             default: authorization.map_or(DefaultDecision::Allow, |a| a.default),
+            dry_run: authorization.is_some_and(|a| a.dry_run),
         })
     }
 
@@ -161,23 +167,53 @@ impl Policy {
     }
 
     /// The first rule whose methods match decides; when none matches,
-    /// `authorization.default` does.
+    /// `authorization.default` does. In dry run a call the policy refuses is let through:
+    /// `Ok(Some(rule))` names the part that would have refused it.
     pub fn authorize(
         &self,
         path: &str,
         principal: &Principal,
         peer: Option<&PeerIdentity>,
+    ) -> Result<Option<DecidingRule>, Refusal> {
+        match self.evaluate(path, principal, peer) {
+            Ok(()) => Ok(None),
+            Err((rule, _)) if self.dry_run => Ok(Some(rule)),
+            Err((_, refusal)) => Err(refusal),
+        }
+    }
+
+    /// Like [`Policy::authorize`], but refuses even in dry run: for callers that did not
+    /// authenticate at all, whom dry run must never let through.
+    pub fn enforce(
+        &self,
+        path: &str,
+        principal: &Principal,
+        peer: Option<&PeerIdentity>,
     ) -> Result<(), Refusal> {
-        let Some(rule) = self
+        self.evaluate(path, principal, peer)
+            .map_err(|(_, refusal)| refusal)
+    }
+
+    fn evaluate(
+        &self,
+        path: &str,
+        principal: &Principal,
+        peer: Option<&PeerIdentity>,
+    ) -> Result<(), (DecidingRule, Refusal)> {
+        let Some((index, rule)) = self
             .rules
             .iter()
-            .find(|rule| any_matches(&rule.methods, path))
+            .enumerate()
+            .find(|(_, rule)| any_matches(&rule.methods, path))
         else {
             return match self.default {
                 DefaultDecision::Allow => Ok(()),
-                DefaultDecision::Deny => Err(Refusal::permission_denied(
-                    "default_deny",
-                    format!("permission denied for {path}: no authorization rule allows it"),
+                DefaultDecision::Deny => Err((
+                    DecidingRule::Default,
+                    Refusal::permission_denied(
+                        "default_deny",
+                        format!("permission denied for {path}: no authorization rule allows it"),
+                    ),
                 )),
             };
         };
@@ -193,9 +229,9 @@ impl Policy {
         if by_role || by_key || by_peer {
             Ok(())
         } else {
-            Err(Refusal::permission_denied(
-                "rule_denied",
-                format!("permission denied for {path}"),
+            Err((
+                DecidingRule::Rule(index),
+                Refusal::permission_denied("rule_denied", format!("permission denied for {path}")),
             ))
         }
     }
@@ -326,6 +362,54 @@ mod tests {
             refused.message,
             "permission denied for /other.Svc/Get: no authorization rule allows it"
         );
+    }
+
+    #[test]
+    fn dry_run_names_the_rule_that_would_refuse_and_lets_the_call_through() {
+        let rules = "    - methods: [/c.v1.Compliance/Scan]\n      allow_roles: [admin]\n    - methods: [/c.v1.Compliance/*]\n      allow_roles: [auditor]\n";
+        let dry = policy_with("  default: deny\n  dry_run: true\n", rules);
+        let enforcing = policy_with("  default: deny\n", rules);
+        let admin =
+            Principal::new(AuthMethod::Jwt, None, None, vec!["admin".into()], None).unwrap();
+        let user = Principal::new(AuthMethod::Jwt, None, None, vec!["user".into()], None).unwrap();
+        for (path, rule) in [
+            ("/c.v1.Compliance/Scan", DecidingRule::Rule(0)),
+            ("/c.v1.Compliance/List", DecidingRule::Rule(1)),
+            ("/other.Svc/Get", DecidingRule::Default),
+        ] {
+            assert_eq!(dry.authorize(path, &user, None), Ok(Some(rule)), "{path}");
+            let refused = enforcing.authorize(path, &user, None).unwrap_err();
+            assert_eq!(refused.code, crate::grpc::Code::PermissionDenied, "{path}");
+        }
+        assert_eq!(
+            dry.authorize("/c.v1.Compliance/Scan", &admin, None),
+            Ok(None)
+        );
+        assert_eq!(DecidingRule::Rule(1).to_string(), "1");
+        assert_eq!(DecidingRule::Default.to_string(), "default");
+    }
+
+    #[test]
+    fn dry_run_never_relaxes_the_peer_allow_list() {
+        let yaml = "listen: { address: 127.0.0.1:1 }
+tls: { enabled: false, allowed_peers: [spiffe://td/sa/gateway] }
+upstream: { address: 127.0.0.1:2 }
+authorization:
+  dry_run: true
+  rules: []
+";
+        let config = config::Config::from_yaml(yaml).unwrap();
+        let policy = Policy::new(&config.tls, config.authorization.as_ref()).unwrap();
+        assert!(
+            policy
+                .admit_peer(Some(&peer("spiffe://td/sa/gateway")))
+                .is_ok()
+        );
+        let refused = policy
+            .admit_peer(Some(&peer("spiffe://td/sa/other")))
+            .unwrap_err();
+        assert_eq!(refused.code, crate::grpc::Code::PermissionDenied);
+        assert!(policy.admit_peer(None).is_err());
     }
 
     #[test]

@@ -256,6 +256,27 @@ pub struct AuthOutcome {
     pub principal: Option<Arc<Principal>>,
     /// The reason of a refusal.
     pub refusal: Option<&'static str>,
+    /// `authorization.dry_run`: the part of the policy that would have refused this
+    /// admitted call.
+    pub would_refuse: Option<DecidingRule>,
+}
+
+/// The part of the authorization policy that decided a call: a rule, by its index in
+/// `authorization.rules`, or `authorization.default` when no rule matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidingRule {
+    Rule(usize),
+    Default,
+}
+
+impl std::fmt::Display for DecidingRule {
+    /// `0`, `1`… or `default`, as the access log writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecidingRule::Rule(index) => write!(f, "{index}"),
+            DecidingRule::Default => f.write_str("default"),
+        }
+    }
 }
 
 /// Why a call was refused: the status, a message that says why without revealing any

@@ -94,6 +94,7 @@ where
                 method: AuthMethod::None,
                 principal: None,
                 refusal: Some(refusal.reason),
+                would_refuse: None,
             });
             return Box::pin(std::future::ready(Ok(response)));
         }

@@ -91,6 +91,13 @@ impl Completion for AccessRecord {
             api_key = principal.and_then(|p| p.api_key_name.as_deref()),
             auth = self.auth.as_ref().map(|auth| auth.method.as_str()),
             refused = self.auth.as_ref().and_then(|auth| auth.refusal),
+            // authorization.dry_run: the rule that would have refused this call.
+            would_refuse = self.auth.as_ref().and_then(|auth| auth.would_refuse).map(|_| true),
+            rule = self
+                .auth
+                .as_ref()
+                .and_then(|auth| auth.would_refuse)
+                .map(tracing::field::display),
             peer,
             trace_id = %format_args!("{:032x}", self.context.trace_id),
             bytes_in = self.received.load(Ordering::Relaxed),

@@ -1,5 +1,5 @@
 //! Metrics: counts every call by method and status code and times it to the end of
-//! its response; counts authentication decisions.
+//! its response; counts authentication decisions and the refusals a dry run let through.
 //!
 //! It sits above Auth so refusals are counted too, and below Logging so that what the
 //! log says and what the counters say agree. The status is read at the end of the
@@ -114,6 +114,9 @@ where
                 .map_or(path.path(), |path| path.as_str());
             let method = registry.method(path, admitted);
             method.started.inc();
+            if outcome.is_some_and(|outcome| outcome.would_refuse.is_some()) {
+                registry.dry_run_refusal(&method);
+            }
             if let Some(recorder) = pending.get_mut() {
                 recorder.method = Some(method);
             }
