@@ -31,7 +31,8 @@ pub enum Command {
     /// Read an API key on standard input and print the `sha256:` line for the config.
     HashKey,
     /// Development helper: mint a JWT to try calls with, such as with grpcurl.
-    Token(TokenArgs),
+    // Boxed: the token options are far larger than the other commands' arguments.
+    Token(Box<TokenArgs>),
 }
 
 /// Options of `gatehouse token`.
@@ -64,4 +65,8 @@ pub struct TokenArgs {
     /// Lifetime: `exp` is now plus this (30s, 15m, 1h).
     #[arg(long, default_value = "1h")]
     pub ttl: crate::config::Duration,
+    /// Bind the token to this client certificate (PEM; the first one in the file): adds
+    /// `cnf: {"x5t#S256": …}`, so gatehouse accepts it only from that certificate.
+    #[arg(long, value_name = "FILE")]
+    pub bind_cert: Option<PathBuf>,
 }

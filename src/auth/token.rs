@@ -1,12 +1,16 @@
 //! `gatehouse token`: mints a JWT from a key file, for trying calls by hand. The claims
 //! are those a provider checks: `iss`, `aud`, `sub`, `exp` (now plus the lifetime), `iat`,
-//! and the tenant and roles when given.
+//! and the tenant and roles when given; with `--bind-cert`, the `cnf` claim that binds
+//! the token to a client certificate (RFC 8705).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
+use crate::auth::api_key::sha256;
 use crate::auth::jwt::{Family, parse_algorithms};
 use crate::cli::TokenArgs;
 
@@ -44,6 +48,13 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     }
     if !args.roles.is_empty() {
         claims["roles"] = json!(args.roles);
+    }
+    if let Some(path) = &args.bind_cert {
+        let certs =
+            crate::tls::load_certs(path).map_err(|error| format!("--bind-cert: {error}"))?;
+        // The leaf is first in a chain file; it is the certificate the client presents.
+        let leaf = certs.first().ok_or("--bind-cert: no certificate")?;
+        claims["cnf"] = json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(sha256(leaf)) });
     }
     let mut header = Header::new(algorithm);
     header.kid = args.kid.clone();

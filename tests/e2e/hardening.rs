@@ -118,7 +118,7 @@ async fn raw_call(
 }
 
 /// One JWT provider entry for `issuer`, its key set written into `dir`.
-fn provider(dir: &Path, name: &str, issuer: &Issuer, extra: &str) -> String {
+pub fn provider(dir: &Path, name: &str, issuer: &Issuer, extra: &str) -> String {
     let file = dir.join(format!("{name}.json"));
     std::fs::write(&file, jwks(&[issuer])).unwrap();
     format!(
@@ -130,7 +130,7 @@ fn provider(dir: &Path, name: &str, issuer: &Issuer, extra: &str) -> String {
 }
 
 /// `dev_config` with the admin server on an ephemeral port.
-fn config_with_admin(upstream: SocketAddr) -> String {
+pub fn config_with_admin(upstream: SocketAddr) -> String {
     dev_config(upstream).replace(
         "log_level: 'info,gatehouse=debug' }",
         "log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
@@ -138,7 +138,7 @@ fn config_with_admin(upstream: SocketAddr) -> String {
 }
 
 /// Waits (bounded) until the scrape has `line`, and returns the scrape.
-async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
+pub async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let (_, scrape) = get(admin(gatehouse), "/metrics").await;
@@ -603,7 +603,7 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
 
 /// Runs `gatehouse check` on `config`: exit 64, a line `FILE: problem` for each of
 /// `problems`, and no mention of any of `valid`.
-fn check_refuses(dir: &Path, config: &str, problems: &[&str], valid: &[&str]) {
+pub fn check_refuses(dir: &Path, config: &str, problems: &[&str], valid: &[&str]) {
     let path = dir.join("check.yaml");
     std::fs::write(&path, config).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
