@@ -373,6 +373,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::PeerIdentity;
 
     #[test]
     fn reads_bearer_tokens_only() {
@@ -381,5 +382,87 @@ mod tests {
         assert_eq!(bearer_token(b"Basic dXNlcjpwYXNz"), None);
         assert_eq!(bearer_token(b"Bearer "), None);
         assert_eq!(bearer_token(b"Bear"), None);
+    }
+
+    fn authenticator(yaml: &str) -> Authenticator {
+        let base = "listen: { address: 127.0.0.1:1 }\ntls: { enabled: false }\nupstream: { address: 127.0.0.1:2 }\n";
+        Authenticator::build(&Config::from_yaml(&format!("{base}{yaml}")).unwrap())
+            .unwrap_or_else(|problems| panic!("{problems:?}"))
+    }
+
+    /// A call of `path` on a connection whose client certificate is `cert` (its DER bytes).
+    fn call(path: &str, cert: Option<&[u8]>, token: Option<&str>) -> Parts {
+        let peer = cert.map(|der| PeerIdentity {
+            sha256: api_key::to_hex(&api_key::sha256(der)),
+            ..PeerIdentity::default()
+        });
+        let info = ConnectionInfo::new("127.0.0.1:40000".parse().unwrap(), peer);
+        let mut request = http::Request::post(path);
+        if let Some(token) = token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (mut parts, ()) = request.body(()).unwrap().into_parts();
+        parts.extensions.insert(Arc::new(info));
+        parts
+    }
+
+    #[tokio::test]
+    async fn a_cached_bound_token_is_checked_again_on_every_connection() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        let authenticator = authenticator(&format!(
+            "auth:\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {}, tenant_optional: true }}\n",
+            secret.display()
+        ));
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let thumbprint =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(api_key::sha256(b"cert A"));
+        let claims = serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp,
+                                        "cnf": {"x5t#S256": thumbprint}});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
+        )
+        .unwrap();
+        let path = "/pkg.Svc/Get";
+        for _ in 0..2 {
+            // The second time from the cache: the binding still decides.
+            assert!(
+                authenticator
+                    .admit(&mut call(path, Some(b"cert A"), Some(&token)))
+                    .await
+                    .is_ok()
+            );
+            for other in [Some(&b"cert B"[..]), None] {
+                let (outcome, refusal) = authenticator
+                    .admit(&mut call(path, other, Some(&token)))
+                    .await
+                    .unwrap_err();
+                assert_eq!(outcome.refusal, Some("cert_binding_mismatch"));
+                assert_eq!(refusal.code, crate::grpc::Code::Unauthenticated);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn dry_run_never_admits_a_caller_without_any_credential() {
+        // No auth section: the certificate is the only credential.
+        let authenticator =
+            authenticator("authorization: { default: deny, dry_run: true, rules: [] }\n");
+        let admitted = authenticator
+            .admit(&mut call("/pkg.Svc/Get", Some(b"cert A"), None))
+            .await
+            .unwrap();
+        assert_eq!(admitted.method, AuthMethod::Mtls);
+        assert_eq!(admitted.would_refuse, Some(DecidingRule::Default));
+        let (outcome, refusal) = authenticator
+            .admit(&mut call("/pkg.Svc/Get", None, None))
+            .await
+            .unwrap_err();
+        assert_eq!(outcome.refusal, Some("default_deny"));
+        assert_eq!(refusal.code, crate::grpc::Code::PermissionDenied);
     }
 }
