@@ -381,7 +381,11 @@ pub enum LogFormat {
 pub struct Limits {
     /// Open connections at once; more are closed at accept.
     pub max_connections: usize,
-    /// Time a new connection has to finish the TLS handshake.
+    /// Open connections from one client address, and with one verified client
+    /// certificate identity; absent: a quarter of `max_connections` (at least 1).
+    pub max_connections_per_client: Option<usize>,
+    /// Time a new connection has from accept to the caller's HTTP/2 preface and first
+    /// SETTINGS, the TLS handshake included.
     pub handshake_timeout: Duration,
     /// Concurrent streams (calls) per connection, advertised in SETTINGS.
     pub max_concurrent_streams: u32,
@@ -401,12 +405,97 @@ pub struct Limits {
     /// Connections older than this are closed with GOAWAY (calls in flight finish), so
     /// clients rebalance; absent: no limit.
     pub max_connection_age: Option<Duration>,
+    /// What one identity may take of the app.
+    pub per_identity: PerIdentity,
+    /// The memory gatehouse may use, checked against the worst case its limits allow;
+    /// absent: the cgroup's `memory.max`, when there is one.
+    pub memory_limit: Option<ByteSize>,
+}
+
+impl Limits {
+    /// `max_connections_per_client`, or its default.
+    pub fn connections_per_client(&self) -> usize {
+        self.max_connections_per_client
+            .unwrap_or(self.max_connections.div_ceil(4))
+            .max(1)
+    }
+}
+
+/// `limits.per_identity`: one caller (SPIFFE ID, user, API key name; for a public
+/// method, its connection) cannot take the app's whole stream budget.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerIdentity {
+    /// Calls one identity may have open at once; more are refused with
+    /// RESOURCE_EXHAUSTED (CONCURRENCY_LIMIT).
+    pub max_concurrent_calls: u32,
+    /// Calls one identity may start per second (a token bucket holding one second's
+    /// worth); more are refused with RESOURCE_EXHAUSTED (RATE_LIMITED). 0: unlimited.
+    pub calls_per_second: u32,
+}
+
+impl Default for PerIdentity {
+    fn default() -> Self {
+        PerIdentity {
+            max_concurrent_calls: 256,
+            calls_per_second: 0,
+        }
+    }
+}
+
+/// A size in bytes, written as a whole number with a unit: `64MiB`, `512KiB`, `1GiB`
+/// (or `MB`, `KB`, `GB` in powers of ten; a bare number is bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || {
+            format!(
+                "invalid size {text:?}: write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| invalid())?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(invalid()),
+        };
+        number.checked_mul(scale).map(ByteSize).ok_or_else(invalid)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 4096,
+            max_connections_per_client: None,
             handshake_timeout: Duration::from_secs(10),
             max_concurrent_streams: 100,
             max_header_list_size: 16 * 1024,
@@ -416,6 +505,8 @@ impl Default for Limits {
             drain_delay: Duration::from_secs(0),
             idle_timeout: Duration::from_secs(3600),
             max_connection_age: None,
+            per_identity: PerIdentity::default(),
+            memory_limit: None,
         }
     }
 }
@@ -665,6 +756,21 @@ impl Config {
                 u64::from(limits.max_concurrent_streams),
             ),
         ];
+        let optional = [(
+            "limits.max_connections_per_client",
+            limits.max_connections_per_client.map(|n| n as u64),
+        )];
+        for (field, value) in optional {
+            if value == Some(0) {
+                problems.push(Problem::new(field, "must be at least 1"));
+            }
+        }
+        if limits.per_identity.max_concurrent_calls == 0 {
+            problems.push(Problem::new(
+                "limits.per_identity.max_concurrent_calls",
+                "must be at least 1",
+            ));
+        }
         for (field, value) in positive {
             if value == 0 {
                 problems.push(Problem::new(field, "must be at least 1"));

@@ -69,6 +69,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabels {
     file: String,
 }
@@ -96,6 +101,7 @@ pub struct Metrics {
     cert_expiry: Family<FileLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     dry_run_refusals: Family<DryRunLabels, Counter>,
+    limit_refusals: Family<LimitLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
     /// Requests that were not gRPC (answered with HTTP 415).
@@ -131,6 +137,7 @@ impl Metrics {
         let cert_expiry = Family::default();
         let reloads = Family::default();
         let dry_run_refusals = Family::default();
+        let limit_refusals = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let not_grpc = Counter::default();
@@ -181,6 +188,11 @@ impl Metrics {
             dry_run_refusals.clone(),
         );
         registry.register(
+            "gatehouse_limit_refusals",
+            "Connections and calls refused because a limit was reached, by the limit's name",
+            limit_refusals.clone(),
+        );
+        registry.register(
             "gatehouse_connections",
             "Open client connections",
             connections.clone(),
@@ -206,6 +218,7 @@ impl Metrics {
             cert_expiry,
             reloads,
             dry_run_refusals,
+            limit_refusals,
             connections,
             in_flight,
             not_grpc,
@@ -336,6 +349,13 @@ impl Metrics {
     /// Counts a reload: `success` or `failure`.
     pub fn reload(&self, result: &'static str) {
         self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a connection or call refused by `limit` (the config key's last part).
+    pub fn limit_refusal(&self, limit: &'static str) {
+        self.limit_refusals
+            .get_or_create(&LimitLabels { limit })
+            .inc();
     }
 
     /// The Prometheus text exposition.

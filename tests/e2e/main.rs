@@ -14,6 +14,7 @@ mod grpcurl;
 mod hardening;
 mod issuers;
 mod keys;
+mod limits;
 mod observability;
 mod operations;
 mod refusals;

@@ -393,7 +393,7 @@ async fn connections_past_the_limit_are_closed_and_running_out_of_descriptors_is
     let app = App::start().await;
     let config = dev_config(app.addr).replace(
         "limits: { drain_timeout: 10s }",
-        "limits: { max_connections: 2 }",
+        "limits: { max_connections: 2, max_connections_per_client: 2 }",
     );
     let gatehouse = Gatehouse::start(&config);
     let first = client(gatehouse.addr).await;

@@ -1,0 +1,301 @@
+//! What one caller may take from gatehouse: connection slots (silent connections, one
+//! client's share), calls per identity, and memory. Each test first proves the caller
+//! took what it could, then that everyone else is still served.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tonic::transport::Endpoint;
+
+use crate::support::pb::*;
+use crate::support::*;
+
+/// The value of one series in a scrape, if present.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (bounded) until the admin port reports `series` at `value`.
+async fn until_metric(gatehouse: &Gatehouse, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, scrape) = get(admin(gatehouse), "/metrics").await;
+        if sample(&scrape, series) == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until gatehouse closes the connection (bounded), discarding what it sent (its
+/// own SETTINGS, TLS session tickets).
+async fn closed_by_gatehouse<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    let mut buffer = [0u8; 1024];
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "gatehouse kept the connection open");
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    socket.connect(to).await
+}
+
+/// An Echo over a plaintext HTTP/2 connection.
+async fn h2c_echo(addr: SocketAddr) -> Result<String, String> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    DemoClient::new(channel)
+        .echo(EchoRequest {
+            message: "served".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|reply| reply.into_inner().message)
+        .map_err(|status| status.to_string())
+}
+
+/// An Echo over mTLS with the development gateway identity.
+async fn mtls_echo(addr: SocketAddr) -> Result<String, String> {
+    let channel = channel(addr, Some(Identity::gateway()))
+        .await
+        .map_err(|error| error.to_string())?;
+    DemoClient::new(channel)
+        .echo(EchoRequest {
+            message: "served".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|reply| reply.into_inner().message)
+        .map_err(|status| status.to_string())
+}
+
+fn h2c_config(app: SocketAddr, limits: &str) -> String {
+    format!(
+        "listen: {{ address: 127.0.0.1:0 }}
+tls: {{ enabled: false }}
+upstream: {{ address: {app} }}
+telemetry: {{ log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }}
+limits: {limits}
+"
+    )
+}
+
+fn optional_tls_config(app: SocketAddr, limits: &str) -> String {
+    dev_config(app)
+        .replace("client_auth: require", "client_auth: optional")
+        .replace(
+            "telemetry: { log_level: 'info,gatehouse=debug' }",
+            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
+        )
+        .replace(
+            "limits: { drain_timeout: 10s }",
+            &format!("limits: {limits}"),
+        )
+}
+
+const SILENT_LIMITS: &str =
+    "{ max_connections: 3, max_connections_per_client: 3, handshake_timeout: 2s }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_silent_after_tls_hold_their_slots_only_until_the_handshake_timeout() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&optional_tls_config(app.addr, SILENT_LIMITS));
+    // No certificate needed: TLS completes, then not a byte of HTTP/2.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            tls_connect(gatehouse.addr, None)
+                .await
+                .expect("TLS without a client certificate"),
+        );
+    }
+    until_metric(&gatehouse, "gatehouse_connections", 3.0).await;
+    let mut refused = TcpStream::connect(gatehouse.addr).await.unwrap();
+    closed_by_gatehouse(&mut refused).await;
+    let out = mtls_echo(gatehouse.addr).await;
+    assert!(out.is_err(), "a caller got in while every slot was held");
+
+    for stream in &mut silent {
+        closed_by_gatehouse(stream).await;
+    }
+    gatehouse
+        .wait_for_line(&["HTTP/2 handshake failed", "reason=no_http2_preface"])
+        .await;
+    assert_eq!(mtls_echo(gatehouse.addr).await.as_deref(), Ok("served"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_h2c_connections_hold_their_slots_only_until_the_handshake_timeout() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&h2c_config(app.addr, SILENT_LIMITS));
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(gatehouse.addr).await.unwrap());
+    }
+    until_metric(&gatehouse, "gatehouse_connections", 3.0).await;
+    let mut refused = TcpStream::connect(gatehouse.addr).await.unwrap();
+    closed_by_gatehouse(&mut refused).await;
+
+    for stream in &mut silent {
+        closed_by_gatehouse(stream).await;
+    }
+    gatehouse
+        .wait_for_line(&["HTTP/2 handshake failed", "reason=no_http2_preface"])
+        .await;
+    assert_eq!(h2c_echo(gatehouse.addr).await.as_deref(), Ok("served"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_greets_is_dropped_by_the_drain_not_kept() {
+    let app = App::start().await;
+    let config = h2c_config(
+        app.addr,
+        "{ handshake_timeout: 1h, drain_timeout: 1h, drain_delay: 0s }",
+    );
+    let mut gatehouse = Gatehouse::start(&config);
+    let mut silent = TcpStream::connect(gatehouse.addr).await.unwrap();
+    until_metric(&gatehouse, "gatehouse_connections", 1.0).await;
+    gatehouse.signal("TERM");
+    closed_by_gatehouse(&mut silent).await;
+    let exit = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
+        .await
+        .unwrap();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "a drain held up by a silent connection"
+    );
+}
+
+/// An h2c channel from the loopback address `from`, its HTTP/2 handshake done.
+async fn h2c_channel_from(
+    from: &'static str,
+    to: SocketAddr,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{to}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            connect_from(from, to)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }))
+        .await
+}
+
+/// An mTLS channel from the loopback address `from` with `identity`.
+async fn mtls_channel_from(
+    from: &'static str,
+    to: SocketAddr,
+    identity: &'static str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{to}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            let tcp = connect_from(from, to).await?;
+            let connector =
+                tokio_rustls::TlsConnector::from(client_tls(Some(&Identity::dev(identity))));
+            let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector
+                .connect(server, tcp)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }))
+        .await
+}
+
+async fn echo_on(channel: tonic::transport::Channel) -> Result<String, tonic::Status> {
+    DemoClient::new(channel)
+        .echo(EchoRequest {
+            message: "served".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|reply| reply.into_inner().message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_over_its_share_is_refused_while_another_connects() {
+    let app = App::start().await;
+    let limits = "{ max_connections: 10, max_connections_per_client: 2 }";
+    let gatehouse = Gatehouse::start(&h2c_config(app.addr, limits));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let channel = h2c_channel_from("127.0.0.2", gatehouse.addr)
+            .await
+            .expect("within its share");
+        echo_on(channel.clone()).await.expect("served");
+        held.push(channel);
+    }
+    let mut third = connect_from("127.0.0.2", gatehouse.addr).await.unwrap();
+    closed_by_gatehouse(&mut third).await;
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"gatehouse_limit_refusals_total{limit="max_connections_per_client"}"#
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+
+    let other = h2c_channel_from("127.0.0.3", gatehouse.addr)
+        .await
+        .expect("another address connects");
+    assert_eq!(echo_on(other).await.unwrap(), "served");
+    // The held connections still work: the refusal touched only the one over the cap.
+    for channel in held.drain(..) {
+        assert_eq!(echo_on(channel).await.unwrap(), "served");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_certificate_over_its_share_is_refused_from_any_address() {
+    let app = App::start().await;
+    let limits = "{ max_connections: 10, max_connections_per_client: 2 }";
+    let gatehouse = Gatehouse::start(&optional_tls_config(app.addr, limits));
+    let mut held = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3"] {
+        let channel = mtls_channel_from(from, gatehouse.addr, "client-gateway")
+            .await
+            .expect("within its share");
+        echo_on(channel.clone()).await.expect("served");
+        held.push(channel);
+    }
+    // A third address, the same certificate: TLS completes, then the connection is closed.
+    let refused = match mtls_channel_from("127.0.0.4", gatehouse.addr, "client-gateway").await {
+        Err(_) => true,
+        Ok(channel) => echo_on(channel).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a third connection with the same certificate was served"
+    );
+    gatehouse
+        .wait_for_line(&["max_connections_per_client reached for its certificate"])
+        .await;
+    let other = mtls_channel_from("127.0.0.4", gatehouse.addr, "client-compliance-scanner")
+        .await
+        .expect("another certificate connects");
+    assert_eq!(echo_on(other).await.unwrap(), "served");
+}
