@@ -210,6 +210,7 @@ async fn serve(
         tracing.clone(),
         metrics.clone(),
         authenticator.clone(),
+        &config.limits.per_identity,
         forward,
     );
     let server = Server::new(&config.limits, chain, metrics.clone());

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ const NOT_GRPC_LOGGED_PATH: usize = 200;
 /// extensions.
 #[derive(Debug)]
 pub struct ConnectionInfo {
+    /// Unique among the connections of this process.
+    pub id: u64,
     pub remote_addr: SocketAddr,
     /// The verified client certificate's identity; `None` without TLS or without a
     /// client certificate (`client_auth: optional` or `none`).
@@ -74,11 +76,29 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     pub fn new(remote_addr: SocketAddr, peer: Option<PeerIdentity>) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let client_cert_header = peer.as_ref().and_then(forwarded_client_cert);
         ConnectionInfo {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             remote_addr,
             peer,
             client_cert_header,
+        }
+    }
+}
+
+/// Something a layer must hold for as long as its call is open (a per-identity call
+/// slot, say). Put in a response's extensions, it is moved to the response body the
+/// server sends and dropped when that body is finished or reset.
+#[derive(Clone)]
+pub struct HeldForCall {
+    _held: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+impl HeldForCall {
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        HeldForCall {
+            _held: Arc::new(held),
         }
     }
 }
@@ -152,6 +172,7 @@ impl Activity {
         self.changed.notify_waiters();
         OpenCall {
             activity: self.clone(),
+            held: None,
         }
     }
 
@@ -175,6 +196,8 @@ impl Activity {
 /// One open call; closed when its response body is dropped (sent, or reset).
 pub struct OpenCall {
     activity: Arc<Activity>,
+    /// What the chain holds until the call ends (see [`HeldForCall`]).
+    held: Option<HeldForCall>,
 }
 
 impl Drop for OpenCall {
@@ -374,7 +397,9 @@ impl hyper::service::Service<Request<Incoming>> for Door {
         // Every layer is always ready, so calling a clone directly is sound.
         let call = self.chain.clone().call(request);
         Box::pin(async move {
-            let response = call.await?;
+            let mut response = call.await?;
+            let mut open = open;
+            open.held = response.extensions_mut().remove::<HeldForCall>();
             Ok(response.map(|body| CallBody {
                 inner: DoorBody::Call { body },
                 open,

@@ -108,6 +108,8 @@ where
         Box::pin(async move {
             match authenticator.admit(&mut parts).await {
                 Ok(outcome) => {
+                    // Limits, below, counts the call against the identity decided here.
+                    parts.extensions.insert(outcome.clone());
                     let mut response = inner.call(Request::from_parts(parts, body)).await?;
                     response.extensions_mut().insert(outcome);
                     Ok(response)

@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Endpoint;
 
+use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -298,4 +299,141 @@ async fn one_certificate_over_its_share_is_refused_from_any_address() {
         .await
         .expect("another certificate connects");
     assert_eq!(echo_on(other).await.unwrap(), "served");
+}
+
+const KEY_A: &str = "limits-key-a-0123456789abcdef";
+const KEY_B: &str = "limits-key-b-0123456789abcdef";
+
+/// gatehouse with two API keys, `a` and `b`, and the admin port.
+fn keyed_config(app: SocketAddr, per_identity: &str) -> String {
+    dev_config(app)
+        .replace(
+            "telemetry: { log_level: 'info,gatehouse=debug' }",
+            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
+        )
+        .replace(
+            "limits: { drain_timeout: 10s }",
+            &format!("limits: {{ per_identity: {per_identity} }}"),
+        )
+        + &format!(
+            "auth:\n  api_keys:\n    keys:\n      - {{ name: a, sha256: \"{}\" }}\n      - {{ name: b, sha256: \"{}\" }}\n",
+            hash(KEY_A),
+            hash(KEY_B)
+        )
+}
+
+fn with_key<T>(key: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    request
+}
+
+async fn echo_as(
+    client: &mut DemoClient<tonic::transport::Channel>,
+    key: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .echo(with_key(key, EchoRequest::default()))
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_over_its_open_calls_is_refused_while_another_is_served() {
+    let app = App::start().await;
+    let config = keyed_config(app.addr, "{ max_concurrent_calls: 2 }");
+    let gatehouse = Gatehouse::start(&config);
+    let mut client = client(gatehouse.addr).await;
+    // Identity a holds both of its slots with calls the app keeps open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = client.clone();
+        held.push(tokio::spawn(async move {
+            client
+                .wait(with_key(KEY_A, WaitRequest { millis: 600_000 }))
+                .await
+        }));
+    }
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |observed| observed.waits_started() == 2)
+            .await,
+        "identity a's calls never reached the app"
+    );
+    let refused = echo_as(&mut client, KEY_A).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("CONCURRENCY_LIMIT")
+            && refused
+                .message()
+                .contains("limits.per_identity.max_concurrent_calls"),
+        "{}",
+        refused.message()
+    );
+    // Same connection, another identity: served at once.
+    tokio::time::timeout(Duration::from_secs(3), echo_as(&mut client, KEY_B))
+        .await
+        .expect("identity b answered within 3 s")
+        .expect("identity b served");
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"gatehouse_limit_refusals_total{limit="max_concurrent_calls"}"#
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    gatehouse
+        .wait_for_line(&["call refused: per-identity limit", "identity=api_key:a"])
+        .await;
+
+    // Its calls ended, identity a is served again.
+    for call in held {
+        call.abort();
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while echo_as(&mut client, KEY_A).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "identity a's slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_over_its_call_rate_is_refused_while_another_is_served() {
+    let app = App::start().await;
+    let config = keyed_config(app.addr, "{ calls_per_second: 3 }");
+    let gatehouse = Gatehouse::start(&config);
+    let mut client = client(gatehouse.addr).await;
+    let mut refused = None;
+    for _ in 0..50 {
+        if let Err(status) = echo_as(&mut client, KEY_A).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("50 calls in a row never hit 3 calls a second");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("RATE_LIMITED"),
+        "{}",
+        refused.message()
+    );
+    echo_as(&mut client, KEY_B)
+        .await
+        .expect("identity b served");
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    assert!(
+        sample(
+            &scrape,
+            r#"gatehouse_limit_refusals_total{limit="calls_per_second"}"#
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{scrape}"
+    );
 }
