@@ -155,8 +155,14 @@ pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
     set_status(headers, code, message);
+    response.extensions_mut().insert(AnsweredHere);
     response
 }
+
+/// In the extensions of a response that gatehouse generated without the app (a refusal,
+/// an app that cannot be reached), so telemetry can tell it from the app's own answers.
+#[derive(Clone, Copy, Debug)]
+pub struct AnsweredHere;
 
 /// Whether a request is a gRPC call: `POST` with `content-type: application/grpc`,
 /// optionally followed by `+proto`, `+json` or parameters.

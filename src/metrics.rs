@@ -2,11 +2,11 @@
 //! as text on the admin port.
 //!
 //! Label values that callers control are bounded: a method gets its own labels only once
-//! a call to it has been admitted (authenticated, or public), and at most
-//! [`MAX_METHODS`] of them; everything else is counted under `grpc_service="other"`. A
-//! flood of made-up method names therefore grows neither memory nor the scrape. Each
-//! method's metric handles are looked up once and kept, so recording a call allocates
-//! nothing.
+//! the app itself has answered a call to it with a status other than UNIMPLEMENTED, only
+//! if its path is at most [`MAX_METHOD_CHARS`] long, and at most [`MAX_METHODS`] of them;
+//! everything else is counted under `grpc_service="other"`. A flood of made-up method
+//! names therefore grows neither memory nor the scrape. Each method's metric handles are
+//! looked up once and kept, so recording a call to a known method allocates nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -21,7 +21,9 @@ use prometheus_client::registry::Registry;
 use crate::grpc::Code;
 
 /// Distinct methods that get labels of their own.
-pub const MAX_METHODS: usize = 500;
+pub const MAX_METHODS: usize = 256;
+/// Longest method path that gets labels of its own.
+pub const MAX_METHOD_CHARS: usize = 128;
 
 /// Latency buckets from a tenth of a millisecond to ten seconds.
 const BUCKETS: [f64; 16] = [
@@ -227,31 +229,34 @@ impl Metrics {
         }
     }
 
-    /// The metrics of the method at `path`. Only `admitted` calls may add a method;
-    /// others, and every method past [`MAX_METHODS`], are counted as `other`.
-    pub fn method(&self, path: &str, admitted: bool) -> Arc<MethodMetrics> {
-        if let Some(found) = self
-            .methods
+    /// The metrics of the method at `path`, if it has labels of its own.
+    pub fn known_method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
+        self.methods
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(path)
-        {
-            return found.clone();
-        }
-        let other = || {
-            self.other
-                .get_or_init(|| Arc::new(self.method_metrics("other", "other")))
-                .clone()
-        };
-        if !admitted {
-            return other();
+            .cloned()
+    }
+
+    /// The metrics of everything without labels of its own.
+    pub fn other_method(&self) -> Arc<MethodMetrics> {
+        self.other
+            .get_or_init(|| Arc::new(self.method_metrics("other", "other")))
+            .clone()
+    }
+
+    /// The metrics of the method at `path`, which the app has answered: its own labels
+    /// while there is room and the path is short enough, else `other`.
+    pub fn answered_method(&self, path: &str) -> Arc<MethodMetrics> {
+        if path.len() > MAX_METHOD_CHARS {
+            return self.other_method();
         }
         let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = methods.get(path) {
             return found.clone();
         }
         if methods.len() >= MAX_METHODS {
-            return other();
+            return self.other_method();
         }
         let (service, method) = path
             .strip_prefix('/')
@@ -297,7 +302,7 @@ impl Metrics {
     }
 
     /// Counts a call that `authorization.dry_run` let through although the rules refuse
-    /// it, under the method's own label as bounded by [`Metrics::method`].
+    /// it, under the method's own label as bounded by [`Metrics::answered_method`].
     pub fn dry_run_refusal(&self, method: &MethodMetrics) {
         let counter = method.dry_run_refusals.get_or_init(|| {
             let other = self
@@ -374,7 +379,7 @@ mod tests {
     #[test]
     fn renders_go_grpc_prometheus_names() {
         let metrics = Metrics::new();
-        let method = metrics.method("/pkg.Svc/Get", true);
+        let method = metrics.answered_method("/pkg.Svc/Get");
         method.started.inc();
         metrics.handled(&method, Code::NotFound, 0.002);
         metrics.auth("jwt", "refused", "token_expired");
@@ -392,10 +397,10 @@ mod tests {
     #[test]
     fn dry_run_refusals_are_counted_by_bounded_method() {
         let metrics = Metrics::new();
-        let get = metrics.method("/pkg.Svc/Get", true);
+        let get = metrics.answered_method("/pkg.Svc/Get");
         metrics.dry_run_refusal(&get);
         metrics.dry_run_refusal(&get);
-        metrics.dry_run_refusal(&metrics.method("/made.up/M", false));
+        metrics.dry_run_refusal(&metrics.other_method());
         let text = metrics.render();
         for expected in [
             r#"gatehouse_authz_dry_run_refusals_total{method="/pkg.Svc/Get"} 2"#,
@@ -410,10 +415,12 @@ mod tests {
         let metrics = Metrics::new();
         for i in 0..MAX_METHODS * 3 {
             metrics
-                .method(&format!("/made.up/M{i}"), i % 2 == 0)
+                .answered_method(&format!("/made.up/M{i}"))
                 .started
                 .inc();
         }
+        let long = format!("/made.up/{}", "x".repeat(MAX_METHOD_CHARS));
+        metrics.answered_method(&long).started.inc();
         assert_eq!(metrics.methods.read().unwrap().len(), MAX_METHODS);
         let text = metrics.render();
         let series = text

@@ -2,6 +2,8 @@
 //! JSON, filtered by `telemetry.log_level`.
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -208,11 +210,19 @@ pub struct CallSpan<'a> {
 /// Spans waiting for export at most; when the collector is slow or down, further spans
 /// are dropped (and counted) rather than slowing a call.
 const SPAN_QUEUE: usize = 4096;
+/// Bytes of spans waiting for export (or being exported) at most, estimated per span by
+/// [`span_bytes`]; past it spans are dropped, so long names and attributes cannot make
+/// the queue grow past this whatever their count.
+pub const SPAN_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Spans of calls gatehouse answered itself (refusals, an app that is down) exported per
+/// second at most, even when callers force the sampled flag.
+pub const REFUSED_SPANS_PER_SECOND: u32 = 10;
 /// Spans sent to the collector in one request at most.
 const SPAN_BATCH: usize = 512;
 
 enum SpanMessage {
-    Span(Box<opentelemetry_sdk::trace::SpanData>),
+    /// A span and its estimated size in bytes.
+    Span(Box<opentelemetry_sdk::trace::SpanData>, usize),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -220,7 +230,46 @@ enum SpanMessage {
 pub struct Tracing {
     pub sample_ratio: f64,
     queue: Option<tokio::sync::mpsc::Sender<SpanMessage>>,
+    /// Estimated bytes of the spans queued or being exported.
+    queued_bytes: Arc<AtomicUsize>,
     dropped: std::sync::atomic::AtomicU64,
+    refused: RateGate,
+}
+
+/// Lets at most `per_second` events through in each wall-clock second.
+#[derive(Default)]
+struct RateGate {
+    /// The current second in the high 32 bits, events let through in it in the low 32.
+    state: AtomicU64,
+}
+
+impl RateGate {
+    fn admit(&self, per_second: u32) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs() as u32);
+        let mut current = self.state.load(Ordering::Relaxed);
+        loop {
+            let (second, count) = ((current >> 32) as u32, current as u32);
+            let next = if second == now {
+                if count >= per_second {
+                    return false;
+                }
+                current + 1
+            } else {
+                (u64::from(now) << 32) | 1
+            };
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
 }
 
 impl Tracing {
@@ -229,7 +278,9 @@ impl Tracing {
         Tracing {
             sample_ratio,
             queue: None,
+            queued_bytes: Default::default(),
             dropped: Default::default(),
+            refused: RateGate::default(),
         }
     }
 
@@ -255,6 +306,8 @@ impl Tracing {
         );
         let (queue, mut spans) = tokio::sync::mpsc::channel(SPAN_QUEUE);
         let endpoint = endpoint.to_owned();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let exported_bytes = queued_bytes.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(SPAN_BATCH);
             let mut last_failure_logged: Option<std::time::Instant> = None;
@@ -263,8 +316,12 @@ impl Tracing {
                     break;
                 };
                 let mut flushed = Vec::new();
+                let mut batch_bytes = 0;
                 let mut take = |message: SpanMessage, batch: &mut Vec<_>| match message {
-                    SpanMessage::Span(span) => batch.push(*span),
+                    SpanMessage::Span(span, bytes) => {
+                        batch.push(*span);
+                        batch_bytes += bytes;
+                    }
                     SpanMessage::Flush(done) => flushed.push(done),
                 };
                 take(first, &mut batch);
@@ -284,6 +341,9 @@ impl Tracing {
                         last_failure_logged = Some(std::time::Instant::now());
                     }
                 }
+                // The batch is gone (sent or lost): its bytes no longer count.
+                batch.clear();
+                exported_bytes.fetch_sub(batch_bytes, Ordering::Relaxed);
                 for done in flushed {
                     let _ = done.send(());
                 }
@@ -292,27 +352,46 @@ impl Tracing {
         Ok(Tracing {
             sample_ratio,
             queue: Some(queue),
+            queued_bytes,
             dropped: Default::default(),
+            refused: RateGate::default(),
         })
     }
 
-    /// Queues the span of a finished call; never waits.
-    pub fn record(&self, call: CallSpan<'_>) {
+    /// Queues the span of a finished call; never waits. Spans of calls gatehouse
+    /// answered itself (`answered_here`) are let through at most
+    /// [`REFUSED_SPANS_PER_SECOND`] a second, and no span once the queue holds
+    /// [`SPAN_QUEUE_BYTES`].
+    pub fn record(&self, call: CallSpan<'_>, answered_here: bool) {
         let Some(queue) = &self.queue else {
             return;
         };
-        if queue
-            .try_send(SpanMessage::Span(Box::new(span_data(call))))
-            .is_err()
+        if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let span = span_data(call);
+        let bytes = span_bytes(&span);
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > SPAN_QUEUE_BYTES
+            || queue
+                .try_send(SpanMessage::Span(Box::new(span), bytes))
+                .is_err()
         {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Spans dropped because the export queue was full.
+    /// Spans dropped because the export queue was full, or past the rate for calls
+    /// gatehouse answered itself.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Estimated bytes of the spans waiting for export.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Waits (at most `limit`) until the spans queued so far have been sent.
@@ -328,6 +407,20 @@ impl Tracing {
         };
         let _ = tokio::time::timeout(limit, flushed).await;
     }
+}
+
+/// A span's size in memory, roughly: the fixed parts and every string it holds.
+fn span_bytes(span: &opentelemetry_sdk::trace::SpanData) -> usize {
+    let attributes: usize = span
+        .attributes
+        .iter()
+        .map(|attribute| {
+            std::mem::size_of_val(attribute)
+                + attribute.key.as_str().len()
+                + attribute.value.as_str().len()
+        })
+        .sum();
+    std::mem::size_of_val(span) + span.name.len() + attributes
 }
 
 fn span_data(call: CallSpan<'_>) -> opentelemetry_sdk::trace::SpanData {
@@ -420,6 +513,69 @@ mod tests {
         assert_eq!(
             line,
             r#"plain|"two words"|""|"a=b"|"say \"hi\""|"line\nbreak"|"#
+        );
+    }
+
+    /// A tracer whose export queue nobody drains, as with a stalled collector.
+    fn stalled() -> (Tracing, tokio::sync::mpsc::Receiver<SpanMessage>) {
+        let (queue, spans) = tokio::sync::mpsc::channel(SPAN_QUEUE);
+        let tracing = Tracing {
+            queue: Some(queue),
+            ..Tracing::propagate_only(1.0)
+        };
+        (tracing, spans)
+    }
+
+    fn record(tracing: &Tracing, path: &str, answered_here: bool) {
+        let context = crate::trace_context::TraceContext::from_headers(&Default::default(), 1.0);
+        tracing.record(
+            CallSpan {
+                path,
+                context: &context,
+                start: SystemTime::now(),
+                end: SystemTime::now(),
+                code: crate::grpc::Code::Ok,
+                principal: None,
+                peer: None,
+                remote: None,
+            },
+            answered_here,
+        );
+    }
+
+    #[test]
+    fn the_span_queue_is_bounded_in_bytes_not_only_in_count() {
+        let (tracing, _spans) = stalled();
+        let path = format!("/big.Svc/{}", "m".repeat(8 * 1024));
+        for _ in 0..SPAN_QUEUE {
+            record(&tracing, &path, false);
+        }
+        assert!(tracing.queued_bytes() <= SPAN_QUEUE_BYTES);
+        let queued = SPAN_QUEUE as u64 - tracing.dropped();
+        assert!(
+            queued < SPAN_QUEUE as u64 / 4,
+            "{queued} spans of 8 KiB names queued"
+        );
+        assert!(queued > 0);
+    }
+
+    #[test]
+    fn spans_of_calls_answered_here_are_rate_limited() {
+        let (tracing, _spans) = stalled();
+        for _ in 0..100 {
+            record(&tracing, "/pkg.Svc/Refused", true);
+        }
+        // A second boundary may fall inside the loop: at most two seconds' worth.
+        let queued = 100 - tracing.dropped();
+        assert!(
+            (1..=2 * u64::from(REFUSED_SPANS_PER_SECOND)).contains(&queued),
+            "{queued} spans of refused calls queued"
+        );
+        record(&tracing, "/pkg.Svc/Answered", false);
+        assert_eq!(
+            101 - tracing.dropped(),
+            queued + 1,
+            "the app's answers are not limited"
         );
     }
 

@@ -6,7 +6,9 @@
 //! It sits just inside Recovery so it sees every call Recovery lets through, refusals
 //! included, and measures the whole time gatehouse spends on it. The line carries
 //! method, status, duration, caller identity, peer, trace id and bytes each way, and
-//! never a token, a key or a certificate.
+//! never a token, a key or a certificate. Each field a caller controls is cut to
+//! [`MAX_FIELD_CHARS`], so a line stays short whatever the caller sends; spans of calls
+//! gatehouse answered itself are exported at a bounded rate.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,18 @@ use crate::grpc::{self, Code};
 use crate::server::ConnectionInfo;
 use crate::telemetry::{CallSpan, Tracing};
 use crate::trace_context::TraceContext;
+
+/// Characters of one caller-controlled field (method, user, tenant, peer) in a log line
+/// or span, at most.
+pub const MAX_FIELD_CHARS: usize = 256;
+
+/// At most [`MAX_FIELD_CHARS`] characters of `text`.
+fn capped(text: &str) -> &str {
+    match text.char_indices().nth(MAX_FIELD_CHARS) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
 
 /// Wraps a service in [`Logging`].
 #[derive(Clone)]
@@ -66,6 +80,8 @@ pub struct AccessRecord {
     context: TraceContext,
     received: Arc<AtomicU64>,
     auth: Option<AuthOutcome>,
+    /// gatehouse answered the call without the app.
+    answered_here: bool,
 }
 
 impl Completion for AccessRecord {
@@ -79,15 +95,19 @@ impl Completion for AccessRecord {
             .connection
             .as_ref()
             .and_then(|c| c.peer.as_ref())
-            .map(|peer| peer.name());
+            .map(|peer| capped(peer.name()));
         tracing::info!(
             target: "gatehouse::access",
             // The query too, so a refused `/pkg.Svc/Get?x` does not read as a call of `Get`.
-            method = self.uri.path_and_query().map_or(self.uri.path(), |path| path.as_str()),
+            method = capped(
+                self.uri
+                    .path_and_query()
+                    .map_or(self.uri.path(), |path| path.as_str())
+            ),
             grpc_code = outcome.code.as_str(),
             duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
-            user_id = principal.and_then(|p| p.user_id.as_deref()),
-            tenant_id = principal.and_then(|p| p.tenant_id.as_deref()),
+            user_id = principal.and_then(|p| p.user_id.as_deref()).map(capped),
+            tenant_id = principal.and_then(|p| p.tenant_id.as_deref()).map(capped),
             api_key = principal.and_then(|p| p.api_key_name.as_deref()),
             auth = self.auth.as_ref().map(|auth| auth.method.as_str()),
             refused = self.auth.as_ref().and_then(|auth| auth.refusal),
@@ -105,16 +125,19 @@ impl Completion for AccessRecord {
             "request"
         );
         if self.context.sampled {
-            self.tracing.record(CallSpan {
-                path: self.uri.path(),
-                context: &self.context,
-                start: self.started_at,
-                end: self.started_at + duration,
-                code: outcome.code,
-                principal,
-                peer,
-                remote: self.connection.as_ref().map(|c| c.remote_addr),
-            });
+            self.tracing.record(
+                CallSpan {
+                    path: capped(self.uri.path()),
+                    context: &self.context,
+                    start: self.started_at,
+                    end: self.started_at + duration,
+                    code: outcome.code,
+                    principal,
+                    peer,
+                    remote: self.connection.as_ref().map(|c| c.remote_addr),
+                },
+                self.answered_here,
+            );
         }
     }
 }
@@ -152,6 +175,7 @@ where
             context,
             received,
             auth: None,
+            answered_here: false,
         });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -159,6 +183,7 @@ where
             let response = inner.call(request).await?;
             if let Some(record) = pending.get_mut() {
                 record.auth = response.extensions().get::<AuthOutcome>().cloned();
+                record.answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
             }
             let header_code = response
                 .headers()

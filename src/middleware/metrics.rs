@@ -1,5 +1,8 @@
 //! Metrics: counts every call by method and status code and times it to the end of
 //! its response; counts authentication decisions and the refusals a dry run let through.
+//! A call to a method without labels of its own yet is counted (started and handled)
+//! when it ends, once it is known whether the app itself answered it (see
+//! [`crate::metrics`]).
 //!
 //! It sits above Auth so refusals are counted too, and below Logging so that what the
 //! log says and what the counters say agree. The status is read at the end of the
@@ -18,7 +21,7 @@ use tower::{Layer, Service};
 use crate::auth::principal::AuthOutcome;
 use crate::body::{Completion, Outcome, Pending, RequestBody, Watched};
 use crate::grpc::{self, Code};
-use crate::metrics::{MethodMetrics, Metrics as Registry};
+use crate::metrics::{MAX_METHOD_CHARS, MethodMetrics, Metrics as Registry};
 
 /// Wraps a service in [`Metrics`].
 #[derive(Clone)]
@@ -55,15 +58,35 @@ pub struct Recorder {
     registry: Arc<Registry>,
     started: Instant,
     method: Option<Arc<MethodMetrics>>,
+    /// The path of a call to a method without labels yet, which the app answered.
+    unknown: Option<Box<str>>,
+    /// `authorization.dry_run` let a call to a method without labels yet through
+    /// although the rules refuse it: counted once its labels are decided.
+    dry_run_refused: bool,
 }
 
 impl Completion for Recorder {
     fn complete(self, outcome: Outcome) {
         self.registry.in_flight.dec();
-        if let Some(method) = &self.method {
-            self.registry
-                .handled(method, outcome.code, self.started.elapsed().as_secs_f64());
+        let method = match (self.method, self.unknown) {
+            (Some(method), _) => method,
+            // UNIMPLEMENTED: the app does not have it, whatever the caller made up.
+            (None, Some(path)) if outcome.code != Code::Unimplemented => {
+                let method = self.registry.answered_method(&path);
+                method.started.inc();
+                method
+            }
+            (None, _) => {
+                let method = self.registry.other_method();
+                method.started.inc();
+                method
+            }
+        };
+        if self.dry_run_refused {
+            self.registry.dry_run_refusal(&method);
         }
+        self.registry
+            .handled(&method, outcome.code, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -93,6 +116,8 @@ where
             registry: registry.clone(),
             started: Instant::now(),
             method: None,
+            unknown: None,
+            dry_run_refused: false,
         });
         let path = request.uri().clone();
         let clone = self.inner.clone();
@@ -100,7 +125,6 @@ where
         Box::pin(async move {
             let response = inner.call(request).await?;
             let outcome = response.extensions().get::<AuthOutcome>();
-            let admitted = outcome.is_none_or(|outcome| outcome.refusal.is_none());
             if let Some(outcome) = outcome {
                 match outcome.refusal {
                     None => registry.auth(outcome.method.as_str(), "allowed", "ok"),
@@ -112,13 +136,23 @@ where
             let path = path
                 .path_and_query()
                 .map_or(path.path(), |path| path.as_str());
-            let method = registry.method(path, admitted);
-            method.started.inc();
-            if outcome.is_some_and(|outcome| outcome.would_refuse.is_some()) {
-                registry.dry_run_refusal(&method);
-            }
+            let answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
+            let dry_run_refused = outcome.is_some_and(|outcome| outcome.would_refuse.is_some());
             if let Some(recorder) = pending.get_mut() {
-                recorder.method = Some(method);
+                match registry.known_method(path) {
+                    Some(method) => {
+                        method.started.inc();
+                        if dry_run_refused {
+                            registry.dry_run_refusal(&method);
+                        }
+                        recorder.method = Some(method);
+                    }
+                    None if !answered_here && path.len() <= MAX_METHOD_CHARS => {
+                        recorder.unknown = Some(path.into());
+                        recorder.dry_run_refused = dry_run_refused;
+                    }
+                    None => recorder.dry_run_refused = dry_run_refused,
+                }
             }
             let header_code = response
                 .headers()
