@@ -7,11 +7,14 @@
 //!   line: the listener is not up yet, gatehouse is draining after SIGTERM, a remote
 //!   JWKS has never loaded, or the app is unreachable or reports NOT_SERVING on
 //!   `grpc.health.v1.Health/Check` (an app without a health service counts as up once
-//!   it answers).
+//!   it answers). The app's answer is reused for [`PROBE_TTL`], so a flood of probes
+//!   costs the app at most one call per period.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -26,6 +29,9 @@ use crate::reload::Current;
 use crate::tls::ReloadableTls;
 use crate::upstream::Upstream;
 
+/// How long the app's answer to the readiness probe is reused.
+pub const PROBE_TTL: Duration = Duration::from_secs(1);
+
 /// What `/readyz` checks.
 pub struct Readiness {
     pub listening: AtomicBool,
@@ -33,6 +39,37 @@ pub struct Readiness {
     upstream: Arc<Upstream>,
     authenticator: Arc<Current<Authenticator>>,
     tls: std::sync::OnceLock<Option<Arc<ReloadableTls>>>,
+    app_health: Cached<Result<(), String>>,
+}
+
+/// A value computed at most once per `ttl`.
+pub struct Cached<T> {
+    ttl: Duration,
+    /// Held while a value is being computed: a probe arriving meanwhile waits for that
+    /// answer instead of asking the app again. Only this one await is under the lock.
+    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T: Clone> Cached<T> {
+    pub fn new(ttl: Duration) -> Self {
+        Cached {
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The value computed less than `ttl` ago, or a fresh one from `compute`.
+    pub async fn get<F: Future<Output = T>>(&self, compute: impl FnOnce() -> F) -> T {
+        let mut last = self.last.lock().await;
+        if let Some((at, value)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return value.clone();
+        }
+        let value = compute().await;
+        *last = Some((Instant::now(), value.clone()));
+        value
+    }
 }
 
 impl Readiness {
@@ -43,6 +80,7 @@ impl Readiness {
             upstream,
             authenticator,
             tls: std::sync::OnceLock::new(),
+            app_health: Cached::new(PROBE_TTL),
         }
     }
 
@@ -71,7 +109,8 @@ impl Readiness {
         for provider in self.authenticator.get().providers_without_keys() {
             problems.push(format!("JWKS of provider {provider} not loaded"));
         }
-        if let Err(reason) = self.upstream.check_health().await {
+        let health = self.app_health.get(|| self.upstream.check_health()).await;
+        if let Err(reason) = health {
             problems.push(reason);
         }
         problems
@@ -158,5 +197,45 @@ async fn answer(
             "text/plain",
             "not found: /metrics /healthz /readyz\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn a_flood_of_probes_asks_once_per_period() {
+        let cached = Arc::new(Cached::new(Duration::from_secs(3600)));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let probes: Vec<_> = (0..100)
+            .map(|_| {
+                let (cached, asked) = (cached.clone(), asked.clone());
+                tokio::spawn(async move {
+                    cached
+                        .get(|| async {
+                            asked.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<(), String>(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for probe in probes {
+            assert_eq!(probe.await.unwrap(), Ok(()));
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_older_than_the_period_is_asked_again() {
+        let cached = Cached::new(Duration::ZERO);
+        let first = cached
+            .get(|| async { Err::<(), _>("down".to_owned()) })
+            .await;
+        let second = cached.get(|| async { Ok::<(), String>(()) }).await;
+        assert_eq!((first, second), (Err("down".to_owned()), Ok(())));
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -408,11 +409,24 @@ async fn readyz_follows_the_app_going_down_and_coming_back() {
     assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
 
     app.kill().await;
-    let (status, body) = get(admin, "/readyz").await;
+    // The app's answer is reused for a second (admin::PROBE_TTL): poll, bounded.
+    let (status, body) = readyz_until(admin, 503).await;
     assert_eq!(status, 503);
     assert!(body.contains("unreachable"), "{body}");
     assert_eq!(get(admin, "/healthz").await.0, 200, "alive while not ready");
 
     let _app = App::start_on(app_addr, Default::default()).await;
-    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".to_owned()));
+    assert_eq!(readyz_until(admin, 200).await, (200, "ready\n".to_owned()));
+}
+
+/// `/readyz` once it answers `status`, or its last answer after PATIENCE.
+async fn readyz_until(admin: SocketAddr, status: u16) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let answer = get(admin, "/readyz").await;
+        if answer.0 == status || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
