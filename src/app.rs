@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, Problem};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::reload::{Current, Reloader};
-use crate::server::Server;
+use crate::server::{MemoryBudget, Server};
 use crate::telemetry::Tracing;
 use crate::tls::ReloadableTls;
 use crate::upstream::{Forward, Upstream};
@@ -27,19 +27,31 @@ pub const EXIT_USAGE: u8 = 64;
 /// Exit code for any other start-up failure.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// `gatehouse check`: prints `ok`, or every problem (one per line, naming the file and
-/// the field) and returns 64.
+/// `gatehouse check`: prints `ok` and the worst-case memory the limits allow, or every
+/// problem (one per line, naming the file and the field) and returns 64.
 pub fn check(path: &Path) -> ExitCode {
-    match load(path) {
-        Ok(_) => {
-            println!("ok");
-            ExitCode::SUCCESS
-        }
+    let loaded = match load(path) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
-            ExitCode::from(EXIT_USAGE)
+            return ExitCode::from(EXIT_USAGE);
         }
+    };
+    let limits = &loaded.config.limits;
+    if let Some(problem) = detected_memory_problem(limits) {
+        eprintln!("{}: {problem}", path.display());
+        return ExitCode::from(EXIT_USAGE);
     }
+    println!("ok");
+    println!(
+        "worst-case memory: {}{}",
+        MemoryBudget::of(limits),
+        match memory_limit(limits) {
+            Some((limit, from)) => format!(", limit {} MiB ({from})", limit / MIB),
+            None => String::new(),
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 /// `gatehouse hash-key`: the SHA-256 of the key on standard input (one trailing newline
@@ -90,6 +102,9 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     let log_level = Arc::new(telemetry::init_logging(&loaded.config.telemetry));
+    if let Some(problem) = detected_memory_problem(&loaded.config.limits) {
+        tracing::warn!(%problem, "the limits allow more memory than the cgroup gives");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,6 +136,11 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         problems,
     };
     let mut problems = config.validate();
+    if let Some(limit) = config.limits.memory_limit
+        && let Some(problem) = check_memory(&config.limits, limit.0, "limits.memory_limit")
+    {
+        problems.push(problem);
+    }
     let tls = if config.tls.enabled {
         match tls::server_config(&config.tls) {
             Ok(tls) => Some(tls),
@@ -147,6 +167,57 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         }),
         _ => Err(invalid(problems)),
     }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The memory gatehouse may use: `limits.memory_limit`, else the cgroup's limit (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`), with where it came from.
+fn memory_limit(limits: &crate::config::Limits) -> Option<(u64, &'static str)> {
+    if let Some(limit) = limits.memory_limit {
+        return Some((limit.0, "limits.memory_limit"));
+    }
+    let read = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    if let Some(limit) = read("/sys/fs/cgroup/memory.max") {
+        return Some((limit, "cgroup memory.max"));
+    }
+    // cgroup v1 writes "no limit" as a number near 2^63.
+    read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .filter(|limit| *limit < 1 << 60)
+        .map(|limit| (limit, "cgroup memory.limit_in_bytes"))
+}
+
+/// A problem when no `limits.memory_limit` is set and the worst case does not fit the
+/// cgroup's limit. `check` refuses such a configuration; `run` logs it, so a pod that
+/// ran before keeps starting.
+fn detected_memory_problem(limits: &crate::config::Limits) -> Option<Problem> {
+    if limits.memory_limit.is_some() {
+        return None;
+    }
+    let (limit, from) = memory_limit(limits)?;
+    check_memory(limits, limit, from)
+}
+
+/// A problem when the worst case the limits allow does not fit the memory limit.
+fn check_memory(limits: &crate::config::Limits, limit: u64, from: &str) -> Option<Problem> {
+    let budget = MemoryBudget::of(limits);
+    (budget.total > limit).then(|| {
+        Problem::new(
+            "limits",
+            format!(
+                "worst-case memory {budget} exceeds the memory limit of {} MiB ({from}): lower \
+                 limits.max_connections, limits.max_concurrent_streams or \
+                 limits.max_header_list_size, or raise the limit; see docs/deploy.md",
+                limit / MIB,
+            ),
+        )
+    })
 }
 
 /// A configuration with every file it names read and checked.

@@ -59,6 +59,33 @@ const NOT_GRPC_MESSAGE: &str =
     "gatehouse serves gRPC only: POST with content-type application/grpc\n";
 /// Request paths in the log line of a request that is not gRPC are cut to this many bytes.
 const NOT_GRPC_LOGGED_PATH: usize = 200;
+/// Receive window of one caller stream, in bytes: what a caller may make gatehouse hold
+/// for one call that the app is not reading. hyper's default (1 MiB) let 256 connections
+/// pushing stalled requests take 305 MiB; 64 KiB halved the speed of large streams.
+pub const CALLER_STREAM_WINDOW: u32 = 256 * 1024;
+/// Receive window of one caller connection, in bytes: two streams' worth, so one stalled
+/// call does not stop the caller's other calls on the connection, and the most request
+/// data one connection can make gatehouse hold. h2 also lets only as many small DATA
+/// frames be in flight as half this window pays for (a grpc-go client streaming 300
+/// small messages was cut off with ENHANCE_YOUR_CALM at 128 KiB).
+pub const CALLER_CONNECTION_WINDOW: u32 = 2 * CALLER_STREAM_WINDOW;
+/// Response bytes queued per caller stream beyond what the caller's window takes.
+pub const CALLER_SEND_BUFFER: usize = 64 * 1024;
+/// What an open connection costs besides the data it may make gatehouse hold: TLS
+/// record buffers, HTTP/2 state (HPACK tables, frame buffer), the task. Measured: 60 KiB
+/// per idle TLS connection (docs/deploy.md).
+pub const CONNECTION_COST: u64 = 64 * 1024;
+/// What an open call costs besides its headers: stream state on both sides, the
+/// middleware's records, the forwarding task. Its headers are counted three times (as
+/// received, as decoded, as sent on): 6,159 open calls with 12 KB of headers cost 41 KiB
+/// each.
+pub const CALL_COST: u64 = 8 * 1024;
+/// What gatehouse needs with no connection open (a release build idles under 8 MiB):
+/// runtime, configuration, key caches, metrics, log buffers.
+pub const BASE_COST: u64 = 16 * 1024 * 1024;
+/// Buffers toward the app: the connection to the app's receive window (hyper's client
+/// default, 5 MiB) and the chunks in flight to it.
+pub const UPSTREAM_COST: u64 = 8 * 1024 * 1024;
 
 /// What is known about the connection a request arrived on, in every request's
 /// extensions.
@@ -103,6 +130,56 @@ impl HeldForCall {
     }
 }
 
+/// The most memory gatehouse can need under its limits: every connection open with
+/// every call it may open, each connection holding as much request data as its receive
+/// window allows and one frame being read, plus what gatehouse needs anyway, the span
+/// export queue and its buffers toward the app. Printed by `gatehouse check` and checked
+/// against the memory limit; docs/deploy.md states the formula.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Bytes one connection can cost, its calls included.
+    pub per_connection: u64,
+    pub connections: u64,
+    /// Bytes that do not grow with connections.
+    pub fixed: u64,
+    pub total: u64,
+}
+
+impl MemoryBudget {
+    pub fn of(limits: &Limits) -> MemoryBudget {
+        let headers = u64::from(limits.max_header_list_size);
+        // One frame being decoded: at most a header list, or a DATA frame (16 KiB).
+        let frame = headers.max(16 * 1024);
+        let per_call = CALL_COST + 3 * headers;
+        let per_connection = CONNECTION_COST
+            + u64::from(CALLER_CONNECTION_WINDOW)
+            + frame
+            + u64::from(limits.max_concurrent_streams) * per_call;
+        let connections = limits.max_connections as u64;
+        let fixed = BASE_COST + UPSTREAM_COST + crate::telemetry::SPAN_QUEUE_BYTES as u64;
+        MemoryBudget {
+            per_connection,
+            connections,
+            fixed,
+            total: fixed.saturating_add(connections.saturating_mul(per_connection)),
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MIB: u64 = 1024 * 1024;
+        write!(
+            f,
+            "{} MiB ({} connections x {} KiB + {} MiB)",
+            self.total.div_ceil(MIB),
+            self.connections,
+            self.per_connection.div_ceil(1024),
+            self.fixed.div_ceil(MIB)
+        )
+    }
+}
+
 /// Serves HTTP/2 connections into the middleware chain.
 #[derive(Clone)]
 pub struct Server {
@@ -120,6 +197,9 @@ impl Server {
             .max_header_list_size(limits.max_header_list_size)
             .keep_alive_interval(limits.keepalive_interval.get())
             .keep_alive_timeout(limits.keepalive_timeout.get())
+            .initial_stream_window_size(CALLER_STREAM_WINDOW)
+            .initial_connection_window_size(CALLER_CONNECTION_WINDOW)
+            .max_send_buf_size(CALLER_SEND_BUFFER)
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
             .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         Server {

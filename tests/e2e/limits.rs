@@ -3,6 +3,8 @@
 //! took what it could, then that everyone else is still served.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -435,5 +437,258 @@ async fn an_identity_over_its_call_rate_is_refused_while_another_is_served() {
         )
         .is_some_and(|count| count >= 1.0),
         "{scrape}"
+    );
+}
+
+/// An app that takes every call and never reads a byte of it: it advertises a stream
+/// window of 0, so everything a caller pushes stays in gatehouse. Counts the calls.
+async fn start_app_that_never_reads() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, bytes::Bytes>(tcp)
+                    .await
+                else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok(call)) = connection.accept().await {
+                    held.push(call);
+                    calls.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// One connection from `from` (TLS without a client certificate) with one call that
+/// pushes request data as fast as gatehouse's flow control allows, up to `limit` bytes;
+/// `pushed` counts the bytes gatehouse let it send.
+async fn push_stalled_request(
+    from: &'static str,
+    to: SocketAddr,
+    key: &'static str,
+    limit: usize,
+    pushed: Arc<AtomicUsize>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let tcp = connect_from(from, to).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(client_tls(None));
+    let server = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(server, tcp).await.ok()?;
+    let (client, connection) = h2::client::handshake(tls).await.ok()?;
+    let mut client = client.ready().await.ok()?;
+    let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Collect")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", key)
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).ok()?;
+    Some(tokio::spawn(async move {
+        let _keep = (client, response);
+        let connection = tokio::spawn(connection);
+        let mut sent = 0;
+        while sent < limit {
+            stream.reserve_capacity(16 * 1024);
+            let granted = match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(granted)) => granted,
+                _ => break,
+            };
+            if stream
+                .send_data(bytes::Bytes::from(vec![0u8; granted]), false)
+                .is_err()
+            {
+                break;
+            }
+            sent += granted;
+            pushed.fetch_add(granted, Ordering::SeqCst);
+        }
+        let _ = connection.await;
+    }))
+}
+
+/// Resident memory of a process now, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+const ATTACKER_KEY: &str = "limits-attacker-0123456789abcdef";
+
+/// TLS with optional client certificates, an attacker's API key, the admin port.
+fn memory_config(app: SocketAddr, limits: &str) -> String {
+    optional_tls_config(app, limits)
+        + &format!(
+            "auth:\n  api_keys:\n    keys:\n      - {{ name: attacker, sha256: \"{}\" }}\n      - {{ name: a, sha256: \"{}\" }}\n",
+            hash(ATTACKER_KEY),
+            hash(KEY_A)
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_each_pushing_a_stalled_request_stay_within_the_printed_budget() {
+    let (app, calls) = start_app_that_never_reads().await;
+    // One call per connection: the budget then counts one call's state per connection.
+    let limits = "{ max_connections: 256, max_concurrent_streams: 1, \
+                  per_identity: { max_concurrent_calls: 1000 } }";
+    let config = memory_config(app, limits);
+    let gatehouse = Gatehouse::start(&config);
+    let check = self::gatehouse(&[
+        "check",
+        "--config",
+        gatehouse.config_path().to_str().unwrap(),
+    ]);
+    let printed = stdout(&check);
+    let budget_mib: u64 = printed
+        .split("worst-case memory: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_else(|| panic!("no budget in {printed:?}"));
+    let idle = rss_kib(gatehouse.pid());
+
+    // The default share, a quarter of the slots per address: four addresses fill them.
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for from in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        for _ in 0..64 {
+            let attacker =
+                push_stalled_request(from, gatehouse.addr, ATTACKER_KEY, 1 << 20, pushed.clone())
+                    .await
+                    .expect("within the limits");
+            attackers.push(attacker);
+        }
+    }
+    // The attack happened: every call reached the app, and gatehouse took at least a
+    // full stream window from each caller that it could not pass on.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let window = 256 * 1024; // gatehouse's stream window (server::CALLER_STREAM_WINDOW)
+    while calls.load(Ordering::SeqCst) < 256 || pushed.load(Ordering::SeqCst) < 256 * window {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attack did not get going: {} calls, {} bytes pushed",
+            calls.load(Ordering::SeqCst),
+            pushed.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_metric(&gatehouse, "gatehouse_connections", 256.0).await;
+    let mut refused = connect_from("127.0.0.6", gatehouse.addr).await.unwrap();
+    closed_by_gatehouse(&mut refused).await;
+
+    let peak = peak_rss_kib(gatehouse.pid());
+    let pushed = pushed.load(Ordering::SeqCst);
+    eprintln!(
+        "256 connections pushing stalled requests: {} KiB pushed in all ({} KiB each), \
+         RSS {idle} KiB idle, {} KiB now, peak {peak} KiB; budget {budget_mib} MiB",
+        pushed / 1024,
+        pushed / 1024 / 256,
+        rss_kib(gatehouse.pid()),
+    );
+    assert!(
+        peak <= budget_mib * 1024,
+        "peak RSS {peak} KiB over the budget of {budget_mib} MiB"
+    );
+    for attacker in attackers {
+        attacker.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_method_names_the_app_does_not_have_leave_the_scrape_small() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&keyed_config(app.addr, "{}"));
+    let mut client = client(gatehouse.addr).await;
+    echo_as(&mut client, KEY_A).await.expect("a real method");
+    let channel = channel(gatehouse.addr, Some(Identity::gateway()))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for i in 0..300 {
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default();
+        // 8 KB names, admitted (a valid key), answered UNIMPLEMENTED by the app itself.
+        let name = format!("/made.up.Svc{i}/M{}", "x".repeat(8 * 1024));
+        let path: http::uri::PathAndQuery = name.parse().unwrap();
+        let status = grpc
+            .unary(with_key(KEY_A, EchoRequest::default()), path, codec)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    }
+    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    eprintln!(
+        "/metrics after 300 made-up 8 KB methods: {} bytes",
+        scrape.len()
+    );
+    assert!(
+        scrape.len() < 32 * 1024,
+        "/metrics grew to {} bytes",
+        scrape.len()
+    );
+    assert!(!scrape.contains("made.up"), "made-up names became labels");
+    let other = r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="other",grpc_method="other",grpc_code="Unimplemented"}"#;
+    assert_eq!(sample(&scrape, other), Some(300.0), "{scrape}");
+    let echo = r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo",grpc_code="OK"}"#;
+    assert_eq!(sample(&scrape, echo), Some(1.0), "{scrape}");
+}
+
+#[test]
+fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    let limits = "{ max_connections: 128, max_concurrent_streams: 16, \
+                  max_header_list_size: 8192, memory_limit: MEMORY }";
+    let config = |memory: &str| {
+        dev_config("127.0.0.1:50051".parse().unwrap()).replace(
+            "limits: { drain_timeout: 10s }",
+            &format!("limits: {}", limits.replace("MEMORY", memory)),
+        )
+    };
+    std::fs::write(&path, config("192MiB")).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains(
+            "worst-case memory: 166 MiB (128 connections x 1104 KiB + 28 MiB), \
+             limit 192 MiB (limits.memory_limit)"
+        ),
+        "{}",
+        stdout(&output)
+    );
+
+    std::fs::write(&path, config("100MiB")).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("limits: worst-case memory 166 MiB")
+            && errors.contains("exceeds the memory limit of 100 MiB (limits.memory_limit)")
+            && errors.contains("limits.max_connections"),
+        "{errors}"
+    );
+    // `run` refuses it the same way.
+    let output = gatehouse(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
+
+    std::fs::write(&path, config("lots")).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        stderr(&output).contains("limits.memory_limit"),
+        "{}",
+        stderr(&output)
     );
 }
