@@ -265,7 +265,21 @@ async fn one_client_address_over_its_share_is_refused_while_another_connects() {
     let other = h2c_channel_from("127.0.0.3", gatehouse.addr)
         .await
         .expect("another address connects");
-    assert_eq!(echo_on(other).await.unwrap(), "served");
+    let served = async {
+        assert_eq!(echo_on(other.clone()).await.unwrap(), "served");
+        let chunks = (0..4).map(|_| EchoRequest {
+            payload: vec![7; 64 * 1024],
+            ..Default::default()
+        });
+        let reply = DemoClient::new(other)
+            .collect(tokio_stream::iter(chunks))
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().count, 4, "a 256 KiB client stream");
+    };
+    tokio::time::timeout(Duration::from_secs(3), served)
+        .await
+        .expect("another address served within 3 s");
     // The held connections still work: the refusal touched only the one over the cap.
     for channel in held.drain(..) {
         assert_eq!(echo_on(channel).await.unwrap(), "served");
