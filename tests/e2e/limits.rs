@@ -706,3 +706,17 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
         stderr(&output)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_greets_is_dropped_when_its_idle_timeout_fires() {
+    let app = App::start().await;
+    let config = h2c_config(app.addr, "{ handshake_timeout: 1h, idle_timeout: 300ms }");
+    let gatehouse = Gatehouse::start(&config);
+    let mut silent = TcpStream::connect(gatehouse.addr).await.unwrap();
+    until_metric(&gatehouse, "gatehouse_connections", 1.0).await;
+    closed_by_gatehouse(&mut silent).await;
+    gatehouse
+        .wait_for_line(&["closed before its HTTP/2 preface"])
+        .await;
+    until_metric(&gatehouse, "gatehouse_connections", 0.0).await;
+}
