@@ -720,3 +720,43 @@ async fn a_connection_that_never_greets_is_dropped_when_its_idle_timeout_fires()
         .await;
     until_metric(&gatehouse, "gatehouse_connections", 0.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_calls_count_against_their_connection() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&keyed_config(app.addr, "{ max_concurrent_calls: 2 }"));
+    let watch = |channel: tonic::transport::Channel| async move {
+        let mut stream = HealthClient::new(channel)
+            .watch(HealthCheckRequest::default())
+            .await?
+            .into_inner();
+        // The first status arrived: the watch is open through gatehouse.
+        stream.message().await?;
+        Ok::<_, tonic::Status>(stream)
+    };
+    let first = channel(gatehouse.addr, Some(Identity::gateway()))
+        .await
+        .unwrap();
+    let _open = [
+        watch(first.clone()).await.expect("first watch"),
+        watch(first.clone()).await.expect("second watch"),
+    ];
+    let refused = watch(first.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("CONCURRENCY_LIMIT"),
+        "{}",
+        refused.message()
+    );
+    // An authenticated identity on the same connection has its own share.
+    echo_as(&mut DemoClient::new(first), KEY_A)
+        .await
+        .expect("identity a served on the same connection");
+    // Another connection's public calls have their own share too.
+    let second = channel(gatehouse.addr, Some(Identity::gateway()))
+        .await
+        .unwrap();
+    watch(second).await.expect("a watch on another connection");
+}
