@@ -1,0 +1,824 @@
+//! HTTP/2 connections to one target, shared by the calls forwarded to it so that no call
+//! can stall another: several connections, stream accounting against the target's own
+//! limit, a bounded wait when every connection is full, explicit resets, and send and
+//! receive budgets per stream.
+//!
+//! The pool speaks the `h2` crate directly rather than through hyper's client, because
+//! hyper hides the three things isolation needs: the request body is pumped by a task
+//! hyper owns, parked on send capacity, so a call whose caller went away is never reset
+//! (its stream and the connection window it holds stay taken); the target's stream
+//! limit is enforced by an unbounded queue inside h2 that gatehouse cannot see; and
+//! receive capacity is released by hyper when a frame is read, not when the caller has
+//! taken it. Here the pool counts the streams it opens, pumps request bodies itself
+//! (`SendStream::reserve_capacity` / `poll_capacity`, and `send_reset(CANCEL)` on every
+//! early end, whatever the pump is waiting for), and releases receive capacity as the
+//! caller's side takes each frame.
+//!
+//! # Budgets
+//!
+//! - Receive: each stream gets a [`STREAM_WINDOW`] window and each connection
+//!   [`STREAM_WINDOW`] × [`STREAMS_PER_CONNECTION`], so the streams of callers that do not
+//!   read can fill their own windows but never the connection's. Worst case buffered per
+//!   connection: 100 × 64 KiB = 6.25 MiB (25 MiB for the default four connections), only
+//!   when every stream on it has a caller that stopped reading.
+//! - Send: gatehouse cannot see the target's windows, only what h2 assigns. A stream
+//!   reserves at most [`SEND_CHUNK`] of capacity at a time, so no stream holds connection
+//!   window it is not about to use. A target that stops reading one stream (a hyper or
+//!   tonic app does so when that stream's replies back up) lets that stream take the
+//!   target's whole connection window (hyper: 1 MiB stream window, 1 MiB connection
+//!   window), and every other stream on that connection then waits for capacity. The pool
+//!   sees this as a stream starved of send capacity: a connection with a starved stream
+//!   takes no new calls while another has room, and a new connection is opened (up to the
+//!   configured number) rather than queue calls behind it. One misbehaving stream (or as
+//!   many as there are connections less one) therefore costs other callers nothing.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Receive window of one stream (response direction), in bytes.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+/// Streams gatehouse puts on one connection at most, whatever the target allows.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+/// Send capacity a stream reserves at a time (request direction), in bytes.
+pub const SEND_CHUNK: usize = 16 * 1024;
+/// Request bytes kept per call until the target has answered, so a call the target
+/// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
+/// not retried.
+const REPLAY_LIMIT: usize = 64 * 1024;
+/// How often a call the target did not process is sent again.
+const ATTEMPTS: usize = 3;
+
+/// Where a target listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`, resolved on every connect.
+    Tcp(String),
+    /// A Unix domain socket, written `unix:/path` in the config.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(address) => f.write_str(address),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How many connections, and how long and how many calls may wait for a stream.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// Connections to the target at most.
+    pub connections: usize,
+    /// Calls that may wait for a free stream when every connection is full.
+    pub queue: usize,
+    /// How long a call may wait for a free stream.
+    pub queue_timeout: Duration,
+}
+
+/// Why a call could not be sent, or failed before the target answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target refused or dropped the connection attempt.
+    #[error("{target} is unreachable: {source}")]
+    Connect {
+        target: Target,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting (TCP and the HTTP/2 handshake) took longer than `connect_timeout`.
+    #[error("{target} did not accept a connection within {after:?}")]
+    ConnectTimeout { target: Target, after: Duration },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake with {target} failed: {source}")]
+    Handshake {
+        target: Target,
+        #[source]
+        source: h2::Error,
+    },
+    /// Every connection is at the target's stream limit and the wait queue is full.
+    #[error(
+        "{target} has no free stream on any of its {connections} connections and {waiting} calls already wait"
+    )]
+    QueueFull {
+        target: Target,
+        connections: usize,
+        waiting: usize,
+    },
+    /// No stream became free within `queue_timeout`.
+    #[error("{target} had no free stream on any of its {connections} connections for {after:?}")]
+    QueueTimeout {
+        target: Target,
+        connections: usize,
+        after: Duration,
+    },
+    /// The stream failed before the target answered: a reset, or the connection died.
+    #[error("{0}")]
+    Stream(#[source] h2::Error),
+}
+
+/// Connections to one target.
+pub struct Pool {
+    target: Target,
+    settings: Settings,
+    connections: Mutex<Vec<Arc<Connection>>>,
+    /// One dial at a time, so a burst of calls opens one connection, not one per call.
+    dialing: tokio::sync::Mutex<()>,
+    /// A stream was released, a connection opened or closed: waiting calls look again.
+    changed: Arc<Notify>,
+    waiting: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// One HTTP/2 connection and the streams gatehouse has open on it.
+struct Connection {
+    id: u64,
+    sender: SendRequest<Bytes>,
+    /// Streams gatehouse holds on this connection.
+    open: AtomicUsize,
+    /// Streams whose request data waits for send capacity.
+    starved: AtomicUsize,
+    /// The connection ended, or the target said GOAWAY: no new streams.
+    closed: AtomicBool,
+}
+
+impl Connection {
+    fn has_room(&self) -> bool {
+        let limit = self
+            .sender
+            .current_max_send_streams()
+            .min(STREAMS_PER_CONNECTION);
+        !self.closed.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) < limit
+    }
+}
+
+/// A stream slot on a connection, given back when dropped.
+struct Lease {
+    connection: Arc<Connection>,
+    changed: Arc<Notify>,
+}
+
+impl Lease {
+    fn new(connection: &Arc<Connection>, changed: &Arc<Notify>) -> Self {
+        connection.open.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            connection: connection.clone(),
+            changed: changed.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connection.open.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+}
+
+/// A place in the bounded wait queue, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+enum Pick {
+    Lease(Lease),
+    Dial,
+    Full,
+}
+
+impl Pool {
+    /// Prepares the pool; nothing is dialled until the first call.
+    pub fn new(target: Target, settings: Settings) -> Self {
+        Pool {
+            target,
+            settings,
+            connections: Mutex::new(Vec::new()),
+            dialing: tokio::sync::Mutex::new(()),
+            changed: Arc::new(Notify::new()),
+            waiting: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Open connections, for tests and metrics.
+    pub fn connections(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Connection>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `request` and returns the target's response headers with its body streaming.
+    /// The request body is pumped under flow control; dropping the returned future or the
+    /// response body before the exchange ends resets the target's stream with CANCEL.
+    /// A call the target did not process (GOAWAY above its stream id, REFUSED_STREAM) is
+    /// sent again on another connection when its request bytes so far were kept.
+    pub async fn send<B>(&self, request: Request<B>) -> Result<Response<ResponseStream>, Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let mut head = Request::from_parts(parts, ());
+        *head.version_mut() = http::Version::HTTP_2;
+        let mut source = Source::new(body);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let lease = self.acquire().await?;
+            let mut sender = lease.connection.sender.clone();
+            let end_of_stream = source.is_end_stream();
+            let (response, stream) = match sender.send_request(copy_head(&head), end_of_stream) {
+                Ok(sent) => sent,
+                Err(error) => {
+                    // The connection is going away; nothing reached the target.
+                    lease.connection.closed.store(true, Ordering::Release);
+                    if attempt < ATTEMPTS {
+                        continue;
+                    }
+                    return Err(Error::Stream(error));
+                }
+            };
+            let mut pump = Pump::new(source, stream, lease.connection.clone(), end_of_stream);
+            match exchange(response, &mut pump).await {
+                Ok(response) => {
+                    let (parts, recv) = response.into_parts();
+                    let cancel = CancellationToken::new();
+                    if !pump.is_done() {
+                        // The request keeps flowing while the response streams back; the
+                        // task ends with the call, and resets the stream if it ends early.
+                        let cancelled = cancel.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = std::future::poll_fn(|cx| pump.poll_pump(cx).map(|_| ())) => {}
+                                () = cancelled.cancelled() => {}
+                            }
+                        });
+                    }
+                    let body = ResponseStream {
+                        recv,
+                        data_done: false,
+                        _lease: lease,
+                        _pump: cancel.drop_guard(),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(error) => {
+                    let unprocessed = not_processed(&error);
+                    if error.is_go_away() {
+                        lease.connection.closed.store(true, Ordering::Release);
+                    }
+                    match pump.into_replay() {
+                        Some(replay) if unprocessed && attempt < ATTEMPTS => {
+                            tracing::debug!(
+                                target_address = %self.target,
+                                %error,
+                                "the target did not process the call; sending it again"
+                            );
+                            source = replay;
+                            drop(lease);
+                        }
+                        _ => return Err(Error::Stream(error)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A stream slot: on a connection with room and no starved stream, on a new
+    /// connection, on any connection with room, or after a bounded wait.
+    async fn acquire(&self) -> Result<Lease, Error> {
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        let mut queued = None;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.pick() {
+                Pick::Lease(lease) => return Ok(lease),
+                Pick::Dial => {
+                    if let Ok(_one_at_a_time) = self.dialing.try_lock() {
+                        let dialled = self.dial().await;
+                        if let Ok(connection) = &dialled {
+                            self.lock().push(connection.clone());
+                        }
+                        self.changed.notify_waiters();
+                        dialled?;
+                        continue;
+                    }
+                    // Another call is dialling; its connection (or failure) wakes us.
+                }
+                Pick::Full => {}
+            }
+            if queued.is_none() {
+                let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+                queued = Some(Queued(&self.waiting));
+                if waiting >= self.settings.queue {
+                    return Err(Error::QueueFull {
+                        target: self.target.clone(),
+                        connections: self.connections(),
+                        waiting,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::QueueTimeout {
+                    target: self.target.clone(),
+                    connections: self.connections(),
+                    after: self.settings.queue_timeout,
+                });
+            }
+        }
+    }
+
+    fn pick(&self) -> Pick {
+        let mut connections = self.lock();
+        connections.retain(|connection| !connection.closed.load(Ordering::Acquire));
+        let healthy = connections
+            .iter()
+            .filter(|c| c.has_room() && c.starved.load(Ordering::Acquire) == 0)
+            .min_by_key(|c| c.open.load(Ordering::Acquire));
+        if let Some(connection) = healthy {
+            return Pick::Lease(Lease::new(connection, &self.changed));
+        }
+        if connections.len() < self.settings.connections {
+            return Pick::Dial;
+        }
+        let any = connections
+            .iter()
+            .filter(|c| c.has_room())
+            .min_by_key(|c| {
+                (
+                    c.starved.load(Ordering::Acquire),
+                    c.open.load(Ordering::Acquire),
+                )
+            });
+        match any {
+            Some(connection) => Pick::Lease(Lease::new(connection, &self.changed)),
+            None => Pick::Full,
+        }
+    }
+
+    async fn dial(&self) -> Result<Arc<Connection>, Error> {
+        let after = self.settings.connect_timeout;
+        match tokio::time::timeout(after, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectTimeout {
+                target: self.target.clone(),
+                after,
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Connection>, Error> {
+        let unreachable = |source| Error::Connect {
+            target: self.target.clone(),
+            source,
+        };
+        match &self.target {
+            Target::Tcp(address) => {
+                let stream = TcpStream::connect(address.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                self.handshake(stream).await
+            }
+            Target::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Arc<Connection>, Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let failed = |source| Error::Handshake {
+            target: self.target.clone(),
+            source,
+        };
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW * STREAMS_PER_CONNECTION as u32)
+            .enable_push(false)
+            // Until the target's SETTINGS arrive, one stream at a time.
+            .initial_max_send_streams(1)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(failed)?;
+        let mut ping = connection.ping_pong();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let opened = Arc::new(Connection {
+            id,
+            sender,
+            open: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let watched = opened.clone();
+        let changed = self.changed.clone();
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(upstream = %target, connection = id, "connection closed"),
+                Err(error) => {
+                    tracing::warn!(upstream = %target, connection = id, %error, "connection failed")
+                }
+            }
+            watched.closed.store(true, Ordering::Release);
+            changed.notify_waiters();
+        });
+        // The target's SETTINGS come before its answer to a PING (its preface must open
+        // with them), so once the PONG is here the stream limit is the target's own and
+        // calls are never sent into a limit they would be refused by. One PING per
+        // connection, at its start, is within what any server's ping policy allows.
+        if let Some(ping) = ping.as_mut() {
+            ping.ping(h2::Ping::opaque()).await.map_err(failed)?;
+        }
+        tracing::debug!(
+            upstream = %self.target,
+            connection = id,
+            max_streams = opened.sender.current_max_send_streams(),
+            "connected"
+        );
+        Ok(opened)
+    }
+}
+
+/// Whether the target refused the stream without processing it, so sending it again is
+/// safe: a GOAWAY whose last stream id is below it (h2 reports exactly those streams with
+/// the GOAWAY's error; a graceful GOAWAY carries NO_ERROR), or RST_STREAM REFUSED_STREAM.
+fn not_processed(error: &h2::Error) -> bool {
+    error.is_remote()
+        && ((error.is_go_away() && error.reason() == Some(Reason::NO_ERROR))
+            || (error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM)))
+}
+
+fn copy_head(head: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
+}
+
+/// Waits for the response headers while pumping the request body.
+async fn exchange<B>(
+    mut response: ResponseFuture,
+    pump: &mut Pump<B>,
+) -> Result<Response<RecvStream>, h2::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+            return Poll::Ready(result);
+        }
+        if !pump.is_done()
+            && let Poll::Ready(Err(error)) = pump.poll_pump(cx)
+        {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The request body: the caller's, behind what was already sent on a refused attempt.
+struct Source<B> {
+    replay: VecDeque<Bytes>,
+    /// Trailers already received from the body, for a retry.
+    trailers: Option<HeaderMap>,
+    /// The body has ended (its end, or its trailers, were read).
+    ended: bool,
+    body: B,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Source<B> {
+    fn new(body: B) -> Self {
+        Source {
+            replay: VecDeque::new(),
+            trailers: None,
+            ended: false,
+            body,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.replay.is_empty() && self.trailers.is_none() && self.body.is_end_stream()
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ()>>> {
+        if let Some(data) = self.replay.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            // The caller's stream failed (it reset it, or its connection died).
+            Some(Err(_)) => Poll::Ready(Some(Err(()))),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// The request frames already sent on an attempt.
+#[derive(Default)]
+struct Sent {
+    data: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+/// Pumps a request body into the target's stream, a chunk of send capacity at a time.
+struct Pump<B> {
+    source: Option<Source<B>>,
+    stream: SendStream<Bytes>,
+    connection: Arc<Connection>,
+    /// Data not yet sent, for want of capacity.
+    pending: Option<Bytes>,
+    /// What was sent, while small enough to send again.
+    sent: Option<Sent>,
+    sent_bytes: usize,
+    /// Capacity was granted once: the stream is open on the wire. A stream's first wait
+    /// is for its HEADERS to go out, not for window, and does not count as starved.
+    granted: bool,
+    starved: bool,
+    done: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
+    fn new(
+        source: Source<B>,
+        stream: SendStream<Bytes>,
+        connection: Arc<Connection>,
+        done: bool,
+    ) -> Self {
+        Pump {
+            source: Some(source),
+            stream,
+            connection,
+            pending: None,
+            sent: Some(Sent::default()),
+            sent_bytes: 0,
+            granted: false,
+            starved: false,
+            done,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The body to send again: what was sent, then the rest of the caller's body; `None`
+    /// when too much was sent to keep.
+    fn into_replay(mut self) -> Option<Source<B>> {
+        let sent = self.sent.take()?;
+        let mut source = self.source.take()?;
+        let mut replay = sent.data;
+        if let Some(pending) = self.pending.take() {
+            replay.push_back(pending);
+        }
+        replay.append(&mut source.replay);
+        source.replay = replay;
+        if sent.trailers.is_some() {
+            source.trailers = sent.trailers;
+        }
+        source.ended |= sent.ended;
+        Some(source)
+    }
+
+    fn set_starved(&mut self, starved: bool) {
+        if self.starved != starved {
+            self.starved = starved;
+            if starved {
+                self.connection.starved.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.connection.starved.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn remember(&mut self, frame: &Frame<Bytes>) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        if let Some(data) = frame.data_ref() {
+            self.sent_bytes += data.len();
+            if self.sent_bytes > REPLAY_LIMIT {
+                self.sent = None;
+            } else {
+                sent.data.push_back(data.clone());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            sent.trailers = Some(trailers.clone());
+        }
+    }
+
+    /// Ready(Ok) once the body has been sent to its end; Ready(Err) when the stream
+    /// failed (then the response says why) or the caller's body did.
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(data) = self.pending.as_mut() {
+                if self.stream.capacity() == 0 {
+                    self.stream.reserve_capacity(data.len().min(SEND_CHUNK));
+                    match self.stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            let granted = self.granted;
+                            self.set_starved(granted);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(error))) => {
+                            self.set_starved(false);
+                            return Poll::Ready(Err(error));
+                        }
+                        Poll::Ready(None) => {
+                            self.set_starved(false);
+                            // The stream is closed; its response says how.
+                            self.done = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    self.granted = true;
+                    self.set_starved(false);
+                    continue;
+                }
+                let piece = data.split_to(self.stream.capacity().min(data.len()));
+                if data.is_empty() {
+                    self.pending = None;
+                }
+                self.stream.send_data(piece, false)?;
+                continue;
+            }
+            let Some(source) = self.source.as_mut() else {
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(source.poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    self.remember(&frame);
+                    match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) => self.pending = Some(data),
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                if let Some(source) = self.source.as_mut() {
+                                    source.ended = true;
+                                }
+                                if let Some(sent) = self.sent.as_mut() {
+                                    sent.ended = true;
+                                }
+                                self.stream.send_trailers(trailers)?;
+                                self.done = true;
+                            }
+                        }
+                    }
+                }
+                Some(Err(())) => {
+                    // The caller's side failed: the target must learn at once.
+                    self.stream.send_reset(Reason::CANCEL);
+                    self.done = true;
+                    self.sent = None;
+                    return Poll::Ready(Ok(()));
+                }
+                None => {
+                    if let Some(source) = self.source.as_mut() {
+                        source.ended = true;
+                    }
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.ended = true;
+                    }
+                    self.stream.send_data(Bytes::new(), true)?;
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+impl<B> Drop for Pump<B> {
+    fn drop(&mut self) {
+        if self.starved {
+            self.connection.starved.fetch_sub(1, Ordering::AcqRel);
+        }
+        if !self.done {
+            // The call ended before its request did (cancelled, timed out, abandoned, its
+            // caller's connection died): reset the target's stream explicitly, whatever
+            // the pump was waiting for, so the target stops and its windows come back.
+            // On a stream that already ended this is a no-op in h2.
+            self.stream.send_reset(Reason::CANCEL);
+        }
+    }
+}
+
+/// The target's response body. Receive capacity goes back to the target only as the
+/// caller's side takes each frame, so a caller that stops reading stops its own stream
+/// at [`STREAM_WINDOW`] and no other. Dropping it before the end resets the stream.
+pub struct ResponseStream {
+    recv: RecvStream,
+    data_done: bool,
+    _lease: Lease,
+    /// Ends the request pump (resetting the stream if the request is unfinished).
+    _pump: DropGuard,
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("connection", &self._lease.connection.id)
+            .field("data_done", &self.data_done)
+            .finish()
+    }
+}
+
+impl Body for ResponseStream {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The server polls the body for the next frame only once the caller's
+                    // stream has room for it, so this is the caller taking the data.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_streams_the_target_never_processed_are_sent_again() {
+        // h2 builds these errors itself; what matters here is that an error that is not
+        // a remote GOAWAY or REFUSED_STREAM never counts as unprocessed.
+        let io: h2::Error = h2::Error::from(std::io::Error::other("broken pipe"));
+        assert!(!not_processed(&io));
+        let local: h2::Error = h2::Error::from(Reason::REFUSED_STREAM);
+        assert!(!not_processed(&local), "a reason h2 raised locally is not remote");
+    }
+}
