@@ -696,7 +696,10 @@ impl Config {
             ("limits.keepalive_interval", limits.keepalive_interval),
             ("limits.keepalive_timeout", limits.keepalive_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
-            ("limits.upstream_queue_timeout", limits.upstream_queue_timeout),
+            (
+                "limits.upstream_queue_timeout",
+                limits.upstream_queue_timeout,
+            ),
         ] {
             if value.get().is_zero() {
                 problems.push(Problem::new(field, "must be longer than 0s"));
