@@ -38,6 +38,7 @@ use pb::*;
 pub struct Observed {
     calls: AtomicU64,
     connections: AtomicU64,
+    connections_closed: AtomicU64,
     finished: AtomicU64,
     cancelled: AtomicU64,
     waits_started: AtomicU64,
@@ -66,6 +67,11 @@ impl Observed {
     /// Connections the app has accepted.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended, by either side, while the app kept serving.
+    pub fn connections_closed(&self) -> u64 {
+        self.connections_closed.load(Ordering::SeqCst)
     }
 
     /// Streaming calls the app finished sending or receiving.
@@ -421,6 +427,7 @@ pub async fn serve_with(
         let service = TowerToHyperService::new(routes.clone());
         let mut goaway = serving.goaway.as_ref().map(|sender| sender.subscribe());
         let max_streams = serving.max_concurrent_streams;
+        let observed = observed.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             if let Some(max) = max_streams {
@@ -437,10 +444,13 @@ pub async fn serve_with(
                 }
             };
             tokio::select! {
-                _ = connection.as_mut() => return,
-                () = asked => connection.as_mut().graceful_shutdown(),
+                _ = connection.as_mut() => {}
+                () = asked => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
-            let _ = connection.await;
+            observed.add(&observed.connections_closed, 1);
         });
         // Reap finished connections so a long-running app does not accumulate handles.
         while connections.try_join_next().is_some() {}
