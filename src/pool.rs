@@ -62,6 +62,11 @@ pub const SEND_CHUNK: usize = 16 * 1024;
 /// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
 /// not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
+/// A stream waiting this long for send capacity is one the target stopped reading.
+const WEDGED_AFTER: Duration = Duration::from_millis(250);
+/// Connections at most, as a multiple of the configured number, while streams the target
+/// stopped reading hold the others.
+const WEDGED_SURPLUS: usize = 4;
 /// How often a call the target did not process is sent again.
 const ATTEMPTS: usize = 3;
 
@@ -157,6 +162,11 @@ struct Connection {
     open: AtomicUsize,
     /// Streams whose request data waits for send capacity.
     starved: AtomicUsize,
+    /// Streams that have waited for send capacity longer than [`WEDGED_AFTER`]: the
+    /// target stopped reading them, and the connection does not count toward the limit.
+    wedged: AtomicUsize,
+    /// The pool's: told when a stream becomes wedged, so waiting calls look again.
+    changed: Arc<Notify>,
     /// The connection ended, or the target said GOAWAY: no new streams.
     closed: AtomicBool,
 }
@@ -364,24 +374,48 @@ impl Pool {
     }
 
     fn pick(&self) -> Pick {
-        let mut connections = self.lock();
-        connections.retain(|connection| !connection.closed.load(Ordering::Acquire));
-        let healthy = connections
-            .iter()
-            .filter(|c| c.has_room() && c.starved.load(Ordering::Acquire) == 0)
-            .min_by_key(|c| c.open.load(Ordering::Acquire));
-        if let Some(connection) = healthy {
-            return Pick::Lease(Lease::new(connection, &self.changed));
-        }
-        if connections.len() < self.settings.connections {
-            return Pick::Dial;
-        }
-        let any = connections.iter().filter(|c| c.has_room()).min_by_key(|c| {
+        let load = |c: &Arc<Connection>| {
             (
+                c.wedged.load(Ordering::Acquire),
                 c.starved.load(Ordering::Acquire),
                 c.open.load(Ordering::Acquire),
             )
-        });
+        };
+        let mut connections = self.lock();
+        connections.retain(|connection| !connection.closed.load(Ordering::Acquire));
+        // Wedged connections keep serving their streams but do not count: their slots
+        // are taken by streams the target stopped reading, not by load.
+        let mut counted = connections.iter().filter(|c| load(c).0 == 0).count();
+        if counted > self.settings.connections {
+            // Connections opened while others were wedged, now idle again: close the
+            // surplus (dropping the last handle ends the connection).
+            connections.retain(|c| {
+                let surplus = counted > self.settings.connections && load(c) == (0, 0, 0);
+                counted -= usize::from(surplus);
+                !surplus
+            });
+        }
+        let healthy = connections
+            .iter()
+            .filter(|c| c.has_room() && load(c).1 == 0)
+            .min_by_key(|c| load(c).2);
+        if let Some(connection) = healthy {
+            return Pick::Lease(Lease::new(connection, &self.changed));
+        }
+        // Every connection is full or has a stream waiting for the target's window: open
+        // another, within the limit, or beyond it up to WEDGED_SURPLUS times the limit
+        // while streams wait on all of them, since such a wait is most likely a stream
+        // the target stopped reading, which would stall any call put beside it.
+        let everywhere = connections.iter().all(|c| load(c).1 > 0);
+        if connections.len() < self.settings.connections * WEDGED_SURPLUS
+            && (counted < self.settings.connections || everywhere)
+        {
+            return Pick::Dial;
+        }
+        let any = connections
+            .iter()
+            .filter(|c| c.has_room())
+            .min_by_key(|c| load(c));
         match any {
             Some(connection) => Pick::Lease(Lease::new(connection, &self.changed)),
             None => Pick::Full,
@@ -443,6 +477,8 @@ impl Pool {
             sender,
             open: AtomicUsize::new(0),
             starved: AtomicUsize::new(0),
+            wedged: AtomicUsize::new(0),
+            changed: self.changed.clone(),
             closed: AtomicBool::new(false),
         });
         let watched = opened.clone();

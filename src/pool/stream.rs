@@ -16,7 +16,7 @@ use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::DropGuard;
 
-use super::{Connection, Lease, REPLAY_LIMIT, SEND_CHUNK};
+use super::{Connection, Lease, REPLAY_LIMIT, SEND_CHUNK, WEDGED_AFTER};
 
 /// Waits for the response headers while pumping the request body.
 pub(super) async fn exchange<B>(
@@ -105,6 +105,9 @@ pub(super) struct Pump<B> {
     /// is for its HEADERS to go out, not for window, and does not count as starved.
     granted: bool,
     starved: bool,
+    /// Fires when the stream has been starved for [`WEDGED_AFTER`].
+    wedge: Option<Pin<Box<tokio::time::Sleep>>>,
+    wedged: bool,
     done: bool,
 }
 
@@ -124,6 +127,8 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
             sent_bytes: 0,
             granted: false,
             starved: false,
+            wedge: None,
+            wedged: false,
             done,
         }
     }
@@ -148,17 +153,6 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
         }
         source.ended |= sent.ended;
         Some(source)
-    }
-
-    fn set_starved(&mut self, starved: bool) {
-        if self.starved != starved {
-            self.starved = starved;
-            if starved {
-                self.connection.starved.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.connection.starved.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
     }
 
     fn remember(&mut self, frame: &Frame<Bytes>) {
@@ -191,6 +185,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                         Poll::Pending => {
                             let granted = self.granted;
                             self.set_starved(granted);
+                            if granted {
+                                self.watch_wedge(cx);
+                            }
                             return Poll::Pending;
                         }
                         Poll::Ready(Some(Ok(_))) => {}
@@ -262,11 +259,48 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
     }
 }
 
+impl<B> Pump<B> {
+    fn set_starved(&mut self, starved: bool) {
+        if self.starved != starved {
+            self.starved = starved;
+            if starved {
+                self.connection.starved.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.connection.starved.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if !starved {
+            self.wedge = None;
+            if self.wedged {
+                self.wedged = false;
+                self.connection.wedged.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Starts or checks the starvation timer of a stream that waits for capacity.
+    fn watch_wedge(&mut self, cx: &mut Context<'_>) {
+        if self.wedged {
+            return;
+        }
+        let wedge = self
+            .wedge
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WEDGED_AFTER)));
+        if wedge.as_mut().poll(cx).is_ready() {
+            self.wedged = true;
+            self.connection.wedged.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                connection = self.connection.id,
+                "a stream waits for the target's window; new calls go to other connections"
+            );
+            self.connection.changed.notify_waiters();
+        }
+    }
+}
+
 impl<B> Drop for Pump<B> {
     fn drop(&mut self) {
-        if self.starved {
-            self.connection.starved.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.set_starved(false);
         if !self.done {
             // The call ended before its request did (cancelled, timed out, abandoned, its
             // caller's connection died): reset the target's stream explicitly, whatever

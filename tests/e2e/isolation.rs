@@ -139,6 +139,8 @@ fn chat_without_reading(
 /// so gatehouse holds request bytes it cannot send: the app's window for the stream (and
 /// for its connection: hyper's are both 1 MiB) is full.
 async fn fill_the_apps_window(gatehouse: &Gatehouse, app: &App) -> Attack {
+    // Earlier attacks' chats have stopped reading; this one's reads are the rest.
+    let before = app.observed().chat_bytes();
     let (mut attacker, connection) = raw_client(gatehouse.addr).await;
     let (response, body) = attacker.send_request(grpc_request("Chat"), false).unwrap();
     let sent = Arc::new(AtomicU64::new(0));
@@ -158,7 +160,7 @@ async fn fill_the_apps_window(gatehouse: &Gatehouse, app: &App) -> Attack {
     eventually(
         "the app read the chat and then stopped with its window full",
         || {
-            let read = observed.chat_bytes();
+            let read = observed.chat_bytes() - before;
             read >= 64 * KIB && sent.load(Ordering::SeqCst) >= read + 1536 * KIB
         },
     )
@@ -216,6 +218,34 @@ async fn a_bidi_stream_whose_app_stops_reading_stalls_no_one_else_and_is_reset_w
     );
     drop(attack);
     good_caller_is_served(&gatehouse, "after the attacker left").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_stalled_bidi_streams_than_connections_to_the_app_stall_no_one_else() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    // Five attackers, one more than limits.upstream_connections (4), each on its own
+    // connection to gatehouse and each filling the app's window for its stream.
+    let mut attacks = Vec::new();
+    for _ in 0..5 {
+        attacks.push(fill_the_apps_window(&gatehouse, &app).await);
+    }
+    good_caller_is_served(&gatehouse, "during five attacks").await;
+    let read = app.observed().chat_bytes();
+    let sent: u64 = attacks.iter().map(|a| a.sent.load(Ordering::SeqCst)).sum();
+    assert!(
+        sent >= read + 5 * 1536 * KIB,
+        "the attacks were still on while others were served"
+    );
+    let cancelled = app.observed().cancelled();
+    drop(attacks);
+    assert!(
+        app.observed()
+            .wait_until(RESET_WITHIN, |seen| seen.cancelled() >= cancelled + 5)
+            .await,
+        "the app did not see all five chats reset within 1 s"
+    );
+    good_caller_is_served(&gatehouse, "after the attackers left").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
