@@ -18,19 +18,30 @@
 //!
 //! - Receive: each stream gets a [`STREAM_WINDOW`] window and each connection
 //!   [`STREAM_WINDOW`] × [`STREAMS_PER_CONNECTION`], so the streams of callers that do not
-//!   read can fill their own windows but never the connection's. Worst case buffered per
-//!   connection: 100 × 64 KiB = 6.25 MiB (25 MiB for the default four connections), only
-//!   when every stream on it has a caller that stopped reading.
-//! - Send: gatehouse cannot see the target's windows, only what h2 assigns. A stream
-//!   reserves at most [`SEND_CHUNK`] of capacity at a time, so no stream holds connection
-//!   window it is not about to use. A target that stops reading one stream (a hyper or
-//!   tonic app does so when that stream's replies back up) lets that stream take the
-//!   target's whole connection window (hyper: 1 MiB stream window, 1 MiB connection
-//!   window), and every other stream on that connection then waits for capacity. The pool
-//!   sees this as a stream starved of send capacity: a connection with a starved stream
-//!   takes no new calls while another has room, and a new connection is opened (up to the
-//!   configured number) rather than queue calls behind it. One misbehaving stream (or as
-//!   many as there are connections less one) therefore costs other callers nothing.
+//!   read can fill their own windows but never the connection's. Worst case buffered:
+//!   64 KiB per stream whose caller stopped reading; 100 × 64 KiB = 6.25 MiB per
+//!   connection, 25 MiB for the default four connections.
+//! - Send: gatehouse cannot see the target's windows (h2 keeps the peer's stream and
+//!   connection windows private and only assigns capacity out of them), so a true
+//!   per-stream cap on bytes the target has not yet read cannot be enforced here. What
+//!   the pool does instead: a stream reserves at most [`SEND_CHUNK`] of capacity at a
+//!   time, so no stream holds connection window it is not about to use; and it watches
+//!   for the one thing that stalls others. A target that stops reading one stream (a
+//!   hyper or tonic app does so when that stream's replies back up) lets that stream take
+//!   the target's whole connection window (hyper: 1 MiB stream window, 1 MiB connection
+//!   window), and every other stream on that connection then waits for capacity. The
+//!   pool sees a stream starved of send capacity after it was once granted some (a new
+//!   stream's first wait is for its HEADERS to go out and does not count). A connection
+//!   with a starved stream takes no new calls while another connection has room, and a
+//!   new connection is opened rather than put a call beside it. A stream starved for
+//!   [`WEDGED_AFTER`] marks its connection wedged: wedged connections do not count toward
+//!   the configured number, and while every connection has a starved stream the pool
+//!   opens more, up to [`WEDGED_SURPLUS`] times the configured number (closed again once
+//!   idle and not needed). So one stalled stream, or a few, cost other callers nothing;
+//!   it takes stalled streams on 16 connections (default) to stall the rest, which the
+//!   per-identity limits are there to prevent. A call already on a connection when it
+//!   wedges waits like it would on a direct connection, until its deadline or its
+//!   caller's cancel (then it is reset).
 
 mod stream;
 
@@ -63,10 +74,10 @@ pub const SEND_CHUNK: usize = 16 * 1024;
 /// not retried.
 const REPLAY_LIMIT: usize = 64 * 1024;
 /// A stream waiting this long for send capacity is one the target stopped reading.
-const WEDGED_AFTER: Duration = Duration::from_millis(250);
+pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
 /// Connections at most, as a multiple of the configured number, while streams the target
 /// stopped reading hold the others.
-const WEDGED_SURPLUS: usize = 4;
+pub const WEDGED_SURPLUS: usize = 4;
 /// How often a call the target did not process is sent again.
 const ATTEMPTS: usize = 3;
 
