@@ -543,6 +543,8 @@ fn copy_head(head: &Request<()>) -> Request<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
+    use tokio::sync::mpsc;
 
     #[test]
     fn only_streams_the_target_never_processed_are_sent_again() {
@@ -552,6 +554,132 @@ mod tests {
         assert!(
             !not_processed(&local),
             "a reason h2 raised locally is not remote"
+        );
+    }
+
+    /// An HTTP/2 target on loopback that allows `max_streams` streams, gives each a
+    /// `window`-byte receive window, never reads a body and never answers; every stream
+    /// it accepts is handed to the test.
+    async fn silent_target(
+        max_streams: u32,
+        window: u32,
+    ) -> (
+        Target,
+        mpsc::UnboundedReceiver<h2::server::SendResponse<Bytes>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("bound address").to_string();
+        let (streams, accepted) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::Builder::new()
+                        .max_concurrent_streams(max_streams)
+                        .initial_window_size(window)
+                        .initial_connection_window_size(window)
+                        .handshake::<_, Bytes>(tcp)
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        // Held, never read: the body's window stays used.
+                        std::mem::forget(request);
+                        let _ = streams.send(respond);
+                    }
+                });
+            }
+        });
+        (Target::Tcp(address), accepted)
+    }
+
+    fn settings(connections: usize, queue: usize, queue_timeout: Duration) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            connections,
+            queue,
+            queue_timeout,
+        }
+    }
+
+    fn call(body: Bytes) -> Request<Full<Bytes>> {
+        Request::post("http://localhost/pkg.Svc/Call")
+            .body(Full::new(body))
+            .expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_every_stream_limit_wait_boundedly_then_are_refused() {
+        let (target, mut accepted) = silent_target(1, 65_535).await;
+        let pool = Arc::new(Pool::new(
+            target,
+            settings(1, 1, Duration::from_millis(200)),
+        ));
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::from_static(b"held"))).await }
+        });
+        let _held = accepted
+            .recv()
+            .await
+            .expect("the target got the first call");
+
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::new())).await }
+        });
+        while pool.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let over = pool.send(call(Bytes::new())).await;
+        assert!(
+            matches!(over, Err(Error::QueueFull { waiting: 1, .. })),
+            "{over:?}"
+        );
+        let waited = waiter.await.expect("the waiter ran");
+        assert!(
+            matches!(waited, Err(Error::QueueTimeout { .. })),
+            "{waited:?}"
+        );
+        assert_eq!(pool.connections(), 1);
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_is_reset_while_its_body_waits_for_the_targets_window() {
+        // The target's window is 1 KiB and it never reads: the pump parks on capacity.
+        let (target, mut accepted) = silent_target(10, 1024).await;
+        let pool = Arc::new(Pool::new(target, settings(1, 8, Duration::from_secs(1))));
+        let call = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::from(vec![7u8; 64 * 1024]))).await }
+        });
+        let mut respond = accepted.recv().await.expect("the target got the call");
+        call.abort();
+        let reset = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| respond.poll_reset(cx)),
+        )
+        .await
+        .expect("the target saw the stream reset")
+        .expect("a reset, not a connection error");
+        assert_eq!(reset, Reason::CANCEL);
+        // The stream slot is free again.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while pool
+                    .lock()
+                    .iter()
+                    .any(|c| c.open.load(Ordering::Acquire) > 0)
+                {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .is_ok()
         );
     }
 }
