@@ -659,6 +659,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_unix_socket_target_is_dialled_and_answers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a Unix socket");
+        tokio::spawn(async move {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut connection) = h2::server::Builder::new()
+                .handshake::<_, Bytes>(socket)
+                .await
+            else {
+                return;
+            };
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                let response = Response::builder()
+                    .status(200)
+                    .body(())
+                    .expect("a valid response");
+                let _ = respond.send_response(response, true);
+            }
+        });
+        let pool = Pool::new(Target::Unix(path), settings(1, 1, Duration::from_secs(1)));
+        let response = pool
+            .send(call(Bytes::from_static(b"over a socket")))
+            .await
+            .expect("the target answered");
+        assert_eq!(response.status(), 200);
+        assert!(response.body().is_end_stream());
+    }
+
+    #[tokio::test]
     async fn an_abandoned_call_is_reset_while_its_body_waits_for_the_targets_window() {
         // The target's window is 1 KiB and it never reads: the pump parks on capacity.
         let (target, mut accepted) = silent_target(10, 1024).await;
