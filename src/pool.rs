@@ -320,7 +320,9 @@ impl Pool {
                 }
                 Err(error) => {
                     let unprocessed = not_processed(&error);
-                    if error.is_go_away() {
+                    if error.is_go_away() || error.is_io() {
+                        // The connection is going or gone: no new calls on it, even
+                        // before its task has noticed.
                         lease.connection.closed.store(true, Ordering::Release);
                     }
                     match pump.into_replay() {

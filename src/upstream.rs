@@ -138,16 +138,24 @@ impl Upstream {
     /// has no health service but answered (UNIMPLEMENTED).
     pub async fn check_health(&self) -> Result<(), String> {
         const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
-        let request = Request::post(format!(
-            "http://{}/grpc.health.v1.Health/Check",
-            self.authority
-        ))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(TE, "trailers")
-        .body(RequestBody::local(bytes::Bytes::from_static(EMPTY_MESSAGE)))
-        .map_err(|error| error.to_string())?;
+        let request = || {
+            Request::post(format!(
+                "http://{}/grpc.health.v1.Health/Check",
+                self.authority
+            ))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .body(RequestBody::local(bytes::Bytes::from_static(EMPTY_MESSAGE)))
+            .map_err(|error| error.to_string())
+        };
         let checked = async {
-            let response = self.send(request).await.map_err(|(_, message)| message)?;
+            // A check is idempotent, so one sent on a connection that had just died
+            // (the app restarted) is sent again: the answer is about the app now.
+            let response = match self.pool.send(request()?).await {
+                Err(pool::Error::Stream(error)) if error.is_io() => self.send(request()?).await,
+                sent => self.map_failure(sent),
+            }
+            .map_err(|(_, message)| message)?;
             let (parts, body) = response.into_parts();
             let collected = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
@@ -198,7 +206,16 @@ impl Upstream {
         &self,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseStream>, (Code, String)> {
-        self.pool.send(request).await.map_err(|error| {
+        let sent = self.pool.send(request).await;
+        self.map_failure(sent)
+    }
+
+    /// The status for a failed send, counted by kind.
+    fn map_failure(
+        &self,
+        sent: Result<Response<ResponseStream>, pool::Error>,
+    ) -> Result<Response<ResponseStream>, (Code, String)> {
+        sent.map_err(|error| {
             let (kind, code) = match &error {
                 pool::Error::Connect { .. } | pool::Error::Handshake { .. } => {
                     ("connect", Code::Unavailable)
