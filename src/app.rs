@@ -274,7 +274,11 @@ async fn serve(
     let authenticator = Arc::new(authenticator);
     authenticator.start().await;
     let authenticator = Arc::new(Current::new(authenticator));
-    let upstream = Arc::new(Upstream::new(&config.upstream, metrics.clone()));
+    let upstream = Arc::new(Upstream::new(
+        &config.upstream,
+        &config.limits,
+        metrics.clone(),
+    ));
     let forward = Forward::new(upstream.clone());
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
     let chain = middleware::build(

@@ -26,7 +26,6 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::principal::strip_request_trailers;
 use crate::grpc::{self, Code};
-use crate::upstream;
 
 /// The caller's request body, streamed to the app as it arrives, or a body gatehouse
 /// made itself (a health check of the app).
@@ -113,21 +112,22 @@ impl Body for RequestBody {
 }
 
 /// A response body: empty, or the app's body being forwarded.
-#[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
 }
 
-#[derive(Debug)]
 enum Kind {
     Empty,
     Forwarded(Forwarded),
 }
 
-#[derive(Debug)]
+/// The app's response body as the connection layer streams it; a failure is already the
+/// status the caller should see.
+pub type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, (Code, String)>;
+
 struct Forwarded {
     /// `None` once the stream has ended, by the app or by gatehouse.
-    inner: Option<Incoming>,
+    inner: Option<Streamed>,
     /// Boxed because `Sleep` is not `Unpin`; only calls with a `grpc-timeout` pay for it.
     deadline: Option<Pin<Box<Sleep>>>,
     /// Fires when gatehouse stops waiting for open calls at the end of a drain.
@@ -142,7 +142,7 @@ impl ResponseBody {
 
     /// The app's response body, ended with `DEADLINE_EXCEEDED` if `deadline` passes first.
     /// The app's response body, ended with `UNAVAILABLE` if `abort` fires first.
-    pub fn forwarded(inner: Incoming, deadline: Option<Instant>, abort: CancellationToken) -> Self {
+    pub fn forwarded(inner: Streamed, deadline: Option<Instant>, abort: CancellationToken) -> Self {
         ResponseBody {
             kind: Kind::Forwarded(Forwarded {
                 inner: Some(inner),
@@ -191,16 +191,23 @@ impl Forwarded {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(error)) => {
+            Some(Err((code, message))) => {
                 self.inner = None;
-                let (code, message) =
-                    upstream::status_for_error(&error, "while streaming the response");
                 Poll::Ready(Some(Ok(status_trailers(code, &message))))
             }
             None => {
                 self.inner = None;
                 Poll::Ready(None)
             }
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Empty => f.write_str("ResponseBody::Empty"),
+            Kind::Forwarded(_) => f.write_str("ResponseBody::Forwarded"),
         }
     }
 }

@@ -405,6 +405,14 @@ pub struct Limits {
     /// Connections older than this are closed with GOAWAY (calls in flight finish), so
     /// clients rebalance; absent: no limit.
     pub max_connection_age: Option<Duration>,
+    /// HTTP/2 connections to the app at most, so no single caller's stream can hold a
+    /// window every call needs.
+    pub upstream_connections: usize,
+    /// Calls that may wait for a stream when every connection to the app is at the app's
+    /// stream limit; more get RESOURCE_EXHAUSTED at once.
+    pub upstream_queue: usize,
+    /// How long a call may wait for a stream to the app before RESOURCE_EXHAUSTED.
+    pub upstream_queue_timeout: Duration,
     /// What one identity may take of the app.
     pub per_identity: PerIdentity,
     /// The memory gatehouse may use, checked against the worst case its limits allow;
@@ -507,6 +515,9 @@ impl Default for Limits {
             max_connection_age: None,
             per_identity: PerIdentity::default(),
             memory_limit: None,
+            upstream_connections: 4,
+            upstream_queue: 256,
+            upstream_queue_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -755,6 +766,10 @@ impl Config {
                 "limits.max_concurrent_streams",
                 u64::from(limits.max_concurrent_streams),
             ),
+            (
+                "limits.upstream_connections",
+                limits.upstream_connections as u64,
+            ),
         ];
         let optional = [(
             "limits.max_connections_per_client",
@@ -787,6 +802,10 @@ impl Config {
             ("limits.keepalive_interval", limits.keepalive_interval),
             ("limits.keepalive_timeout", limits.keepalive_timeout),
             ("limits.idle_timeout", limits.idle_timeout),
+            (
+                "limits.upstream_queue_timeout",
+                limits.upstream_queue_timeout,
+            ),
         ] {
             if value.get().is_zero() {
                 problems.push(Problem::new(field, "must be longer than 0s"));

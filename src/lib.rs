@@ -11,7 +11,7 @@
 //!                           ├─ tls: verify the client certificate, keep its identity
 //!                           ├─ server: HTTP/2 with explicit limits; non-gRPC gets 415
 //!                           ├─ middleware: Recovery ▶ … ▶ forward (outermost first)
-//!                           └─ upstream: one pooled h2c connection, bodies streamed both ways
+//!                           └─ upstream: pooled h2c connections, bodies streamed both ways
 //! ```
 //!
 //! The data flow names the modules: [`listener`] accepts, [`tls`] verifies, [`server`]
@@ -37,6 +37,7 @@ pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
+pub mod pool;
 pub mod reload;
 pub mod server;
 pub mod telemetry;

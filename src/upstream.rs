@@ -1,58 +1,39 @@
-//! The plaintext HTTP/2 (h2c) connection to the local app, and the service at the end of
-//! the middleware chain that forwards each call over it.
+//! The plaintext HTTP/2 (h2c) connections to the local app, and the service at the end of
+//! the middleware chain that forwards each call over them.
 //!
-//! One multiplexed connection carries every call; it is opened on first use, and again
-//! when it dies, so an app that restarts is picked up without restarting gatehouse.
-//! Bodies are never buffered: hyper pipes the caller's request body into the app's stream
-//! and the app's response body back, each under HTTP/2 flow control, so a slow reader on
-//! one side back-pressures the writer on the other.
+//! The connections are a [`Pool`]: several of them, opened on demand and again when they
+//! die, so an app that restarts is picked up without restarting gatehouse, and no single
+//! caller's stream can hold a window or a stream slot that other callers need (the pool's
+//! module docs say how). Bodies are never buffered: the pool pumps the caller's request
+//! body into the app's stream and the app's response body back, each under HTTP/2 flow
+//! control, so a slow reader on one side back-pressures the writer on the other.
 
 use std::convert::Infallible;
-use std::error::Error as _;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpStream, UnixStream};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config;
 use crate::grpc::{self, Code};
 use crate::metrics::Metrics;
+use crate::pool::{self, Pool, ResponseStream};
 
-type Sender = http2::SendRequest<RequestBody>;
+pub use crate::pool::Target;
 
-/// Where the app listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `host:port`, resolved on every connect.
-    Tcp(String),
-    /// A Unix domain socket, written `unix:/path` in the config.
-    Unix(PathBuf),
-}
-
-/// The shared connection to the app.
+/// The connections to the app.
 pub struct Upstream {
-    target: Target,
-    connect_timeout: Duration,
+    pool: Pool,
     /// Used for `:authority` when the caller sent none.
     authority: Authority,
-    builder: http2::Builder<TokioExecutor>,
-    /// The live connection. A std mutex is enough: it is held only to clone a handle.
-    current: Mutex<Option<Sender>>,
-    /// Serialises reconnects so a burst of calls after the app restarts opens one
-    /// connection, not one per call.
-    connecting: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     /// Cancelled when the drain gives up on open calls: they end with UNAVAILABLE.
     abort: tokio_util::sync::CancellationToken,
@@ -68,8 +49,8 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 ];
 
 impl Upstream {
-    /// Prepares the connection; nothing is dialled until the first call.
-    pub fn new(config: &config::Upstream, metrics: Arc<Metrics>) -> Self {
+    /// Prepares the connections; nothing is dialled until the first call.
+    pub fn new(config: &config::Upstream, limits: &config::Limits, metrics: Arc<Metrics>) -> Self {
         let target = config.target();
         let authority = match &target {
             Target::Tcp(address) => address
@@ -77,24 +58,19 @@ impl Upstream {
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
             Target::Unix(_) => Authority::from_static("localhost"),
         };
-        let mut builder = http2::Builder::new(TokioExecutor::new());
         // No keepalive pings: the app is on loopback or a Unix socket, where a dead app
         // closes the socket and the kernel tells us at once. Pings would only cost: stock
         // grpc-go and grpc C-core servers allow one ping per 5 minutes and answer more
         // with GOAWAY too_many_pings, which drops every call on the connection.
-        builder
-            .timer(TokioTimer::new())
-            // Until the app's SETTINGS arrive, open one stream at a time: an app that
-            // allows fewer concurrent streams than the protocol's default would otherwise
-            // refuse the calls sent in that first round trip. They queue instead.
-            .initial_max_send_streams(1);
-        Upstream {
-            target,
+        let settings = pool::Settings {
             connect_timeout: config.connect_timeout.get(),
+            connections: limits.upstream_connections,
+            queue: limits.upstream_queue,
+            queue_timeout: limits.upstream_queue_timeout.get(),
+        };
+        Upstream {
+            pool: Pool::new(target, settings),
             authority,
-            builder,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
             metrics,
             abort: tokio_util::sync::CancellationToken::new(),
         }
@@ -141,6 +117,9 @@ impl Upstream {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                let body = body
+                    .map_err(|error| status_for_error(&error, "while streaming the response"))
+                    .boxed_unsync();
                 Response::from_parts(
                     parts,
                     ResponseBody::forwarded(body, deadline, self.abort.clone()),
@@ -158,18 +137,25 @@ impl Upstream {
     /// Whether the app answers: `grpc.health.v1.Health/Check` says SERVING, or the app
     /// has no health service but answered (UNIMPLEMENTED).
     pub async fn check_health(&self) -> Result<(), String> {
-        use http_body_util::BodyExt;
         const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
-        let request = Request::post(format!(
-            "http://{}/grpc.health.v1.Health/Check",
-            self.authority
-        ))
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(TE, "trailers")
-        .body(RequestBody::local(bytes::Bytes::from_static(EMPTY_MESSAGE)))
-        .map_err(|error| error.to_string())?;
+        let request = || {
+            Request::post(format!(
+                "http://{}/grpc.health.v1.Health/Check",
+                self.authority
+            ))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .body(RequestBody::local(bytes::Bytes::from_static(EMPTY_MESSAGE)))
+            .map_err(|error| error.to_string())
+        };
         let checked = async {
-            let response = self.send(request).await.map_err(|(_, message)| message)?;
+            // A check is idempotent, so one sent on a connection that had just died
+            // (the app restarted) is sent again: the answer is about the app now.
+            let response = match self.pool.send(request()?).await {
+                Err(pool::Error::Stream(error)) if error.is_io() => self.send(request()?).await,
+                sent => self.map_failure(sent),
+            }
+            .map_err(|(_, message)| message)?;
             let (parts, body) = response.into_parts();
             let collected = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
@@ -214,139 +200,37 @@ impl Upstream {
         Ok(())
     }
 
-    /// Sends the request on the live connection, opening one if needed. A request that
-    /// never left gatehouse because the connection had just died is retried once on a new
-    /// connection; one that reached the app is never retried.
+    /// Sends the request over the pool and maps its failures to the status the caller
+    /// sees, counting each where it happens.
     async fn send(
         &self,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, (Code, String)> {
-        // Failures to connect are counted where they happen; these are the requests lost.
-        let lost = |error: &hyper::Error| {
-            self.metrics.upstream_error("request");
-            status_for_error(error, "before the app answered")
-        };
-        let mut sender = self.ready_sender().await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                Some(request) => {
-                    let mut sender = self.ready_sender().await?;
-                    sender
-                        .send_request(request)
-                        .await
-                        .map_err(|error| lost(&error))
-                }
-                None => Err(lost(failed.error())),
-            },
-        }
+    ) -> Result<Response<ResponseStream>, (Code, String)> {
+        let sent = self.pool.send(request).await;
+        self.map_failure(sent)
     }
 
-    async fn ready_sender(&self) -> Result<Sender, (Code, String)> {
-        for _ in 0..2 {
-            let mut sender = match self.live() {
-                Some(sender) => sender,
-                None => self.reconnect().await?,
+    /// The status for a failed send, counted by kind.
+    fn map_failure(
+        &self,
+        sent: Result<Response<ResponseStream>, pool::Error>,
+    ) -> Result<Response<ResponseStream>, (Code, String)> {
+        sent.map_err(|error| {
+            let (kind, code) = match &error {
+                pool::Error::Connect { .. } | pool::Error::Handshake { .. } => {
+                    ("connect", Code::Unavailable)
+                }
+                pool::Error::ConnectTimeout { .. } => ("connect_timeout", Code::Unavailable),
+                pool::Error::QueueFull { .. } => ("queue_full", Code::ResourceExhausted),
+                pool::Error::QueueTimeout { .. } => ("queue_timeout", Code::ResourceExhausted),
+                pool::Error::Stream(stream) => {
+                    self.metrics.upstream_error("request");
+                    return status_for_error(stream, "before the app answered");
+                }
             };
-            // A connection that died since it was stored fails here; the next round
-            // dials again.
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
-            }
-        }
-        Err((
-            Code::Unavailable,
-            "connection to the app keeps closing".to_owned(),
-        ))
-    }
-
-    fn live(&self) -> Option<Sender> {
-        let current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        current
-            .as_ref()
-            .filter(|sender| !sender.is_closed())
-            .cloned()
-    }
-
-    async fn reconnect(&self) -> Result<Sender, (Code, String)> {
-        let _one_at_a_time = self.connecting.lock().await;
-        if let Some(sender) = self.live() {
-            return Ok(sender);
-        }
-        let sender = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-            Ok(Ok(sender)) => sender,
-            Ok(Err(message)) => {
-                self.metrics.upstream_error("connect");
-                return Err((Code::Unavailable, message));
-            }
-            Err(_) => {
-                self.metrics.upstream_error("connect_timeout");
-                return Err((
-                    Code::Unavailable,
-                    format!(
-                        "app at {} did not accept a connection within {:?}",
-                        self.describe(),
-                        self.connect_timeout
-                    ),
-                ));
-            }
-        };
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
-        Ok(sender)
-    }
-
-    async fn connect(&self) -> Result<Sender, String> {
-        let unreachable =
-            |error: std::io::Error| format!("app at {} is unreachable: {error}", self.describe());
-        match &self.target {
-            Target::Tcp(address) => {
-                let stream = TcpStream::connect(address.as_str())
-                    .await
-                    .map_err(unreachable)?;
-                stream.set_nodelay(true).map_err(unreachable)?;
-                self.handshake(TokioIo::new(stream)).await
-            }
-            Target::Unix(path) => {
-                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
-                self.handshake(TokioIo::new(stream)).await
-            }
-        }
-    }
-
-    async fn handshake<I>(&self, io: I) -> Result<Sender, String>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let (sender, connection) = self.builder.handshake(io).await.map_err(|error| {
-            format!(
-                "HTTP/2 handshake with the app at {} failed: {error}",
-                self.describe()
-            )
-        })?;
-        let target = self.describe();
-        tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => tracing::debug!(upstream = %target, "connection to the app closed"),
-                Err(error) => {
-                    tracing::warn!(upstream = %target, %error, "connection to the app failed")
-                }
-            }
-        });
-        tracing::debug!(upstream = %self.describe(), "connected to the app");
-        Ok(sender)
-    }
-
-    fn describe(&self) -> String {
-        match &self.target {
-            Target::Tcp(address) => address.clone(),
-            Target::Unix(path) => format!("unix:{}", path.display()),
-        }
+            self.metrics.upstream_error(kind);
+            (code, format!("app at {error}"))
+        })
     }
 }
 
@@ -361,14 +245,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The status a caller sees for a failure talking to the app, and why.
-pub fn status_for_error(error: &hyper::Error, when: &str) -> (Code, String) {
-    let h2_error = error
-        .source()
-        .and_then(|source| source.downcast_ref::<h2::Error>());
-    if let Some(h2_error) = h2_error
-        && h2_error.is_reset()
-        && h2_error.is_remote()
-        && let Some(reason) = h2_error.reason()
+pub fn status_for_error(error: &h2::Error, when: &str) -> (Code, String) {
+    if error.is_reset()
+        && error.is_remote()
+        && let Some(reason) = error.reason()
     {
         return (
             grpc::code_for_reset(reason),

@@ -38,10 +38,15 @@ use pb::*;
 pub struct Observed {
     calls: AtomicU64,
     connections: AtomicU64,
+    connections_closed: AtomicU64,
     finished: AtomicU64,
     cancelled: AtomicU64,
     waits_started: AtomicU64,
+    chat_bytes: AtomicU64,
+    countdowns_started: AtomicU64,
+    countdown_bytes: AtomicU64,
     changed: Notify,
+    release: Notify,
 }
 
 impl Observed {
@@ -64,6 +69,11 @@ impl Observed {
         self.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections that ended, by either side, while the app kept serving.
+    pub fn connections_closed(&self) -> u64 {
+        self.connections_closed.load(Ordering::SeqCst)
+    }
+
     /// Streaming calls the app finished sending or receiving.
     pub fn finished(&self) -> u64 {
         self.finished.load(Ordering::SeqCst)
@@ -72,6 +82,31 @@ impl Observed {
     /// `Wait` calls that reached the app.
     pub fn waits_started(&self) -> u64 {
         self.waits_started.load(Ordering::SeqCst)
+    }
+
+    /// Payload bytes `Chat` handlers have read from their request streams.
+    pub fn chat_bytes(&self) -> u64 {
+        self.chat_bytes.load(Ordering::SeqCst)
+    }
+
+    /// `Countdown` calls that reached the app.
+    pub fn countdowns_started(&self) -> u64 {
+        self.countdowns_started.load(Ordering::SeqCst)
+    }
+
+    /// Payload bytes `Countdown` handlers have handed to their response streams.
+    pub fn countdown_bytes(&self) -> u64 {
+        self.countdown_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Ends every open `Wait` call now, successfully.
+    pub fn release_waits(&self) {
+        self.release.notify_waiters();
+    }
+
+    fn add(&self, counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     /// Waits until `condition` holds, at most `limit`; false if it never did.
@@ -189,8 +224,11 @@ impl Demo for DemoService {
     ) -> Result<Response<ReplyStream>, Status> {
         let request = request.into_inner();
         let guard = CancelGuard::new(&self.observed);
+        let observed = self.observed.clone();
+        observed.add(&observed.countdowns_started, 1);
         let replies = stream::unfold((0u32, Some(guard)), move |(sequence, guard)| {
             let request = request.clone();
+            let observed = observed.clone();
             async move {
                 let guard = guard?;
                 if sequence == request.count {
@@ -213,6 +251,7 @@ impl Demo for DemoService {
                     payload: vec![b'x'; request.payload_size as usize],
                     sequence,
                 };
+                observed.add(&observed.countdown_bytes, request.payload_size.into());
                 Some((Ok(reply), (sequence + 1, Some(guard))))
             }
         });
@@ -250,23 +289,30 @@ impl Demo for DemoService {
     ) -> Result<Response<ReplyStream>, Status> {
         let guard = CancelGuard::new(&self.observed);
         let inbound = request.into_inner();
+        let observed = self.observed.clone();
+        // One request is read per reply handed out: when the replies back up (the caller
+        // does not read them), the handler stops reading, as many real handlers do.
         let replies = stream::unfold(
             (inbound, 0u32, Some(guard)),
-            |(mut inbound, sequence, guard)| async move {
-                let guard = guard?;
-                match inbound.next().await {
-                    Some(Ok(message)) => {
-                        let reply = EchoReply {
-                            payload: payload(message.reply_size, message.payload),
-                            message: message.message,
-                            sequence,
-                        };
-                        Some((Ok(reply), (inbound, sequence + 1, Some(guard))))
-                    }
-                    Some(Err(status)) => Some((Err(status), (inbound, sequence, None))),
-                    None => {
-                        guard.finish();
-                        None
+            move |(mut inbound, sequence, guard)| {
+                let observed = observed.clone();
+                async move {
+                    let guard = guard?;
+                    match inbound.next().await {
+                        Some(Ok(message)) => {
+                            observed.add(&observed.chat_bytes, message.payload.len() as u64);
+                            let reply = EchoReply {
+                                payload: payload(message.reply_size, message.payload),
+                                message: message.message,
+                                sequence,
+                            };
+                            Some((Ok(reply), (inbound, sequence + 1, Some(guard))))
+                        }
+                        Some(Err(status)) => Some((Err(status), (inbound, sequence, None))),
+                        None => {
+                            guard.finish();
+                            None
+                        }
                     }
                 }
             },
@@ -294,10 +340,15 @@ impl Demo for DemoService {
 
     async fn wait(&self, request: Request<WaitRequest>) -> Result<Response<EchoReply>, Status> {
         let guard = CancelGuard::new(&self.observed);
+        // Made before the call is counted, so a release that follows the count reaches it.
+        let released = self.observed.release.notified();
         self.observed.waits_started.fetch_add(1, Ordering::SeqCst);
         self.observed.changed.notify_waiters();
         let millis = request.into_inner().millis;
-        tokio::time::sleep(Duration::from_millis(millis.into())).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(millis.into())) => {}
+            () = released => {}
+        }
         guard.finish();
         Ok(Response::new(EchoReply {
             message: format!("waited {millis}ms"),
@@ -376,6 +427,7 @@ pub async fn serve_with(
         let service = TowerToHyperService::new(routes.clone());
         let mut goaway = serving.goaway.as_ref().map(|sender| sender.subscribe());
         let max_streams = serving.max_concurrent_streams;
+        let observed = observed.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             if let Some(max) = max_streams {
@@ -392,10 +444,13 @@ pub async fn serve_with(
                 }
             };
             tokio::select! {
-                _ = connection.as_mut() => return,
-                () = asked => connection.as_mut().graceful_shutdown(),
+                _ = connection.as_mut() => {}
+                () = asked => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
-            let _ = connection.await;
+            observed.add(&observed.connections_closed, 1);
         });
         // Reap finished connections so a long-running app does not accumulate handles.
         while connections.try_join_next().is_some() {}

@@ -12,6 +12,7 @@ mod conformance;
 mod forwarding;
 mod grpcurl;
 mod hardening;
+mod isolation;
 mod issuers;
 mod keys;
 mod limits;

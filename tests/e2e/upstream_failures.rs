@@ -247,7 +247,12 @@ async fn calls_beyond_the_apps_stream_limit_queue_instead_of_failing() {
         ..Default::default()
     };
     let app = App::start_serving("127.0.0.1:0".parse().unwrap(), Default::default(), serving).await;
-    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    // One connection, so the calls beyond its limit queue on it rather than open more.
+    let config = dev_config(app.addr).replace(
+        "limits: {",
+        "limits: { upstream_connections: 1, upstream_queue_timeout: 10s,",
+    );
+    let gatehouse = Gatehouse::start(&config);
     let client = client(gatehouse.addr).await;
     let calls: Vec<_> = (0..10)
         .map(|_| {
@@ -261,4 +266,101 @@ async fn calls_beyond_the_apps_stream_limit_queue_instead_of_failing() {
             .expect("a call beyond the app's limit failed");
     }
     assert_eq!(app.observed().connections(), 1);
+}
+
+/// An app whose first connection refuses what it is sent without processing it: its
+/// first stream with RST_STREAM(REFUSED_STREAM), its second with GOAWAY (last stream id
+/// 0, NO_ERROR). Later connections are passed through to `app`. Returns the address and
+/// the count of streams the refusing connection saw.
+async fn app_refusing_its_first_connection(
+    app: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(AtomicU64::new(0));
+    let seen = refused.clone();
+    tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut upstream = tokio::net::TcpStream::connect(app).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+                });
+            }
+        });
+        let mut preface = [0u8; 24];
+        first.read_exact(&mut preface).await.unwrap();
+        first.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        loop {
+            let mut head = [0u8; 9];
+            if first.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; length];
+            first.read_exact(&mut payload).await.unwrap();
+            let answer = match (kind, flags & 0x1) {
+                // SETTINGS (not an ACK): acknowledge. PING (not an ACK): answer.
+                (0x4, 0) => frame(0x4, 0x1, 0, &[]),
+                (0x6, 0) => frame(0x6, 0x1, 0, &payload),
+                (0x1, _) => match seen.fetch_add(1, Ordering::SeqCst) {
+                    // RST_STREAM REFUSED_STREAM (7).
+                    0 => frame(0x3, 0, stream, &7u32.to_be_bytes()),
+                    // GOAWAY, last stream id 0, NO_ERROR: nothing was processed.
+                    _ => frame(0x7, 0, 0, &[0; 8]),
+                },
+                _ => continue,
+            };
+            if first.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_the_app_refused_unprocessed_are_sent_again_and_answered() {
+    let app = App::start().await;
+    let (refusing, refused) = app_refusing_its_first_connection(app.addr).await;
+    let gatehouse = Gatehouse::start(&dev_config(refusing));
+    let mut client = client(gatehouse.addr).await;
+    let reply = client
+        .echo(EchoRequest {
+            message: "sent three times".into(),
+            payload: vec![b'p'; 1000],
+            ..Default::default()
+        })
+        .await
+        .expect("a call the app did not process was lost");
+    let reply = reply.into_inner();
+    assert_eq!(reply.message, "sent three times");
+    assert_eq!(
+        reply.payload.len(),
+        1000,
+        "the request body was sent again whole"
+    );
+    assert_eq!(
+        refused.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "refused once with REFUSED_STREAM, once with GOAWAY"
+    );
+    assert_eq!(app.observed().calls(), 1, "the app processed the call once");
 }

@@ -1,0 +1,729 @@
+//! HTTP/2 connections to one target, shared by the calls forwarded to it so that no call
+//! can stall another: several connections, stream accounting against the target's own
+//! limit, a bounded wait when every connection is full, explicit resets, and send and
+//! receive budgets per stream.
+//!
+//! The pool speaks the `h2` crate directly rather than through hyper's client, because
+//! hyper hides the three things isolation needs: the request body is pumped by a task
+//! hyper owns, parked on send capacity, so a call whose caller went away is never reset
+//! (its stream and the connection window it holds stay taken); the target's stream
+//! limit is enforced by an unbounded queue inside h2 that gatehouse cannot see; and
+//! receive capacity is released by hyper when a frame is read, not when the caller has
+//! taken it. Here the pool counts the streams it opens, pumps request bodies itself
+//! (`SendStream::reserve_capacity` / `poll_capacity`, and `send_reset(CANCEL)` on every
+//! early end, whatever the pump is waiting for), and releases receive capacity as the
+//! caller's side takes each frame.
+//!
+//! # Budgets
+//!
+//! - Receive: each stream gets a [`STREAM_WINDOW`] window and each connection
+//!   [`STREAM_WINDOW`] × [`STREAMS_PER_CONNECTION`], so the streams of callers that do not
+//!   read can fill their own windows but never the connection's. The pool never holds
+//!   more streams than the configured connections × [`STREAMS_PER_CONNECTION`], even
+//!   when it opens more connections, so the worst case buffered is 128 KiB per stream
+//!   whose caller stopped reading: 12.5 MiB per connection's worth of streams, 50 MiB
+//!   with the default four, and only when 400 callers at once stop reading. 128 KiB
+//!   rather than 64 KiB because a 64 KiB window made a large server stream about 3 times
+//!   slower (WINDOW_UPDATE round trips every 32 KiB); 256 KiB was no faster than the
+//!   single hyper connection before it but would double the worst case.
+//! - Send: gatehouse cannot see the target's windows (h2 keeps the peer's stream and
+//!   connection windows private and only assigns capacity out of them), so a true
+//!   per-stream cap on bytes the target has not yet read cannot be enforced here. What
+//!   the pool does instead: a stream reserves at most [`SEND_CHUNK`] of capacity at a
+//!   time, so no stream holds connection window it is not about to use; and it watches
+//!   for the one thing that stalls others. A target that stops reading one stream (a
+//!   hyper or tonic app does so when that stream's replies back up) lets that stream take
+//!   the target's whole connection window (hyper: 1 MiB stream window, 1 MiB connection
+//!   window), and every other stream on that connection then waits for capacity. The
+//!   pool sees a stream starved of send capacity after it was once granted some (a new
+//!   stream's first wait is for its HEADERS to go out and does not count). A connection
+//!   with a starved stream takes no new calls while another connection has room, and a
+//!   new connection is opened rather than put a call beside it. A stream starved for
+//!   [`WEDGED_AFTER`] marks its connection wedged: wedged connections do not count toward
+//!   the configured number, and while every connection has a starved stream the pool
+//!   opens more, up to [`WEDGED_SURPLUS`] times the configured number (closed again once
+//!   idle and not needed). So one stalled stream, or a few, cost other callers nothing;
+//!   it takes stalled streams on 16 connections (default) to stall the rest, which the
+//!   per-identity limits are there to prevent. A call already on a connection when it
+//!   wedges waits like it would on a direct connection, until its deadline or its
+//!   caller's cancel (then it is reset).
+
+mod stream;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::Reason;
+use h2::client::SendRequest;
+use http::{Request, Response};
+use http_body::Body;
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use stream::ResponseStream;
+use stream::{Pump, Source, exchange};
+
+/// Receive window of one stream (response direction), in bytes.
+pub const STREAM_WINDOW: u32 = 128 * 1024;
+/// Streams gatehouse puts on one connection at most, whatever the target allows.
+pub const STREAMS_PER_CONNECTION: usize = 100;
+/// Send capacity a stream reserves at a time (request direction), in bytes.
+pub const SEND_CHUNK: usize = 64 * 1024;
+/// Request bytes kept per call until the target has answered, so a call the target
+/// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
+/// not retried.
+const REPLAY_LIMIT: usize = 64 * 1024;
+/// A stream waiting this long for send capacity is one the target stopped reading.
+pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
+/// Connections at most, as a multiple of the configured number, while streams the target
+/// stopped reading hold the others.
+pub const WEDGED_SURPLUS: usize = 4;
+/// How often a call the target did not process is sent again.
+const ATTEMPTS: usize = 3;
+
+/// Where a target listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `host:port`, resolved on every connect.
+    Tcp(String),
+    /// A Unix domain socket, written `unix:/path` in the config.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(address) => f.write_str(address),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How many connections, and how long and how many calls may wait for a stream.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// Connections to the target at most.
+    pub connections: usize,
+    /// Calls that may wait for a free stream when every connection is full.
+    pub queue: usize,
+    /// How long a call may wait for a free stream.
+    pub queue_timeout: Duration,
+}
+
+/// Why a call could not be sent, or failed before the target answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The target refused or dropped the connection attempt.
+    #[error("{target} is unreachable: {source}")]
+    Connect {
+        target: Target,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting (TCP and the HTTP/2 handshake) took longer than `connect_timeout`.
+    #[error("{target} did not accept a connection within {after:?}")]
+    ConnectTimeout { target: Target, after: Duration },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake with {target} failed: {source}")]
+    Handshake {
+        target: Target,
+        #[source]
+        source: h2::Error,
+    },
+    /// Every connection is at the target's stream limit and the wait queue is full.
+    #[error(
+        "{target} has no free stream on any of its {connections} connections and {waiting} calls already wait"
+    )]
+    QueueFull {
+        target: Target,
+        connections: usize,
+        waiting: usize,
+    },
+    /// No stream became free within `queue_timeout`.
+    #[error("{target} had no free stream on any of its {connections} connections for {after:?}")]
+    QueueTimeout {
+        target: Target,
+        connections: usize,
+        after: Duration,
+    },
+    /// The stream failed before the target answered: a reset, or the connection died.
+    #[error("{0}")]
+    Stream(#[source] h2::Error),
+}
+
+/// Connections to one target.
+pub struct Pool {
+    target: Target,
+    settings: Settings,
+    connections: Mutex<Vec<Arc<Connection>>>,
+    /// One dial at a time, so a burst of calls opens one connection, not one per call.
+    dialing: tokio::sync::Mutex<()>,
+    /// A stream was released, a connection opened or closed: waiting calls look again.
+    changed: Arc<Notify>,
+    waiting: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+/// One HTTP/2 connection and the streams gatehouse has open on it.
+struct Connection {
+    id: u64,
+    sender: SendRequest<Bytes>,
+    /// Streams gatehouse holds on this connection.
+    open: AtomicUsize,
+    /// Streams whose request data waits for send capacity.
+    starved: AtomicUsize,
+    /// Streams that have waited for send capacity longer than [`WEDGED_AFTER`]: the
+    /// target stopped reading them, and the connection does not count toward the limit.
+    wedged: AtomicUsize,
+    /// The pool's: told when a stream becomes wedged, so waiting calls look again.
+    changed: Arc<Notify>,
+    /// The connection ended, or the target said GOAWAY: no new streams.
+    closed: AtomicBool,
+}
+
+impl Connection {
+    fn has_room(&self) -> bool {
+        let limit = self
+            .sender
+            .current_max_send_streams()
+            .min(STREAMS_PER_CONNECTION);
+        !self.closed.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) < limit
+    }
+}
+
+/// A stream slot on a connection, given back when dropped.
+struct Lease {
+    connection: Arc<Connection>,
+    changed: Arc<Notify>,
+}
+
+impl Lease {
+    fn new(connection: &Arc<Connection>, changed: &Arc<Notify>) -> Self {
+        connection.open.fetch_add(1, Ordering::AcqRel);
+        Lease {
+            connection: connection.clone(),
+            changed: changed.clone(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connection.open.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+}
+
+/// A place in the bounded wait queue, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+enum Pick {
+    Lease(Lease),
+    Dial,
+    Full,
+}
+
+impl Pool {
+    /// Prepares the pool; nothing is dialled until the first call.
+    pub fn new(target: Target, settings: Settings) -> Self {
+        Pool {
+            target,
+            settings,
+            connections: Mutex::new(Vec::new()),
+            dialing: tokio::sync::Mutex::new(()),
+            changed: Arc::new(Notify::new()),
+            waiting: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Open connections, for tests and metrics.
+    pub fn connections(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Connection>>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends `request` and returns the target's response headers with its body streaming.
+    /// The request body is pumped under flow control; dropping the returned future or the
+    /// response body before the exchange ends resets the target's stream with CANCEL.
+    /// A call the target did not process (GOAWAY above its stream id, REFUSED_STREAM) is
+    /// sent again on another connection when its request bytes so far were kept.
+    pub async fn send<B>(&self, request: Request<B>) -> Result<Response<ResponseStream>, Error>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let mut head = Request::from_parts(parts, ());
+        *head.version_mut() = http::Version::HTTP_2;
+        let mut source = Source::new(body);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let lease = self.acquire().await?;
+            let mut sender = lease.connection.sender.clone();
+            let end_of_stream = source.is_end_stream();
+            let (response, stream) = match sender.send_request(copy_head(&head), end_of_stream) {
+                Ok(sent) => sent,
+                Err(error) => {
+                    // The connection is going away; nothing reached the target.
+                    lease.connection.closed.store(true, Ordering::Release);
+                    if attempt < ATTEMPTS {
+                        continue;
+                    }
+                    return Err(Error::Stream(error));
+                }
+            };
+            let mut pump = Pump::new(source, stream, lease.connection.clone(), end_of_stream);
+            match exchange(response, &mut pump).await {
+                Ok(response) => {
+                    let (parts, recv) = response.into_parts();
+                    let cancel = CancellationToken::new();
+                    if !pump.is_done() {
+                        // The request keeps flowing while the response streams back; the
+                        // task ends with the call, and resets the stream if it ends early.
+                        let cancelled = cancel.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                () = std::future::poll_fn(|cx| pump.poll_pump(cx).map(|_| ())) => {}
+                                () = cancelled.cancelled() => {}
+                            }
+                        });
+                    }
+                    let body = ResponseStream {
+                        recv,
+                        data_done: false,
+                        lease,
+                        _pump: cancel.drop_guard(),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(error) => {
+                    let unprocessed = not_processed(&error);
+                    if error.is_go_away() || error.is_io() {
+                        // The connection is going or gone: no new calls on it, even
+                        // before its task has noticed.
+                        lease.connection.closed.store(true, Ordering::Release);
+                    }
+                    match pump.into_replay() {
+                        Some(replay) if unprocessed && attempt < ATTEMPTS => {
+                            tracing::debug!(
+                                target_address = %self.target,
+                                %error,
+                                "the target did not process the call; sending it again"
+                            );
+                            source = replay;
+                            drop(lease);
+                        }
+                        _ => return Err(Error::Stream(error)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A stream slot: on a connection with room and no starved stream, on a new
+    /// connection, on any connection with room, or after a bounded wait.
+    async fn acquire(&self) -> Result<Lease, Error> {
+        let deadline = Instant::now() + self.settings.queue_timeout;
+        let mut queued = None;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.pick() {
+                Pick::Lease(lease) => return Ok(lease),
+                Pick::Dial => {
+                    if let Ok(_one_at_a_time) = self.dialing.try_lock() {
+                        let dialled = self.dial().await;
+                        if let Ok(connection) = &dialled {
+                            self.lock().push(connection.clone());
+                        }
+                        self.changed.notify_waiters();
+                        dialled?;
+                        continue;
+                    }
+                    // Another call is dialling; its connection (or failure) wakes us. A
+                    // burst of calls meeting a new connection is not a full target, so
+                    // this wait takes no place in the queue.
+                }
+                Pick::Full => {
+                    if queued.is_none() {
+                        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+                        queued = Some(Queued(&self.waiting));
+                        if waiting >= self.settings.queue {
+                            return Err(Error::QueueFull {
+                                target: self.target.clone(),
+                                connections: self.connections(),
+                                waiting,
+                            });
+                        }
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::QueueTimeout {
+                    target: self.target.clone(),
+                    connections: self.connections(),
+                    after: self.settings.queue_timeout,
+                });
+            }
+        }
+    }
+
+    fn pick(&self) -> Pick {
+        let load = |c: &Arc<Connection>| {
+            (
+                c.wedged.load(Ordering::Acquire),
+                c.starved.load(Ordering::Acquire),
+                c.open.load(Ordering::Acquire),
+            )
+        };
+        let mut connections = self.lock();
+        connections.retain(|connection| !connection.closed.load(Ordering::Acquire));
+        // Wedged connections keep serving their streams but do not count: their slots
+        // are taken by streams the target stopped reading, not by load.
+        let mut counted = connections.iter().filter(|c| load(c).0 == 0).count();
+        if counted > self.settings.connections {
+            // Connections opened while others were wedged, now idle again: close the
+            // surplus (dropping the last handle ends the connection).
+            connections.retain(|c| {
+                let surplus = counted > self.settings.connections && load(c) == (0, 0, 0);
+                counted -= usize::from(surplus);
+                !surplus
+            });
+        }
+        // The receive-memory bound: streams in all, whatever the number of connections.
+        let streams: usize = connections.iter().map(|c| load(c).2).sum();
+        if streams >= self.settings.connections * STREAMS_PER_CONNECTION {
+            return Pick::Full;
+        }
+        let healthy = connections
+            .iter()
+            .filter(|c| c.has_room() && load(c).1 == 0)
+            .min_by_key(|c| load(c).2);
+        if let Some(connection) = healthy {
+            return Pick::Lease(Lease::new(connection, &self.changed));
+        }
+        // Every connection is full or has a stream waiting for the target's window: open
+        // another, within the limit, or beyond it up to WEDGED_SURPLUS times the limit
+        // while streams wait on all of them, since such a wait is most likely a stream
+        // the target stopped reading, which would stall any call put beside it.
+        let everywhere = connections.iter().all(|c| load(c).1 > 0);
+        if connections.len() < self.settings.connections * WEDGED_SURPLUS
+            && (counted < self.settings.connections || everywhere)
+        {
+            return Pick::Dial;
+        }
+        let any = connections
+            .iter()
+            .filter(|c| c.has_room())
+            .min_by_key(|c| load(c));
+        match any {
+            Some(connection) => Pick::Lease(Lease::new(connection, &self.changed)),
+            None => Pick::Full,
+        }
+    }
+
+    async fn dial(&self) -> Result<Arc<Connection>, Error> {
+        let after = self.settings.connect_timeout;
+        match tokio::time::timeout(after, self.connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::ConnectTimeout {
+                target: self.target.clone(),
+                after,
+            }),
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Connection>, Error> {
+        let unreachable = |source| Error::Connect {
+            target: self.target.clone(),
+            source,
+        };
+        match &self.target {
+            Target::Tcp(address) => {
+                let stream = TcpStream::connect(address.as_str())
+                    .await
+                    .map_err(unreachable)?;
+                stream.set_nodelay(true).map_err(unreachable)?;
+                self.handshake(stream).await
+            }
+            Target::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
+                self.handshake(stream).await
+            }
+        }
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Arc<Connection>, Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let failed = |source| Error::Handshake {
+            target: self.target.clone(),
+            source,
+        };
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW * STREAMS_PER_CONNECTION as u32)
+            .enable_push(false)
+            // Until the target's SETTINGS arrive, one stream at a time.
+            .initial_max_send_streams(1)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(failed)?;
+        let mut ping = connection.ping_pong();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let opened = Arc::new(Connection {
+            id,
+            sender,
+            open: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
+            wedged: AtomicUsize::new(0),
+            changed: self.changed.clone(),
+            closed: AtomicBool::new(false),
+        });
+        let watched = opened.clone();
+        let changed = self.changed.clone();
+        let target = self.target.clone();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(upstream = %target, connection = id, "connection closed"),
+                Err(error) => {
+                    tracing::warn!(upstream = %target, connection = id, %error, "connection failed")
+                }
+            }
+            watched.closed.store(true, Ordering::Release);
+            changed.notify_waiters();
+        });
+        // The target's SETTINGS come before its answer to a PING (its preface must open
+        // with them), so once the PONG is here the stream limit is the target's own and
+        // calls are never sent into a limit they would be refused by. One PING per
+        // connection, at its start, is within what any server's ping policy allows.
+        if let Some(ping) = ping.as_mut() {
+            ping.ping(h2::Ping::opaque()).await.map_err(failed)?;
+        }
+        tracing::debug!(
+            upstream = %self.target,
+            connection = id,
+            max_streams = opened.sender.current_max_send_streams(),
+            "connected"
+        );
+        Ok(opened)
+    }
+}
+
+/// Whether the target refused the stream without processing it, so sending it again is
+/// safe: a GOAWAY whose last stream id is below it (h2 reports exactly those streams with
+/// the GOAWAY's error; a graceful GOAWAY carries NO_ERROR), or RST_STREAM REFUSED_STREAM.
+fn not_processed(error: &h2::Error) -> bool {
+    error.is_remote()
+        && ((error.is_go_away() && error.reason() == Some(Reason::NO_ERROR))
+            || (error.is_reset() && error.reason() == Some(Reason::REFUSED_STREAM)))
+}
+
+fn copy_head(head: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = head.method().clone();
+    *copy.uri_mut() = head.uri().clone();
+    *copy.version_mut() = head.version();
+    *copy.headers_mut() = head.headers().clone();
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio::sync::mpsc;
+
+    #[test]
+    fn only_streams_the_target_never_processed_are_sent_again() {
+        // h2 builds the remote errors itself; what a unit test can show is that a
+        // reason not received from the target never counts as unprocessed.
+        let local: h2::Error = h2::Error::from(Reason::REFUSED_STREAM);
+        assert!(
+            !not_processed(&local),
+            "a reason h2 raised locally is not remote"
+        );
+    }
+
+    /// An HTTP/2 target on loopback that allows `max_streams` streams, gives each a
+    /// `window`-byte receive window, never reads a body and never answers; every stream
+    /// it accepts is handed to the test.
+    async fn silent_target(
+        max_streams: u32,
+        window: u32,
+    ) -> (
+        Target,
+        mpsc::UnboundedReceiver<h2::server::SendResponse<Bytes>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let address = listener.local_addr().expect("bound address").to_string();
+        let (streams, accepted) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let streams = streams.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::Builder::new()
+                        .max_concurrent_streams(max_streams)
+                        .initial_window_size(window)
+                        .initial_connection_window_size(window)
+                        .handshake::<_, Bytes>(tcp)
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok((request, respond))) = connection.accept().await {
+                        // Held, never read: the body's window stays used.
+                        std::mem::forget(request);
+                        let _ = streams.send(respond);
+                    }
+                });
+            }
+        });
+        (Target::Tcp(address), accepted)
+    }
+
+    fn settings(connections: usize, queue: usize, queue_timeout: Duration) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            connections,
+            queue,
+            queue_timeout,
+        }
+    }
+
+    fn call(body: Bytes) -> Request<Full<Bytes>> {
+        Request::post("http://localhost/pkg.Svc/Call")
+            .body(Full::new(body))
+            .expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn calls_beyond_every_stream_limit_wait_boundedly_then_are_refused() {
+        let (target, mut accepted) = silent_target(1, 65_535).await;
+        let pool = Arc::new(Pool::new(
+            target,
+            settings(1, 1, Duration::from_millis(200)),
+        ));
+        let holder = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::from_static(b"held"))).await }
+        });
+        let _held = accepted
+            .recv()
+            .await
+            .expect("the target got the first call");
+
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::new())).await }
+        });
+        while pool.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let over = pool.send(call(Bytes::new())).await;
+        assert!(
+            matches!(over, Err(Error::QueueFull { waiting: 1, .. })),
+            "{over:?}"
+        );
+        let waited = waiter.await.expect("the waiter ran");
+        assert!(
+            matches!(waited, Err(Error::QueueTimeout { .. })),
+            "{waited:?}"
+        );
+        assert_eq!(pool.connections(), 1);
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_target_is_dialled_and_answers() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("app.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind a Unix socket");
+        tokio::spawn(async move {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut connection) = h2::server::Builder::new()
+                .handshake::<_, Bytes>(socket)
+                .await
+            else {
+                return;
+            };
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                let response = Response::builder()
+                    .status(200)
+                    .body(())
+                    .expect("a valid response");
+                let _ = respond.send_response(response, true);
+            }
+        });
+        let pool = Pool::new(Target::Unix(path), settings(1, 1, Duration::from_secs(1)));
+        let response = pool
+            .send(call(Bytes::from_static(b"over a socket")))
+            .await
+            .expect("the target answered");
+        assert_eq!(response.status(), 200);
+        assert!(response.body().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_call_is_reset_while_its_body_waits_for_the_targets_window() {
+        // The target's window is 1 KiB and it never reads: the pump parks on capacity.
+        let (target, mut accepted) = silent_target(10, 1024).await;
+        let pool = Arc::new(Pool::new(target, settings(1, 8, Duration::from_secs(1))));
+        let call = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send(call(Bytes::from(vec![7u8; 64 * 1024]))).await }
+        });
+        let mut respond = accepted.recv().await.expect("the target got the call");
+        call.abort();
+        let reset = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| respond.poll_reset(cx)),
+        )
+        .await
+        .expect("the target saw the stream reset")
+        .expect("a reset, not a connection error");
+        assert_eq!(reset, Reason::CANCEL);
+        // The stream slot is free again.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while pool
+                    .lock()
+                    .iter()
+                    .any(|c| c.open.load(Ordering::Acquire) > 0)
+                {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .is_ok()
+        );
+    }
+}

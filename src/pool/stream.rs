@@ -1,0 +1,369 @@
+//! One call's stream: the request body pumped into it a chunk of send capacity at a
+//! time, and the response body handed back with receive capacity released as the caller
+//! takes it. An unfinished pump resets the stream when dropped.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use h2::client::ResponseFuture;
+use h2::{Reason, RecvStream, SendStream};
+use http::{HeaderMap, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio_util::sync::DropGuard;
+
+use super::{Connection, Lease, REPLAY_LIMIT, SEND_CHUNK, WEDGED_AFTER};
+
+/// Waits for the response headers while pumping the request body.
+pub(super) async fn exchange<B>(
+    mut response: ResponseFuture,
+    pump: &mut Pump<B>,
+) -> Result<Response<RecvStream>, h2::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+            return Poll::Ready(result);
+        }
+        if !pump.is_done()
+            && let Poll::Ready(Err(error)) = pump.poll_pump(cx)
+        {
+            return Poll::Ready(Err(error));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The request body: the caller's, behind what was already sent on a refused attempt.
+pub(super) struct Source<B> {
+    replay: VecDeque<Bytes>,
+    /// Trailers already received from the body, for a retry.
+    trailers: Option<HeaderMap>,
+    /// The body has ended (its end, or its trailers, were read).
+    ended: bool,
+    body: B,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Source<B> {
+    pub(super) fn new(body: B) -> Self {
+        Source {
+            replay: VecDeque::new(),
+            trailers: None,
+            ended: false,
+            body,
+        }
+    }
+
+    pub(super) fn is_end_stream(&self) -> bool {
+        self.replay.is_empty() && self.trailers.is_none() && self.body.is_end_stream()
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ()>>> {
+        if let Some(data) = self.replay.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+            // The caller's stream failed (it reset it, or its connection died).
+            Some(Err(_)) => Poll::Ready(Some(Err(()))),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+/// The request frames already sent on an attempt.
+#[derive(Default)]
+struct Sent {
+    data: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+/// Pumps a request body into the target's stream, a chunk of send capacity at a time.
+pub(super) struct Pump<B> {
+    source: Option<Source<B>>,
+    stream: SendStream<Bytes>,
+    connection: Arc<Connection>,
+    /// Data not yet sent, for want of capacity.
+    pending: Option<Bytes>,
+    /// What was sent, while small enough to send again.
+    sent: Option<Sent>,
+    sent_bytes: usize,
+    /// Capacity was granted once: the stream is open on the wire. A stream's first wait
+    /// is for its HEADERS to go out, not for window, and does not count as starved.
+    granted: bool,
+    starved: bool,
+    /// Fires when the stream has been starved for [`WEDGED_AFTER`].
+    wedge: Option<Pin<Box<tokio::time::Sleep>>>,
+    wedged: bool,
+    done: bool,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
+    pub(super) fn new(
+        source: Source<B>,
+        stream: SendStream<Bytes>,
+        connection: Arc<Connection>,
+        done: bool,
+    ) -> Self {
+        Pump {
+            source: Some(source),
+            stream,
+            connection,
+            pending: None,
+            sent: Some(Sent::default()),
+            sent_bytes: 0,
+            granted: false,
+            starved: false,
+            wedge: None,
+            wedged: false,
+            done,
+        }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The body to send again: what was sent, then the rest of the caller's body; `None`
+    /// when too much was sent to keep.
+    pub(super) fn into_replay(mut self) -> Option<Source<B>> {
+        let sent = self.sent.take()?;
+        let mut source = self.source.take()?;
+        let mut replay = sent.data;
+        if let Some(pending) = self.pending.take() {
+            replay.push_back(pending);
+        }
+        replay.append(&mut source.replay);
+        source.replay = replay;
+        if sent.trailers.is_some() {
+            source.trailers = sent.trailers;
+        }
+        source.ended |= sent.ended;
+        Some(source)
+    }
+
+    fn remember(&mut self, frame: &Frame<Bytes>) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        if let Some(data) = frame.data_ref() {
+            self.sent_bytes += data.len();
+            if self.sent_bytes > REPLAY_LIMIT {
+                self.sent = None;
+            } else {
+                sent.data.push_back(data.clone());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            sent.trailers = Some(trailers.clone());
+        }
+    }
+
+    /// Ready(Ok) once the body has been sent to its end; Ready(Err) when the stream
+    /// failed (then the response says why) or the caller's body did.
+    pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(data) = self.pending.as_mut() {
+                if self.stream.capacity() == 0 {
+                    self.stream.reserve_capacity(data.len().min(SEND_CHUNK));
+                    match self.stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            let granted = self.granted;
+                            self.set_starved(granted);
+                            if granted {
+                                self.watch_wedge(cx);
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(error))) => {
+                            self.set_starved(false);
+                            return Poll::Ready(Err(error));
+                        }
+                        Poll::Ready(None) => {
+                            self.set_starved(false);
+                            // The stream is closed; its response says how.
+                            self.done = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    self.granted = true;
+                    self.set_starved(false);
+                    continue;
+                }
+                let piece = data.split_to(self.stream.capacity().min(data.len()));
+                if data.is_empty() {
+                    self.pending = None;
+                }
+                self.stream.send_data(piece, false)?;
+                continue;
+            }
+            let Some(source) = self.source.as_mut() else {
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            };
+            match ready!(source.poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    self.remember(&frame);
+                    match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) => self.pending = Some(data),
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                if let Some(source) = self.source.as_mut() {
+                                    source.ended = true;
+                                }
+                                if let Some(sent) = self.sent.as_mut() {
+                                    sent.ended = true;
+                                }
+                                self.stream.send_trailers(trailers)?;
+                                self.done = true;
+                            }
+                        }
+                    }
+                }
+                Some(Err(())) => {
+                    // The caller's side failed: the target must learn at once.
+                    self.stream.send_reset(Reason::CANCEL);
+                    self.done = true;
+                    self.sent = None;
+                    return Poll::Ready(Ok(()));
+                }
+                None => {
+                    if let Some(source) = self.source.as_mut() {
+                        source.ended = true;
+                    }
+                    if let Some(sent) = self.sent.as_mut() {
+                        sent.ended = true;
+                    }
+                    self.stream.send_data(Bytes::new(), true)?;
+                    self.done = true;
+                }
+            }
+        }
+    }
+}
+
+impl<B> Pump<B> {
+    fn set_starved(&mut self, starved: bool) {
+        if self.starved != starved {
+            self.starved = starved;
+            if starved {
+                self.connection.starved.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.connection.starved.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if !starved {
+            self.wedge = None;
+            if self.wedged {
+                self.wedged = false;
+                self.connection.wedged.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Starts or checks the starvation timer of a stream that waits for capacity.
+    fn watch_wedge(&mut self, cx: &mut Context<'_>) {
+        if self.wedged {
+            return;
+        }
+        let wedge = self
+            .wedge
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WEDGED_AFTER)));
+        if wedge.as_mut().poll(cx).is_ready() {
+            self.wedged = true;
+            self.connection.wedged.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                connection = self.connection.id,
+                "a stream waits for the target's window; new calls go to other connections"
+            );
+            self.connection.changed.notify_waiters();
+        }
+    }
+}
+
+impl<B> Drop for Pump<B> {
+    fn drop(&mut self) {
+        self.set_starved(false);
+        if !self.done {
+            // The call ended before its request did (cancelled, timed out, abandoned, its
+            // caller's connection died): reset the target's stream explicitly, whatever
+            // the pump was waiting for, so the target stops and its windows come back.
+            // On a stream that already ended this is a no-op in h2.
+            self.stream.send_reset(Reason::CANCEL);
+        }
+    }
+}
+
+/// The target's response body. Receive capacity goes back to the target only as the
+/// caller's side takes each frame, so a caller that stops reading stops its own stream
+/// at [`STREAM_WINDOW`](super::STREAM_WINDOW) and no other. Dropping it before the end resets the stream.
+pub struct ResponseStream {
+    pub(super) recv: RecvStream,
+    pub(super) data_done: bool,
+    pub(super) lease: Lease,
+    /// Ends the request pump (resetting the stream if the request is unfinished).
+    pub(super) _pump: DropGuard,
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("connection", &self.lease.connection.id)
+            .field("data_done", &self.data_done)
+            .finish()
+    }
+}
+
+impl Body for ResponseStream {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The server polls the body for the next frame only once the caller's
+                    // stream has room for it, so this is the caller taking the data.
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
