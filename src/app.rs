@@ -212,8 +212,8 @@ fn check_memory(limits: &crate::config::Limits, limit: u64, from: &str) -> Optio
             "limits",
             format!(
                 "worst-case memory {budget} exceeds the memory limit of {} MiB ({from}): lower \
-                 limits.max_connections, limits.max_concurrent_streams or \
-                 limits.max_header_list_size, or raise the limit; see docs/deploy.md",
+                 limits.max_connections, limits.max_concurrent_streams, \
+                 limits.max_header_list_size or limits.upstream_connections, or raise the limit; see docs/deploy.md",
                 limit / MIB,
             ),
         )

@@ -77,7 +77,7 @@ pub const SEND_CHUNK: usize = 64 * 1024;
 /// Request bytes kept per call until the target has answered, so a call the target
 /// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
 /// not retried.
-const REPLAY_LIMIT: usize = 64 * 1024;
+pub const REPLAY_LIMIT: usize = 64 * 1024;
 /// A stream waiting this long for send capacity is one the target stopped reading.
 pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
 /// Connections at most, as a multiple of the configured number, while streams the target

@@ -41,6 +41,7 @@ use crate::config::Limits;
 use crate::grpc;
 use crate::metrics::Metrics;
 use crate::middleware::{Chain, ChainResponse};
+use crate::pool;
 use crate::tls::PeerIdentity;
 
 /// How many streams a client may open and reset before the server has accepted them,
@@ -83,9 +84,10 @@ pub const CALL_COST: u64 = 8 * 1024;
 /// What gatehouse needs with no connection open (a release build idles under 8 MiB):
 /// runtime, configuration, key caches, metrics, log buffers.
 pub const BASE_COST: u64 = 16 * 1024 * 1024;
-/// Buffers toward the app: the connection to the app's receive window (hyper's client
-/// default, 5 MiB) and the chunks in flight to it.
-pub const UPSTREAM_COST: u64 = 8 * 1024 * 1024;
+/// What one open stream to the app can make gatehouse hold: its receive window (response
+/// data the caller is not taking) and the request bytes kept until the app answers, so a
+/// call the app refused unprocessed can be sent again.
+pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_LIMIT as u64;
 
 /// What is known about the connection a request arrived on, in every request's
 /// extensions.
@@ -133,7 +135,7 @@ impl HeldForCall {
 /// The most memory gatehouse can need under its limits: every connection open with
 /// every call it may open, each connection holding as much request data as its receive
 /// window allows and one frame being read, plus what gatehouse needs anyway, the span
-/// export queue and its buffers toward the app. Printed by `gatehouse check` and checked
+/// export queue and what every stream to the app may hold. Printed by `gatehouse check` and checked
 /// against the memory limit; docs/deploy.md states the formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
@@ -156,7 +158,13 @@ impl MemoryBudget {
             + frame
             + u64::from(limits.max_concurrent_streams) * per_call;
         let connections = limits.max_connections as u64;
-        let fixed = BASE_COST + UPSTREAM_COST + crate::telemetry::SPAN_QUEUE_BYTES as u64;
+        // Streams to the app: as many as callers can open, but never more than the pool
+        // puts on its connections.
+        let upstream_streams = (connections * u64::from(limits.max_concurrent_streams))
+            .min((limits.upstream_connections * pool::STREAMS_PER_CONNECTION) as u64);
+        let fixed = BASE_COST
+            + upstream_streams * UPSTREAM_STREAM_COST
+            + crate::telemetry::SPAN_QUEUE_BYTES as u64;
         MemoryBudget {
             per_connection,
             connections,

@@ -671,13 +671,13 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
             &format!("limits: {}", limits.replace("MEMORY", memory)),
         )
     };
-    std::fs::write(&path, config("192MiB")).unwrap();
+    std::fs::write(&path, config("256MiB")).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(
-            "worst-case memory: 166 MiB (128 connections x 1104 KiB + 28 MiB), \
-             limit 192 MiB (limits.memory_limit)"
+            "worst-case memory: 233 MiB (128 connections x 1104 KiB + 95 MiB), \
+             limit 256 MiB (limits.memory_limit)"
         ),
         "{}",
         stdout(&output)
@@ -688,7 +688,7 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(64));
     let errors = stderr(&output);
     assert!(
-        errors.contains("limits: worst-case memory 166 MiB")
+        errors.contains("limits: worst-case memory 233 MiB")
             && errors.contains("exceeds the memory limit of 100 MiB (limits.memory_limit)")
             && errors.contains("limits.max_connections"),
         "{errors}"
