@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -438,6 +438,269 @@ fn segment_glob(pattern: &[u8], name: &[u8], separator: u8, fold: bool) -> bool 
                 && segment_glob(rest, tail, separator, fold)
         }),
     }
+}
+
+/// A destination `identity` entry: a URI pattern (`spiffe://…`) for URI SANs or `dns:NAME`
+/// for DNS SANs. `cn:` is refused: a subject CN is free text any CA will sign, so it
+/// cannot name the service a call is meant for.
+pub fn identity_pattern(text: &str) -> Result<PeerPattern, String> {
+    match PeerPattern::parse(text)? {
+        PeerPattern::CommonName(_) => Err(format!(
+            "{text:?}: cn: cannot name a destination; write its URI SAN (spiffe://…) or dns:NAME"
+        )),
+        pattern => Ok(pattern),
+    }
+}
+
+/// Why a destination's certificate was refused after its chain verified: it carries none
+/// of the identities the destination is configured with. Carried inside the rustls error
+/// so the caller can be told what the server presented.
+#[derive(Debug, thiserror::Error)]
+#[error("the server certificate carries {presented}, none of the expected {expected}")]
+pub struct IdentityMismatch {
+    pub presented: String,
+    pub expected: String,
+}
+
+/// Verifies a destination's certificate: first the chain (the configured roots, validity
+/// dates, key usage, and the SNI name), exactly as webpki does; then that the certificate
+/// carries one of the destination's identities, each matched only against SANs of its
+/// own kind (a URI SAN that spells a DNS name is not a DNS name). Both happen inside the
+/// handshake, so no request byte is sent to a server that fails either.
+#[derive(Debug)]
+pub struct IdentityVerifier {
+    chain: Arc<rustls::client::WebPkiServerVerifier>,
+    identities: Arc<[PeerPattern]>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let peer = PeerIdentity::from_der(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if self.identities.iter().any(|pattern| pattern.matches(&peer)) {
+            return Ok(verified);
+        }
+        let presented: Vec<String> = peer
+            .uris
+            .iter()
+            .map(|uri| format!("URI {uri}"))
+            .chain(peer.dns_names.iter().map(|dns| format!("DNS {dns}")))
+            .collect();
+        let expected: Vec<String> = self.identities.iter().map(describe_pattern).collect();
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(IdentityMismatch {
+                presented: if presented.is_empty() {
+                    "no URI or DNS SAN".to_owned()
+                } else {
+                    presented.join(", ")
+                },
+                expected: expected.join(", "),
+            }))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+fn describe_pattern(pattern: &PeerPattern) -> String {
+    match pattern {
+        PeerPattern::Uri(uri) => format!("URI {uri}"),
+        PeerPattern::Dns(dns) => format!("DNS {dns}"),
+        PeerPattern::CommonName(cn) => format!("CN {cn}"),
+    }
+}
+
+/// The pod's client certificate and the roots destinations must chain to, read from
+/// `outbound.client_tls` (defaults filled from `tls`).
+struct ClientMaterial {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    chain: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+fn client_material(files: &config::ClientTls) -> Result<ClientMaterial, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let certs = read_field(
+        "outbound.client_tls.cert_file",
+        files.cert_file.as_deref(),
+        &mut problems,
+        load_certs,
+    );
+    let key = read_field(
+        "outbound.client_tls.key_file",
+        files.key_file.as_deref(),
+        &mut problems,
+        load_key,
+    );
+    let roots = read_field(
+        "outbound.client_tls.ca_file",
+        files.ca_file.as_deref(),
+        &mut problems,
+        load_roots,
+    );
+    let (Some(certs), Some(key), Some(roots)) = (certs, key, roots) else {
+        return Err(problems);
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|error| {
+        vec![Problem::new(
+            "outbound.client_tls.ca_file",
+            format!("cannot verify servers with it: {error}"),
+        )]
+    })?;
+    let material = ClientMaterial { certs, key, chain };
+    // Built once here so a key that does not match its certificate is refused at load.
+    material.config(Arc::from(Vec::new())).map_err(|error| {
+        let message = match error {
+            rustls::Error::InconsistentKeys(_) => {
+                "does not match the certificate in outbound.client_tls.cert_file".to_owned()
+            }
+            other => format!("unusable with outbound.client_tls.cert_file: {other}"),
+        };
+        vec![Problem::new("outbound.client_tls.key_file", message)]
+    })?;
+    Ok(material)
+}
+
+impl ClientMaterial {
+    fn config(&self, identities: Arc<[PeerPattern]>) -> Result<ClientConfig, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = IdentityVerifier {
+            chain: self.chain.clone(),
+            identities,
+        };
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The client side of outbound calls: the pod's certificate presented to destinations,
+/// re-read when its files change (polled like the server's, every [`RELOAD_POLL`], by
+/// content hash). New connections use the new material; open ones keep theirs, so a
+/// rotation never drops a stream. Broken new material is refused and the running one
+/// kept.
+pub struct ClientTls {
+    files: config::ClientTls,
+    material: crate::reload::Current<ClientMaterial>,
+    fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+}
+
+impl ClientTls {
+    /// Reads the files (each problem on its `outbound.client_tls.*` field).
+    pub fn load(files: &config::ClientTls) -> Result<ClientTls, Vec<Problem>> {
+        let material = client_material(files)?;
+        Ok(ClientTls {
+            files: files.clone(),
+            material: crate::reload::Current::new(Arc::new(material)),
+            fingerprint: std::sync::Mutex::new(client_fingerprint(files)),
+        })
+    }
+
+    /// The connector for a destination that must prove one of `identities`.
+    pub fn connector(&self, identities: Arc<[PeerPattern]>) -> tokio_rustls::TlsConnector {
+        let config = self
+            .material
+            .get()
+            .config(identities)
+            .expect("the key was checked against the certificate when it was loaded");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+
+    /// Re-reads the files if they changed; `true` when new material is now in use.
+    pub fn reload(&self, metrics: &crate::metrics::Metrics) -> bool {
+        let fingerprint = client_fingerprint(&self.files);
+        {
+            let mut known = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());
+            if *known == fingerprint {
+                return false;
+            }
+            *known = fingerprint;
+        }
+        match client_material(&self.files) {
+            Ok(material) => {
+                self.material.set(Arc::new(material));
+                metrics.reload("success");
+                tracing::info!(cert_file = ?self.files.cert_file, "outbound client certificate reloaded");
+                true
+            }
+            Err(problems) => {
+                metrics.reload("failure");
+                for problem in &problems {
+                    tracing::warn!(%problem, "new client TLS material refused; keeping the running one");
+                }
+                false
+            }
+        }
+    }
+
+    /// Checks the files every [`RELOAD_POLL`] for as long as `self` is in use.
+    pub fn spawn_watcher(self: &Arc<Self>, metrics: Arc<crate::metrics::Metrics>) {
+        let tls = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(RELOAD_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(tls) = tls.upgrade() else { return };
+                tls.reload(&metrics);
+            }
+        });
+    }
+}
+
+fn client_fingerprint(files: &config::ClientTls) -> Option<[u8; 32]> {
+    fingerprint(&config::Tls {
+        cert_file: files.cert_file.clone(),
+        key_file: files.key_file.clone(),
+        ca_file: files.ca_file.clone(),
+        ..config::Tls::default()
+    })
 }
 
 #[cfg(test)]
