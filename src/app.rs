@@ -159,11 +159,24 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             None
         }
     };
+    // Only a config that validated names files worth reading.
+    let outbound = if problems.is_empty() {
+        match crate::outbound::Destinations::load(&config) {
+            Ok(outbound) => outbound,
+            Err(more) => {
+                merge(&mut problems, more);
+                None
+            }
+        }
+    } else {
+        None
+    };
     match (problems.is_empty(), authenticator) {
         (true, Some(authenticator)) => Ok(Loaded {
             config,
             tls,
             authenticator,
+            outbound,
         }),
         _ => Err(invalid(problems)),
     }
@@ -225,6 +238,8 @@ pub struct Loaded {
     pub config: Config,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub authenticator: Authenticator,
+    /// The `outbound` destinations, when configured.
+    pub outbound: Option<crate::outbound::Destinations>,
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by
@@ -247,6 +262,7 @@ async fn serve(
         config,
         tls,
         authenticator,
+        outbound,
     } = loaded;
     let telemetry = &config.telemetry;
     let address = config.listen.address;
@@ -263,6 +279,11 @@ async fn serve(
             })?),
             None => None,
         };
+
+    let outbound_socket = match (&outbound, &config.outbound) {
+        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
+        _ => None,
+    };
 
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
@@ -320,6 +341,29 @@ async fn serve(
         }
         None => None,
     };
+    let (stop_outbound, outbound_stopped) = watch::channel(false);
+    let abort_outbound = tokio_util::sync::CancellationToken::new();
+    let outbound_bound = match (outbound, outbound_socket) {
+        (Some(destinations), Some(socket)) => {
+            destinations.spawn_watchers(metrics.clone());
+            let chain = crate::outbound::build(
+                Arc::new(destinations),
+                tracing.clone(),
+                metrics.clone(),
+                abort_outbound.clone(),
+            );
+            let bound = socket.describe();
+            tokio::spawn(crate::outbound::listen::serve(
+                socket,
+                chain,
+                config.limits.clone(),
+                outbound_stopped,
+                config.limits.drain_timeout.get(),
+            ));
+            Some(bound)
+        }
+        _ => None,
+    };
     readiness.listening.store(true, Ordering::SeqCst);
     tracing::info!(
         address = %bound,
@@ -327,6 +371,7 @@ async fn serve(
         client_auth = config.tls.client_auth.as_str(),
         upstream = %config.upstream.address,
         admin = admin_bound.map(|a| a.to_string()),
+        outbound = outbound_bound,
         otlp = telemetry.otlp_endpoint.as_deref(),
         "listening"
     );
@@ -347,6 +392,7 @@ async fn serve(
         signal = signals.next() => Some(signal),
     };
     let _ = stop.send(true);
+    let _ = stop_outbound.send(true);
     let drain = accepting
         .await
         .map_err(|error| format!("accept loop failed: {error}"))?;
@@ -372,10 +418,34 @@ async fn serve(
     // Calls still open end with UNAVAILABLE rather than a dropped connection; give those
     // answers a moment to reach the callers.
     upstream.abort_open_calls();
+    abort_outbound.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished()).await;
     let _ = stop_admin.send(true);
     tracing.flush(std::time::Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.
+async fn bind_outbound(
+    section: &crate::config::Outbound,
+) -> Result<crate::outbound::listen::Socket, String> {
+    use crate::config::OutboundListen;
+    use crate::outbound::listen::Socket;
+    let listen = section
+        .listen()
+        .map_err(|message| format!("outbound.listen: {message}"))?;
+    let cannot = |error: std::io::Error| {
+        format!("outbound.listen {}: cannot listen: {error}", section.listen)
+    };
+    match listen {
+        OutboundListen::Tcp(address) => TcpListener::bind(address)
+            .await
+            .map(Socket::Tcp)
+            .map_err(cannot),
+        OutboundListen::Unix(path) => tokio::net::UnixListener::bind(&path)
+            .map(Socket::Unix)
+            .map_err(cannot),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.

@@ -230,6 +230,20 @@ pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
     }
 }
 
+/// Writes a `grpc-timeout` value: milliseconds while they fit the eight digits the
+/// specification allows, whole seconds (rounded up) beyond that, hours at the very most.
+pub fn encode_timeout(timeout: Duration) -> HeaderValue {
+    let millis = timeout.as_millis();
+    let text = if millis <= 99_999_999 {
+        format!("{}m", millis.max(1))
+    } else if timeout.as_secs() < 99_999_999 {
+        format!("{}S", timeout.as_secs() + 1)
+    } else {
+        format!("{}H", (timeout.as_secs() / 3600 + 1).min(99_999_999))
+    };
+    HeaderValue::try_from(text).expect("digits and a unit are a valid header value")
+}
+
 /// The gRPC status a caller should see when an HTTP/2 stream to the app was reset with
 /// `reason`, following the gRPC HTTP/2 protocol mapping.
 pub fn code_for_reset(reason: h2::Reason) -> Code {

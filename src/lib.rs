@@ -37,6 +37,7 @@ pub mod grpc;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
+pub mod outbound;
 pub mod pool;
 pub mod reload;
 pub mod server;

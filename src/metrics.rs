@@ -87,6 +87,28 @@ struct ResultLabels {
 
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientHandledLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+    destination: String,
+}
+
+type ClientHistogramFamily = Family<ClientLabels, Histogram, fn() -> Histogram>;
+
+/// Outbound methods by destination, then by path (looked up without allocating).
+type ClientMethods = HashMap<Box<str>, HashMap<Box<str>, Arc<ClientMethodMetrics>>>;
+
 fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -110,6 +132,18 @@ pub struct Metrics {
     pub not_grpc: Counter,
     methods: RwLock<HashMap<Box<str>, Arc<MethodMetrics>>>,
     other: OnceLock<Arc<MethodMetrics>>,
+    client_started: Family<ClientLabels, Counter>,
+    client_handled: Family<ClientHandledLabels, Counter>,
+    client_handling: ClientHistogramFamily,
+    client_methods: RwLock<ClientMethods>,
+}
+
+/// The handles of one outbound method's metrics, towards one destination.
+pub struct ClientMethodMetrics {
+    labels: ClientLabels,
+    pub started: Counter,
+    pub handling: Histogram,
+    handled: [OnceLock<Counter>; 17],
 }
 
 /// The handles of one method's metrics.
@@ -143,6 +177,24 @@ impl Metrics {
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let not_grpc = Counter::default();
+        let client_started = Family::default();
+        let client_handled = Family::default();
+        let client_handling = ClientHistogramFamily::new_with_constructor(histogram);
+        registry.register(
+            "grpc_client_started",
+            "Outbound calls started, by destination",
+            client_started.clone(),
+        );
+        registry.register(
+            "grpc_client_handled",
+            "Outbound calls completed, by status code and destination",
+            client_handled.clone(),
+        );
+        registry.register(
+            "grpc_client_handling_seconds",
+            "Time from an outbound call's arrival to the end of its response",
+            client_handling.clone(),
+        );
         // prometheus-client appends `_total` to counters itself.
         registry.register(
             "grpc_server_started",
@@ -226,6 +278,10 @@ impl Metrics {
             not_grpc,
             methods: RwLock::new(HashMap::new()),
             other: OnceLock::new(),
+            client_started,
+            client_handled,
+            client_handling,
+            client_methods: RwLock::new(HashMap::new()),
         }
     }
 
@@ -317,6 +373,76 @@ impl Metrics {
             };
             self.dry_run_refusals
                 .get_or_create_owned(&DryRunLabels { method })
+        });
+        counter.inc();
+    }
+
+    /// The metrics of an outbound call to `destination` at `path`. Destinations come
+    /// from the config; methods are bounded like inbound ones: a path longer than
+    /// [`MAX_METHOD_CHARS`], or any past [`MAX_METHODS`] (over all destinations), is
+    /// counted as `other`.
+    pub fn client_method(&self, destination: &str, path: &str) -> Arc<ClientMethodMetrics> {
+        if let Some(found) = self
+            .client_methods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(destination)
+            .and_then(|paths| paths.get(path))
+        {
+            return found.clone();
+        }
+        let mut methods = self
+            .client_methods
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let known: usize = methods.values().map(HashMap::len).sum();
+        let path = if known >= MAX_METHODS || path.len() > MAX_METHOD_CHARS {
+            "other"
+        } else {
+            path
+        };
+        let paths = methods.entry(destination.into()).or_default();
+        if let Some(found) = paths.get(path) {
+            return found.clone();
+        }
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or(("other", "other"));
+        let labels = ClientLabels {
+            grpc_type: "unknown",
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+            destination: destination.to_owned(),
+        };
+        let metrics = Arc::new(ClientMethodMetrics {
+            started: self.client_started.get_or_create_owned(&labels),
+            handling: self.client_handling.get_or_create_owned(&labels),
+            labels,
+            handled: Default::default(),
+        });
+        paths.insert(path.into(), metrics.clone());
+        metrics
+    }
+
+    /// Counts a completed outbound call with `code`.
+    pub fn client_handled(&self, method: &ClientMethodMetrics, code: Code, seconds: f64) {
+        method.handling.observe(seconds);
+        let counter = method.handled[code as usize].get_or_init(|| {
+            let ClientLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+                destination,
+            } = method.labels.clone();
+            self.client_handled
+                .get_or_create_owned(&ClientHandledLabels {
+                    grpc_type,
+                    grpc_service,
+                    grpc_method,
+                    grpc_code: code.as_str(),
+                    destination,
+                })
         });
         counter.inc();
     }

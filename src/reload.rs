@@ -140,6 +140,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         format!("{:?}", running.upstream) != format!("{:?}", new.upstream),
     );
     check(
+        "outbound",
+        format!("{:?}", running.outbound) != format!("{:?}", new.outbound),
+    );
+    check(
         "limits",
         format!("{:?}", running.limits) != format!("{:?}", new.limits),
     );

@@ -188,6 +188,24 @@ impl std::fmt::Display for MemoryBudget {
     }
 }
 
+/// The HTTP/2 server settings every listener uses: `limits`, plus the flood guards that
+/// are never disabled.
+pub fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .keep_alive_interval(limits.keepalive_interval.get())
+        .keep_alive_timeout(limits.keepalive_timeout.get())
+        .initial_stream_window_size(CALLER_STREAM_WINDOW)
+        .initial_connection_window_size(CALLER_CONNECTION_WINDOW)
+        .max_send_buf_size(CALLER_SEND_BUFFER)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
+    builder
+}
+
 /// Serves HTTP/2 connections into the middleware chain.
 #[derive(Clone)]
 pub struct Server {
@@ -198,20 +216,8 @@ pub struct Server {
 
 impl Server {
     pub fn new(limits: &Limits, chain: Chain, metrics: Arc<Metrics>) -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_header_list_size(limits.max_header_list_size)
-            .keep_alive_interval(limits.keepalive_interval.get())
-            .keep_alive_timeout(limits.keepalive_timeout.get())
-            .initial_stream_window_size(CALLER_STREAM_WINDOW)
-            .initial_connection_window_size(CALLER_CONNECTION_WINDOW)
-            .max_send_buf_size(CALLER_SEND_BUFFER)
-            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-            .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
         Server {
-            builder,
+            builder: http2_builder(limits),
             chain,
             metrics,
         }

@@ -383,6 +383,34 @@ impl Tracing {
         }
     }
 
+    /// Queues the CLIENT span of a finished outbound call, under the same budget as
+    /// [`Tracing::record`]; never waits.
+    pub fn record_client(&self, call: CallSpan<'_>, destination: &str, answered_here: bool) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut span = span_data(call);
+        span.span_kind = opentelemetry::trace::SpanKind::Client;
+        span.attributes.push(opentelemetry::KeyValue::new(
+            "server.address",
+            destination.to_owned(),
+        ));
+        let bytes = span_bytes(&span);
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > SPAN_QUEUE_BYTES
+            || queue
+                .try_send(SpanMessage::Span(Box::new(span), bytes))
+                .is_err()
+        {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Spans dropped because the export queue was full, or past the rate for calls
     /// gatehouse answered itself.
     pub fn dropped(&self) -> u64 {

@@ -33,7 +33,7 @@ use crate::trace_context::TraceContext;
 pub const MAX_FIELD_CHARS: usize = 256;
 
 /// At most [`MAX_FIELD_CHARS`] characters of `text`.
-fn capped(text: &str) -> &str {
+pub fn capped(text: &str) -> &str {
     match text.char_indices().nth(MAX_FIELD_CHARS) {
         Some((at, _)) => &text[..at],
         None => text,

@@ -1,0 +1,337 @@
+//! Strip, then set, on the way out: what the app sent that could speak for someone is
+//! removed, and only then is the destination's configured credential attached.
+//!
+//! Every call loses the identity headers of DESIGN §3 (all spellings, `-bin` forms) and
+//! any `x-api-key`: a destination's gatehouse derives identity itself, and a key the app
+//! holds is a key that can leak. `authorization` survives only under `relay`, and only
+//! after a local check, so a token that the destination would refuse costs no round trip
+//! and never leaves the pod.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::auth::principal::{Refusal, strip_identity_headers};
+use crate::config::{self, Problem};
+use crate::reload::Current;
+
+/// `x-api-key`, the header inbound gatehouse reads keys from by default.
+pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// A destination's credential, ready to attach.
+pub enum Credentials {
+    /// The app's bearer token, forwarded when it names `audience` and has not expired.
+    Relay { audience: String },
+    /// Nothing but the pod's certificate.
+    None,
+    /// A key read from a file (re-read when the file changes) and sent as `x-api-key`.
+    ApiKey(Arc<ApiKeyFile>),
+}
+
+impl Credentials {
+    /// Reads what the config names; problems are reported on `field`.
+    pub fn load(destination: &config::Destination, field: &str) -> Result<Credentials, Problem> {
+        match &destination.credentials {
+            config::Credentials::Relay => Ok(Credentials::Relay {
+                audience: destination.audience.clone().unwrap_or_default(),
+            }),
+            config::Credentials::None => Ok(Credentials::None),
+            config::Credentials::ApiKeyFile(path) => {
+                let key = read_key(path)
+                    .map_err(|message| Problem::new(format!("{field}.api_key_file"), message))?;
+                Ok(Credentials::ApiKey(Arc::new(ApiKeyFile {
+                    path: path.clone(),
+                    key: Current::new(Arc::new(key)),
+                })))
+            }
+            config::Credentials::Context => Err(Problem::new(
+                field,
+                "context is not supported yet: use relay, none or { api_key_file: PATH }",
+            )),
+        }
+    }
+
+    /// Strips what the app may not send out, then attaches this credential. A refusal
+    /// means nothing is sent.
+    pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), Refusal> {
+        strip_identity_headers(headers);
+        strip_api_keys(headers);
+        match self {
+            Credentials::Relay { audience } => check_relayed_token(headers, audience, now()),
+            Credentials::None => {
+                headers.remove(AUTHORIZATION);
+                Ok(())
+            }
+            Credentials::ApiKey(file) => {
+                headers.remove(AUTHORIZATION);
+                headers.insert(X_API_KEY, file.key.get().as_ref().clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Removes `x-api-key` in every spelling (`x_api_key`, `-bin`), so a key the app holds
+/// never leaves the pod under any name a server might read.
+fn strip_api_keys(headers: &mut HeaderMap) {
+    let keys: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            let base = name
+                .strip_suffix("-bin")
+                .or_else(|| name.strip_suffix("_bin"))
+                .unwrap_or(name);
+            base.len() == 9 && base.replace('_', "-") == "x-api-key"
+        })
+        .cloned()
+        .collect();
+    for name in keys {
+        headers.remove(name);
+    }
+}
+
+/// The key behind `credentials: { api_key_file }`.
+pub struct ApiKeyFile {
+    path: PathBuf,
+    key: Current<HeaderValue>,
+}
+
+impl ApiKeyFile {
+    /// Re-reads the file; a file that became unreadable or empty keeps the running key.
+    pub fn reload(&self) {
+        match read_key(&self.path) {
+            Ok(key) if key != *self.key.get() => {
+                self.key.set(Arc::new(key));
+                tracing::info!(file = %self.path.display(), "outbound API key reloaded");
+            }
+            Ok(_) => {}
+            Err(message) => {
+                tracing::warn!(problem = %message, "outbound API key file unusable; keeping the running key");
+            }
+        }
+    }
+
+    /// Checks the file every [`crate::tls::RELOAD_POLL`] for as long as `self` is in use.
+    pub fn spawn_watcher(self: &Arc<Self>) {
+        let file = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(crate::tls::RELOAD_POLL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(file) = file.upgrade() else { return };
+                file.reload();
+            }
+        });
+    }
+}
+
+/// The key in `path`, one trailing newline ignored, as a sensitive header value (kept
+/// out of HPACK's dynamic table and of debug output).
+fn read_key(path: &Path) -> Result<HeaderValue, String> {
+    let text = std::fs::read(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => format!("no such file: {}", path.display()),
+        _ => format!("cannot read {}: {error}", path.display()),
+    })?;
+    let key = text.strip_suffix(b"\n").unwrap_or(&text);
+    let key = key.strip_suffix(b"\r").unwrap_or(key);
+    if key.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    let mut value = HeaderValue::from_bytes(key)
+        .map_err(|_| format!("{}: the key is not a valid header value", path.display()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The local check before a token is relayed: a well-formed JWT, not expired, whose
+/// `aud` contains `audience`. The signature is the destination's to check: gatehouse
+/// may not hold the issuer's keys, and the destination checks it anyway.
+fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<(), Refusal> {
+    const MISSING: &str = "no bearer token to relay: this destination uses credentials: relay, so the call needs the user's authorization: Bearer token";
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(Refusal::unauthenticated("MISSING_CREDENTIALS", MISSING));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| Refusal::unauthenticated("MISSING_CREDENTIALS", MISSING))?;
+    let malformed = || {
+        Refusal::unauthenticated(
+            "MALFORMED_TOKEN",
+            "the bearer token to relay is not a well-formed JWT",
+        )
+    };
+    if token.len() > crate::auth::jwt::MAX_TOKEN_BYTES {
+        return Err(malformed());
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .filter(serde_json::Value::is_object)
+    };
+    if decode(header).is_none() || signature.is_empty() {
+        return Err(malformed());
+    }
+    let claims = decode(payload).ok_or_else(malformed)?;
+    let expires = claims.get("exp").and_then(serde_json::Value::as_u64);
+    match expires {
+        None => {
+            return Err(Refusal::unauthenticated(
+                "MALFORMED_TOKEN",
+                "the bearer token to relay has no exp claim",
+            ));
+        }
+        Some(exp) if exp <= now => {
+            return Err(Refusal::unauthenticated(
+                "TOKEN_EXPIRED",
+                "the bearer token to relay has expired",
+            ));
+        }
+        Some(_) => {}
+    }
+    let names_audience = match claims.get("aud") {
+        Some(serde_json::Value::String(aud)) => aud == audience,
+        Some(serde_json::Value::Array(auds)) => {
+            auds.iter().any(|aud| aud.as_str() == Some(audience))
+        }
+        _ => false,
+    };
+    if names_audience {
+        Ok(())
+    } else {
+        Err(Refusal::permission_denied(
+            "AUDIENCE_MISMATCH",
+            format!(
+                "the bearer token's aud does not contain {audience:?}, the audience this destination requires"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(claims: serde_json::Value) -> HeaderValue {
+        let encode = |value: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+        };
+        let header = encode(serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+        let value = format!("Bearer {header}.{}.c2ln", encode(claims));
+        HeaderValue::try_from(value).unwrap()
+    }
+
+    fn relay(authorization: Option<HeaderValue>) -> Result<HeaderMap, Refusal> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(AUTHORIZATION, value);
+        }
+        headers.insert("x-tenant-id", HeaderValue::from_static("forged"));
+        headers.insert("x_user_id-bin", HeaderValue::from_static("Zm9yZ2Vk"));
+        headers.insert("x-api-key", HeaderValue::from_static("app-held"));
+        headers.insert("x_api_key", HeaderValue::from_static("app-held"));
+        let credentials = Credentials::Relay {
+            audience: "identity-service".to_owned(),
+        };
+        credentials.apply(&mut headers).map(|()| headers)
+    }
+
+    #[test]
+    fn relays_a_live_token_for_the_audience_and_strips_the_rest() {
+        let valid = token(serde_json::json!({"exp": now() + 60, "aud": ["x", "identity-service"]}));
+        let headers = relay(Some(valid.clone())).unwrap();
+        assert_eq!(headers.get(AUTHORIZATION), Some(&valid));
+        assert_eq!(headers.len(), 1, "{headers:?}");
+    }
+
+    #[test]
+    fn refuses_missing_expired_and_foreign_tokens_locally() {
+        let table = [
+            (
+                None,
+                crate::grpc::Code::Unauthenticated,
+                "MISSING_CREDENTIALS",
+            ),
+            (
+                Some(HeaderValue::from_static("Bearer not-a-jwt")),
+                crate::grpc::Code::Unauthenticated,
+                "MALFORMED_TOKEN",
+            ),
+            (
+                Some(token(
+                    serde_json::json!({"exp": now() - 1, "aud": "identity-service"}),
+                )),
+                crate::grpc::Code::Unauthenticated,
+                "TOKEN_EXPIRED",
+            ),
+            (
+                Some(token(
+                    serde_json::json!({"exp": now() + 60, "aud": "billing"}),
+                )),
+                crate::grpc::Code::PermissionDenied,
+                "AUDIENCE_MISMATCH",
+            ),
+        ];
+        for (authorization, code, reason) in table {
+            let refusal = relay(authorization).unwrap_err();
+            assert_eq!(
+                (refusal.code, refusal.reason),
+                (code, reason),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn api_key_replaces_whatever_the_app_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "service-key\n").unwrap();
+        let destination: config::Destination = serde_saphyr::from_str(&format!(
+            "{{ name: a, address: 'a:1', identity: ['dns:a'], credentials: {{ api_key_file: {} }} }}",
+            path.display()
+        ))
+        .unwrap();
+        let credentials = Credentials::load(&destination, "d").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("app-held"));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
+        credentials.apply(&mut headers).unwrap();
+        assert_eq!(headers.get_all("x-api-key").iter().count(), 1);
+        assert_eq!(headers["x-api-key"], "service-key");
+        assert!(headers.get(AUTHORIZATION).is_none());
+
+        std::fs::write(&path, "rotated").unwrap();
+        let Credentials::ApiKey(file) = &credentials else {
+            unreachable!("loaded from api_key_file")
+        };
+        file.reload();
+        credentials.apply(&mut headers).unwrap();
+        assert_eq!(headers["x-api-key"], "rotated");
+    }
+}
