@@ -228,14 +228,14 @@ impl Endpoint {
                 )),
             };
             tracing::debug!(destination = %self.destination, %address, error = %failure, "destination address failed");
-            let keep = match (&worst, &failure) {
-                (None, _) => true,
-                (
-                    Some(Failure::NoEndpoint { .. }),
-                    Failure::Tls { .. } | Failure::Identity { .. },
-                ) => true,
-                _ => false,
-            };
+            let keep = matches!(
+                (&worst, &failure),
+                (None, _)
+                    | (
+                        Some(Failure::NoEndpoint { .. }),
+                        Failure::Tls { .. } | Failure::Identity { .. }
+                    )
+            );
             if keep {
                 worst = Some(failure);
             }

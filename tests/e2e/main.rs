@@ -18,6 +18,7 @@ mod keys;
 mod limits;
 mod observability;
 mod operations;
+mod outbound;
 mod refusals;
 mod shutdown;
 mod upstream_failures;

@@ -185,7 +185,7 @@ async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
 
 /// An OTLP/gRPC trace receiver.
 #[derive(Clone, Default)]
-struct Collector {
+pub struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     changed: Arc<Notify>,
     stall: bool,
@@ -213,7 +213,7 @@ impl TraceService for Collector {
 }
 
 impl Collector {
-    async fn start(stall: bool) -> (Collector, SocketAddr) {
+    pub async fn start(stall: bool) -> (Collector, SocketAddr) {
         let collector = Collector {
             stall,
             ..Collector::default()
@@ -229,7 +229,7 @@ impl Collector {
         (collector, addr)
     }
 
-    async fn span(&self, span_id: &[u8]) -> Span {
+    pub async fn span(&self, span_id: &[u8]) -> Span {
         let wait = async {
             loop {
                 let changed = self.changed.notified();
@@ -251,14 +251,14 @@ impl Collector {
     }
 }
 
-fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
+pub fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
     span.attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.clone()?.value)
 }
 
-fn hex(text: &str) -> Vec<u8> {
+pub fn hex(text: &str) -> Vec<u8> {
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())

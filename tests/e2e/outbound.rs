@@ -1,0 +1,811 @@
+//! Outbound mode end to end: the app calls gatehouse A's outbound port in plaintext,
+//! naming the destination in `:authority`; A opens mutual TLS to gatehouse B (inbound),
+//! which forwards to the demo app. Destination certificates, good and broken, are made
+//! with rcgen for each run.
+
+use std::net::SocketAddr;
+
+use jsonwebtoken::Algorithm;
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer as CertIssuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::hash;
+use crate::issuers::{Issuer, jwks};
+use crate::observability::{Collector, hex};
+use crate::support::pb::*;
+use crate::support::*;
+
+const DEST_ID: &str = "spiffe://dev.gatehouse/ns/default/sa/dest";
+const SERVER_NAME: &str = "dest.test";
+const SERVICE_KEY: &str = "outbound-service-key-0123456789";
+
+/// Who signs a destination certificate.
+enum Signer {
+    DevCa,
+    OtherCa,
+}
+
+/// A serving certificate for `SERVER_NAME` plus `sans`, valid until `not_after`.
+fn destination_cert(sans: Vec<SanType>, signer: Signer, not_after: (i32, u8, u8)) -> Identity {
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).unwrap();
+    params.subject_alt_names.extend(sans);
+    params.distinguished_name.push(DnType::CommonName, "dest");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let issuer = match signer {
+        Signer::DevCa => {
+            let key =
+                KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
+            let pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
+            CertIssuer::from_ca_cert_pem(&pem, key).unwrap()
+        }
+        Signer::OtherCa => {
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.distinguished_name
+                .push(DnType::CommonName, "some other CA");
+            ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            CertIssuer::new(ca, KeyPair::generate().unwrap())
+        }
+    };
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn uri(text: &str) -> SanType {
+    SanType::URI(text.try_into().unwrap())
+}
+
+/// The certificate a genuine destination presents.
+fn genuine() -> Identity {
+    destination_cert(vec![uri(DEST_ID)], Signer::DevCa, (2099, 1, 1))
+}
+
+/// Files shared by the gatehouses of one test.
+struct Fixture {
+    users: Issuer,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let fixture = Fixture {
+            users: Issuer::generate("users", Algorithm::RS256),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fixture.write("jwks.json", jwks(&[&fixture.users]).as_bytes());
+        fixture.write("service.key", format!("{SERVICE_KEY}\n").as_bytes());
+        fixture
+    }
+
+    fn write(&self, name: &str, content: &[u8]) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    }
+
+    /// Gatehouse B: inbound only, serving `cert`, checking the users' tokens and the
+    /// service key, in front of `app`.
+    fn destination(&self, name: &str, cert: &Identity, app: SocketAddr, otlp: &str) -> Gatehouse {
+        let (cert_file, key_file) = cert.write_to(self.dir.path(), name);
+        Gatehouse::start(&format!(
+            "listen: {{ address: 127.0.0.1:0 }}
+tls:
+  cert_file: {cert_file}
+  key_file: {key_file}
+  ca_file: {ca}
+upstream: {{ address: {app} }}
+auth:
+  jwt:
+    providers:
+      - {{ name: users, issuer: \"{iss}\", audiences: [demo], algorithms: [RS256], jwks_file: {jwks} }}
+  api_keys:
+    keys:
+      - {{ name: scanner, sha256: \"{hash}\" }}
+telemetry: {{ service_name: {name}, log_level: 'info,gatehouse=debug'{otlp} }}
+",
+            cert_file = cert_file.display(),
+            key_file = key_file.display(),
+            ca = dev_cert("ca.crt").display(),
+            iss = self.users.iss,
+            jwks = self.dir.path().join("jwks.json").display(),
+            hash = hash(SERVICE_KEY),
+        ))
+    }
+
+    /// Gatehouse A: its own inbound side in front of `app`, and an outbound listener
+    /// with `destinations` (YAML list items), presenting the development `gateway`
+    /// certificate.
+    fn source(
+        &self,
+        app: SocketAddr,
+        destinations: &[String],
+        otlp: &str,
+    ) -> (Gatehouse, SocketAddr) {
+        let config = format!(
+            "listen: {{ address: 127.0.0.1:0 }}
+tls:
+  cert_file: {cert}
+  key_file: {key}
+  ca_file: {ca}
+upstream: {{ address: {app} }}
+telemetry: {{ service_name: source, log_level: 'info,gatehouse=debug'{otlp} }}
+outbound:
+  listen: 127.0.0.1:0
+  client_tls:
+    cert_file: {client_cert}
+    key_file: {client_key}
+  destinations:
+{destinations}
+",
+            cert = dev_cert("server.crt").display(),
+            key = dev_cert("server.key").display(),
+            ca = dev_cert("ca.crt").display(),
+            client_cert = dev_cert("client-gateway.crt").display(),
+            client_key = dev_cert("client-gateway.key").display(),
+            destinations = destinations.join("\n"),
+        );
+        let gatehouse = Gatehouse::start(&config);
+        let output = gatehouse.output();
+        let line = output
+            .lines()
+            .find(|line| line.contains("msg=listening"))
+            .expect("the listening line");
+        let outbound = field(line, "outbound")
+            .parse()
+            .expect("an outbound address");
+        (gatehouse, outbound)
+    }
+}
+
+/// A destination entry for gatehouse B at `addr`.
+fn entry(name: &str, addr: SocketAddr, identity: &str, credentials: &str) -> String {
+    format!(
+        "    - {{ name: {name}, address: \"{addr}\", server_name: {SERVER_NAME}, identity: [\"{identity}\"], credentials: {credentials}, audience: demo }}"
+    )
+}
+
+/// The app's client: plaintext HTTP/2 to the outbound port, naming `authority`.
+async fn app_client(outbound: SocketAddr, authority: &str) -> DemoClient<Channel> {
+    let channel = Endpoint::from_shared(format!("http://{outbound}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .expect("h2c connection to the outbound port");
+    DemoClient::new(channel)
+}
+
+fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {token}").parse().unwrap()
+}
+
+/// An Inspect request carrying forged identity headers and a key the app should not hold.
+fn forged_inspect(authorization: Option<&str>) -> tonic::Request<InspectRequest> {
+    let mut request = tonic::Request::new(InspectRequest {});
+    let metadata = request.metadata_mut();
+    metadata.insert("x-user-id", "forged-user".parse().unwrap());
+    metadata.insert("x-tenant-id", "forged-tenant".parse().unwrap());
+    metadata.insert("x_user_roles", "admin".parse().unwrap());
+    metadata.insert_bin(
+        "x-tenant-id-bin",
+        tonic::metadata::MetadataValue::from_bytes(b"forged"),
+    );
+    metadata.insert("x-api-key", "app-held-key".parse().unwrap());
+    if let Some(token) = authorization {
+        metadata.insert("authorization", bearer(token));
+    }
+    request
+}
+
+async fn seen_by_destination_app(
+    client: &mut DemoClient<Channel>,
+    request: tonic::Request<InspectRequest>,
+) -> Vec<(String, String)> {
+    let reply = client
+        .inspect(request)
+        .await
+        .expect("the call went through");
+    reply
+        .into_inner()
+        .metadata
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect()
+}
+
+fn values<'a>(seen: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    seen.iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_the_users_token_and_never_the_apps_forged_identity() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = fixture.source(
+        app.addr,
+        &[entry("identity-service", b.addr, DEST_ID, "relay")],
+        "",
+    );
+    let token = fixture.users.token("alice", "acme", &["reader"]);
+    let mut client = app_client(outbound, "identity-service:8080").await;
+    let seen = seen_by_destination_app(&mut client, forged_inspect(Some(&token))).await;
+
+    assert_eq!(values(&seen, "x-user-id"), ["alice"], "{seen:?}");
+    assert_eq!(values(&seen, "x-tenant-id"), ["acme"], "{seen:?}");
+    assert_eq!(values(&seen, "x-auth-method"), ["jwt"]);
+    assert!(values(&seen, "x-api-key").is_empty(), "{seen:?}");
+    assert!(values(&seen, "x-tenant-id-bin").is_empty(), "{seen:?}");
+    assert!(
+        values(&seen, "x-user-roles")
+            .iter()
+            .all(|r| !r.contains("admin"))
+    );
+    // B saw gatehouse A's client certificate, not some other identity.
+    let xfcc = values(&seen, "x-forwarded-client-cert").join("");
+    assert!(
+        xfcc.contains("URI=spiffe://dev.gatehouse/ns/default/sa/gateway"),
+        "{xfcc}"
+    );
+    // The destination got a deadline: the destination's default timeout, re-encoded.
+    let timeout = values(&seen, "grpc-timeout");
+    assert_eq!(timeout.len(), 1, "{seen:?}");
+
+    let line = a
+        .wait_for_line(&[
+            "msg=outbound",
+            "destination=identity-service",
+            "grpc_code=OK",
+        ])
+        .await;
+    assert_eq!(field(&line, "method"), "/gatehouse.demo.v1.Demo/Inspect");
+    assert_eq!(field(&line, "peer"), DEST_ID);
+    assert!(!line.contains(&token), "{line}");
+
+    // The app's own stream kinds pass both hops: a server stream and a bidi stream.
+    let mut stream = client
+        .countdown({
+            let mut request = tonic::Request::new(CountdownRequest {
+                count: 50,
+                payload_size: 10,
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", bearer(&token));
+            request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.sequence, count);
+        count += 1;
+    }
+    assert_eq!(count, 50);
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(&token));
+    let mut replies = client.chat(request).await.unwrap().into_inner();
+    for i in 0..3 {
+        sender
+            .send(EchoRequest {
+                message: format!("m{i}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            replies.message().await.unwrap().unwrap().message,
+            format!("m{i}")
+        );
+    }
+    drop(sender);
+    assert!(replies.message().await.unwrap().is_none());
+
+    // The destination's own statuses and messages pass through untouched.
+    let mut fail = tonic::Request::new(FailRequest {
+        code: Code::NotFound as i32,
+        message: "no such user".into(),
+    });
+    fail.metadata_mut().insert("authorization", bearer(&token));
+    let status = client.fail(fail).await.unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "no such user")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_file_sends_the_service_key_the_app_never_held() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let key_file = fixture.dir.path().join("service.key");
+    let credentials = format!("{{ api_key_file: {} }}", key_file.display());
+    let (_a, outbound) = fixture.source(
+        app.addr,
+        &[entry("audit-service", b.addr, DEST_ID, &credentials)],
+        "",
+    );
+    let mut client = app_client(outbound, "audit-service").await;
+    // The app's own (forged) key and a token it happens to carry are both dropped.
+    let token = fixture.users.token("mallory", "evil", &[]);
+    let seen = seen_by_destination_app(&mut client, forged_inspect(Some(&token))).await;
+    assert_eq!(values(&seen, "x-auth-method"), ["api_key"], "{seen:?}");
+    assert_eq!(values(&seen, "x-api-key-name"), ["scanner"]);
+    assert!(values(&seen, "x-user-id").is_empty(), "{seen:?}");
+    assert!(values(&seen, "x-tenant-id").is_empty(), "{seen:?}");
+    assert!(values(&seen, "authorization").is_empty(), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_are_not_the_named_destination_get_no_request() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let cases = [
+        (
+            "wrong-spiffe-id",
+            destination_cert(
+                vec![uri("spiffe://dev.gatehouse/ns/default/sa/impostor")],
+                Signer::DevCa,
+                (2099, 1, 1),
+            ),
+            DEST_ID.to_owned(),
+            "IDENTITY_MISMATCH",
+        ),
+        (
+            "wrong-ca",
+            destination_cert(vec![uri(DEST_ID)], Signer::OtherCa, (2099, 1, 1)),
+            DEST_ID.to_owned(),
+            "UPSTREAM_TLS",
+        ),
+        (
+            "expired",
+            destination_cert(vec![uri(DEST_ID)], Signer::DevCa, (2021, 1, 1)),
+            DEST_ID.to_owned(),
+            "UPSTREAM_TLS",
+        ),
+        (
+            "dns-only",
+            destination_cert(vec![], Signer::DevCa, (2099, 1, 1)),
+            DEST_ID.to_owned(),
+            "IDENTITY_MISMATCH",
+        ),
+        (
+            "uri-spelling-a-dns-name",
+            destination_cert(vec![uri("identity.prod.svc")], Signer::DevCa, (2099, 1, 1)),
+            "dns:identity.prod.svc".to_owned(),
+            "IDENTITY_MISMATCH",
+        ),
+    ];
+    let mut destinations = Vec::new();
+    let mut gatehouses = Vec::new();
+    for (name, cert, identity, _) in &cases {
+        let b = fixture.destination(name, cert, app.addr, "");
+        destinations.push(entry(name, b.addr, identity, "none"));
+        gatehouses.push(b);
+    }
+    // Nothing listens here: the port was free a moment ago and nothing binds it again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    destinations.push(entry("gone", closed, DEST_ID, "none"));
+    let (_a, outbound) = fixture.source(app.addr, &destinations, "");
+
+    let expected = cases
+        .iter()
+        .map(|(name, _, _, reason)| (*name, *reason))
+        .chain([("gone", "NO_ENDPOINT")]);
+    for (name, reason) in expected {
+        let mut client = app_client(outbound, name).await;
+        let status = client
+            .inspect(InspectRequest {})
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        assert!(
+            status.message().starts_with(reason),
+            "{name}: {}",
+            status.message()
+        );
+    }
+    // The first case names what the server presented.
+    let mut client = app_client(outbound, "wrong-spiffe-id").await;
+    let status = client.inspect(InspectRequest {}).await.unwrap_err();
+    assert!(
+        status.message().contains("sa/impostor"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(app.observed().calls(), 0, "no destination app saw a call");
+    for b in &gatehouses {
+        assert!(!b.output().contains("msg=request"), "{}", b.output());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (_a, outbound) = fixture.source(
+        app.addr,
+        &[entry("identity-service", b.addr, DEST_ID, "relay")],
+        "",
+    );
+
+    let mut stranger = app_client(outbound, "billing-service:443").await;
+    let status = stranger.inspect(InspectRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    for needle in [
+        "UNKNOWN_DESTINATION",
+        "\"billing-service\"",
+        "identity-service",
+        "grpc.WithAuthority",
+        "-authority",
+    ] {
+        assert!(
+            status.message().contains(needle),
+            "{needle}: {}",
+            status.message()
+        );
+    }
+
+    let mut client = app_client(outbound, "identity-service").await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut expired = fixture.users.claims("alice", "acme", &[]);
+    expired["exp"] = (now - 120).into();
+    let mut foreign = fixture.users.claims("alice", "acme", &[]);
+    foreign["aud"] = "billing".into();
+    let table = [
+        (None, Code::Unauthenticated, "no bearer token"),
+        (
+            Some(fixture.users.sign(&expired)),
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            Some(fixture.users.sign(&foreign)),
+            Code::PermissionDenied,
+            "\"demo\"",
+        ),
+    ];
+    for (token, code, needle) in table {
+        let status = client
+            .inspect(forged_inspect(token.as_deref()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(needle), "{}", status.message());
+    }
+    assert_eq!(app.observed().calls(), 0, "the destination saw no call");
+    assert!(!b.output().contains("msg=request"), "{}", b.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_cancel_and_deadline_reach_the_destination_handler() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    // B refuses calls without a credential, so both destinations send the service key.
+    let key_file = fixture.dir.path().join("service.key");
+    let credentials = format!("{{ api_key_file: {} }}", key_file.display());
+    let quick = format!(
+        "    - {{ name: quick, address: \"{}\", server_name: {SERVER_NAME}, identity: [\"{DEST_ID}\"], credentials: {credentials}, timeout: 300ms }}",
+        b.addr
+    );
+    let (_a, outbound) = fixture.source(
+        app.addr,
+        &[entry("dest", b.addr, DEST_ID, &credentials), quick],
+        "",
+    );
+
+    // The app gives up on a call: the destination's handler sees the cancellation.
+    let mut client = app_client(outbound, "dest").await;
+    let call = tokio::spawn(async move { client.wait(WaitRequest { millis: 600_000 }).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await,
+        "the call reached the destination app"
+    );
+    call.abort();
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
+            .await,
+        "the destination handler was cancelled"
+    );
+
+    // The destination's timeout ends a call the app set no deadline for, and the
+    // destination's stream is reset.
+    let mut client = app_client(outbound, "quick").await;
+    let status = client
+        .wait(WaitRequest { millis: 600_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 2)
+            .await,
+        "the destination handler was cancelled at the deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_through_both_gatehouses() {
+    let (collector, collector_addr) = Collector::start(false).await;
+    let otlp = format!(", otlp_endpoint: \"http://{collector_addr}\"");
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, &otlp);
+    let (_a, outbound) = fixture.source(
+        app.addr,
+        &[entry("identity-service", b.addr, DEST_ID, "relay")],
+        &otlp,
+    );
+    let app_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let app_span = "10f067aa0ba902b7";
+    let token = fixture.users.token("alice", "acme", &[]);
+    let mut request = forged_inspect(Some(&token));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{app_trace}-{app_span}-01").parse().unwrap(),
+    );
+    let mut client = app_client(outbound, "identity-service").await;
+    let seen = seen_by_destination_app(&mut client, request).await;
+    let traceparent = values(&seen, "traceparent")[0].to_owned();
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(
+        parts[1], app_trace,
+        "the destination app continues the app's trace"
+    );
+
+    // B's SERVER span is the destination app's parent; its parent is A's CLIENT span,
+    // whose parent is the app's span.
+    let server = collector.span(&hex(parts[2])).await;
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(server.trace_id, hex(app_trace));
+    let client_span = collector.span(&server.parent_span_id).await;
+    assert_eq!(client_span.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(client_span.trace_id, hex(app_trace));
+    assert_eq!(client_span.parent_span_id, hex(app_span));
+    assert_eq!(client_span.name, "gatehouse.demo.v1.Demo/Inspect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_metrics_count_calls_by_destination() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = fixture.source(
+        app.addr,
+        &[entry("identity-service", b.addr, DEST_ID, "relay")],
+        ", admin_address: 127.0.0.1:0",
+    );
+    let token = fixture.users.token("alice", "acme", &[]);
+    let mut client = app_client(outbound, "identity-service").await;
+    seen_by_destination_app(&mut client, forged_inspect(Some(&token))).await;
+    client.inspect(forged_inspect(None)).await.unwrap_err();
+    // Log lines are written when a call ends, after its metrics.
+    a.wait_for_line(&["msg=outbound", "grpc_code=Unauthenticated"])
+        .await;
+    let (status, scrape) = get(admin(&a), "/metrics").await;
+    assert_eq!(status, 200);
+    let series = |code: &str| {
+        format!(
+            "grpc_client_handled_total{{grpc_type=\"unknown\",grpc_service=\"gatehouse.demo.v1.Demo\",grpc_method=\"Inspect\",grpc_code=\"{code}\",destination=\"identity-service\"}} 1"
+        )
+    };
+    for expected in [series("OK"), series("Unauthenticated")] {
+        assert!(scrape.contains(&expected), "{expected}\n{scrape}");
+    }
+    assert!(scrape.contains("grpc_client_started_total{"), "{scrape}");
+    assert!(
+        scrape.contains("grpc_client_handling_seconds_bucket{"),
+        "{scrape}"
+    );
+}
+
+/// A TLS HTTP/2 server with the genuine destination certificate that records the
+/// headers of every request and answers OK: what leaves gatehouse A, before any
+/// destination gatehouse could clean it up.
+struct RawDestination {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+}
+
+impl RawDestination {
+    async fn start() -> RawDestination {
+        let cert = genuine();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(dev_roots()),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert.certs(), cert.key())
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let recorded = recorded.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            recorded.lock().unwrap().push(request.headers().clone());
+                            async {
+                                let response = http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", "0")
+                                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                    .unwrap();
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        RawDestination { addr, seen }
+    }
+
+    fn last(&self) -> http::HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request arrived")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_identity_and_app_held_keys_never_leave_the_pod() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let raw = RawDestination::start().await;
+    let key_file = fixture.dir.path().join("service.key");
+    let with_key = format!("{{ api_key_file: {} }}", key_file.display());
+    let (_a, outbound) = fixture.source(
+        app.addr,
+        &[
+            entry("relayed", raw.addr, DEST_ID, "relay"),
+            entry("keyed", raw.addr, DEST_ID, &with_key),
+            entry("bare", raw.addr, DEST_ID, "none"),
+        ],
+        "",
+    );
+    let token = fixture.users.token("alice", "acme", &[]);
+    let forbidden = [
+        "x-user-id",
+        "x-tenant-id",
+        "x_user_roles",
+        "x-tenant-id-bin",
+        "x-api-key",
+    ];
+    for (name, authorization, api_key) in [
+        ("relayed", Some(format!("Bearer {token}")), None),
+        ("keyed", None, Some(SERVICE_KEY)),
+        ("bare", None, None),
+    ] {
+        let mut client = app_client(outbound, name).await;
+        let before = raw.seen.lock().unwrap().len();
+        // The raw server sends no message, so the client reports INTERNAL; only the
+        // request's headers matter here.
+        let _ = client.inspect(forged_inspect(Some(&token))).await;
+        assert_eq!(
+            raw.seen.lock().unwrap().len(),
+            before + 1,
+            "{name} reached it"
+        );
+        let headers = raw.last();
+        for header in forbidden {
+            let expected = (header == "x-api-key").then_some(api_key).flatten();
+            assert_eq!(
+                headers.get(header).map(|v| v.to_str().unwrap()),
+                expected,
+                "{name}: {header} in {headers:?}"
+            );
+        }
+        assert_eq!(
+            headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            authorization,
+            "{name}"
+        );
+        assert!(headers.contains_key("grpc-timeout"), "{name}: {headers:?}");
+        assert!(headers.contains_key("traceparent"), "{name}: {headers:?}");
+    }
+}
+
+#[test]
+fn check_refuses_an_exposed_listener_a_destination_without_identity_and_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}outbound:
+  listen: 0.0.0.0:15001
+  destinations:
+    - {{ name: identity-service, address: \"id.svc:12018\", credentials: none }}
+    - {{ name: Identity-Service, address: \"id2.svc:12018\", identity: [\"{DEST_ID}\"], credentials: context }}
+    - {{ name: keyed, address: \"k.svc:12018\", identity: [\"dns:k.svc\"], credentials: {{ api_key_file: /nonexistent/key }} }}
+",
+        dev_config("127.0.0.1:50051".parse().unwrap())
+    );
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64));
+    let errors = stderr(&output);
+    for field in [
+        "outbound.listen: 0.0.0.0:15001 is not a loopback address",
+        "outbound.destinations[0].identity: required",
+        "outbound.destinations[1].name: \"Identity-Service\" is used by another destination",
+        "outbound.destinations[1].credentials: context is not supported yet",
+    ] {
+        assert!(errors.contains(field), "{field}\n{errors}");
+    }
+
+    // Once the config itself is sound, the files it names are read: a missing key file
+    // is named too.
+    let fixed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("0.0.0.0:15001", "127.0.0.1:15001")
+        .replace(
+            "credentials: none }",
+            &format!("identity: [\"{DEST_ID}\"], credentials: none }}"),
+        )
+        .replace("name: Identity-Service", "name: other")
+        .replace("credentials: context", "credentials: none");
+    std::fs::write(&path, fixed).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains(
+            "outbound.destinations[2].credentials.api_key_file: no such file: /nonexistent/key"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
