@@ -629,6 +629,8 @@ pub struct ClientTls {
     files: config::ClientTls,
     material: crate::reload::Current<ClientMaterial>,
     fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    /// Counts reloads, so connections made with older material can be retired.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl ClientTls {
@@ -639,7 +641,13 @@ impl ClientTls {
             files: files.clone(),
             material: crate::reload::Current::new(Arc::new(material)),
             fingerprint: std::sync::Mutex::new(client_fingerprint(files)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Which material is current: it changes with every successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The connector for a destination that must prove one of `identities`.
@@ -665,6 +673,8 @@ impl ClientTls {
         match client_material(&self.files) {
             Ok(material) => {
                 self.material.set(Arc::new(material));
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 metrics.reload("success");
                 tracing::info!(cert_file = ?self.files.cert_file, "outbound client certificate reloaded");
                 true

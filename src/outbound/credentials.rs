@@ -15,12 +15,9 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::auth::principal::{Refusal, strip_identity_headers};
+use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
 use crate::config::{self, Problem};
 use crate::reload::Current;
-
-/// `x-api-key`, the header inbound gatehouse reads keys from by default.
-pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A destination's credential, ready to attach.
 pub enum Credentials {

@@ -31,6 +31,8 @@ type Sender = http2::SendRequest<RequestBody>;
 struct Live {
     sender: Sender,
     peer: Arc<str>,
+    /// The client TLS material it was made with; see [`ClientTls::generation`].
+    generation: u64,
 }
 
 /// Why a call could not reach its destination, or failed before it answered.
@@ -159,7 +161,9 @@ impl Endpoint {
         &self,
         request: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Arc<str>), Failure> {
-        let Live { mut sender, peer } = self.sender().await?;
+        let Live {
+            mut sender, peer, ..
+        } = self.sender().await?;
         let response = sender
             .send_request(request)
             .await
@@ -176,12 +180,16 @@ impl Endpoint {
         }
     }
 
+    /// The connection new calls use. One made before the client certificate was
+    /// rotated is left to its open calls (they keep their stream; the connection closes
+    /// when they end), so new calls present the new certificate.
     fn live(&self) -> Option<Live> {
+        let generation = self.tls.generation();
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .filter(|live| !live.sender.is_closed())
+            .filter(|live| !live.sender.is_closed() && live.generation == generation)
             .cloned()
     }
 
@@ -252,6 +260,7 @@ impl Endpoint {
                 message: format!("{address}: {error}"),
             })?;
         let _ = tcp.set_nodelay(true);
+        let generation = self.tls.generation();
         let connector = self.tls.connector(self.identities.clone());
         let tls = connector
             .connect(self.server_name.clone(), tcp)
@@ -286,7 +295,11 @@ impl Endpoint {
                 tracing::debug!(%destination, %error, "destination connection ended");
             }
         });
-        Ok(Live { sender, peer })
+        Ok(Live {
+            sender,
+            peer,
+            generation,
+        })
     }
 
     fn handshake_failure(&self, address: std::net::SocketAddr, error: std::io::Error) -> Failure {

@@ -133,6 +133,25 @@ telemetry: {{ service_name: {name}, log_level: 'info,gatehouse=debug'{otlp} }}
         destinations: &[String],
         otlp: &str,
     ) -> (Gatehouse, SocketAddr) {
+        self.source_presenting(
+            app,
+            destinations,
+            otlp,
+            (
+                &dev_cert("client-gateway.crt"),
+                &dev_cert("client-gateway.key"),
+            ),
+        )
+    }
+
+    /// Gatehouse A presenting the client certificate in `client` (cert, key paths).
+    fn source_presenting(
+        &self,
+        app: SocketAddr,
+        destinations: &[String],
+        otlp: &str,
+        client: (&std::path::Path, &std::path::Path),
+    ) -> (Gatehouse, SocketAddr) {
         let config = format!(
             "listen: {{ address: 127.0.0.1:0 }}
 tls:
@@ -152,8 +171,8 @@ outbound:
             cert = dev_cert("server.crt").display(),
             key = dev_cert("server.key").display(),
             ca = dev_cert("ca.crt").display(),
-            client_cert = dev_cert("client-gateway.crt").display(),
-            client_key = dev_cert("client-gateway.key").display(),
+            client_cert = client.0.display(),
+            client_key = client.1.display(),
             destinations = destinations.join("\n"),
         );
         let gatehouse = Gatehouse::start(&config);
@@ -808,4 +827,84 @@ fn check_refuses_an_exposed_listener_a_destination_without_identity_and_twins() 
         "{}",
         stderr(&output)
     );
+}
+
+/// A client certificate for `spiffe://dev.gatehouse/ns/default/sa/{name}`, signed by the
+/// development CA.
+fn client_cert(name: &str) -> Identity {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names = vec![uri(&format!("spiffe://dev.gatehouse/ns/default/sa/{name}"))];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
+    let pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
+    let issuer = CertIssuer::from_ca_cert_pem(&pem, key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_rotation_keeps_open_streams_and_new_calls_present_the_new_one() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (cert_file, key_file) = client_cert("before").write_to(fixture.dir.path(), "client");
+    let credentials = format!(
+        "{{ api_key_file: {} }}",
+        fixture.dir.path().join("service.key").display()
+    );
+    let (a, outbound) = fixture.source_presenting(
+        app.addr,
+        &[entry("dest", b.addr, DEST_ID, &credentials)],
+        "",
+        (&cert_file, &key_file),
+    );
+    let mut client = app_client(outbound, "dest").await;
+    let presented = |seen: Vec<(String, String)>| values(&seen, "x-forwarded-client-cert").join("");
+    let xfcc = presented(
+        seen_by_destination_app(&mut client, tonic::Request::new(InspectRequest {})).await,
+    );
+    assert!(xfcc.contains("sa/before"), "{xfcc}");
+
+    // A long stream opened with the old certificate.
+    let mut stream = client
+        .countdown(CountdownRequest {
+            count: 1_000_000,
+            interval_millis: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    // Rotate: a new certificate in place of the old, as a Secret update does.
+    let rotated = client_cert("after");
+    let staged = fixture.dir.path().join("staged");
+    std::fs::create_dir(&staged).unwrap();
+    let (new_cert, new_key) = rotated.write_to(&staged, "client");
+    std::fs::rename(new_key, &key_file).unwrap();
+    std::fs::rename(new_cert, &cert_file).unwrap();
+    a.wait_for_line(&["outbound client certificate reloaded"])
+        .await;
+
+    let xfcc = presented(
+        seen_by_destination_app(&mut client, tonic::Request::new(InspectRequest {})).await,
+    );
+    assert!(
+        xfcc.contains("sa/after"),
+        "new calls present the new certificate: {xfcc}"
+    );
+    // The stream opened before the rotation is still flowing.
+    let before = stream.message().await.unwrap().unwrap().sequence;
+    for _ in 0..5 {
+        let next = stream.message().await.unwrap().unwrap().sequence;
+        assert!(next > before);
+    }
+    assert_eq!(app.observed().cancelled(), 0, "no call was cut off");
 }
