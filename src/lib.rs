@@ -18,10 +18,23 @@
 //! speaks HTTP/2, [`middleware`] assembles the chain, [`upstream`] forwards; [`grpc`]
 //! holds the wire vocabulary and builds every refusal, [`body`] carries responses back.
 //!
+//! The app's own calls out of the pod take the mirror path, when `outbound` is
+//! configured ([`outbound`]):
+//!
+//! ```text
+//! app ──h2c──▶ gatehouse 127.0.0.1:15001 ──mTLS, HTTP/2──▶ destination's gatehouse
+//!               │
+//!               ├─ outbound::listen: loopback or unix: only, same HTTP/2 limits
+//!               ├─ outbound::build: Recovery ▶ Record ▶ route ▶ credentials ▶ deadline
+//!               └─ outbound::endpoint: client certificate, server identity checked in TLS
+//! ```
+//!
 //! # Non-goals
 //!
-//! - Outbound (egress) traffic: gatehouse guards calls into its pod, not calls out of it.
-//! - Load balancing across many backends: there is one app, on loopback or a Unix socket.
+//! - A general egress proxy: outbound reaches only the destinations the config names,
+//!   each by its verified identity; there is no pass-through to arbitrary hosts.
+//! - Load balancing across many backends inbound: there is one app, on loopback or a
+//!   Unix socket.
 //! - HTTP/1.1, gRPC-Web and WebSockets: callers speak HTTP/2 gRPC.
 //! - A control plane: one YAML file is the whole configuration.
 
