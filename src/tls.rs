@@ -854,4 +854,99 @@ mod tests {
         let problems = server_config(&tls).unwrap_err();
         assert_eq!(problems[0].field, "tls.cert_file");
     }
+
+    /// A serving certificate for `localhost` with `uris` as URI SANs, signed by the
+    /// development CA: (chain, key).
+    fn destination(uris: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(SanType::URI((*uri).try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let ca_key = KeyPair::from_pem(include_str!("../certs-dev/ca.key")).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(include_str!("../certs-dev/ca.crt"), ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        (vec![cert.der().clone()], key)
+    }
+
+    /// Runs a handshake in memory: the client expects `identities`, the server presents
+    /// `uris`. The client's error, if the client refused.
+    async fn handshake(uris: &[&str], identities: &[&str]) -> Result<(), std::io::Error> {
+        let (chain, key) = destination(uris);
+        let mut server = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let client = ClientTls::load(&config::ClientTls {
+            cert_file: Some("certs-dev/client-gateway.crt".into()),
+            key_file: Some("certs-dev/client-gateway.key".into()),
+            ca_file: Some("certs-dev/ca.crt".into()),
+        })
+        .unwrap();
+        let identities: Vec<PeerPattern> = identities
+            .iter()
+            .map(|text| identity_pattern(text).unwrap())
+            .collect();
+        let connector = client.connector(Arc::from(identities));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (client, _server) = tokio::join!(
+            connector.connect(name, client_io),
+            acceptor.accept(server_io)
+        );
+        client.map(|_| ())
+    }
+
+    fn identity_mismatch(error: &std::io::Error) -> Option<String> {
+        match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => other
+                .0
+                .downcast_ref::<IdentityMismatch>()
+                .map(ToString::to_string),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn client_accepts_only_a_server_carrying_an_expected_identity_of_its_kind() {
+        let id = "spiffe://dev.gatehouse/ns/prod/sa/identity";
+        handshake(&[id], &[id]).await.expect("the named server");
+        handshake(&[id], &["spiffe://dev.gatehouse/ns/*/sa/identity"])
+            .await
+            .expect("a pattern");
+        handshake(&[], &["dns:localhost"])
+            .await
+            .expect("a DNS identity");
+
+        let refused = handshake(&["spiffe://dev.gatehouse/ns/prod/sa/other"], &[id])
+            .await
+            .unwrap_err();
+        let message = identity_mismatch(&refused).expect("refused for its identity");
+        assert!(
+            message.contains("URI spiffe://dev.gatehouse/ns/prod/sa/other"),
+            "{message}"
+        );
+        // A URI SAN that spells the expected DNS name is not a DNS name; the DNS SAN
+        // `localhost` does not stand in for a URI either.
+        let refused = handshake(&["identity.prod.svc"], &["dns:identity.prod.svc"])
+            .await
+            .unwrap_err();
+        assert!(identity_mismatch(&refused).is_some(), "{refused}");
+        let refused = handshake(&[], &["spiffe://localhost"]).await.unwrap_err();
+        assert!(identity_mismatch(&refused).is_some(), "{refused}");
+    }
+
+    #[test]
+    fn destination_identities_refuse_common_names() {
+        assert!(identity_pattern("cn:identity").is_err());
+        assert!(identity_pattern("dns:identity.prod.svc").is_ok());
+        assert!(identity_pattern("identity").is_err());
+    }
 }
