@@ -152,7 +152,28 @@ telemetry: {{ service_name: {name}, log_level: 'info,gatehouse=debug'{otlp} }}
         otlp: &str,
         client: (&std::path::Path, &std::path::Path),
     ) -> (Gatehouse, SocketAddr) {
-        let config = format!(
+        let gatehouse =
+            Gatehouse::start(&self.source_config(app, destinations, otlp, client, "127.0.0.1:0"));
+        let output = gatehouse.output();
+        let line = output
+            .lines()
+            .find(|line| line.contains("msg=listening"))
+            .expect("the listening line");
+        let outbound = field(line, "outbound")
+            .parse()
+            .expect("an outbound address");
+        (gatehouse, outbound)
+    }
+
+    fn source_config(
+        &self,
+        app: SocketAddr,
+        destinations: &[String],
+        otlp: &str,
+        client: (&std::path::Path, &std::path::Path),
+        listen: &str,
+    ) -> String {
+        format!(
             "listen: {{ address: 127.0.0.1:0 }}
 tls:
   cert_file: {cert}
@@ -161,7 +182,7 @@ tls:
 upstream: {{ address: {app} }}
 telemetry: {{ service_name: source, log_level: 'info,gatehouse=debug'{otlp} }}
 outbound:
-  listen: 127.0.0.1:0
+  listen: {listen}
   client_tls:
     cert_file: {client_cert}
     key_file: {client_key}
@@ -174,17 +195,7 @@ outbound:
             client_cert = client.0.display(),
             client_key = client.1.display(),
             destinations = destinations.join("\n"),
-        );
-        let gatehouse = Gatehouse::start(&config);
-        let output = gatehouse.output();
-        let line = output
-            .lines()
-            .find(|line| line.contains("msg=listening"))
-            .expect("the listening line");
-        let outbound = field(line, "outbound")
-            .parse()
-            .expect("an outbound address");
-        (gatehouse, outbound)
+        )
     }
 }
 
@@ -907,4 +918,46 @@ async fn client_certificate_rotation_keeps_open_streams_and_new_calls_present_th
         assert!(next > before);
     }
     assert_eq!(app.observed().cancelled(), 0, "no call was cut off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_port_can_be_a_unix_socket() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let socket = fixture.dir.path().join("outbound.sock");
+    let credentials = format!(
+        "{{ api_key_file: {} }}",
+        fixture.dir.path().join("service.key").display()
+    );
+    let config = fixture.source_config(
+        app.addr,
+        &[entry("dest", b.addr, DEST_ID, &credentials)],
+        "",
+        (
+            &dev_cert("client-gateway.crt"),
+            &dev_cert("client-gateway.key"),
+        ),
+        &format!("unix:{}", socket.display()),
+    );
+    let a = Gatehouse::start(&config);
+    let listening = a.wait_for_line(&["msg=listening"]).await;
+    assert_eq!(
+        field(&listening, "outbound"),
+        format!("unix:{}", socket.display())
+    );
+    let path = socket.clone();
+    let channel = Endpoint::from_static("http://dest")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("h2c over the unix socket");
+    let seen = seen_by_destination_app(&mut DemoClient::new(channel), forged_inspect(None)).await;
+    assert_eq!(values(&seen, "x-api-key-name"), ["scanner"], "{seen:?}");
 }
