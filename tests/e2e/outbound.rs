@@ -961,3 +961,55 @@ async fn the_outbound_port_can_be_a_unix_socket() {
     let seen = seen_by_destination_app(&mut DemoClient::new(channel), forged_inspect(None)).await;
     assert_eq!(values(&seen, "x-api-key-name"), ["scanner"], "{seen:?}");
 }
+
+/// A 1 GiB server stream through both hops, read by an app that stops reading for a
+/// while: neither gatehouse holds more than a few windows of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stream_crosses_both_hops_in_flat_memory() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let credentials = format!(
+        "{{ api_key_file: {} }}",
+        fixture.dir.path().join("service.key").display()
+    );
+    let (a, outbound) = fixture.source(
+        app.addr,
+        &[entry("dest", b.addr, DEST_ID, &credentials)],
+        "",
+    );
+    let mut client = app_client(outbound, "dest").await;
+    client.echo(EchoRequest::default()).await.unwrap();
+    let before = (peak_rss_kib(a.pid()), peak_rss_kib(b.pid()));
+
+    const MESSAGES: usize = 4096;
+    const SIZE: usize = 256 * 1024;
+    let mut stream = client
+        .countdown(CountdownRequest {
+            count: MESSAGES as u32,
+            payload_size: SIZE as u32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    // Stall: a buffering proxy would now read the destination's answer into memory.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut total = 1;
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.payload.len(), SIZE);
+        total += 1;
+    }
+    assert_eq!(total, MESSAGES);
+    let growth = |now: u64, then: u64| (now.saturating_sub(then)) / 1024;
+    let (a_mib, b_mib) = (
+        growth(peak_rss_kib(a.pid()), before.0),
+        growth(peak_rss_kib(b.pid()), before.1),
+    );
+    eprintln!("peak RSS growth: outbound {a_mib} MiB, inbound {b_mib} MiB");
+    assert!(
+        a_mib < 16 && b_mib < 16,
+        "grew by {a_mib} / {b_mib} MiB while 1 GiB passed"
+    );
+}
