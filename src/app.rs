@@ -343,7 +343,7 @@ async fn serve(
     };
     let (stop_outbound, outbound_stopped) = watch::channel(false);
     let abort_outbound = tokio_util::sync::CancellationToken::new();
-    let outbound_bound = match (outbound, outbound_socket) {
+    let (outbound_bound, mut outbound_task) = match (outbound, outbound_socket) {
         (Some(destinations), Some(socket)) => {
             destinations.spawn_watchers(metrics.clone());
             let chain = crate::outbound::build(
@@ -353,16 +353,16 @@ async fn serve(
                 abort_outbound.clone(),
             );
             let bound = socket.describe();
-            tokio::spawn(crate::outbound::listen::serve(
+            let task = tokio::spawn(crate::outbound::listen::serve(
                 socket,
                 chain,
                 config.limits.clone(),
                 outbound_stopped,
                 config.limits.drain_timeout.get(),
             ));
-            Some(bound)
+            (Some(bound), Some(task))
         }
-        _ => None,
+        _ => (None, None),
     };
     readiness.listening.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -399,10 +399,17 @@ async fn serve(
     tracing::info!("stopped accepting; GOAWAY sent, waiting for calls in flight");
 
     let drain_timeout = config.limits.drain_timeout.get();
+    // The app's own outbound calls drain alongside the calls into it.
+    let everything = async {
+        drain.finished().await;
+        if let Some(outbound) = outbound_task.take() {
+            let _ = outbound.await;
+        }
+    };
     let second_signal = match second_signal {
         Some(signal) => Some(signal),
         None => tokio::select! {
-            finished = tokio::time::timeout(drain_timeout, drain.finished()) => {
+            finished = tokio::time::timeout(drain_timeout, everything) => {
                 match finished {
                     Ok(()) => tracing::info!("drained; exiting"),
                     Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),

@@ -1013,3 +1013,38 @@ async fn a_large_stream_crosses_both_hops_in_flat_memory() {
         "grew by {a_mib} / {b_mib} MiB while 1 GiB passed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_apps_outbound_calls_finish() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let credentials = format!(
+        "{{ api_key_file: {} }}",
+        fixture.dir.path().join("service.key").display()
+    );
+    let (mut a, outbound) = fixture.source(
+        app.addr,
+        &[entry("dest", b.addr, DEST_ID, &credentials)],
+        "",
+    );
+    let mut client = app_client(outbound, "dest").await;
+    let in_flight = tokio::spawn(async move { client.wait(WaitRequest { millis: 1500 }).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await
+    );
+    // Nothing is open on A's inbound side: only the outbound call holds the drain.
+    a.signal("TERM");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the outbound call finished OK");
+    assert_eq!(reply.into_inner().message, "waited 1500ms");
+    let (status, output) = tokio::task::spawn_blocking(move || (a.wait_exit(), a.output()))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(output.contains("msg=\"drained; exiting\""), "{output}");
+}
