@@ -390,4 +390,21 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn encodes_timeouts_within_eight_digits_and_round_trips_them() {
+        let table = [
+            (Duration::from_millis(250), "250m"),
+            (Duration::from_micros(10), "1m"),
+            (Duration::from_secs(10), "10000m"),
+            (Duration::from_millis(99_999_999), "99999999m"),
+            (Duration::from_millis(100_000_000), "100001S"),
+            (Duration::from_secs(400_000_000), "111112H"),
+        ];
+        for (timeout, expected) in table {
+            let value = encode_timeout(timeout);
+            assert_eq!(value, expected, "{timeout:?}");
+            assert!(parse_timeout(&value).unwrap() >= timeout, "{timeout:?}");
+        }
+    }
 }

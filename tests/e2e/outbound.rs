@@ -759,11 +759,22 @@ async fn forged_identity_and_app_held_keys_never_leave_the_pod() {
         ("keyed", None, Some(SERVICE_KEY)),
         ("bare", None, None),
     ] {
+        // The app's deadline: shorter than the destination's 10s default for one call,
+        // longer for another, none for the third.
+        let app_timeout = match name {
+            "relayed" => Some(std::time::Duration::from_secs(2)),
+            "keyed" => Some(std::time::Duration::from_secs(60)),
+            _ => None,
+        };
         let mut client = app_client(outbound, name).await;
         let before = raw.seen.lock().unwrap().len();
         // The raw server sends no message, so the client reports INTERNAL; only the
         // request's headers matter here.
-        let _ = client.inspect(forged_inspect(Some(&token))).await;
+        let mut request = forged_inspect(Some(&token));
+        if let Some(timeout) = app_timeout {
+            request.set_timeout(timeout);
+        }
+        let _ = client.inspect(request).await;
         assert_eq!(
             raw.seen.lock().unwrap().len(),
             before + 1,
@@ -785,7 +796,9 @@ async fn forged_identity_and_app_held_keys_never_leave_the_pod() {
             authorization,
             "{name}"
         );
-        assert!(headers.contains_key("grpc-timeout"), "{name}: {headers:?}");
+        // The shorter of the two, re-encoded for the destination.
+        let expected = if name == "relayed" { "2000m" } else { "10000m" };
+        assert_eq!(headers["grpc-timeout"], expected, "{name}");
         assert!(headers.contains_key("traceparent"), "{name}: {headers:?}");
     }
 }
