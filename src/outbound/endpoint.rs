@@ -226,6 +226,13 @@ pub fn stream_status(destination: &str, error: &hyper::Error) -> (Code, String) 
     }
 }
 
+/// Receive window of one stream from a destination, in bytes.
+pub const DESTINATION_STREAM_WINDOW: u32 = 256 * 1024;
+/// Receive window of one destination connection, shared by its streams, in bytes.
+pub const DESTINATION_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Request bytes buffered per stream toward a destination, in bytes.
+pub const DESTINATION_SEND_BUFFER: usize = 64 * 1024;
+
 /// How long one address may take to accept TCP and finish the TLS and HTTP/2 handshakes.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -245,6 +252,11 @@ impl Endpoint {
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(60))
             .keep_alive_timeout(Duration::from_secs(20))
+            // What a destination can make gatehouse hold per connection while the app
+            // is slow to read: explicit, rather than hyper's multi-MiB defaults.
+            .initial_stream_window_size(DESTINATION_STREAM_WINDOW)
+            .initial_connection_window_size(DESTINATION_CONNECTION_WINDOW)
+            .max_send_buf_size(DESTINATION_SEND_BUFFER)
             .initial_max_send_streams(1);
         Endpoint {
             destination,

@@ -988,7 +988,9 @@ async fn a_large_stream_crosses_both_hops_in_flat_memory() {
     );
     let (a, outbound) = fixture.source(
         app.addr,
-        &[entry("dest", b.addr, DEST_ID, &credentials)],
+        // A deadline that leaves a shared test machine room to move 1 GiB twice.
+        &[entry("dest", b.addr, DEST_ID, &credentials)
+            .replace("audience: demo }", "audience: demo, timeout: 5m }")],
         "",
     );
     let mut client = app_client(outbound, "dest").await;
