@@ -607,6 +607,15 @@ mod tests {
         let (dead, dead_count, task) = servers.remove(1);
         task.abort();
         let _ = task.await;
+        // A call sent at the very moment its connection dies fails UNAVAILABLE (the
+        // destination may have run it); here the loss is seen first, as it is by any
+        // call that comes a moment later.
+        let noticed = tokio::time::timeout(Duration::from_secs(20), async {
+            while endpoint.live(dead).is_some() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        noticed.await.expect("the closed connection was noticed");
         for _ in 0..6 {
             call(&endpoint).await.unwrap();
         }
