@@ -225,7 +225,7 @@ impl Destination {
         match exchange {
             Ok((response, peer)) => {
                 let name = self.name.clone();
-                let body = move |body: hyper::body::Incoming| {
+                let body = move |body: crate::pool::ResponseStream| {
                     use http_body_util::BodyExt as _;
                     // A failure mid-stream ends the call with the status it maps to.
                     let streamed = body

@@ -50,6 +50,7 @@
 
 mod stream;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,23 @@ impl std::fmt::Display for Target {
         }
     }
 }
+
+/// A connection's byte stream, whatever carries it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Opens the byte stream of each new connection, for targets that need more than a
+/// socket: mutual TLS to an outbound destination. The pool speaks HTTP/2 over what it
+/// returns, exactly as over a socket it dialled itself. An error is reported as
+/// [`Error::Connect`] with the error as its source, so the caller can tell its kinds
+/// apart.
+pub trait Connect: Send + Sync + 'static {
+    fn connect(&self) -> Connecting<'_>;
+}
+
+/// A connection being opened by a [`Connect`].
+pub type Connecting<'a> =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send + 'a>>;
 
 /// How many connections, and how long and how many calls may wait for a stream.
 #[derive(Clone, Debug)]
@@ -168,6 +186,8 @@ pub struct Pool {
     changed: Arc<Notify>,
     waiting: AtomicUsize,
     next_id: AtomicU64,
+    /// Opens connections instead of dialling `target` itself, when set.
+    connector: Option<Arc<dyn Connect>>,
 }
 
 /// One HTTP/2 connection and the streams gatehouse has open on it.
@@ -246,6 +266,15 @@ impl Pool {
             changed: Arc::new(Notify::new()),
             waiting: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            connector: None,
+        }
+    }
+
+    /// A pool whose connections `connector` opens; `target` names them in errors and logs.
+    pub fn with_connector(target: Target, settings: Settings, connector: Arc<dyn Connect>) -> Self {
+        Pool {
+            connector: Some(connector),
+            ..Pool::new(target, settings)
         }
     }
 
@@ -262,6 +291,28 @@ impl Pool {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes sure a connection is open, dialling one if none is, so a caller with several
+    /// targets can find one that answers before it hands over a request it cannot take
+    /// back.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let open = |pool: &Pool| {
+            pool.lock()
+                .iter()
+                .any(|connection| !connection.closed.load(Ordering::Acquire))
+        };
+        if open(self) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.dialing.lock().await;
+        if open(self) {
+            return Ok(());
+        }
+        let connection = self.dial().await?;
+        self.lock().push(connection);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     /// Sends `request` and returns the target's response headers with its body streaming.
@@ -461,6 +512,10 @@ impl Pool {
             target: self.target.clone(),
             source,
         };
+        if let Some(connector) = &self.connector {
+            let stream = connector.connect().await.map_err(unreachable)?;
+            return self.handshake(stream).await;
+        }
         match &self.target {
             Target::Tcp(address) => {
                 let stream = TcpStream::connect(address.as_str())

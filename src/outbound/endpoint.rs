@@ -1,42 +1,31 @@
 //! The mutual-TLS HTTP/2 connections to one destination: its name resolved to every
-//! address it has (again every [`RESOLVE_EVERY`] and after any failure), one connection
-//! per address, calls spread round robin over the addresses, an address that fails to
+//! address it has (again every [`RESOLVE_EVERY`] and after any failure), each address an
+//! endpoint with a [`Pool`] of its own (several connections as the peer's stream limit
+//! requires, explicit resets, per-stream windows, calls a GOAWAY left unprocessed sent
+//! again), calls spread round robin over the endpoints, and an endpoint that fails to
 //! connect or to prove its identity backed off (doubling from [`BACKOFF_MIN`] to
-//! [`BACKOFF_MAX`]) while the others take its calls. The destination's certificate and
-//! identity are verified in the handshake (see [`crate::tls::IdentityVerifier`]).
+//! [`BACKOFF_MAX`]) while the others take its calls. Each connection's TLS is opened by
+//! a [`Connect`] the pool calls, which verifies the destination's certificate and
+//! identity in the handshake (see [`crate::tls::IdentityVerifier`]).
 //!
 //! Every failure says which of the three things went wrong, because each needs a
 //! different fix: the chain did not verify (`UPSTREAM_TLS`: wrong CA, expired, wrong
 //! server name), it verified but is not the service the app asked for
 //! (`IDENTITY_MISMATCH`), or no address answered at all (`NO_ENDPOINT`).
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::grpc::{self, Code};
+use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream, Target};
 use crate::tls::{ClientTls, IdentityMismatch, PeerPattern};
-
-type Sender = http2::SendRequest<RequestBody>;
-
-/// A live connection and the destination identity its handshake verified.
-#[derive(Clone)]
-struct Live {
-    sender: Sender,
-    peer: Arc<str>,
-    /// The client TLS material it was made with; see [`ClientTls::generation`].
-    generation: u64,
-}
 
 /// Why a call could not reach its destination, or failed before it answered.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +53,13 @@ pub enum Failure {
         address: String,
         message: String,
     },
+    /// Every connection is at the destination's stream limit and the wait is full or
+    /// took too long.
+    #[error("{destination}: {message}")]
+    Busy {
+        destination: Arc<str>,
+        message: String,
+    },
     /// The destination reset the stream or the connection died before it answered.
     #[error("{message}")]
     Stream {
@@ -78,12 +74,92 @@ impl Failure {
     pub fn code(&self) -> Code {
         match self {
             Failure::Stream { code, .. } => *code,
+            Failure::Busy { .. } => Code::ResourceExhausted,
             _ => Code::Unavailable,
         }
     }
 
     pub fn response(&self) -> Response<crate::body::ResponseBody> {
         grpc::status_response(self.code(), &self.to_string())
+    }
+
+    /// Whether the endpoint itself failed (and should be backed off), rather than one call.
+    fn endpoint_failed(&self) -> bool {
+        matches!(
+            self,
+            Failure::Tls { .. } | Failure::Identity { .. } | Failure::NoEndpoint { .. }
+        )
+    }
+}
+
+/// The status for a destination's stream that failed: its reset reason mapped as the
+/// gRPC HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
+pub fn stream_status(destination: &str, error: &h2::Error) -> (Code, String) {
+    match error
+        .reason()
+        .filter(|_| error.is_remote() && error.is_reset())
+    {
+        Some(reason) => (
+            grpc::code_for_reset(reason),
+            format!("{destination} reset the stream: {reason}"),
+        ),
+        None => (
+            Code::Unavailable,
+            format!("connection to {destination} lost: {error}"),
+        ),
+    }
+}
+
+/// Connections per endpoint while none of their streams is stalled (the pool opens more,
+/// up to [`pool::WEDGED_SURPLUS`] times, while stalled streams hold them all).
+pub const CONNECTIONS_PER_ENDPOINT: usize = 2;
+/// Calls that may wait for a stream when every connection to an endpoint is at the
+/// destination's stream limit, and for how long.
+pub const QUEUE: usize = 256;
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one address may take to accept TCP and finish the TLS and HTTP/2 handshakes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a destination's name is resolved again while it works.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// The first backoff of a failing address, doubled per failure up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Opens one TLS connection to one address of a destination, for the pool.
+struct TlsConnector {
+    address: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    /// The identity the last handshake verified, for the access log.
+    peer: Arc<Mutex<Option<Arc<str>>>>,
+}
+
+/// The server spoke TLS but would not speak HTTP/2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} did not agree to HTTP/2 (ALPN h2)")]
+struct NoH2(SocketAddr);
+
+impl Connect for TlsConnector {
+    fn connect(&self) -> Connecting<'_> {
+        Box::pin(async move {
+            let tcp = TcpStream::connect(self.address).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = self
+                .connector
+                .connect(self.server_name.clone(), tcp)
+                .await?;
+            let (_, session) = tls.get_ref();
+            if session.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::other(NoH2(self.address)));
+            }
+            let peer = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::tls::PeerIdentity::from_der(leaf).ok())
+                .map(|peer| Arc::from(peer.name()));
+            *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = peer;
+            Ok(Box::new(tls) as Box<dyn Io>)
+        })
     }
 }
 
@@ -94,13 +170,9 @@ pub struct Endpoint {
     server_name: ServerName<'static>,
     identities: Arc<[PeerPattern]>,
     tls: Arc<ClientTls>,
-    connect_timeout: Duration,
-    builder: http2::Builder<TokioExecutor>,
-    /// Where the name resolves to, and a connection (or a backoff) per address.
+    /// Where the name resolves to, and a pool (or a backoff) per address.
     /// A std mutex is enough: it is never held across an await.
     slots: Mutex<Slots>,
-    /// One dial at a time, so a burst of calls opens one connection, not one per call.
-    dialing: tokio::sync::Mutex<()>,
     /// Stands in for the resolver in tests, which cannot make a name resolve to several
     /// loopback addresses.
     #[cfg(test)]
@@ -120,21 +192,25 @@ struct Slots {
 /// One address of a destination.
 struct Slot {
     address: SocketAddr,
-    live: Option<Live>,
+    /// Its connections, made with the client TLS material of `generation`.
+    pool: Option<Endpointed>,
     /// Dials that failed in a row; each doubles the backoff.
     failures: u32,
     /// Until then the address is tried only when every other one has failed too.
     retry_at: Option<Instant>,
 }
 
-/// How often a destination's name is resolved again while it works.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-/// The first backoff of a failing address, doubled per failure up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A pool to one address and what its connections were made with.
+#[derive(Clone)]
+struct Endpointed {
+    pool: Arc<Pool>,
+    peer: Arc<Mutex<Option<Arc<str>>>>,
+    /// See [`ClientTls::generation`].
+    generation: u64,
+}
 
 impl Slots {
-    /// Replaces the address list, keeping the connection and backoff of every address
+    /// Replaces the address list, keeping the connections and backoff of every address
     /// that is still in it.
     fn update(&mut self, addresses: Vec<SocketAddr>, now: Instant) {
         let mut old = std::mem::take(&mut self.slots);
@@ -145,7 +221,7 @@ impl Slots {
                     Some(at) => old.swap_remove(at),
                     None => Slot {
                         address,
-                        live: None,
+                        pool: None,
                         failures: 0,
                         retry_at: None,
                     },
@@ -181,7 +257,6 @@ impl Slots {
 
     fn failed(&mut self, address: SocketAddr, now: Instant) {
         if let Some(slot) = self.slot(address) {
-            slot.live = None;
             slot.failures = slot.failures.saturating_add(1);
             let backoff = BACKOFF_MIN
                 .saturating_mul(1 << slot.failures.min(8).saturating_sub(1))
@@ -192,49 +267,13 @@ impl Slots {
         self.resolved_at = None;
     }
 
-    /// The connection to `address` closed; the address itself is not suspect.
-    fn dropped(&mut self, address: SocketAddr) {
+    fn succeeded(&mut self, address: SocketAddr) {
         if let Some(slot) = self.slot(address) {
-            slot.live = None;
-        }
-    }
-
-    fn connected(&mut self, address: SocketAddr, live: Live) {
-        if let Some(slot) = self.slot(address) {
-            slot.live = Some(live);
             slot.failures = 0;
             slot.retry_at = None;
         }
     }
 }
-
-/// The status for a destination's stream that failed: its reset reason mapped as the
-/// gRPC HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
-pub fn stream_status(destination: &str, error: &hyper::Error) -> (Code, String) {
-    let h2_error = error
-        .source()
-        .and_then(|source| source.downcast_ref::<h2::Error>());
-    match h2_error.and_then(|e| e.reason().filter(|_| e.is_remote())) {
-        Some(reason) => (
-            grpc::code_for_reset(reason),
-            format!("{destination} reset the stream: {reason}"),
-        ),
-        None => (
-            Code::Unavailable,
-            format!("connection to {destination} lost: {error}"),
-        ),
-    }
-}
-
-/// Receive window of one stream from a destination, in bytes.
-pub const DESTINATION_STREAM_WINDOW: u32 = 256 * 1024;
-/// Receive window of one destination connection, shared by its streams, in bytes.
-pub const DESTINATION_CONNECTION_WINDOW: u32 = 1024 * 1024;
-/// Request bytes buffered per stream toward a destination, in bytes.
-pub const DESTINATION_SEND_BUFFER: usize = 64 * 1024;
-
-/// How long one address may take to accept TCP and finish the TLS and HTTP/2 handshakes.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Endpoint {
     pub fn new(
@@ -244,30 +283,13 @@ impl Endpoint {
         identities: Arc<[PeerPattern]>,
         tls: Arc<ClientTls>,
     ) -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        // Destinations are across the network, unlike the app: pings find a dead peer
-        // that never sent a FIN. Once a minute stays within what grpc-go servers allow
-        // while calls are open.
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(60))
-            .keep_alive_timeout(Duration::from_secs(20))
-            // What a destination can make gatehouse hold per connection while the app
-            // is slow to read: explicit, rather than hyper's multi-MiB defaults.
-            .initial_stream_window_size(DESTINATION_STREAM_WINDOW)
-            .initial_connection_window_size(DESTINATION_CONNECTION_WINDOW)
-            .max_send_buf_size(DESTINATION_SEND_BUFFER)
-            .initial_max_send_streams(1);
         Endpoint {
             destination,
             address,
             server_name,
             identities,
             tls,
-            connect_timeout: CONNECT_TIMEOUT,
-            builder,
             slots: Mutex::new(Slots::default()),
-            dialing: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             resolved: None,
         }
@@ -276,36 +298,120 @@ impl Endpoint {
     /// Sends `request` and returns the destination's response headers, its body
     /// streaming, and the verified identity of the server that answered (its SPIFFE ID
     /// or first SAN). Dropping the future or the body resets the destination's stream.
+    /// An endpoint that cannot be reached is backed off and the call tried on the next;
+    /// once the request has gone out, a failure is the call's.
     pub async fn send(
         &self,
-        mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Arc<str>), Failure> {
-        // A request the connection never took (it closed as the call picked it) is
-        // sent again, on a fresh connection; a bound keeps a flapping peer from looping.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (address, live) = self.sender().await?;
-            match live.sender.clone().try_send_request(request).await {
-                Ok(response) => return Ok((response, live.peer)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if attempts < 3 => {
-                        self.slots().dropped(address);
-                        request = unsent;
+        request: Request<RequestBody>,
+    ) -> Result<(Response<ResponseStream>, Arc<str>), Failure> {
+        self.resolve_if_stale().await?;
+        let order = self.slots().order(Instant::now());
+        if order.is_empty() {
+            return Err(self.no_endpoint("resolves to no address".to_owned()));
+        }
+        // The body can be taken only once, so each endpoint is first asked for an open
+        // connection (dialled if need be) and handed the call only then.
+        let mut worst: Option<Failure> = None;
+        for address in order {
+            let endpointed = self.endpointed(address);
+            if let Err(error) = endpointed.pool.ready().await {
+                let failure = self.failure(address, error);
+                tracing::debug!(destination = %self.destination, %address, error = %failure, "destination address failed; backing off");
+                self.slots().failed(address, Instant::now());
+                worst = Some(worse(worst, failure));
+                continue;
+            }
+            match endpointed.pool.send(request).await {
+                Ok(response) => {
+                    self.slots().succeeded(address);
+                    let peer = endpointed
+                        .peer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                        .unwrap_or_else(|| Arc::from("unknown"));
+                    return Ok((response, peer));
+                }
+                Err(error) => {
+                    let failure = self.failure(address, error);
+                    if failure.endpoint_failed() {
+                        self.slots().failed(address, Instant::now());
                     }
-                    _ => return Err(self.stream_failure(error.error())),
-                },
+                    return Err(match worst {
+                        Some(earlier) if failure.endpoint_failed() => worse(Some(earlier), failure),
+                        _ => failure,
+                    });
+                }
+            }
+        }
+        Err(worst.unwrap_or_else(|| self.no_endpoint("no address answered".to_owned())))
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool for `address`. One made before the client certificate was rotated is
+    /// left to its open calls (their leases keep its connections until they end), so new
+    /// calls present the new certificate.
+    fn endpointed(&self, address: SocketAddr) -> Endpointed {
+        let generation = self.tls.generation();
+        let mut slots = self.slots();
+        let Some(slot) = slots.slot(address) else {
+            return self.new_pool(address, generation);
+        };
+        match &slot.pool {
+            Some(current) if current.generation == generation => current.clone(),
+            _ => {
+                let fresh = self.new_pool(address, generation);
+                slot.pool = Some(fresh.clone());
+                fresh
             }
         }
     }
 
-    fn stream_failure(&self, error: &hyper::Error) -> Failure {
-        let (code, message) = stream_status(&self.destination, error);
-        Failure::Stream {
-            destination: self.destination.clone(),
-            code,
-            message,
+    fn new_pool(&self, address: SocketAddr, generation: u64) -> Endpointed {
+        let peer = Arc::new(Mutex::new(None));
+        let connector = TlsConnector {
+            address,
+            server_name: self.server_name.clone(),
+            connector: self.tls.connector(self.identities.clone()),
+            peer: peer.clone(),
+        };
+        let settings = pool::Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            connections: CONNECTIONS_PER_ENDPOINT,
+            queue: QUEUE,
+            queue_timeout: QUEUE_TIMEOUT,
+        };
+        let target = Target::Tcp(format!("{} ({address})", self.address));
+        Endpointed {
+            pool: Arc::new(Pool::with_connector(target, settings, Arc::new(connector))),
+            peer,
+            generation,
         }
+    }
+
+    async fn resolve_if_stale(&self) -> Result<(), Failure> {
+        let stale = self
+            .slots()
+            .resolved_at
+            .is_none_or(|at| at.elapsed() >= RESOLVE_EVERY);
+        if !stale {
+            return Ok(());
+        }
+        match self.resolve().await {
+            Ok(found) => self.slots().update(found, Instant::now()),
+            // Keep the addresses known so far, if any: a resolver hiccup should not take
+            // down a destination that answers.
+            Err(error) if self.slots().slots.is_empty() => {
+                return Err(self.no_endpoint(format!("cannot resolve: {error}")));
+            }
+            Err(error) => {
+                tracing::warn!(destination = %self.destination, %error, "cannot resolve again; keeping the known addresses");
+            }
+        }
+        Ok(())
     }
 
     /// Every address the destination's name resolves to.
@@ -319,153 +425,51 @@ impl Endpoint {
             .collect())
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    fn no_endpoint(&self, message: String) -> Failure {
+        Failure::NoEndpoint {
+            destination: self.destination.clone(),
+            address: self.address.clone(),
+            message,
+        }
     }
 
-    /// The connection to `address` new calls may use. One made before the client
-    /// certificate was rotated is left to its open calls (they keep their stream; the
-    /// connection closes when they end), so new calls present the new certificate.
-    fn live(&self, address: SocketAddr) -> Option<Live> {
-        let generation = self.tls.generation();
-        self.slots()
-            .slot(address)
-            .and_then(|slot| slot.live.as_ref())
-            .filter(|live| !live.sender.is_closed() && live.generation == generation)
-            .cloned()
-    }
-
-    /// A connection for the next call: round robin over the destination's addresses,
-    /// skipping those backed off after a failure while any other works. A TLS or
-    /// identity failure is reported over a plain connect failure, since it is the one
-    /// that needs fixing.
-    async fn sender(&self) -> Result<(SocketAddr, Live), Failure> {
-        let no_endpoint = |message: String| Failure::NoEndpoint {
+    /// What a pool error means for the app.
+    fn failure(&self, address: SocketAddr, error: pool::Error) -> Failure {
+        let tls = |message: String| Failure::Tls {
             destination: self.destination.clone(),
             address: self.address.clone(),
             message,
         };
-        let stale = self
-            .slots()
-            .resolved_at
-            .is_none_or(|at| at.elapsed() >= RESOLVE_EVERY);
-        if stale {
-            match self.resolve().await {
-                Ok(found) => self.slots().update(found, Instant::now()),
-                // Keep the addresses known so far, if any: a resolver hiccup should not
-                // take down a destination that answers.
-                Err(error) if self.slots().slots.is_empty() => {
-                    return Err(no_endpoint(format!("cannot resolve: {error}")));
-                }
-                Err(error) => {
-                    tracing::warn!(destination = %self.destination, %error, "cannot resolve again; keeping the known addresses");
-                }
+        match error {
+            pool::Error::Connect { source, .. } => self.connect_failure(address, source),
+            pool::Error::ConnectTimeout { after, .. } => self.no_endpoint(format!(
+                "{address} did not complete a connection within {after:?}"
+            )),
+            pool::Error::Handshake { source, .. } => {
+                tls(format!("{address}: HTTP/2 handshake failed: {source}"))
             }
-        }
-        let order = self.slots().order(Instant::now());
-        if order.is_empty() {
-            return Err(no_endpoint("resolves to no address".to_owned()));
-        }
-        let mut worst: Option<Failure> = None;
-        for address in order {
-            if let Some(live) = self.live(address) {
-                return Ok((address, live));
-            }
-            let dialed = {
-                let _dialing = self.dialing.lock().await;
-                match self.live(address) {
-                    Some(live) => Ok(live),
-                    None => tokio::time::timeout(self.connect_timeout, self.connect(address))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(no_endpoint(format!(
-                                "{address} did not complete a connection within {:?}",
-                                self.connect_timeout
-                            )))
-                        }),
-                }
-            };
-            let failure = match dialed {
-                Ok(live) => {
-                    self.slots().connected(address, live.clone());
-                    return Ok((address, live));
-                }
-                Err(failure) => failure,
-            };
-            tracing::debug!(destination = %self.destination, %address, error = %failure, "destination address failed; backing off");
-            self.slots().failed(address, Instant::now());
-            let keep = matches!(
-                (&worst, &failure),
-                (None, _)
-                    | (
-                        Some(Failure::NoEndpoint { .. }),
-                        Failure::Tls { .. } | Failure::Identity { .. }
-                    )
-            );
-            if keep {
-                worst = Some(failure);
-            }
-        }
-        Err(worst.unwrap_or_else(|| no_endpoint("no address answered".to_owned())))
-    }
-
-    async fn connect(&self, address: SocketAddr) -> Result<Live, Failure> {
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|error| Failure::NoEndpoint {
-                destination: self.destination.clone(),
-                address: self.address.clone(),
-                message: format!("{address}: {error}"),
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let generation = self.tls.generation();
-        let connector = self.tls.connector(self.identities.clone());
-        let tls = connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|error| self.handshake_failure(address, error))?;
-        let peer: Arc<str> = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| crate::tls::PeerIdentity::from_der(leaf).ok())
-            .map_or_else(|| Arc::from("unknown"), |peer| Arc::from(peer.name()));
-        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(Failure::Tls {
-                destination: self.destination.clone(),
-                address: self.address.clone(),
-                message: format!("{address} did not agree to HTTP/2 (ALPN h2)"),
-            });
-        }
-        let (sender, connection) =
-            self.builder
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|error| Failure::Tls {
+            error @ (pool::Error::QueueFull { .. } | pool::Error::QueueTimeout { .. }) => {
+                Failure::Busy {
                     destination: self.destination.clone(),
-                    address: self.address.clone(),
-                    message: format!("{address}: HTTP/2 handshake failed: {error}"),
-                })?;
-        let destination = self.destination.clone();
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%destination, %error, "destination connection ended");
+                    message: error.to_string(),
+                }
             }
-        });
-        Ok(Live {
-            sender,
-            peer,
-            generation,
-        })
+            pool::Error::Stream(error) => {
+                let (code, message) = stream_status(&self.destination, &error);
+                Failure::Stream {
+                    destination: self.destination.clone(),
+                    code,
+                    message,
+                }
+            }
+        }
     }
 
-    fn handshake_failure(&self, address: SocketAddr, error: std::io::Error) -> Failure {
-        let rustls_error = error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    /// Tells a TLS or identity failure from an address that does not answer.
+    fn connect_failure(&self, address: SocketAddr, error: std::io::Error) -> Failure {
+        let inner = error.get_ref();
         if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
-            rustls_error
+            inner.and_then(|e| e.downcast_ref::<rustls::Error>())
             && other.0.downcast_ref::<IdentityMismatch>().is_some()
         {
             return Failure::Identity {
@@ -474,11 +478,30 @@ impl Endpoint {
                 source: other.0.clone(),
             };
         }
-        Failure::Tls {
-            destination: self.destination.clone(),
-            address: self.address.clone(),
-            message: format!("{address}: TLS handshake failed: {error}"),
+        let tls_error = inner.is_some_and(|e| e.is::<rustls::Error>() || e.is::<NoH2>());
+        if tls_error || error.kind() == std::io::ErrorKind::InvalidData {
+            return Failure::Tls {
+                destination: self.destination.clone(),
+                address: self.address.clone(),
+                message: format!("{address}: TLS handshake failed: {error}"),
+            };
         }
+        self.no_endpoint(format!("{address}: {error}"))
+    }
+}
+
+/// The failure worth reporting: a TLS or identity failure over a plain connect failure,
+/// since it is the one that needs fixing.
+fn worse(known: Option<Failure>, new: Failure) -> Failure {
+    match known {
+        Some(known @ (Failure::Tls { .. } | Failure::Identity { .. })) => {
+            if matches!(new, Failure::NoEndpoint { .. }) {
+                known
+            } else {
+                new
+            }
+        }
+        _ => new,
     }
 }
 
@@ -551,9 +574,11 @@ mod tests {
                             grpc::status_response(Code::Ok, ""),
                         ))
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
                 });
             }
         });
@@ -610,8 +635,11 @@ mod tests {
         // A call sent at the very moment its connection dies fails UNAVAILABLE (the
         // destination may have run it); here the loss is seen first, as it is by any
         // call that comes a moment later.
+        let pool = endpoint.endpointed(dead).pool;
         let noticed = tokio::time::timeout(Duration::from_secs(20), async {
-            while endpoint.live(dead).is_some() {
+            // Ready while the old connection looks open; once it is seen closed, the
+            // pool dials and is refused.
+            while pool.ready().await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
