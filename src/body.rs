@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::principal::strip_request_trailers;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Code, Reason};
 
 /// The caller's request body, streamed to the app as it arrives, or a body gatehouse
 /// made itself (a health check of the app).
@@ -123,7 +122,7 @@ enum Kind {
 
 /// The app's response body as the connection layer streams it; a failure is already the
 /// status the caller should see.
-pub type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, (Code, String)>;
+pub type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, grpc::Status>;
 
 struct Forwarded {
     /// `None` once the stream has ended, by the app or by gatehouse.
@@ -153,10 +152,8 @@ impl ResponseBody {
     }
 }
 
-fn status_trailers(code: Code, message: &str) -> Frame<Bytes> {
-    let mut trailers = HeaderMap::with_capacity(2);
-    grpc::set_status(&mut trailers, code, message);
-    Frame::trailers(trailers)
+fn status_trailers(status: &grpc::Status) -> Frame<Bytes> {
+    Frame::trailers(status.trailers())
 }
 
 impl Forwarded {
@@ -169,20 +166,20 @@ impl Forwarded {
         };
         if self.abort.as_mut().poll(cx).is_ready() {
             self.inner = None;
-            return Poll::Ready(Some(Ok(status_trailers(
-                Code::Unavailable,
+            return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
+                Reason::ShuttingDown,
                 "gatehouse is shutting down: the drain timeout ended this call",
-            ))));
+            )))));
         }
         if let Some(deadline) = self.deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
             // Dropping the app's body resets its stream: the app sees the cancellation.
             self.inner = None;
-            return Poll::Ready(Some(Ok(status_trailers(
-                Code::DeadlineExceeded,
+            return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
+                Reason::Deadline,
                 "deadline exceeded: grpc-timeout ran out while the app was answering",
-            ))));
+            )))));
         }
         match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
@@ -191,9 +188,9 @@ impl Forwarded {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err((code, message))) => {
+            Some(Err(status)) => {
                 self.inner = None;
-                Poll::Ready(Some(Ok(status_trailers(code, &message))))
+                Poll::Ready(Some(Ok(status_trailers(&status))))
             }
             None => {
                 self.inner = None;

@@ -1,18 +1,21 @@
 //! The gRPC wire vocabulary gatehouse speaks: status codes, header names, trailers-only
 //! refusals and `grpc-timeout`.
 //!
-//! Every refusal gatehouse makes on its own behalf is built here, through [`Code`] and
-//! [`status_response`], so a caller always gets a gRPC status it can act on (HTTP 200,
-//! `content-type: application/grpc`, `grpc-status` and a percent-encoded `grpc-message`)
-//! and never a bare HTTP error that gRPC clients misreport.
+//! Every refusal gatehouse makes on its own behalf is built here, as a [`Status`] with a
+//! [`Reason`] from one table, so a caller always gets a gRPC status it can act on (HTTP
+//! 200, `content-type: application/grpc`, `grpc-status`, a percent-encoded `grpc-message`
+//! and the reason in `grpc-status-details-bin`) and never a bare HTTP error that gRPC
+//! clients misreport.
 
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, Method};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::body::ResponseBody;
+pub mod details;
+
+pub use details::{GRPC_STATUS_DETAILS, Reason, Status};
 
 /// `grpc-status`: the call's status code, in trailers or in a trailers-only response.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -140,25 +143,6 @@ pub fn encode_message(message: &str) -> HeaderValue {
     HeaderValue::try_from(encoded).expect("percent-encoded text is visible ASCII")
 }
 
-/// Writes `grpc-status` and `grpc-message` into a header or trailer map.
-pub fn set_status(map: &mut HeaderMap, code: Code, message: &str) {
-    map.insert(GRPC_STATUS, code.header_value());
-    if !message.is_empty() {
-        map.insert(GRPC_MESSAGE, encode_message(message));
-    }
-}
-
-/// A trailers-only gRPC response: HTTP 200, status and message in the only HEADERS frame,
-/// no body. This is how every refusal made by gatehouse itself reaches the caller.
-pub fn status_response(code: Code, message: &str) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::empty());
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
-    set_status(headers, code, message);
-    response.extensions_mut().insert(AnsweredHere);
-    response
-}
-
 /// In the extensions of a response that gatehouse generated without the app (a refusal,
 /// an app that cannot be reached), so telemetry can tell it from the app's own answers.
 #[derive(Clone, Copy, Debug)]
@@ -277,27 +261,6 @@ mod tests {
             Code::from_header(&HeaderValue::from_static("x")),
             Code::Unknown
         );
-    }
-
-    #[test]
-    fn refusals_are_trailers_only_grpc_responses() {
-        let table = [
-            (Code::Unauthenticated, "missing credentials", "16"),
-            (Code::PermissionDenied, "denied", "7"),
-            (Code::Unavailable, "app unreachable", "14"),
-            (Code::DeadlineExceeded, "deadline exceeded", "4"),
-            (Code::ResourceExhausted, "too many streams", "8"),
-            (Code::Internal, "internal error", "13"),
-        ];
-        for (code, message, wire) in table {
-            let response = status_response(code, message);
-            assert_eq!(response.status(), http::StatusCode::OK);
-            let headers = response.headers();
-            assert_eq!(headers[CONTENT_TYPE], "application/grpc");
-            assert_eq!(headers[GRPC_STATUS], wire);
-            assert_eq!(headers[GRPC_MESSAGE], message);
-            assert!(http_body::Body::is_end_stream(response.body()));
-        }
     }
 
     #[test]

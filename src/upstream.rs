@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Code, Reason};
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool, ResponseStream};
 
@@ -84,8 +84,12 @@ impl Upstream {
             .and_then(grpc::parse_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout));
         if let Err(message) = self.prepare(&mut request) {
-            return grpc::status_response(Code::Internal, message);
+            return grpc::Status::new(Reason::Internal, message)
+                .with("method", request.uri().path())
+                .response();
         }
+        // Shares the path's bytes: no copy unless the call fails here.
+        let uri = request.uri().clone();
         let exchange = async {
             let deadline = async {
                 match deadline {
@@ -98,20 +102,20 @@ impl Upstream {
                 result = self.send(request) => Ok(result),
                 () = deadline => {
                     self.metrics.upstream_error("deadline");
-                    Err(grpc::status_response(
-                        Code::DeadlineExceeded,
+                    Err(grpc::Status::new(
+                        Reason::Deadline,
                         "deadline exceeded: grpc-timeout ran out before the app answered",
                     ))
                 }
-                () = self.abort.cancelled() => Err(grpc::status_response(
-                    Code::Unavailable,
+                () = self.abort.cancelled() => Err(grpc::Status::new(
+                    Reason::ShuttingDown,
                     "gatehouse is shutting down: the drain timeout ended this call",
                 )),
             }
         };
         let result = match exchange.await {
             Ok(result) => result,
-            Err(refusal) => return refusal,
+            Err(status) => return status.with("method", uri.path()).response(),
         };
         match result {
             Ok(response) => {
@@ -125,7 +129,7 @@ impl Upstream {
                     ResponseBody::forwarded(body, deadline, self.abort.clone()),
                 )
             }
-            Err((code, message)) => grpc::status_response(code, &message),
+            Err(status) => status.with("method", uri.path()).response(),
         }
     }
 
@@ -155,7 +159,7 @@ impl Upstream {
                 Err(pool::Error::Stream(error)) if error.is_io() => self.send(request()?).await,
                 sent => self.map_failure(sent),
             }
-            .map_err(|(_, message)| message)?;
+            .map_err(|status| status.message().to_owned())?;
             let (parts, body) = response.into_parts();
             let collected = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
@@ -205,7 +209,7 @@ impl Upstream {
     async fn send(
         &self,
         request: Request<RequestBody>,
-    ) -> Result<Response<ResponseStream>, (Code, String)> {
+    ) -> Result<Response<ResponseStream>, grpc::Status> {
         let sent = self.pool.send(request).await;
         self.map_failure(sent)
     }
@@ -214,22 +218,22 @@ impl Upstream {
     fn map_failure(
         &self,
         sent: Result<Response<ResponseStream>, pool::Error>,
-    ) -> Result<Response<ResponseStream>, (Code, String)> {
+    ) -> Result<Response<ResponseStream>, grpc::Status> {
         sent.map_err(|error| {
-            let (kind, code) = match &error {
+            let (kind, reason) = match &error {
                 pool::Error::Connect { .. } | pool::Error::Handshake { .. } => {
-                    ("connect", Code::Unavailable)
+                    ("connect", Reason::AppUnavailable)
                 }
-                pool::Error::ConnectTimeout { .. } => ("connect_timeout", Code::Unavailable),
-                pool::Error::QueueFull { .. } => ("queue_full", Code::ResourceExhausted),
-                pool::Error::QueueTimeout { .. } => ("queue_timeout", Code::ResourceExhausted),
+                pool::Error::ConnectTimeout { .. } => ("connect_timeout", Reason::AppUnavailable),
+                pool::Error::QueueFull { .. } => ("queue_full", Reason::AppQueueFull),
+                pool::Error::QueueTimeout { .. } => ("queue_timeout", Reason::AppQueueTimeout),
                 pool::Error::Stream(stream) => {
                     self.metrics.upstream_error("request");
                     return status_for_error(stream, "before the app answered");
                 }
             };
             self.metrics.upstream_error(kind);
-            (code, format!("app at {error}"))
+            grpc::Status::new(reason, format!("app at {error}"))
         })
     }
 }
@@ -245,18 +249,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The status a caller sees for a failure talking to the app, and why.
-pub fn status_for_error(error: &h2::Error, when: &str) -> (Code, String) {
+pub fn status_for_error(error: &h2::Error, when: &str) -> grpc::Status {
     if error.is_reset()
         && error.is_remote()
         && let Some(reason) = error.reason()
     {
-        return (
-            grpc::code_for_reset(reason),
+        return grpc::Status::app_reset(
+            reason,
             format!("the app reset the stream {when}: {reason}"),
         );
     }
-    (
-        Code::Unavailable,
+    grpc::Status::new(
+        Reason::AppUnavailable,
         format!("connection to the app lost {when}: {error}"),
     )
 }

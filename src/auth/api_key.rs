@@ -15,6 +15,7 @@ use http::HeaderName;
 
 use crate::auth::principal::{AuthMethod, Principal, Refusal};
 use crate::config::{self, ApiKey, Problem};
+use crate::grpc::Reason;
 
 type Digest = [u8; 32];
 
@@ -107,13 +108,13 @@ impl ApiKeyStore {
             .clone();
         let Some(entry) = keys.get(&digest) else {
             return Err(Refusal::unauthenticated(
-                "unknown_api_key",
+                Reason::UnknownApiKey,
                 "unknown API key",
             ));
         };
         if entry.not_after.is_some_and(|not_after| now() >= not_after) {
             return Err(Refusal::unauthenticated(
-                "expired_api_key",
+                Reason::ApiKeyExpired,
                 "API key expired",
             ));
         }
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(principal.tenant_id.as_deref(), Some("acme"));
         assert_eq!(principal.method, AuthMethod::ApiKey);
         assert_eq!(
-            store.authenticate(b"s3cret!").unwrap_err().reason,
+            store.authenticate(b"s3cret!").unwrap_err().reason.label(),
             "unknown_api_key"
         );
         assert_eq!(store.header(), "x-api-key");
@@ -252,7 +253,7 @@ mod tests {
             "keys: [{{ name: old, sha256: \"{hash}\", not_after: \"2020-01-01\" }}]"
         ));
         assert_eq!(
-            store.authenticate(b"old").unwrap_err().reason,
+            store.authenticate(b"old").unwrap_err().reason.label(),
             "expired_api_key"
         );
     }
@@ -292,7 +293,7 @@ mod tests {
         store.reload_if_changed(&path);
         assert!(store.authenticate(b"second").is_ok());
         assert_eq!(
-            store.authenticate(b"first").unwrap_err().reason,
+            store.authenticate(b"first").unwrap_err().reason.label(),
             "unknown_api_key",
             "revoked by the file change"
         );

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::auth::api_key::parse_sha256;
 use crate::auth::principal::Refusal;
+use crate::grpc::Reason;
 use crate::tls::PeerIdentity;
 
 /// The SHA-256 of a DER certificate, as `cnf.x5t#S256` names it.
@@ -26,7 +27,8 @@ pub fn thumbprint(claims: &Value) -> Result<Option<Thumbprint>, Refusal> {
     let Some(cnf) = claims.get("cnf") else {
         return Ok(None);
     };
-    let malformed = |message: &'static str| Refusal::unauthenticated("malformed_claim", message);
+    let malformed =
+        |message: &'static str| Refusal::unauthenticated(Reason::MalformedClaim, message);
     let Some(encoded) = cnf.get("x5t#S256") else {
         return Err(malformed(
             "cnf claim has no x5t#S256: only certificate-bound tokens are accepted",
@@ -52,7 +54,7 @@ pub fn check(
     let Some(bound) = bound else {
         return if required {
             Err(Refusal::unauthenticated(
-                "cert_binding_required",
+                Reason::CertBindingRequired,
                 "token is not bound to a client certificate (cnf.x5t#S256), which this issuer requires",
             ))
         } else {
@@ -60,7 +62,7 @@ pub fn check(
         };
     };
     let mismatch =
-        |message: &'static str| Refusal::unauthenticated("cert_binding_mismatch", message);
+        |message: &'static str| Refusal::unauthenticated(Reason::CertBindingMismatch, message);
     let Some(peer) = peer else {
         return Err(mismatch(
             "token is bound to a client certificate and this connection presented none",
@@ -104,7 +106,7 @@ mod tests {
         for other in [Some(peer(b"cert B")), None] {
             let refusal = check(bound.as_ref(), false, other.as_ref()).unwrap_err();
             assert_eq!(refusal.code, Code::Unauthenticated);
-            assert_eq!(refusal.reason, "cert_binding_mismatch");
+            assert_eq!(refusal.reason.label(), "cert_binding_mismatch");
             assert!(refusal.message.contains("token is bound to"), "{refusal:?}");
         }
     }
@@ -117,7 +119,7 @@ mod tests {
         assert!(check(None, false, None).is_ok());
         let refusal = check(None, true, Some(&peer(b"cert A"))).unwrap_err();
         assert_eq!(
-            (refusal.code, refusal.reason),
+            (refusal.code, refusal.reason.label()),
             (Code::Unauthenticated, "cert_binding_required")
         );
     }
@@ -133,7 +135,7 @@ mod tests {
         ] {
             let refusal = thumbprint(&json!({"sub": "u1", "cnf": cnf})).unwrap_err();
             assert_eq!(refusal.code, Code::Unauthenticated, "{cnf}");
-            assert_eq!(refusal.reason, "malformed_claim", "{cnf}");
+            assert_eq!(refusal.reason.label(), "malformed_claim", "{cnf}");
         }
     }
 }

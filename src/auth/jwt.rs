@@ -24,6 +24,7 @@ use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
 use crate::config::ClaimNames;
+use crate::grpc::Reason;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -137,7 +138,7 @@ impl Provider {
         let tenant_id = text(&self.claims.tenant_id);
         if tenant_id.is_none() && !self.tenant_optional {
             return Err(Refusal::unauthenticated(
-                "missing_tenant",
+                Reason::MissingTenant,
                 format!("token has no {} claim", self.claims.tenant_id),
             ));
         }
@@ -239,7 +240,7 @@ impl JwtVerifier {
     pub async fn verify_within(&self, token: &str, wait: Duration) -> Result<Verified, Refusal> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refusal::unauthenticated(
-                "token_too_large",
+                Reason::TokenTooLarge,
                 "token too large",
             ));
         }
@@ -247,24 +248,24 @@ impl JwtVerifier {
         if let Some(verified) = self.cache.as_ref().and_then(|cache| cache.get(token, now)) {
             return Ok(verified);
         }
-        let malformed = || Refusal::unauthenticated("malformed_token", "malformed token");
+        let malformed = || Refusal::unauthenticated(Reason::MalformedToken, "malformed token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             if names_unknown_algorithm(token) {
-                Refusal::unauthenticated("bad_algorithm", "algorithm not allowed")
+                Refusal::unauthenticated(Reason::BadAlgorithm, "algorithm not allowed")
             } else {
                 malformed()
             }
         })?;
         if header.crit.is_some() {
             return Err(Refusal::unauthenticated(
-                "crit_header",
+                Reason::CriticalHeader,
                 "token has critical header parameters",
             ));
         }
         let provider = self.provider_for(token).ok_or_else(malformed)??;
         if !provider.algorithms.contains(&header.alg) {
             return Err(Refusal::unauthenticated(
-                "bad_algorithm",
+                Reason::BadAlgorithm,
                 "algorithm not allowed",
             ));
         }
@@ -308,7 +309,7 @@ impl JwtVerifier {
             None if self.providers.len() == 1 => self.providers.first(),
             _ => None,
         };
-        Some(found.ok_or_else(|| Refusal::unauthenticated("wrong_issuer", "wrong issuer")))
+        Some(found.ok_or_else(|| Refusal::unauthenticated(Reason::WrongIssuer, "wrong issuer")))
     }
 
     async fn key(
@@ -327,9 +328,9 @@ impl JwtVerifier {
             return Ok(key.clone());
         }
         Err(match kid {
-            Some(_) => Refusal::unauthenticated("unknown_kid", "unknown key id"),
+            Some(_) => Refusal::unauthenticated(Reason::UnknownKeyId, "unknown key id"),
             None => Refusal::unauthenticated(
-                "unknown_kid",
+                Reason::UnknownKeyId,
                 "token names no key id and the provider has several keys",
             ),
         })
@@ -364,25 +365,31 @@ fn names_unknown_algorithm(token: &str) -> bool {
 
 fn refusal_for(kind: &ErrorKind) -> Refusal {
     match kind {
-        ErrorKind::ExpiredSignature => Refusal::unauthenticated("token_expired", "token expired"),
-        ErrorKind::ImmatureSignature => {
-            Refusal::unauthenticated("token_not_yet_valid", "token not yet valid")
+        ErrorKind::ExpiredSignature => {
+            Refusal::unauthenticated(Reason::TokenExpired, "token expired")
         }
-        ErrorKind::InvalidAudience => Refusal::unauthenticated("wrong_audience", "wrong audience"),
-        ErrorKind::InvalidIssuer => Refusal::unauthenticated("wrong_issuer", "wrong issuer"),
-        ErrorKind::InvalidSignature => Refusal::unauthenticated("bad_signature", "bad signature"),
+        ErrorKind::ImmatureSignature => {
+            Refusal::unauthenticated(Reason::TokenNotYetValid, "token not yet valid")
+        }
+        ErrorKind::InvalidAudience => {
+            Refusal::unauthenticated(Reason::WrongAudience, "wrong audience")
+        }
+        ErrorKind::InvalidIssuer => Refusal::unauthenticated(Reason::WrongIssuer, "wrong issuer"),
+        ErrorKind::InvalidSignature => {
+            Refusal::unauthenticated(Reason::BadSignature, "bad signature")
+        }
         ErrorKind::MissingRequiredClaim(claim) => {
-            Refusal::unauthenticated("missing_claim", format!("token has no {claim} claim"))
+            Refusal::unauthenticated(Reason::MissingClaim, format!("token has no {claim} claim"))
         }
         ErrorKind::InvalidClaimFormat(claim) => {
-            Refusal::unauthenticated("malformed_claim", format!("malformed {claim} claim"))
+            Refusal::unauthenticated(Reason::MalformedClaim, format!("malformed {claim} claim"))
         }
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
         | ErrorKind::MissingAlgorithm => {
-            Refusal::unauthenticated("bad_algorithm", "algorithm not allowed")
+            Refusal::unauthenticated(Reason::BadAlgorithm, "algorithm not allowed")
         }
-        _ => Refusal::unauthenticated("malformed_token", "malformed token"),
+        _ => Refusal::unauthenticated(Reason::MalformedToken, "malformed token"),
     }
 }
 
@@ -591,7 +598,7 @@ mod tests {
         cases.push(("crit_header", format!("{crit_header}.{rest}")));
         for (reason, token) in cases {
             let refusal = block_on(verifier.verify(&token)).unwrap_err();
-            assert_eq!(refusal.reason, reason, "{token}: {refusal:?}");
+            assert_eq!(refusal.reason.label(), reason, "{token}: {refusal:?}");
             assert_eq!(refusal.code, crate::grpc::Code::Unauthenticated);
         }
     }
@@ -711,7 +718,7 @@ mod tests {
             "a changed key kept its cache entry"
         );
         let refusal = block_on(verifier.verify(&token)).unwrap_err();
-        assert_eq!(refusal.reason, "bad_signature");
+        assert_eq!(refusal.reason.label(), "bad_signature");
 
         // A broken file changes nothing.
         std::fs::write(&path, "{ not json").unwrap();
@@ -843,7 +850,7 @@ mod tests {
         let hurried = verifier
             .verify_within(&token, Duration::from_millis(1))
             .await;
-        assert_eq!(hurried.unwrap_err().reason, "unknown_kid");
+        assert_eq!(hurried.unwrap_err().reason.label(), "unknown_kid");
 
         server.release.add_permits(1);
         let second = second.await;

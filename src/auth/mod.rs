@@ -21,6 +21,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{self, Config, Problem};
+use crate::grpc::Reason;
 use crate::server::ConnectionInfo;
 use api_key::ApiKeyStore;
 use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
@@ -165,7 +166,7 @@ impl Authenticator {
                 AuthOutcome {
                     method: attempted,
                     principal: None,
-                    refusal: Some(refusal.reason),
+                    refusal: Some(refusal.reason.label()),
                     would_refuse: None,
                 },
                 refusal,
@@ -229,7 +230,7 @@ impl Authenticator {
             (Some(_), Presented::Many) => {
                 *attempted = AuthMethod::Jwt;
                 return Err(Refusal::unauthenticated(
-                    "ambiguous_credentials",
+                    Reason::AmbiguousCredentials,
                     "more than one authorization header",
                 ));
             }
@@ -240,7 +241,7 @@ impl Authenticator {
             (Some(store), Presented::Many) => {
                 *attempted = AuthMethod::ApiKey;
                 return Err(Refusal::unauthenticated(
-                    "ambiguous_credentials",
+                    Reason::AmbiguousCredentials,
                     format!("more than one {} header", store.header()),
                 ));
             }
@@ -248,7 +249,7 @@ impl Authenticator {
         let (principal, forward) = match (bearer, api_key) {
             (Some(_), Some(_)) => {
                 return Err(Refusal::unauthenticated(
-                    "ambiguous_credentials",
+                    Reason::AmbiguousCredentials,
                     "both a bearer token and an API key: send one",
                 ));
             }
@@ -256,7 +257,7 @@ impl Authenticator {
                 *attempted = AuthMethod::Jwt;
                 let token = bearer_token(value.as_bytes()).ok_or_else(|| {
                     Refusal::unauthenticated(
-                        "malformed_token",
+                        Reason::MalformedToken,
                         "authorization is not a bearer token",
                     )
                 })?;
@@ -277,7 +278,7 @@ impl Authenticator {
             }
             (None, None) => {
                 return Err(Refusal::unauthenticated(
-                    "missing_credentials",
+                    Reason::MissingCredentials,
                     "missing credentials",
                 ));
             }

@@ -5,7 +5,7 @@
 
 use crate::auth::principal::{DecidingRule, Principal, Refusal};
 use crate::config::{self, DefaultDecision, Problem};
-use crate::grpc;
+use crate::grpc::{self, Reason};
 use crate::tls::{PeerIdentity, PeerPattern};
 
 /// A method pattern from the config: `*`, `/pkg.Service/*` or an exact path.
@@ -156,11 +156,11 @@ impl Policy {
         match peer {
             Some(peer) if peer_matches(&self.allowed_peers, peer) => Ok(()),
             Some(_) => Err(Refusal::permission_denied(
-                "peer_not_allowed",
+                Reason::PeerNotAllowed,
                 "client certificate not in tls.allowed_peers",
             )),
             None => Err(Refusal::permission_denied(
-                "peer_not_allowed",
+                Reason::PeerNotAllowed,
                 "a client certificate in tls.allowed_peers is required",
             )),
         }
@@ -211,9 +211,10 @@ impl Policy {
                 DefaultDecision::Deny => Err((
                     DecidingRule::Default,
                     Refusal::permission_denied(
-                        "default_deny",
+                        Reason::DeniedByDefault,
                         format!("permission denied for {path}: no authorization rule allows it"),
-                    ),
+                    )
+                    .by(DecidingRule::Default),
                 )),
             };
         };
@@ -231,7 +232,11 @@ impl Policy {
         } else {
             Err((
                 DecidingRule::Rule(index),
-                Refusal::permission_denied("rule_denied", format!("permission denied for {path}")),
+                Refusal::permission_denied(
+                    Reason::DeniedByRule,
+                    format!("permission denied for {path}"),
+                )
+                .by(DecidingRule::Rule(index)),
             ))
         }
     }

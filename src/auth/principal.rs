@@ -13,7 +13,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use crate::body::ResponseBody;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Code, Reason};
 use crate::tls::PeerIdentity;
 
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -165,7 +165,7 @@ impl Principal {
         roles: Vec<String>,
         api_key_name: Option<String>,
     ) -> Result<Principal, Refusal> {
-        let bad = |message: String| Refusal::unauthenticated("bad_claim", message);
+        let bad = |message: String| Refusal::unauthenticated(Reason::BadClaim, message);
         for (source, value) in [(sources.user_id, &user_id), (sources.tenant_id, &tenant_id)] {
             if value
                 .as_deref()
@@ -280,32 +280,42 @@ impl std::fmt::Display for DecidingRule {
 }
 
 /// Why a call was refused: the status, a message that says why without revealing any
-/// secret, and a short reason for logs and metrics.
+/// secret, and the reason from gatehouse's one table (its lower-case [`Reason::label`] in
+/// logs and metrics, its UPPER_SNAKE name in the status details).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     pub code: Code,
     pub message: Cow<'static, str>,
-    pub reason: &'static str,
+    pub reason: Reason,
+    /// The part of the authorization policy that refused, for the status details.
+    pub rule: Option<DecidingRule>,
 }
 
 impl Refusal {
-    pub fn unauthenticated(reason: &'static str, message: impl Into<Cow<'static, str>>) -> Refusal {
+    pub fn unauthenticated(reason: Reason, message: impl Into<Cow<'static, str>>) -> Refusal {
+        debug_assert_eq!(reason.code(), Code::Unauthenticated, "{reason:?}");
         Refusal {
             code: Code::Unauthenticated,
             message: message.into(),
             reason,
+            rule: None,
         }
     }
 
-    pub fn permission_denied(
-        reason: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Refusal {
+    pub fn permission_denied(reason: Reason, message: impl Into<Cow<'static, str>>) -> Refusal {
+        debug_assert_eq!(reason.code(), Code::PermissionDenied, "{reason:?}");
         Refusal {
             code: Code::PermissionDenied,
             message: message.into(),
             reason,
+            rule: None,
         }
+    }
+
+    /// Names the rule (or the default) that refused, in the status details.
+    pub fn by(mut self, rule: DecidingRule) -> Refusal {
+        self.rule = Some(rule);
+        self
     }
 
     /// A `:path` outside gRPC's `/Service/Method` grammar: refused before authentication
@@ -314,12 +324,25 @@ impl Refusal {
         Refusal {
             code: Code::Unimplemented,
             message: Cow::Borrowed("not a gRPC method path: expected /Service/Method"),
-            reason: "invalid_method_path",
+            reason: Reason::InvalidMethodPath,
+            rule: None,
         }
     }
 
-    pub fn response(&self) -> Response<ResponseBody> {
-        grpc::status_response(self.code, &self.message)
+    /// The status the caller receives; `method` is the call's path when it is one.
+    pub fn status(&self, method: Option<&str>) -> grpc::Status {
+        let mut status = grpc::Status::new(self.reason, self.message.clone());
+        if let Some(method) = method {
+            status = status.with("method", method);
+        }
+        if let Some(rule) = self.rule {
+            status = status.with("rule", rule.to_string());
+        }
+        status
+    }
+
+    pub fn response(&self, method: Option<&str>) -> Response<ResponseBody> {
+        self.status(method).response()
     }
 }
 

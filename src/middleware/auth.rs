@@ -88,12 +88,13 @@ where
             .is_some_and(|path| grpc::is_method_path(path.as_str()));
         if !valid_path {
             let refusal = Refusal::invalid_method_path();
-            tracing::debug!(reason = refusal.reason, "call refused");
-            let mut response = refusal.response();
+            tracing::debug!(reason = refusal.reason.label(), "call refused");
+            // No method in the details: this path names none.
+            let mut response = refusal.response(None);
             response.extensions_mut().insert(AuthOutcome {
                 method: AuthMethod::None,
                 principal: None,
-                refusal: Some(refusal.reason),
+                refusal: Some(refusal.reason.label()),
                 would_refuse: None,
             });
             return Box::pin(std::future::ready(Ok(response)));
@@ -117,10 +118,10 @@ where
                 Err((outcome, refusal)) => {
                     tracing::debug!(
                         method = parts.uri.path(),
-                        reason = refusal.reason,
+                        reason = refusal.reason.label(),
                         "call refused"
                     );
-                    let mut response = refusal.response();
+                    let mut response = refusal.response(Some(parts.uri.path()));
                     response.extensions_mut().insert(outcome);
                     Ok(response)
                 }
@@ -135,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::grpc::{Code, GRPC_STATUS, status_response};
+    use crate::grpc::{Code, GRPC_STATUS};
 
     #[tokio::test]
     async fn paths_outside_the_grammar_are_refused_before_the_app_is_called() {
@@ -148,7 +149,13 @@ mod tests {
         let counter = called.clone();
         let app = tower::service_fn(move |_: Request<RequestBody>| {
             counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(status_response(Code::Ok, "")) }
+            async {
+                let mut response = Response::new(ResponseBody::empty());
+                response
+                    .headers_mut()
+                    .insert(GRPC_STATUS, Code::Ok.header_value());
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut auth = AuthLayer::new(Arc::new(Current::new(authenticator))).layer(app);
         let call = |path: &str| {

@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 use crate::auth::principal::{AuthMethod, AuthOutcome};
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::PerIdentity;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Reason};
 use crate::metrics::Metrics;
 use crate::server::{ConnectionInfo, HeldForCall};
 
@@ -325,11 +325,16 @@ where
             Err((exceeded, identity)) => {
                 self.metrics.limit_refusal(exceeded.limit());
                 log_refusal(&identity, exceeded, request.uri().path());
-                let message = match exceeded {
-                    Exceeded::Concurrency => &self.table.concurrency_message,
-                    Exceeded::Rate => &self.table.rate_message,
+                let (reason, message) = match exceeded {
+                    Exceeded::Concurrency => {
+                        (Reason::ConcurrencyLimit, &self.table.concurrency_message)
+                    }
+                    Exceeded::Rate => (Reason::RateLimited, &self.table.rate_message),
                 };
-                let response = grpc::status_response(Code::ResourceExhausted, message);
+                let response = grpc::Status::new(reason, message.clone())
+                    .with("method", request.uri().path())
+                    .with("limit", exceeded.limit())
+                    .response();
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };

@@ -8,7 +8,7 @@
 //! use gatehouse::middleware::recovery::RecoveryLayer;
 //! use tower::Layer;
 //! # let forward = tower::service_fn(|_: http::Request<()>| async {
-//! #     Ok::<_, std::convert::Infallible>(gatehouse::grpc::status_response(gatehouse::grpc::Code::Ok, ""))
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(gatehouse::body::ResponseBody::empty()))
 //! # });
 //! let service = RecoveryLayer::new().layer(forward);
 //! ```
@@ -25,7 +25,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::body::ResponseBody;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Reason};
 
 /// Wraps a service in [`Recovery`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,10 +122,11 @@ fn recovered<RB>(uri: &Uri, panic: &(dyn Any + Send)) -> Response<RecoveryBody<R
         panic = reason,
         "panic while handling a call; answered INTERNAL"
     );
-    RecoveryBody::local(grpc::status_response(
-        Code::Internal,
-        "internal error in gatehouse",
-    ))
+    RecoveryBody::local(
+        grpc::Status::new(Reason::Internal, "internal error in gatehouse")
+            .with("method", uri.path())
+            .response(),
+    )
 }
 
 pin_project! {
@@ -185,7 +186,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::GRPC_STATUS;
+    use crate::grpc::{Code, GRPC_STATUS};
+
+    /// An app's own answer: a status and nothing of gatehouse's.
+    fn app_status(code: Code) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::empty());
+        response
+            .headers_mut()
+            .insert(GRPC_STATUS, code.header_value());
+        response
+    }
 
     fn request() -> Request<()> {
         Request::post("/pkg.Svc/Method").body(()).unwrap()
@@ -218,7 +228,7 @@ mod tests {
             if std::hint::black_box(true) {
                 panic!("boom in future");
             }
-            Ok(grpc::status_response(Code::Ok, ""))
+            Ok(app_status(Code::Ok))
         }));
         assert_eq!(answer(&mut service).await, "13");
         // The same service keeps answering after a panic.
@@ -228,7 +238,7 @@ mod tests {
     #[tokio::test]
     async fn passes_responses_through_untouched() {
         let mut service = RecoveryLayer::new().layer(tower::service_fn(|_: Request<()>| async {
-            Ok(grpc::status_response(Code::NotFound, "nope"))
+            Ok(app_status(Code::NotFound))
         }));
         assert_eq!(answer(&mut service).await, "5");
     }
