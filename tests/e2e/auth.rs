@@ -248,22 +248,30 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
         impostor.sign_with_header(header, &rs.claims("alice", "acme", &["admin"]))
     };
 
-    let cases: Vec<(&str, String, &str)> = vec![
-        ("jku, x5u and an embedded jwk", self_keyed, "bad signature"),
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "jku, x5u and an embedded jwk",
+            self_keyed,
+            "bad signature",
+            "BAD_SIGNATURE",
+        ),
         (
             "alg none",
             format!("{}.{payload}.", b64(json!({"alg": "none", "typ": "JWT"}))),
             "algorithm not allowed",
+            "BAD_ALGORITHM",
         ),
         (
             "HS256 with the RSA public key",
             confused,
             "algorithm not allowed",
+            "BAD_ALGORITHM",
         ),
         (
             "signed by an unknown key",
             impostor.sign(&rs.claims("alice", "acme", &[])),
             "bad signature",
+            "BAD_SIGNATURE",
         ),
         (
             "unknown key id",
@@ -273,26 +281,31 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
                 other.token("alice", "acme", &[])
             },
             "unknown key id",
+            "UNKNOWN_KEY_ID",
         ),
         (
             "unknown issuer",
             stranger.token("alice", "acme", &[]),
             "wrong issuer",
+            "WRONG_ISSUER",
         ),
         (
             "expired beyond the leeway",
             rs.sign(&claims_with(&|c| c["exp"] = json!(now - 120))),
             "token expired",
+            "TOKEN_EXPIRED",
         ),
         (
             "nbf in the future",
             rs.sign(&claims_with(&|c| c["nbf"] = json!(now + 3600))),
             "token not yet valid",
+            "TOKEN_NOT_YET_VALID",
         ),
         (
             "wrong aud",
             rs.sign(&claims_with(&|c| c["aud"] = json!("other-service"))),
             "wrong audience",
+            "WRONG_AUDIENCE",
         ),
         (
             "missing exp",
@@ -300,6 +313,7 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
                 drop(c.as_object_mut().unwrap().remove("exp"))
             })),
             "token has no exp claim",
+            "MISSING_CLAIM",
         ),
         (
             "missing sub",
@@ -307,11 +321,13 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
                 drop(c.as_object_mut().unwrap().remove("sub"))
             })),
             "token has no sub claim",
+            "MISSING_CLAIM",
         ),
         (
             "exp as a string",
             rs.sign(&claims_with(&|c| c["exp"] = json!((now + 600).to_string()))),
             "exp",
+            "MISSING_CLAIM",
         ),
         (
             "missing tenant",
@@ -319,6 +335,7 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
                 drop(c.as_object_mut().unwrap().remove("tenant_id"))
             })),
             "tenant_id",
+            "MISSING_TENANT",
         ),
         (
             "tampered payload",
@@ -327,34 +344,45 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
                 b64(claims_with(&|c| c["roles"] = json!(["root"])))
             ),
             "bad signature",
+            "BAD_SIGNATURE",
         ),
         (
             "tampered signature",
             format!("{head}.{payload}.{}", URL_SAFE_NO_PAD.encode([7u8; 256])),
             "bad signature",
+            "BAD_SIGNATURE",
         ),
         (
             "oversized",
             format!("{head}.{}.{signature}", "A".repeat(9000)),
             "token too large",
+            "TOKEN_TOO_LARGE",
         ),
         (
             "two segments",
             format!("{head}.{payload}"),
             "malformed token",
+            "MALFORMED_TOKEN",
         ),
-        ("four segments", format!("{good}.extra"), "malformed token"),
+        (
+            "four segments",
+            format!("{good}.extra"),
+            "malformed token",
+            "MALFORMED_TOKEN",
+        ),
         (
             "garbage",
             "not a token at all".to_owned(),
             "malformed token",
+            "MALFORMED_TOKEN",
         ),
     ];
-    for (case, token, message) in &cases {
+    for (case, token, message, why) in &cases {
         let status = inspect(&mut client, with_token(InspectRequest {}, token))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert_eq!(reason(&status), *why, "{case}");
         assert!(
             status.message().contains(message),
             "{case}: expected {message:?}, got {:?}",
@@ -369,15 +397,17 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
         (status.code(), status.message()),
         (Code::Unauthenticated, "missing credentials")
     );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "MISSING_CREDENTIALS");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Inspect");
 
     let mut basic = tonic::Request::new(InspectRequest {});
     basic
         .metadata_mut()
         .insert("authorization", "Basic YWxpY2U6c2VjcmV0".parse().unwrap());
-    assert_eq!(
-        inspect(&mut client, basic).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    let status = inspect(&mut client, basic).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason(&status), "MALFORMED_TOKEN");
 
     let mut both = with_token(InspectRequest {}, &good);
     both.metadata_mut()
@@ -385,12 +415,14 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
     let status = inspect(&mut client, both).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("both"), "{status:?}");
+    assert_eq!(reason(&status), "AMBIGUOUS_CREDENTIALS");
 
     let mut twice = with_token(InspectRequest {}, &good);
     twice.metadata_mut().append("authorization", bearer(&good));
     let status = inspect(&mut client, twice).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("more than one"), "{status:?}");
+    assert_eq!(reason(&status), "AMBIGUOUS_CREDENTIALS");
 
     let status = inspect(&mut client, with_key(InspectRequest {}, "not-a-key"))
         .await
@@ -399,6 +431,7 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
         (status.code(), status.message()),
         (Code::Unauthenticated, "unknown API key")
     );
+    assert_eq!(reason(&status), "UNKNOWN_API_KEY");
 
     assert_eq!(app.observed().calls(), 0, "a refused call reached the app");
     let allowed = inspect(&mut client, with_token(InspectRequest {}, &good))
@@ -492,6 +525,7 @@ async fn api_keys_identify_service_callers_and_a_keys_file_change_revokes_them()
         match inspect(&mut client, with_key(InspectRequest {}, FILE_KEY)).await {
             Err(status) => {
                 assert_eq!(status.code(), Code::Unauthenticated);
+                assert_eq!(reason(&status), "UNKNOWN_API_KEY");
                 break;
             }
             Ok(_) => assert!(
@@ -660,14 +694,16 @@ async fn authorization_rules_allow_by_role_key_or_peer_and_refuse_the_rest() {
         status.message().contains("/gatehouse.demo.v1.Demo/Fail"),
         "{status:?}"
     );
-    assert_eq!(
-        client
-            .fail(with_key(fail(), SCANNER_KEY))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::PermissionDenied
-    );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "PERMISSION_DENIED_BY_RULE");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Fail");
+    assert_eq!(info.metadata["rule"], "0");
+    let status = client
+        .fail(with_key(fail(), SCANNER_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "PERMISSION_DENIED_BY_RULE");
     // Other methods have no rule: any authenticated caller.
     assert!(
         client
@@ -719,6 +755,7 @@ async fn allowed_peers_limits_which_certificates_may_call_at_all() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "PEER_NOT_ALLOWED");
     assert_eq!(app.observed().calls(), 1);
 }
 
@@ -817,6 +854,7 @@ async fn remote_jwks_rotates_survives_the_issuer_going_down_and_bounds_refetches
         .await
         .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reason(&status), "UNKNOWN_KEY_ID");
     }
     assert_eq!(
         server.fetches("/flooded"),

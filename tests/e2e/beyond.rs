@@ -29,12 +29,12 @@ async fn client_as(
 async fn echo_refusal(
     client: &mut DemoClient<tonic::transport::Channel>,
     token: &str,
-) -> (Code, String) {
+) -> (Code, String, String) {
     let status = client
         .echo(with_token(EchoRequest::default(), token))
         .await
         .expect_err("the call was refused");
-    (status.code(), status.message().to_owned())
+    (status.code(), status.message().to_owned(), reason(&status))
 }
 
 /// `cnf.x5t#S256` for the first certificate in `pem`, computed here from the DER bytes
@@ -130,7 +130,8 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
         echo_refusal(&mut thief, &bound).await,
         (
             Code::Unauthenticated,
-            "token is bound to another certificate".to_owned()
+            "token is bound to another certificate".to_owned(),
+            "CERT_BINDING_MISMATCH".to_owned()
         )
     );
     // No client certificate at all (client_auth: optional): refused too.
@@ -139,7 +140,8 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
         echo_refusal(&mut anonymous, &bound).await,
         (
             Code::Unauthenticated,
-            "token is bound to a client certificate and this connection presented none".to_owned()
+            "token is bound to a client certificate and this connection presented none".to_owned(),
+            "CERT_BINDING_MISMATCH".to_owned()
         )
     );
     wait_for_metric(
@@ -175,7 +177,8 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
         (
             Code::Unauthenticated,
             "token is not bound to a client certificate (cnf.x5t#S256), which this issuer requires"
-                .to_owned()
+                .to_owned(),
+            "CERT_BINDING_REQUIRED".to_owned()
         )
     );
     let mut claims = strict.claims("bob", "acme", &[]);
@@ -189,7 +192,8 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
         echo_refusal(&mut gateway, &strict_bound).await,
         (
             Code::Unauthenticated,
-            "token is bound to another certificate".to_owned()
+            "token is bound to another certificate".to_owned(),
+            "CERT_BINDING_MISMATCH".to_owned()
         )
     );
     wait_for_metric(
@@ -309,6 +313,7 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
     let calls = app.observed().calls();
     let status = client.echo(EchoRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason(&status), "MISSING_CREDENTIALS");
     let mut outsider = client_as(
         gatehouse.addr,
         Some(Identity::dev("client-compliance-scanner")),
@@ -318,7 +323,8 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
         echo_refusal(&mut outsider, &root).await,
         (
             Code::PermissionDenied,
-            "client certificate not in tls.allowed_peers".to_owned()
+            "client certificate not in tls.allowed_peers".to_owned(),
+            "PEER_NOT_ALLOWED".to_owned()
         )
     );
     assert_eq!(
@@ -340,7 +346,8 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
         (
             Code::PermissionDenied,
             "permission denied for /gatehouse.demo.v1.Demo/Echo: no authorization rule allows it"
-                .to_owned()
+                .to_owned(),
+            "PERMISSION_DENIED_BY_DEFAULT".to_owned()
         )
     );
     let status = client
@@ -354,6 +361,9 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
             "permission denied for /gatehouse.demo.v1.Demo/Inspect"
         )
     );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "PERMISSION_DENIED_BY_RULE");
+    assert_eq!(info.metadata["rule"], "0");
     assert_eq!(app.observed().calls(), calls);
     let (_, enforced) = get(admin(&gatehouse), "/metrics").await;
     assert_eq!(

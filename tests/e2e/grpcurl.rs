@@ -137,6 +137,8 @@ async fn grpcurl_sees_the_apps_status_and_custom_metadata() {
     let text = stderr(&failed) + &stdout(&failed);
     assert!(text.contains("Code: PermissionDenied"), "{text}");
     assert!(text.contains("Message: nein: 100% verboten ✗"), "{text}");
+    // The app's own status: nothing of gatehouse's added to it.
+    assert!(!text.contains("Details:"), "{text}");
     assert!(
         inspected.contains("\"value\": \"from-grpcurl\""),
         "{inspected}"
@@ -241,4 +243,100 @@ async fn grpcurl_calls_with_a_minted_token_and_with_the_development_api_key() {
         service: String::new(),
     };
     assert!(health.check(request).await.is_ok());
+}
+
+/// A grpcurl user sees why gatehouse refused a call: the ErrorInfo in the status details,
+/// decoded with the proto the repository ships; the app's own statuses have none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_shows_the_reason_of_a_refusal_and_no_details_on_the_apps_status() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_yaml(app.addr));
+    let addr = gatehouse.addr;
+    let (reflected, missing, by_rule, apps_own) = tokio::task::spawn_blocking(move || {
+        let protos = repo().join("proto");
+        let demo_protos = repo().join("examples/demo-app/proto");
+        let token = |roles: &str| {
+            let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .current_dir(repo())
+                .args([
+                    "token",
+                    "--key",
+                    "certs-dev/jwt-signing.key",
+                    "--kid",
+                    "dev-1",
+                ])
+                .args(["--iss", "https://issuer.dev.gatehouse", "--aud", "demo"])
+                .args(["--sub", "alice", "--tenant", "acme", "--roles", roles])
+                .output()
+                .unwrap();
+            assert!(minted.status.success(), "{}", stderr(&minted));
+            format!("authorization: Bearer {}", stdout(&minted).trim())
+        };
+        let (reader, admin) = (token("reader"), token("admin"));
+        let with_schema = |flags: &[&str], call: &str| {
+            let schema = [
+                "-import-path",
+                protos.to_str().unwrap(),
+                "-import-path",
+                demo_protos.to_str().unwrap(),
+                "-proto",
+                "demo.proto",
+                "-proto",
+                "google/rpc/error_details.proto",
+            ];
+            let flags: Vec<&str> = schema.iter().chain(flags).copied().collect();
+            grpcurl(addr, &flags, &[call], None)
+        };
+        let fail = format!("{DEMO}/Fail");
+        let reflected = grpcurl(
+            addr,
+            &["-v", "-H", &reader, "-d", r#"{"code":5}"#],
+            &[&fail],
+            None,
+        );
+        let missing = with_schema(&["-v"], &format!("{DEMO}/Echo"));
+        let by_rule = with_schema(&["-H", &reader, "-d", r#"{"code":5}"#], &fail);
+        let apps_own = with_schema(
+            &[
+                "-H",
+                &admin,
+                "-d",
+                r#"{"code":5,"message":"no such thing"}"#,
+            ],
+            &fail,
+        );
+        (reflected, missing, by_rule, apps_own)
+    })
+    .await
+    .unwrap();
+    let text = |output: &std::process::Output| stderr(output) + &stdout(output);
+
+    // Through reflection grpcurl knows no google.rpc types, yet shows the detail's type.
+    let reflected = text(&reflected);
+    assert!(reflected.contains("Code: PermissionDenied"), "{reflected}");
+    assert!(
+        reflected.contains(r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#),
+        "{reflected}"
+    );
+    // With proto/google/rpc/error_details.proto it decodes the ErrorInfo.
+    let missing = text(&missing);
+    assert!(missing.contains("Code: Unauthenticated"), "{missing}");
+    assert!(
+        missing.contains(r#""reason":"MISSING_CREDENTIALS""#),
+        "{missing}"
+    );
+    let by_rule = text(&by_rule);
+    assert!(by_rule.contains("Code: PermissionDenied"), "{by_rule}");
+    for field in [
+        r#""domain":"gatehouse""#,
+        r#""reason":"PERMISSION_DENIED_BY_RULE""#,
+        r#""method":"/gatehouse.demo.v1.Demo/Fail""#,
+        r#""rule":"0""#,
+    ] {
+        assert!(by_rule.contains(field), "{field} in {by_rule}");
+    }
+    let apps_own = text(&apps_own);
+    assert!(apps_own.contains("Code: NotFound"), "{apps_own}");
+    assert!(apps_own.contains("Message: no such thing"), "{apps_own}");
+    assert!(!apps_own.contains("Details:"), "{apps_own}");
 }

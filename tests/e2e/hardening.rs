@@ -82,13 +82,14 @@ async fn raw_connection(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
     sender
 }
 
-/// Calls `path` with an empty body: the call's (grpc-status, grpc-message), read from
-/// the headers of a trailers-only response or else from the trailers.
+/// Calls `path` with an empty body: the call's (grpc-status, grpc-message, ErrorInfo
+/// reason or "" when the status has no details), read from the headers of a
+/// trailers-only response or else from the trailers.
 async fn raw_call(
     sender: &mut SendRequest<Empty<Bytes>>,
     path: &str,
     token: Option<&str>,
-) -> (String, String) {
+) -> (String, String, String) {
     let mut request = http::Request::post(format!("https://localhost{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
@@ -114,7 +115,12 @@ async fn raw_call(
             .map_or("", |value| value.to_str().unwrap())
             .to_owned()
     };
-    (text("grpc-status"), text("grpc-message"))
+    let reason = if source.contains_key("grpc-status-details-bin") {
+        error_info_in(source).reason
+    } else {
+        String::new()
+    };
+    (text("grpc-status"), text("grpc-message"), reason)
 }
 
 /// One JWT provider entry for `issuer`, its key set written into `dir`.
@@ -175,7 +181,8 @@ async fn paths_outside_the_grpc_grammar_are_refused_unimplemented_and_never_forw
         raw_call(&mut sender, "/probe.v1.Probe/Fail", Some(&viewer)).await,
         (
             "7".into(),
-            "permission denied for /probe.v1.Probe/Fail".into()
+            "permission denied for /probe.v1.Probe/Fail".into(),
+            "PERMISSION_DENIED_BY_RULE".into()
         )
     );
     assert_eq!(
@@ -208,14 +215,22 @@ async fn paths_outside_the_grpc_grammar_are_refused_unimplemented_and_never_forw
     for path in odd {
         assert_eq!(
             raw_call(&mut sender, path, Some(&viewer)).await,
-            ("12".into(), NOT_A_METHOD_PATH.into()),
+            (
+                "12".into(),
+                NOT_A_METHOD_PATH.into(),
+                "INVALID_METHOD_PATH".into()
+            ),
             "{path}"
         );
     }
     // Refused before authentication: without credentials the answer is the same.
     assert_eq!(
         raw_call(&mut sender, "/probe.v1.Probe/%46ail", None).await,
-        ("12".into(), NOT_A_METHOD_PATH.into())
+        (
+            "12".into(),
+            NOT_A_METHOD_PATH.into(),
+            "INVALID_METHOD_PATH".into()
+        )
     );
     assert_eq!(
         app.paths(),
@@ -316,6 +331,7 @@ async fn peer_patterns_match_only_names_of_their_own_kind() {
             ),
             "{case}"
         );
+        assert_eq!(reason(&status), "PEER_NOT_ALLOWED", "{case}");
     }
     assert_eq!(app.observed().calls(), 0, "a refused peer reached the app");
     for (case, identity) in [
@@ -372,6 +388,7 @@ async fn peer_patterns_match_only_names_of_their_own_kind() {
             ),
             "{case}"
         );
+        assert_eq!(reason(&status), "PERMISSION_DENIED_BY_RULE", "{case}");
     }
 }
 
@@ -459,6 +476,7 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
         (status.code(), status.message()),
         (Code::Unauthenticated, "more than one x-api-key header")
     );
+    assert_eq!(reason(&status), "AMBIGUOUS_CREDENTIALS");
     assert_eq!(
         app.observed().calls(),
         calls,
@@ -566,6 +584,7 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
             (Code::Unauthenticated, message.as_str()),
             "{case}"
         );
+        assert_eq!(reason(&status), "BAD_CLAIM", "{case}");
     }
     assert_eq!(
         app.observed().calls(),
@@ -691,12 +710,17 @@ async fn with_default_deny_a_call_no_rule_allows_is_permission_denied() {
             "permission denied for /gatehouse.demo.v1.Demo/Echo: no authorization rule allows it"
         )
     );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "PERMISSION_DENIED_BY_DEFAULT");
+    assert_eq!(info.metadata["rule"], "default");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Echo");
     // Authentication still comes first, and public methods need no rule.
     let status = client.echo(EchoRequest::default()).await.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
         (Code::Unauthenticated, "missing credentials")
     );
+    assert_eq!(reason(&status), "MISSING_CREDENTIALS");
     let channel = channel(gatehouse.addr, Some(Identity::gateway()))
         .await
         .unwrap();

@@ -380,6 +380,9 @@ async fn an_identity_over_its_open_calls_is_refused_while_another_is_served() {
     );
     let refused = echo_as(&mut client, KEY_A).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    let info = error_info(&refused);
+    assert_eq!(info.reason, "CONCURRENCY_LIMIT");
+    assert_eq!(info.metadata["limit"], "max_concurrent_calls");
     assert!(
         refused.message().contains("CONCURRENCY_LIMIT")
             && refused
@@ -435,6 +438,9 @@ async fn an_identity_over_its_call_rate_is_refused_while_another_is_served() {
     }
     let refused = refused.expect("50 calls in a row never hit 3 calls a second");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    let info = error_info(&refused);
+    assert_eq!(info.reason, "RATE_LIMITED");
+    assert_eq!(info.metadata["limit"], "calls_per_second");
     assert!(
         refused.message().contains("RATE_LIMITED"),
         "{}",
@@ -641,6 +647,10 @@ async fn made_up_method_names_the_app_does_not_have_leave_the_scrape_small() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        assert!(
+            status.details().is_empty(),
+            "the app's own status was given details"
+        );
     }
     let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
     eprintln!(
@@ -745,6 +755,7 @@ async fn public_calls_count_against_their_connection() {
     ];
     let refused = watch(first.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(reason(&refused), "CONCURRENCY_LIMIT");
     assert!(
         refused.message().contains("CONCURRENCY_LIMIT"),
         "{}",

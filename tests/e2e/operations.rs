@@ -382,6 +382,7 @@ async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging()
         .unwrap()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "SHUTTING_DOWN");
     let exit = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
         .await
         .unwrap();

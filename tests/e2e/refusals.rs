@@ -216,3 +216,47 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
         .await;
     assert_still_serving(&gatehouse).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_own_not_found_carries_no_gatehouse_details() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    let mut client = client(gatehouse.addr).await;
+    let status = client
+        .fail(crate::support::pb::FailRequest {
+            code: 5,
+            message: "no such thing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::NotFound, "no such thing")
+    );
+    assert!(
+        status.details().is_empty(),
+        "gatehouse added details to the app's status: {:?}",
+        status.details()
+    );
+    assert!(status.metadata().get("grpc-status-details-bin").is_none());
+    // The app's own trailer metadata passes through.
+    assert_eq!(status.metadata().get("x-demo-trailer").unwrap(), "fail");
+
+    // From the same gatehouse, a status it generates itself does carry them.
+    let mut bad_path = tonic::client::Grpc::new(
+        channel(gatehouse.addr, Some(Identity::gateway()))
+            .await
+            .unwrap(),
+    );
+    bad_path.ready().await.unwrap();
+    let refused = bad_path
+        .unary(
+            tonic::Request::new(EchoRequest::default()),
+            "/gatehouse.demo.v1.Demo/Ec%68o".parse().unwrap(),
+            tonic_prost::ProstCodec::<EchoRequest, crate::support::pb::EchoReply>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    assert_eq!(reason(&refused), "INVALID_METHOD_PATH");
+}

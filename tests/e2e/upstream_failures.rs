@@ -36,6 +36,9 @@ async fn app_down_is_unavailable_at_once_and_app_back_is_served_without_restart(
     let status = client.echo(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("unreachable"), "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "APP_UNAVAILABLE");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Echo");
 
     let app = App::start_on(app_addr, Default::default()).await;
     let reply = client
@@ -51,6 +54,7 @@ async fn app_down_is_unavailable_at_once_and_app_back_is_served_without_restart(
     app.kill().await;
     let status = client.echo(EchoRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "APP_UNAVAILABLE");
     let _app = App::start_on(app_addr, Default::default()).await;
     let reply = client
         .echo(EchoRequest {
@@ -85,6 +89,8 @@ async fn app_dying_mid_stream_ends_the_call_with_an_error_not_ok() {
         }
     };
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    // Written into the trailers after the app's messages, with the same details.
+    assert_eq!(reason(&ended), "APP_UNAVAILABLE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +107,7 @@ async fn grpc_timeout_before_the_app_answers_is_deadline_exceeded_and_cancels_th
         status.message().contains("grpc-timeout ran out"),
         "{status:?}"
     );
+    assert_eq!(reason(&status), "DEADLINE");
     assert!(
         app.observed()
             .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
@@ -137,6 +144,7 @@ async fn grpc_timeout_during_a_stream_ends_it_with_deadline_exceeded_and_cancels
             .contains("grpc-timeout ran out while the app was answering"),
         "{status:?}"
     );
+    assert_eq!(reason(&status), "DEADLINE");
     assert!(
         app.observed()
             .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
@@ -190,6 +198,9 @@ async fn panic_in_the_request_path_is_internal_and_serving_continues() {
         .insert("x-gatehouse-debug-panic", "1".parse().unwrap());
     let status = client.echo(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "INTERNAL");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Echo");
     gatehouse
         .wait_for_line(&[
             "panic while handling a call",
