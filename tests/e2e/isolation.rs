@@ -401,6 +401,7 @@ async fn calls_beyond_every_stream_limit_get_resource_exhausted_in_bounded_time(
             })
         })
         .collect();
+    let mut reasons = Vec::new();
     for call in further {
         let status = tokio::time::timeout(PATIENCE, call)
             .await
@@ -409,7 +410,12 @@ async fn calls_beyond_every_stream_limit_get_resource_exhausted_in_bounded_time(
             .expect_err("a call beyond every stream limit was served");
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("no free stream"), "{status:?}");
+        reasons.push(reason(&status));
     }
+    // Those that found the queue full, and those that waited in it in vain.
+    reasons.sort();
+    reasons.dedup();
+    assert_eq!(reasons, ["APP_QUEUE_FULL", "APP_QUEUE_TIMEOUT"]);
     let (_, metrics) = get(admin(&gatehouse), "/metrics").await;
     for kind in ["queue_full", "queue_timeout"] {
         assert!(
