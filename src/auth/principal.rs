@@ -525,4 +525,29 @@ mod tests {
             .as_str()
         );
     }
+
+    #[test]
+    fn a_refusal_carries_its_reason_rule_and_method_in_the_details() {
+        let refusal = Refusal::permission_denied(Reason::DeniedByRule, "permission denied")
+            .by(DecidingRule::Rule(2));
+        let status = refusal.status(Some("/pkg.Svc/Get"));
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.reason(), Reason::DeniedByRule);
+        let expected = grpc::Status::new(Reason::DeniedByRule, "permission denied")
+            .with("method", "/pkg.Svc/Get")
+            .with("rule", "2");
+        assert_eq!(status, expected);
+        // The log and metric name stays what it was.
+        assert_eq!(refusal.reason.label(), "rule_denied");
+
+        let invalid = Refusal::invalid_method_path().status(None);
+        assert_eq!(
+            invalid,
+            grpc::Status::new(
+                Reason::InvalidMethodPath,
+                "not a gRPC method path: expected /Service/Method"
+            )
+        );
+        assert_eq!(invalid.code(), Code::Unimplemented);
+    }
 }
