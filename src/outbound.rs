@@ -37,7 +37,7 @@ use tower::{Service, ServiceBuilder};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{self, Problem};
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Reason};
 use crate::metrics::Metrics;
 use crate::middleware::recovery::{Recovery, RecoveryLayer};
 use crate::telemetry::Tracing;
@@ -179,8 +179,16 @@ impl Destination {
         mut request: Request<RequestBody>,
         abort: CancellationToken,
     ) -> (Response<ResponseBody>, Option<Arc<str>>) {
+        // Shares the path's bytes, for the details of a status gatehouse answers with.
+        let called = request.uri().clone();
+        let status_for = |status: grpc::Status| {
+            status
+                .with("method", called.path())
+                .with("destination", &*self.name)
+                .response()
+        };
         if let Err(refusal) = self.credentials.apply(request.headers_mut()) {
-            return (refusal.response(), None);
+            return (status_for(refusal.status(None)), None);
         }
         // The shorter of the app's deadline and the destination's, so a call never
         // outlives either; the destination is told what is left.
@@ -200,7 +208,10 @@ impl Destination {
             Ok(uri) => *request.uri_mut() = uri,
             Err(_) => {
                 return (
-                    grpc::status_response(Code::Internal, "cannot address the destination"),
+                    status_for(grpc::Status::new(
+                        Reason::Internal,
+                        "cannot address the destination",
+                    )),
                     None,
                 );
             }
@@ -213,13 +224,13 @@ impl Destination {
                     "deadline exceeded: {timeout:?} ran out before {} answered",
                     self.name
                 );
-                return (grpc::status_response(Code::DeadlineExceeded, &message), None);
+                return (status_for(grpc::Status::new(Reason::Deadline, message)), None);
             }
             () = abort.cancelled() => {
-                return (grpc::status_response(
-                    Code::Unavailable,
+                return (status_for(grpc::Status::new(
+                    Reason::ShuttingDown,
                     "gatehouse is shutting down: the drain timeout ended this call",
-                ), None);
+                )), None);
             }
         };
         match exchange {
@@ -237,7 +248,7 @@ impl Destination {
             }
             Err(failure) => {
                 tracing::debug!(destination = %self.name, error = %failure, "outbound call failed");
-                (failure.response(), None)
+                (status_for(failure.status()), None)
             }
         }
     }

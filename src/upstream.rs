@@ -254,7 +254,8 @@ pub fn status_for_error(error: &h2::Error, when: &str) -> grpc::Status {
         && error.is_remote()
         && let Some(reason) = error.reason()
     {
-        return grpc::Status::app_reset(
+        return grpc::Status::reset(
+            Reason::AppResetStream,
             reason,
             format!("the app reset the stream {when}: {reason}"),
         );

@@ -35,9 +35,9 @@ macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $variant:ident => $name:literal, $label:literal, $code:ident;)*) => {
         /// Why gatehouse generated a status: `ErrorInfo.reason` on the wire.
         ///
-        /// Each reason goes with one code ([`Reason::code`]); only
-        /// [`Reason::AppResetStream`] may carry another, the one gRPC's HTTP/2 mapping
-        /// gives the app's reset.
+        /// Each reason goes with one code ([`Reason::code`]); only the reasons for a
+        /// reset stream ([`Reason::AppResetStream`], [`Reason::DestinationResetStream`])
+        /// may carry another, the one gRPC's HTTP/2 mapping gives the reset.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Reason {
             $($(#[doc = $doc])* $variant,)*
@@ -134,8 +134,31 @@ reasons! {
     AppQueueTimeout => "APP_QUEUE_TIMEOUT", "app_queue_timeout", ResourceExhausted;
     /// The app reset the call's stream; the code follows gRPC's HTTP/2 mapping.
     AppResetStream => "APP_RESET_STREAM", "app_reset_stream", Unavailable;
-    /// The call's `grpc-timeout` ran out inside gatehouse; the app's stream is reset.
+    /// The call's `grpc-timeout` (outbound: or the destination's `timeout`) ran out
+    /// inside gatehouse; the peer's stream is reset.
     Deadline => "DEADLINE", "deadline", DeadlineExceeded;
+    /// Outbound: `:authority` names no configured destination.
+    UnknownDestination => "UNKNOWN_DESTINATION", "unknown_destination", Unimplemented;
+    /// Outbound: the destination's certificate chain, dates or name did not verify, or it
+    /// spoke no TLS or no HTTP/2.
+    UpstreamTls => "UPSTREAM_TLS", "upstream_tls", Unavailable;
+    /// Outbound: the destination's certificate verified but carries none of its
+    /// `identity` entries.
+    IdentityMismatch => "IDENTITY_MISMATCH", "identity_mismatch", Unavailable;
+    /// Outbound: the destination's address did not resolve, or no address accepted a
+    /// connection.
+    NoEndpoint => "NO_ENDPOINT", "no_endpoint", Unavailable;
+    /// Outbound: every connection to the destination is at its stream limit and the wait
+    /// for a stream is full or took too long.
+    DestinationBusy => "DESTINATION_BUSY", "destination_busy", ResourceExhausted;
+    /// Outbound: the connection to the destination was lost during the call.
+    DestinationUnavailable => "DESTINATION_UNAVAILABLE", "destination_unavailable", Unavailable;
+    /// Outbound: the destination reset the call's stream; the code follows gRPC's HTTP/2
+    /// mapping.
+    DestinationResetStream => "DESTINATION_RESET_STREAM", "destination_reset_stream", Unavailable;
+    /// Outbound `credentials: relay`: the app's token does not name the destination's
+    /// `audience`.
+    AudienceMismatch => "AUDIENCE_MISMATCH", "audience_mismatch", PermissionDenied;
     /// gatehouse is shutting down and the drain timeout ended the call.
     ShuttingDown => "SHUTTING_DOWN", "shutting_down", Unavailable;
     /// A bug in gatehouse (a panic, a request it could not forward); it keeps serving.
@@ -167,12 +190,16 @@ impl Status {
         }
     }
 
-    /// The app reset its stream with `reset`: the code is the one gRPC's HTTP/2 mapping
-    /// gives that reset, the reason [`Reason::AppResetStream`].
-    pub fn app_reset(reset: h2::Reason, message: impl Into<Cow<'static, str>>) -> Status {
+    /// The peer (the app, a destination) reset the call's stream with `reset`: the code
+    /// is the one gRPC's HTTP/2 mapping gives that reset, not `reason`'s own.
+    pub fn reset(
+        reason: Reason,
+        reset: h2::Reason,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Status {
         Status {
             code: super::code_for_reset(reset),
-            ..Status::new(Reason::AppResetStream, message)
+            ..Status::new(reason, message)
         }
     }
 
@@ -378,7 +405,11 @@ mod tests {
 
     #[test]
     fn an_app_reset_keeps_the_code_of_the_http2_mapping() {
-        let status = Status::app_reset(h2::Reason::CANCEL, "the app reset the stream");
+        let status = Status::reset(
+            Reason::AppResetStream,
+            h2::Reason::CANCEL,
+            "the app reset the stream",
+        );
         assert_eq!(status.code(), Code::Cancelled);
         let (decoded, info) = decode(&status.trailers()[GRPC_STATUS_DETAILS]);
         assert_eq!(decoded.code, Code::Cancelled as i32);

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
 use crate::config::{self, Problem};
+use crate::grpc::Reason;
 use crate::reload::Current;
 
 /// A destination's credential, ready to attach.
@@ -158,7 +159,10 @@ fn now() -> u64 {
 fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<(), Refusal> {
     const MISSING: &str = "no bearer token to relay: this destination uses credentials: relay, so the call needs the user's authorization: Bearer token";
     let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(Refusal::unauthenticated("MISSING_CREDENTIALS", MISSING));
+        return Err(Refusal::unauthenticated(
+            Reason::MissingCredentials,
+            MISSING,
+        ));
     };
     let token = value
         .to_str()
@@ -168,10 +172,10 @@ fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim)
-        .ok_or_else(|| Refusal::unauthenticated("MISSING_CREDENTIALS", MISSING))?;
+        .ok_or_else(|| Refusal::unauthenticated(Reason::MissingCredentials, MISSING))?;
     let malformed = || {
         Refusal::unauthenticated(
-            "MALFORMED_TOKEN",
+            Reason::MalformedToken,
             "the bearer token to relay is not a well-formed JWT",
         )
     };
@@ -199,13 +203,13 @@ fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<
     match expires {
         None => {
             return Err(Refusal::unauthenticated(
-                "MALFORMED_TOKEN",
+                Reason::MalformedToken,
                 "the bearer token to relay has no exp claim",
             ));
         }
         Some(exp) if exp <= now => {
             return Err(Refusal::unauthenticated(
-                "TOKEN_EXPIRED",
+                Reason::TokenExpired,
                 "the bearer token to relay has expired",
             ));
         }
@@ -222,7 +226,7 @@ fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<
         Ok(())
     } else {
         Err(Refusal::permission_denied(
-            "AUDIENCE_MISMATCH",
+            Reason::AudienceMismatch,
             format!(
                 "the bearer token's aud does not contain {audience:?}, the audience this destination requires"
             ),
@@ -297,7 +301,7 @@ mod tests {
         for (authorization, code, reason) in table {
             let refusal = relay(authorization).unwrap_err();
             assert_eq!(
-                (refusal.code, refusal.reason),
+                (refusal.code, refusal.reason.as_str()),
                 (code, reason),
                 "{refusal:?}"
             );

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Reason};
 use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream, Target};
 use crate::tls::{ClientTls, IdentityMismatch, PeerPattern};
 
@@ -61,26 +61,24 @@ pub enum Failure {
         message: String,
     },
     /// The destination reset the stream or the connection died before it answered.
-    #[error("{message}")]
+    #[error("{}", .status.message())]
     Stream {
         destination: Arc<str>,
-        code: Code,
-        message: String,
+        status: grpc::Status,
     },
 }
 
 impl Failure {
-    /// The status the app receives.
-    pub fn code(&self) -> Code {
-        match self {
-            Failure::Stream { code, .. } => *code,
-            Failure::Busy { .. } => Code::ResourceExhausted,
-            _ => Code::Unavailable,
-        }
-    }
-
-    pub fn response(&self) -> Response<crate::body::ResponseBody> {
-        grpc::status_response(self.code(), &self.to_string())
+    /// The status the app receives, naming the destination in its details.
+    pub fn status(&self) -> grpc::Status {
+        let (reason, destination) = match self {
+            Failure::Tls { destination, .. } => (Reason::UpstreamTls, destination),
+            Failure::Identity { destination, .. } => (Reason::IdentityMismatch, destination),
+            Failure::NoEndpoint { destination, .. } => (Reason::NoEndpoint, destination),
+            Failure::Busy { destination, .. } => (Reason::DestinationBusy, destination),
+            Failure::Stream { status, .. } => return status.clone(),
+        };
+        grpc::Status::new(reason, self.to_string()).with("destination", &**destination)
     }
 
     /// Whether the endpoint itself failed (and should be backed off), rather than one call.
@@ -94,20 +92,22 @@ impl Failure {
 
 /// The status for a destination's stream that failed: its reset reason mapped as the
 /// gRPC HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
-pub fn stream_status(destination: &str, error: &h2::Error) -> (Code, String) {
+pub fn stream_status(destination: &str, error: &h2::Error) -> grpc::Status {
     match error
         .reason()
         .filter(|_| error.is_remote() && error.is_reset())
     {
-        Some(reason) => (
-            grpc::code_for_reset(reason),
+        Some(reason) => grpc::Status::reset(
+            Reason::DestinationResetStream,
+            reason,
             format!("{destination} reset the stream: {reason}"),
         ),
-        None => (
-            Code::Unavailable,
+        None => grpc::Status::new(
+            Reason::DestinationUnavailable,
             format!("connection to {destination} lost: {error}"),
         ),
     }
+    .with("destination", destination)
 }
 
 /// Connections per endpoint while none of their streams is stalled (the pool opens more,
@@ -454,14 +454,10 @@ impl Endpoint {
                     message: error.to_string(),
                 }
             }
-            pool::Error::Stream(error) => {
-                let (code, message) = stream_status(&self.destination, &error);
-                Failure::Stream {
-                    destination: self.destination.clone(),
-                    code,
-                    message,
-                }
-            }
+            pool::Error::Stream(error) => Failure::Stream {
+                destination: self.destination.clone(),
+                status: stream_status(&self.destination, &error),
+            },
         }
     }
 
@@ -570,9 +566,11 @@ mod tests {
                     };
                     let service = hyper::service::service_fn(move |_| {
                         counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        std::future::ready(Ok::<_, std::convert::Infallible>(
-                            grpc::status_response(Code::Ok, ""),
-                        ))
+                        // A destination's own OK: a status and nothing of gatehouse's.
+                        let mut ok = http::Response::new(crate::body::ResponseBody::empty());
+                        ok.headers_mut()
+                            .insert(grpc::GRPC_STATUS, grpc::Code::Ok.header_value());
+                        std::future::ready(Ok::<_, std::convert::Infallible>(ok))
                     });
                     let _ = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),

@@ -6,7 +6,7 @@
 use http::{HeaderMap, Response, Uri};
 
 use crate::body::ResponseBody;
-use crate::grpc::{self, Code};
+use crate::grpc::{self, Reason};
 
 /// Why a call has no destination, for logs and metrics.
 pub const UNKNOWN_DESTINATION: &str = "UNKNOWN_DESTINATION";
@@ -45,13 +45,18 @@ pub fn unknown_destination(host: Option<&str>, known: &[&str]) -> Response<Respo
         Some(host) => format!("the authority {host:?} names no outbound destination"),
         None => "the call has no authority, so it names no outbound destination".to_owned(),
     };
-    grpc::status_response(
-        Code::Unimplemented,
-        &format!(
+    let status = grpc::Status::new(
+        Reason::UnknownDestination,
+        format!(
             "{UNKNOWN_DESTINATION}: {named}; set the authority to one of [{}] (Go: grpc.WithAuthority(\"NAME\"), grpcurl: -authority NAME)",
             known.join(", ")
         ),
-    )
+    );
+    match host {
+        Some(host) => status.with("authority", host),
+        None => status,
+    }
+    .response()
 }
 
 #[cfg(test)]

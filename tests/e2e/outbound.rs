@@ -362,6 +362,10 @@ async fn relays_the_users_token_and_never_the_apps_forged_identity() {
         (status.code(), status.message()),
         (Code::NotFound, "no such user")
     );
+    assert!(
+        status.details().is_empty(),
+        "a gatehouse added details to the destination's status"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,6 +462,10 @@ async fn servers_that_are_not_the_named_destination_get_no_request() {
             "{name}: {}",
             status.message()
         );
+        let info = error_info(&status);
+        assert_eq!(info.reason, reason, "{name}");
+        assert_eq!(info.metadata["destination"], name);
+        assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Inspect");
     }
     // The first case names what the server presented.
     let mut client = app_client(outbound, "wrong-spiffe-id").await;
@@ -487,6 +495,9 @@ async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
     let mut stranger = app_client(outbound, "billing-service:443").await;
     let status = stranger.inspect(InspectRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "UNKNOWN_DESTINATION");
+    assert_eq!(info.metadata["authority"], "billing-service");
     for needle in [
         "UNKNOWN_DESTINATION",
         "\"billing-service\"",
@@ -508,25 +519,35 @@ async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
     let mut foreign = fixture.users.claims("alice", "acme", &[]);
     foreign["aud"] = "billing".into();
     let table = [
-        (None, Code::Unauthenticated, "no bearer token"),
+        (
+            None,
+            Code::Unauthenticated,
+            "no bearer token",
+            "MISSING_CREDENTIALS",
+        ),
         (
             Some(fixture.users.sign(&expired)),
             Code::Unauthenticated,
             "expired",
+            "TOKEN_EXPIRED",
         ),
         (
             Some(fixture.users.sign(&foreign)),
             Code::PermissionDenied,
             "\"demo\"",
+            "AUDIENCE_MISMATCH",
         ),
     ];
-    for (token, code, needle) in table {
+    for (token, code, needle, why) in table {
         let status = client
             .inspect(forged_inspect(token.as_deref()))
             .await
             .unwrap_err();
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(needle), "{}", status.message());
+        let info = error_info(&status);
+        assert_eq!(info.reason, why);
+        assert_eq!(info.metadata["destination"], "identity-service");
     }
     assert_eq!(app.observed().calls(), 0, "the destination saw no call");
     assert!(!b.output().contains("msg=request"), "{}", b.output());
@@ -575,6 +596,9 @@ async fn app_cancel_and_deadline_reach_the_destination_handler() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "DEADLINE");
+    assert_eq!(info.metadata["destination"], "quick");
     assert!(
         app.observed()
             .wait_until(PATIENCE, |seen| seen.cancelled() >= 2)
