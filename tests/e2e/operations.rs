@@ -367,6 +367,17 @@ async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging()
     );
     let mut gatehouse = Gatehouse::start(&config);
     let mut client = client(gatehouse.addr).await;
+    // A stream the app is answering, ended by trailers gatehouse writes after its messages.
+    let mut streaming = client
+        .countdown(CountdownRequest {
+            count: 100_000,
+            interval_millis: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    streaming.message().await.unwrap().expect("a first message");
     let open = tokio::spawn(async move { client.wait(WaitRequest { millis: 600_000 }).await });
     assert!(
         app.observed()
@@ -383,6 +394,19 @@ async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging()
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "SHUTTING_DOWN");
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match streaming.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended OK although the drain ended it"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the open stream ended");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(reason(&ended), "SHUTTING_DOWN");
     let exit = tokio::task::spawn_blocking(move || gatehouse.wait_exit())
         .await
         .unwrap();
