@@ -375,3 +375,34 @@ async fn calls_the_app_refused_unprocessed_are_sent_again_and_answered() {
     );
     assert_eq!(app.observed().calls(), 1, "the app processed the call once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_resetting_the_stream_is_app_reset_stream_with_the_code_grpc_maps_it_to() {
+    // An app that resets every stream it is sent with INTERNAL_ERROR.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            });
+        }
+    });
+    let gatehouse = Gatehouse::start(&dev_config(addr));
+    let mut client = client(gatehouse.addr).await;
+    let status = client.echo(EchoRequest::default()).await.unwrap_err();
+    // gRPC's HTTP/2 mapping: INTERNAL_ERROR is INTERNAL, not the reason's usual UNAVAILABLE.
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("the app reset the stream"),
+        "{status:?}"
+    );
+    let info = error_info(&status);
+    assert_eq!(info.reason, "APP_RESET_STREAM");
+    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Echo");
+}
