@@ -156,6 +156,29 @@ fn dev_yaml(app: std::net::SocketAddr) -> String {
     text.replace("certs-dev/", &format!("{}/", certs.display()))
 }
 
+/// A token for alice of tenant acme with `roles`, minted by `gatehouse token` with the
+/// development key, as the README does.
+fn minted_token(roles: &str) -> String {
+    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(repo())
+        .args([
+            "token",
+            "--key",
+            "certs-dev/jwt-signing.key",
+            "--kid",
+            "dev-1",
+            "--iss",
+            "https://issuer.dev.gatehouse",
+        ])
+        .args([
+            "--aud", "demo", "--sub", "alice", "--tenant", "acme", "--roles", roles,
+        ])
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{}", stderr(&minted));
+    stdout(&minted).trim().to_owned()
+}
+
 /// The README's JWT and API key calls, as written there: a token minted with
 /// `gatehouse token`, the development API key, and grpcurl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,24 +187,7 @@ async fn grpcurl_calls_with_a_minted_token_and_with_the_development_api_key() {
     let gatehouse = Gatehouse::start(&dev_yaml(app.addr));
     let addr = gatehouse.addr;
     let (with_token, with_key, without, admin_only) = tokio::task::spawn_blocking(move || {
-        let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .current_dir(repo())
-            .args([
-                "token",
-                "--key",
-                "certs-dev/jwt-signing.key",
-                "--kid",
-                "dev-1",
-                "--iss",
-                "https://issuer.dev.gatehouse",
-            ])
-            .args([
-                "--aud", "demo", "--sub", "alice", "--tenant", "acme", "--roles", "reader",
-            ])
-            .output()
-            .unwrap();
-        assert!(minted.status.success(), "{}", stderr(&minted));
-        let token = stdout(&minted).trim().to_owned();
+        let token = minted_token("reader");
         let key = std::fs::read_to_string(repo().join("certs-dev/api-key-compliance-scanner.txt"))
             .unwrap();
         let auth = format!("authorization: Bearer {token}");
@@ -255,24 +261,8 @@ async fn grpcurl_shows_the_reason_of_a_refusal_and_no_details_on_the_apps_status
     let (reflected, missing, by_rule, apps_own) = tokio::task::spawn_blocking(move || {
         let protos = repo().join("proto");
         let demo_protos = repo().join("examples/demo-app/proto");
-        let token = |roles: &str| {
-            let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-                .current_dir(repo())
-                .args([
-                    "token",
-                    "--key",
-                    "certs-dev/jwt-signing.key",
-                    "--kid",
-                    "dev-1",
-                ])
-                .args(["--iss", "https://issuer.dev.gatehouse", "--aud", "demo"])
-                .args(["--sub", "alice", "--tenant", "acme", "--roles", roles])
-                .output()
-                .unwrap();
-            assert!(minted.status.success(), "{}", stderr(&minted));
-            format!("authorization: Bearer {}", stdout(&minted).trim())
-        };
-        let (reader, admin) = (token("reader"), token("admin"));
+        let bearer = |roles: &str| format!("authorization: Bearer {}", minted_token(roles));
+        let (reader, admin) = (bearer("reader"), bearer("admin"));
         let with_schema = |flags: &[&str], call: &str| {
             let schema = [
                 "-import-path",
