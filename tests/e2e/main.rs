@@ -16,6 +16,7 @@ mod isolation;
 mod issuers;
 mod keys;
 mod limits;
+mod long_streams;
 mod observability;
 mod operations;
 mod outbound;
