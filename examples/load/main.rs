@@ -11,6 +11,17 @@
 //! (coordinated omission). `--rpc stream` measures a server stream's throughput;
 //! `--idle-connections N` opens N connections and holds them. One JSON object is
 //! printed on standard output.
+//!
+//! `--call-timeout 3s` bounds every call (sent as `grpc-timeout` and enforced here too);
+//! calls that run out are reported as `timeouts`, apart from other errors, so a stalled
+//! proxy ends the run on time instead of hanging it.
+//!
+//! `--attack chat|streams` is the bad neighbour for the isolation benchmark: one caller
+//! that holds shared resources without breaking any limit. `chat` opens a bidirectional
+//! `Chat` stream, writes to it as fast as it is allowed and never reads a reply; `streams`
+//! opens `--attack-streams` server streams of 1 MiB messages and never reads them. It
+//! prints one line when the attack is in place (for `chat`: once its writes have stalled),
+//! holds it for `--duration`, then exits.
 
 #[path = "../demo-app/service.rs"]
 mod service;
@@ -77,6 +88,23 @@ struct Args {
     /// Open this many connections, hold them for --duration, and report.
     #[arg(long)]
     idle_connections: Option<usize>,
+    /// Bound on each call; those that run out count as timeouts.
+    #[arg(long)]
+    call_timeout: Option<gatehouse::config::Duration>,
+    /// Be the bad neighbour instead of measuring (see the top of this file).
+    #[arg(long, value_enum)]
+    attack: Option<Attack>,
+    /// Server streams the `streams` attack opens.
+    #[arg(long, default_value_t = 8)]
+    attack_streams: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Attack {
+    /// A bidirectional stream written as fast as allowed and never read.
+    Chat,
+    /// Server streams of large messages, never read.
+    Streams,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -127,7 +155,17 @@ impl Load {
             .map_err(|e| format!("connect: {e}"))
     }
 
+    /// A request with the caller's credentials and `--call-timeout` as its deadline.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = self.credentials(message);
+        if let Some(timeout) = self.args.call_timeout {
+            request.set_timeout(timeout.get());
+        }
+        request
+    }
+
+    /// A request with the caller's credentials and no deadline.
+    fn credentials<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.args.token {
             request.metadata_mut().insert(
@@ -148,6 +186,58 @@ impl Load {
             payload: vec![b'x'; self.args.payload as usize],
             reply_size: self.args.payload,
             ..Default::default()
+        }
+    }
+
+    /// One unary call, bounded by `--call-timeout` here as well as by the `grpc-timeout`
+    /// it sends, so a proxy that never answers cannot hold the run.
+    async fn call(&self, client: &mut DemoClient<Channel>) -> Outcome {
+        let call = client.echo(self.request(self.echo()));
+        let result = match self.args.call_timeout {
+            Some(timeout) => match tokio::time::timeout(timeout.get(), call).await {
+                Ok(result) => result,
+                Err(_elapsed) => return Outcome::Timeout,
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                Outcome::Timeout
+            }
+            Err(status) => Outcome::Error(status),
+        }
+    }
+}
+
+enum Outcome {
+    Ok,
+    Timeout,
+    Error(tonic::Status),
+}
+
+/// Calls that failed, kept apart by why.
+#[derive(Default)]
+struct Failures {
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl Failures {
+    fn count(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Timeout => {
+                self.timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Error(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -190,7 +280,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let load = Arc::new(Load { args, tls });
-    let result = if let Some(count) = load.args.idle_connections {
+    let result = if let Some(attack) = load.args.attack {
+        bad_neighbour(&load, attack).await
+    } else if let Some(count) = load.args.idle_connections {
         idle(&load, count).await
     } else {
         match (load.args.rpc, load.args.mode) {
@@ -211,16 +303,31 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn report(calls: u64, errors: u64, elapsed: Duration, latencies: &Histogram<u64>) -> String {
+/// The run's figures as JSON; latencies are `null` when no call succeeded.
+fn report(
+    calls: u64,
+    failures: &Failures,
+    elapsed: Duration,
+    latencies: &Histogram<u64>,
+) -> String {
+    let quantile = |q: f64| match latencies.is_empty() {
+        true => "null".to_owned(),
+        false => latencies.value_at_quantile(q).to_string(),
+    };
+    let max = match latencies.is_empty() {
+        true => "null".to_owned(),
+        false => latencies.max().to_string(),
+    };
     format!(
-        "{{\"calls\":{calls},\"errors\":{errors},\"seconds\":{:.3},\"calls_per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+        "{{\"calls\":{calls},\"errors\":{},\"timeouts\":{},\"seconds\":{:.3},\"calls_per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{max}}}",
+        failures.errors.load(Ordering::Relaxed),
+        failures.timeouts.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
         calls as f64 / elapsed.as_secs_f64(),
-        latencies.value_at_quantile(0.5),
-        latencies.value_at_quantile(0.9),
-        latencies.value_at_quantile(0.99),
-        latencies.value_at_quantile(0.999),
-        latencies.max(),
+        quantile(0.5),
+        quantile(0.9),
+        quantile(0.99),
+        quantile(0.999),
     )
 }
 
@@ -235,9 +342,11 @@ async fn clients(load: &Load) -> Result<Vec<DemoClient<Channel>>, String> {
     // Warm up: connections open, caches filled.
     let mut warm = clients[0].clone();
     for _ in 0..load.args.warmup {
-        warm.echo(load.request(load.echo()))
-            .await
-            .map_err(|status| format!("warm-up call failed: {status}"))?;
+        match load.call(&mut warm).await {
+            Outcome::Ok => {}
+            Outcome::Timeout => return Err("warm-up call timed out".to_owned()),
+            Outcome::Error(status) => return Err(format!("warm-up call failed: {status}")),
+        }
     }
     Ok(clients)
 }
@@ -246,31 +355,29 @@ async fn closed(load: &Arc<Load>) -> Result<String, String> {
     let clients = clients(load).await?;
     let duration = load.args.duration.get();
     let calls = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
     let latencies = Arc::new(Mutex::new(histogram()));
     let started = Instant::now();
     let mut workers = Vec::new();
     for client in clients {
         for _ in 0..load.args.streams {
-            let (mut client, load, calls, errors, latencies) = (
+            let (mut client, load, calls, failures, latencies) = (
                 client.clone(),
                 load.clone(),
                 calls.clone(),
-                errors.clone(),
+                failures.clone(),
                 latencies.clone(),
             );
             workers.push(tokio::spawn(async move {
                 let mut own = histogram();
                 while started.elapsed() < duration {
                     let sent = Instant::now();
-                    match client.echo(load.request(load.echo())).await {
-                        Ok(_) => {
+                    match load.call(&mut client).await {
+                        Outcome::Ok => {
                             calls.fetch_add(1, Ordering::Relaxed);
                             let _ = own.record(sent.elapsed().as_micros() as u64);
                         }
-                        Err(_) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                        failed => failures.count(&failed),
                     }
                 }
                 let _ = latencies.lock().await.add(&own);
@@ -284,7 +391,7 @@ async fn closed(load: &Arc<Load>) -> Result<String, String> {
     let latencies = latencies.lock().await;
     Ok(report(
         calls.load(Ordering::Relaxed),
-        errors.load(Ordering::Relaxed),
+        &failures,
         elapsed,
         &latencies,
     ))
@@ -295,7 +402,7 @@ async fn open(load: &Arc<Load>) -> Result<String, String> {
     let duration = load.args.duration.get();
     let interval = Duration::from_nanos(1_000_000_000 / load.args.rate.max(1));
     let total = (duration.as_secs_f64() * load.args.rate as f64) as u64;
-    let errors = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
     let latencies = Arc::new(std::sync::Mutex::new(histogram()));
     let started = tokio::time::Instant::now();
     let mut calls = Vec::with_capacity(total as usize);
@@ -304,16 +411,14 @@ async fn open(load: &Arc<Load>) -> Result<String, String> {
         let intended = started + interval * i as u32;
         tokio::time::sleep_until(intended).await;
         let mut client = clients[i as usize % clients.len()].clone();
-        let (load, errors, latencies) = (load.clone(), errors.clone(), latencies.clone());
+        let (load, failures, latencies) = (load.clone(), failures.clone(), latencies.clone());
         calls.push(tokio::spawn(async move {
-            match client.echo(load.request(load.echo())).await {
-                Ok(_) => {
+            match load.call(&mut client).await {
+                Outcome::Ok => {
                     let micros = intended.elapsed().as_micros() as u64;
                     let _ = latencies.lock().expect("not poisoned").record(micros);
                 }
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+                failed => failures.count(&failed),
             }
         }));
     }
@@ -322,8 +427,7 @@ async fn open(load: &Arc<Load>) -> Result<String, String> {
     }
     let elapsed = started.elapsed();
     let latencies = latencies.lock().expect("not poisoned");
-    let errors = errors.load(Ordering::Relaxed);
-    Ok(report(latencies.len(), errors, elapsed, &latencies))
+    Ok(report(latencies.len(), &failures, elapsed, &latencies))
 }
 
 async fn stream(load: &Arc<Load>) -> Result<String, String> {
@@ -370,4 +474,84 @@ async fn idle(load: &Arc<Load>, count: usize) -> Result<String, String> {
     tokio::time::sleep(load.args.duration.get()).await;
     drop(held);
     Ok(format!("{{\"released\":{count}}}"))
+}
+
+/// How long the `chat` attacker's writes must make no progress before it counts them as
+/// stalled (every window on the way to the app full), and how long it tries at most.
+const STALLED_FOR: Duration = Duration::from_millis(500);
+const STALL_WITHIN: Duration = Duration::from_secs(10);
+
+async fn bad_neighbour(load: &Arc<Load>, attack: Attack) -> Result<String, String> {
+    // Its own connection, as an attacker's would be; the attack holds no more than one
+    // caller may.
+    let mut client = DemoClient::new(load.channel().await?)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    // Held, never read: that is the attack.
+    let mut unread = Vec::new();
+    let in_place = match attack {
+        Attack::Chat => {
+            let written = Arc::new(AtomicU64::new(0));
+            let counter = written.clone();
+            let payload = load.args.payload as usize;
+            // Produced only as fast as flow control lets the stream send, so `written`
+            // stops growing once the windows between here and the app are full.
+            let messages = futures_util::stream::repeat_with(move || {
+                counter.fetch_add(payload as u64, Ordering::Relaxed);
+                EchoRequest {
+                    payload: vec![b'a'; payload],
+                    ..Default::default()
+                }
+            });
+            let replies = client
+                .chat(load.credentials(messages))
+                .await
+                .map_err(|status| format!("chat: {status}"))?
+                .into_inner();
+            unread.push(replies);
+            let started = Instant::now();
+            let (mut last, mut since) = (0, Instant::now());
+            let stalled = loop {
+                tokio::time::sleep(STALLED_FOR / 10).await;
+                let now = written.load(Ordering::Relaxed);
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                } else if now > 0 && since.elapsed() >= STALLED_FOR {
+                    break true;
+                }
+                if started.elapsed() >= STALL_WITHIN {
+                    break false;
+                }
+            };
+            format!(
+                "{{\"attack\":\"chat\",\"stalled\":{stalled},\"bytes_written\":{last},\"seconds\":{:.3}}}",
+                started.elapsed().as_secs_f64()
+            )
+        }
+        Attack::Streams => {
+            let started = Instant::now();
+            for _ in 0..load.args.attack_streams {
+                let request = CountdownRequest {
+                    count: u32::MAX,
+                    payload_size: 1 << 20,
+                    ..Default::default()
+                };
+                let replies = client
+                    .countdown(load.credentials(request))
+                    .await
+                    .map_err(|status| format!("countdown: {status}"))?
+                    .into_inner();
+                unread.push(replies);
+            }
+            format!(
+                "{{\"attack\":\"streams\",\"open\":{},\"seconds\":{:.3}}}",
+                unread.len(),
+                started.elapsed().as_secs_f64()
+            )
+        }
+    };
+    println!("{in_place}");
+    tokio::time::sleep(load.args.duration.get()).await;
+    drop(unread);
+    Ok(format!("{{\"released\":\"{attack:?}\"}}"))
 }
