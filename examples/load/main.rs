@@ -17,11 +17,12 @@
 //! proxy ends the run on time instead of hanging it.
 //!
 //! `--attack chat|streams` is the bad neighbour for the isolation benchmark: one caller
-//! that holds shared resources without breaking any limit. `chat` opens a bidirectional
-//! `Chat` stream, writes to it as fast as it is allowed and never reads a reply; `streams`
-//! opens `--attack-streams` server streams of 1 MiB messages and never reads them. It
-//! prints one line when the attack is in place (for `chat`: once its writes have stalled),
-//! holds it for `--duration`, then exits.
+//! that holds shared resources without breaking any limit, on `--attack-streams` streams
+//! of one connection. `chat` opens bidirectional `Chat` streams, writes `--payload`-byte
+//! messages to them as fast as it is allowed and never reads a reply; `streams` opens
+//! server streams of 1 MiB messages and never reads them. It prints one line when the
+//! attack is in place (for `chat`: once its writes have stalled), holds it for
+//! `--duration`, then exits.
 
 #[path = "../demo-app/service.rs"]
 mod service;
@@ -94,7 +95,7 @@ struct Args {
     /// Be the bad neighbour instead of measuring (see the top of this file).
     #[arg(long, value_enum)]
     attack: Option<Attack>,
-    /// Server streams the `streams` attack opens.
+    /// Streams the attack opens: `chat` streams, or server streams.
     #[arg(long, default_value_t = 8)]
     attack_streams: usize,
 }
@@ -492,24 +493,26 @@ async fn bad_neighbour(load: &Arc<Load>, attack: Attack) -> Result<String, Strin
     let in_place = match attack {
         Attack::Chat => {
             let written = Arc::new(AtomicU64::new(0));
-            let counter = written.clone();
             let payload = load.args.payload as usize;
-            // Produced only as fast as flow control lets the stream send, so `written`
-            // stops growing once the windows between here and the app are full.
-            let messages = futures_util::stream::repeat_with(move || {
-                counter.fetch_add(payload as u64, Ordering::Relaxed);
-                EchoRequest {
-                    payload: vec![b'a'; payload],
-                    ..Default::default()
-                }
-            });
-            let replies = client
-                .chat(load.credentials(messages))
-                .await
-                .map_err(|status| format!("chat: {status}"))?
-                .into_inner();
-            unread.push(replies);
             let started = Instant::now();
+            for _ in 0..load.args.attack_streams {
+                let counter = written.clone();
+                // Produced only as fast as flow control lets the stream send, so
+                // `written` stops growing once the windows up to the app are full.
+                let messages = futures_util::stream::repeat_with(move || {
+                    counter.fetch_add(payload as u64, Ordering::Relaxed);
+                    EchoRequest {
+                        payload: vec![b'a'; payload],
+                        ..Default::default()
+                    }
+                });
+                let replies = client
+                    .chat(load.credentials(messages))
+                    .await
+                    .map_err(|status| format!("chat: {status}"))?
+                    .into_inner();
+                unread.push(replies);
+            }
             let (mut last, mut since) = (0, Instant::now());
             let stalled = loop {
                 tokio::time::sleep(STALLED_FOR / 10).await;
@@ -524,7 +527,8 @@ async fn bad_neighbour(load: &Arc<Load>, attack: Attack) -> Result<String, Strin
                 }
             };
             format!(
-                "{{\"attack\":\"chat\",\"stalled\":{stalled},\"bytes_written\":{last},\"seconds\":{:.3}}}",
+                "{{\"attack\":\"chat\",\"open\":{},\"stalled\":{stalled},\"bytes_written\":{last},\"seconds\":{:.3}}}",
+                unread.len(),
                 started.elapsed().as_secs_f64()
             )
         }
