@@ -1,5 +1,5 @@
 """Turns bench/run's measurements into latest.json, latest.md (a table, the ratios to
-HAProxy and the targets) and chart.svg."""
+HAProxy and the targets, the bad neighbour's effect on good callers) and chart.svg."""
 
 import json
 import sys
@@ -7,6 +7,7 @@ from pathlib import Path
 
 rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true"
 rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
+neighbours = {name[len("neighbour-"):]: row["neighbour"] for name, row in rows.items() if "neighbour" in row}
 order = ["direct", "gatehouse-jwt", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward"]
 rows = {name: rows[name] for name in order if name in rows}
 
@@ -71,7 +72,35 @@ absolute = [
     ("gatehouse RSS growth during the stream (MiB)", summary.get("gatehouse-mtls", {}).get("stream_rss_growth_mib"), "< 16"),
 ]
 
-document = {"smoke": smoke, "targets": summary, "ratios": {name: value for name, value, _ in targets}}
+
+
+def neighbour_summary(attack, run):
+    """Good callers beside the attacker over good callers alone. A latency ratio needs
+    calls that succeeded under attack; when none did it is None and the timeouts say why."""
+    alone, beside = run["without"], run["with"]
+
+    def over(key):
+        x, y = beside.get(key), alone.get(key)
+        return None if x is None or y in (None, 0) else x / y
+
+    return {
+        "attacker": run["attacker"],
+        "rate": run["rate"],
+        "without": alone,
+        "with": beside,
+        "p50_ratio": over("p50_us"),
+        "p99_ratio": over("p99_us"),
+    }
+
+
+bad_neighbour = {attack: neighbour_summary(attack, run) for attack, run in neighbours.items()}
+
+document = {
+    "smoke": smoke,
+    "targets": summary,
+    "ratios": {name: value for name, value, _ in targets},
+    "bad_neighbour": bad_neighbour,
+}
 (out_dir / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
 
 lines = [
@@ -89,6 +118,26 @@ lines += ["", "| ratio | value | target |", "|---|---:|---|"]
 lines += [f"| {name} | {fmt(value, 2)} | {target} |" for name, value, target in targets]
 lines += ["", "| figure | value | target |", "|---|---:|---|"]
 lines += [f"| {name} | {fmt(value)} | {target} |" for name, value, target in absolute]
+if bad_neighbour:
+    lines += [
+        "",
+        "Bad neighbour: good callers through gatehouse at a fixed rate (calls/s below), each call bounded by 3 s,",
+        "alone and beside one attacker. Ratios are beside / alone; – when no call succeeded beside it.",
+        "",
+        "| attacker | rate | alone: ok / timed out / failed | p50 µs | p99 µs | beside: ok / timed out / failed | p50 µs | p99 µs | p50 ratio | p99 ratio |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+
+    def counts(run):
+        return f"{run['calls']:,} / {run['timeouts']:,} / {run['errors']:,}"
+
+    for attack, n in bad_neighbour.items():
+        alone, beside = n["without"], n["with"]
+        lines.append(
+            f"| {attack} | {n['rate']:,} | {counts(alone)} | {fmt(alone['p50_us'], 0)} | {fmt(alone['p99_us'], 0)} "
+            f"| {counts(beside)} | {fmt(beside['p50_us'], 0)} | {fmt(beside['p99_us'], 0)} "
+            f"| {fmt(n['p50_ratio'], 2)} | {fmt(n['p99_ratio'], 2)} |"
+        )
 (out_dir / "latest.md").write_text("\n".join(lines) + "\n")
 
 # A bar chart of CPU per call and p99, each scaled to its largest value.
