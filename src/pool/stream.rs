@@ -27,15 +27,22 @@ where
     B: Body<Data = Bytes> + Unpin,
 {
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
-            return Poll::Ready(result);
+        loop {
+            if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+                return Poll::Ready(result);
+            }
+            if pump.is_done() {
+                return Poll::Pending;
+            }
+            match pump.poll_pump(cx) {
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                // The request ended, or the stream closed while the pump ran: the
+                // connection task (another thread) may have read the target's answer
+                // since the response was polled above, so look again.
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        if !pump.is_done()
-            && let Poll::Ready(Err(error)) = pump.poll_pump(cx)
-        {
-            return Poll::Ready(Err(error));
-        }
-        Poll::Pending
     })
     .await
 }
@@ -171,8 +178,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
         }
     }
 
-    /// Ready(Ok) once the body has been sent to its end; Ready(Err) when the stream
-    /// failed (then the response says why) or the caller's body did.
+    /// Ready(Ok) once the body has been sent to its end, the caller's body failed (the
+    /// stream is reset), or the stream closed under it (the response says how);
+    /// Ready(Err) when h2 fails the wait for send capacity.
     pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
         loop {
             if self.done {
@@ -210,7 +218,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                 if data.is_empty() {
                     self.pending = None;
                 }
-                self.stream.send_data(piece, false)?;
+                if let Err(error) = self.stream.send_data(piece, false) {
+                    return self.closed(&error);
+                }
                 continue;
             }
             let Some(source) = self.source.as_mut() else {
@@ -231,7 +241,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                                 if let Some(sent) = self.sent.as_mut() {
                                     sent.ended = true;
                                 }
-                                self.stream.send_trailers(trailers)?;
+                                if let Err(error) = self.stream.send_trailers(trailers) {
+                                    return self.closed(&error);
+                                }
                                 self.done = true;
                             }
                         }
@@ -251,7 +263,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                     if let Some(sent) = self.sent.as_mut() {
                         sent.ended = true;
                     }
-                    self.stream.send_data(Bytes::new(), true)?;
+                    if let Err(error) = self.stream.send_data(Bytes::new(), true) {
+                        return self.closed(&error);
+                    }
                     self.done = true;
                 }
             }
@@ -260,6 +274,20 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
 }
 
 impl<B> Pump<B> {
+    /// The stream was closed while the pump was sending: the target answered and reset
+    /// it (a server that answers without reading the whole request sends RST_STREAM
+    /// NO_ERROR), refused it, or the connection went away. h2 rejects the send with
+    /// "inactive stream", but that is not how the call ended: its response says how, so
+    /// the pump stops quietly and leaves the outcome to the response.
+    fn closed(&mut self, error: &h2::Error) -> Poll<Result<(), h2::Error>> {
+        tracing::trace!(connection = self.connection.id, %error, "the stream closed while its request was sent");
+        // A no-op on a closed stream; ends the stream if h2 refused the send for another
+        // reason, so the target does not wait for the rest of a request that never comes.
+        self.stream.send_reset(Reason::CANCEL);
+        self.done = true;
+        Poll::Ready(Ok(()))
+    }
+
     fn set_starved(&mut self, starved: bool) {
         if self.starved != starved {
             self.starved = starved;
@@ -365,5 +393,164 @@ impl Body for ResponseStream {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use http::Request;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    type ClientConnection = h2::client::Connection<DuplexStream, Bytes>;
+
+    /// An HTTP/2 frame, for the target side written by hand.
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).expect("a small payload");
+        let mut out = length.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Polls the client's connection once, as its task would: it writes what is queued
+    /// and reads every frame the target has written so far.
+    fn drive(connection: &Mutex<ClientConnection>, cx: &mut Context<'_>) {
+        let mut connection = connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Poll::Ready(Err(error)) = Pin::new(&mut *connection).poll(cx) {
+            panic!("the client connection failed: {error}");
+        }
+    }
+
+    /// A client connection over an in-memory pipe whose target side the test writes by
+    /// hand. Its task is not spawned: the test decides when it runs.
+    async fn connection() -> (
+        SendRequest,
+        Arc<Mutex<ClientConnection>>,
+        Arc<Connection>,
+        DuplexStream,
+    ) {
+        let (client, mut target) = tokio::io::duplex(1 << 20);
+        // The target's preface: its SETTINGS, all defaults.
+        target
+            .write_all(&frame(0x4, 0, 0, &[]))
+            .await
+            .expect("the pipe takes the target's SETTINGS");
+        let (sender, connection) = h2::client::Builder::new()
+            .handshake::<_, Bytes>(client)
+            .await
+            .expect("the client handshake");
+        let pooled = Arc::new(Connection {
+            id: 1,
+            sender: sender.clone(),
+            open: AtomicUsize::new(0),
+            starved: AtomicUsize::new(0),
+            wedged: AtomicUsize::new(0),
+            changed: Arc::new(Notify::new()),
+            closed: AtomicBool::new(false),
+        });
+        (sender, Arc::new(Mutex::new(connection)), pooled, target)
+    }
+
+    type SendRequest = h2::client::SendRequest<Bytes>;
+
+    fn head() -> Request<()> {
+        Request::post("http://localhost/made.up.Svc/M")
+            .body(())
+            .expect("a valid request")
+    }
+
+    /// A request body of one message whose end is read only after the client's
+    /// connection has read what the target wrote: exactly what the connection task,
+    /// on another thread, does when it runs between the exchange polling the response
+    /// (not there yet) and the pump sending the end of the request.
+    struct EndsAfterTheAnswerIsRead {
+        message: Option<Bytes>,
+        connection: Arc<Mutex<ClientConnection>>,
+        answered: Arc<AtomicBool>,
+    }
+
+    impl Body for EndsAfterTheAnswerIsRead {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(message) = self.message.take() {
+                return Poll::Ready(Some(Ok(Frame::data(message))));
+            }
+            if !self.answered.load(Ordering::Acquire) {
+                // Woken by the test's next poll of the exchange.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            drive(&self.connection, cx);
+            Poll::Ready(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_target_answering_before_the_request_ends_is_its_answer_not_a_lost_connection() {
+        let (mut sender, connection, pooled, mut target) = connection().await;
+        let answered = Arc::new(AtomicBool::new(false));
+        let body = EndsAfterTheAnswerIsRead {
+            message: Some(Bytes::from_static(b"\0\0\0\0\x05hello")),
+            connection: connection.clone(),
+            answered: answered.clone(),
+        };
+        let (response, stream) = sender
+            .send_request(head(), false)
+            .expect("the stream is opened");
+        let mut pump = Pump::new(Source::new(body), stream, pooled, false);
+        let exchange = exchange(response, &mut pump);
+        tokio::pin!(exchange);
+
+        // The exchange takes the message and waits for send capacity; the connection
+        // sends HEADERS and grants it.
+        std::future::poll_fn(|cx| {
+            assert!(exchange.as_mut().poll(cx).is_pending());
+            drive(&connection, cx);
+            Poll::Ready(())
+        })
+        .await;
+        // The client's preface, SETTINGS and HEADERS are on the wire: the target reads
+        // them, then answers as a tonic or hyper app does for a method it does not have
+        // without reading the request: HEADERS(:status 200, grpc-status 12, END_STREAM),
+        // then RST_STREAM(NO_ERROR) for the request it will not read.
+        let mut preface = [0u8; 24];
+        target
+            .read_exact(&mut preface)
+            .await
+            .expect("the client's preface");
+        assert_eq!(&preface[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let mut block = vec![0x88, 0x00, 11];
+        block.extend_from_slice(b"grpc-status");
+        block.extend_from_slice(&[2, b'1', b'2']);
+        let mut answer = frame(0x4, 0x1, 0, &[]);
+        answer.extend(frame(0x1, 0x1 | 0x4, 1, &block));
+        answer.extend(frame(0x3, 0, 1, &0u32.to_be_bytes()));
+        target
+            .write_all(&answer)
+            .await
+            .expect("the pipe takes the answer");
+        answered.store(true, Ordering::Release);
+
+        // The exchange polls the response (not read yet), then the pump sends the message
+        // and takes the body's end, by which time the connection has read the answer.
+        let response = std::future::poll_fn(|cx| exchange.as_mut().poll(cx))
+            .await
+            .expect("the target's answer, not the pump's failure to send on its closed stream");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["grpc-status"], "12");
     }
 }
