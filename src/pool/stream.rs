@@ -149,10 +149,9 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
     pub(super) fn into_replay(mut self) -> Option<Source<B>> {
         let sent = self.sent.take()?;
         let mut source = self.source.take()?;
+        // `sent` holds every frame taken from the source whole, including the one whose
+        // rest is still pending, so the pending bytes are not added again.
         let mut replay = sent.data;
-        if let Some(pending) = self.pending.take() {
-            replay.push_back(pending);
-        }
         replay.append(&mut source.replay);
         source.replay = replay;
         if sent.trailers.is_some() {
@@ -552,5 +551,41 @@ mod tests {
             .expect("the target's answer, not the pump's failure to send on its closed stream");
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["grpc-status"], "12");
+    }
+
+    #[tokio::test]
+    async fn a_refused_request_is_sent_again_once_not_twice() {
+        let (mut sender, connection, pooled, _target) = connection().await;
+        let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+        let body = http_body_util::Full::new(message.clone());
+        let (response, stream) = sender
+            .send_request(head(), false)
+            .expect("the stream is opened");
+        let mut pump = Pump::new(Source::new(body), stream, pooled, false);
+        // The pump takes the message and waits for capacity; the target refuses the
+        // stream before any is granted (the connection is never driven here), so the
+        // whole message is still pending.
+        std::future::poll_fn(|cx| {
+            assert!(pump.poll_pump(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        drop(response);
+        drop(connection);
+        let mut replay = pump.into_replay().expect("a small request is kept");
+        let mut frames = Vec::new();
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(frame)) = replay.poll_frame(cx) {
+                let frame = frame.expect("the kept body does not fail");
+                frames.push(frame.into_data().expect("only data"));
+            }
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(
+            frames,
+            vec![message],
+            "the request sent again is the request"
+        );
     }
 }
