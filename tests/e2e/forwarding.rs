@@ -266,7 +266,7 @@ async fn unknown_method_gets_the_apps_unimplemented() {
         .unary(tonic::Request::new(EchoRequest::default()), path, codec)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
