@@ -52,9 +52,17 @@ pub struct Auth {
     pub jwt: Option<Jwt>,
     #[serde(default)]
     pub api_keys: Option<ApiKeys>,
+    /// Ends an open call with UNAUTHENTICATED when its token expires (plus leeway), or
+    /// its API key is revoked or expires, while the call is still open.
+    #[serde(default = "Auth::default_expire_open_calls")]
+    pub expire_open_calls: bool,
 }
 
 impl Auth {
+    fn default_expire_open_calls() -> bool {
+        true
+    }
+
     fn default_public_methods() -> Vec<String> {
         vec![
             "/grpc.health.v1.Health/Check".to_owned(),
