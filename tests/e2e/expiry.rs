@@ -196,6 +196,77 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
+    const PAYLOAD: usize = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::generate("short", Algorithm::ES256);
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, dir.path(), &issuer, ""));
+    let mut client = client(gatehouse.addr).await;
+
+    // Messages of 4 MiB, each many DATA frames and more than the flow-control windows
+    // between the app and the caller hold. The caller reads one, then stops: the windows
+    // fill and the app is held in the middle of a message when the key goes.
+    let request = CountdownRequest {
+        count: 50,
+        payload_size: PAYLOAD as u32,
+        ..Default::default()
+    };
+    let mut stream = client
+        .countdown(with_key(request, STREAM_KEY))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first message");
+    assert_eq!(first.payload.len(), PAYLOAD);
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |observed| observed.countdown_bytes()
+                >= 2 * PAYLOAD as u64)
+            .await,
+        "the app never started its second message"
+    );
+    write_keys_file(
+        &dir.path().join("keys.yaml"),
+        &[("rotated", "rotated-key-0123456789")],
+    );
+    gatehouse.wait_for_line(&["API keys revoked"]).await;
+
+    // Reading again: only whole messages arrive, then the status.
+    let mut received = 1;
+    let mut delivered = framed_len(&first);
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(reply)) => {
+                assert_eq!(reply.payload.len(), PAYLOAD, "a message was cut");
+                received += 1;
+                delivered += framed_len(&reply);
+            }
+            Ok(None) => panic!("the stream outlived its key"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, KEY_REVOKED)
+    );
+    assert!(received < 50, "the whole stream was delivered");
+    app_saw_cancellations(&app, 1).await;
+    // A client may drop a partial message it holds when the status arrives: what
+    // gatehouse sent is exactly the whole messages the caller decoded, not a byte more.
+    let line = gatehouse
+        .wait_for_line(&["msg=request", "ended_by=key_revoked"])
+        .await;
+    assert_eq!(field(&line, "bytes_out"), delivered.to_string(), "{line}");
+}
+
+/// A reply's size on the wire: the 5-byte gRPC prefix and the encoded message.
+fn framed_len(reply: &EchoReply) -> usize {
+    use prost::Message;
+    5 + reply.encoded_len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_answered() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::generate("short", Algorithm::ES256);
