@@ -1470,6 +1470,18 @@ limits: { max_connections: 0, max_header_list_size: 10 }
     }
 
     #[test]
+    fn open_calls_end_with_their_credentials_unless_turned_off() {
+        let auth = |extra: &str| {
+            Config::from_yaml(&format!("{MINIMAL}auth: {{ public_methods: []{extra} }}\n"))
+                .unwrap()
+                .auth
+                .unwrap()
+        };
+        assert!(auth("").expire_open_calls);
+        assert!(!auth(", expire_open_calls: false").expire_open_calls);
+    }
+
+    #[test]
     fn leeway_is_bounded_and_the_problem_names_the_field() {
         let provider = |leeway: &str| {
             format!(
