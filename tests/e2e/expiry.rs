@@ -13,8 +13,8 @@ use crate::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 
-const TOKEN_EXPIRED: &str = "token expired while the call was open";
-const KEY_REVOKED: &str = "API key revoked while the call was open";
+const EXPIRED_MESSAGE: &str = "token expired while the call was open";
+const REVOKED_MESSAGE: &str = "API key revoked while the call was open";
 const STREAM_KEY: &str = "stream-key-0123456789";
 const INLINE_KEY: &str = "inline-key-0123456789";
 
@@ -108,8 +108,8 @@ async fn a_token_expiring_during_a_server_stream_ends_it_unauthenticated() {
     let (received, end) = drain(&mut stream).await;
     let status = end.expect_err("the stream outlived its token");
     assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unauthenticated, TOKEN_EXPIRED)
+        (status.code(), status.message(), reason(&status).as_str()),
+        (Code::Unauthenticated, EXPIRED_MESSAGE, "TOKEN_EXPIRED")
     );
     assert!(
         received > 0,
@@ -170,8 +170,8 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
     let (received, end) = drain(&mut revoked).await;
     let status = end.expect_err("the stream outlived its key");
     assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unauthenticated, KEY_REVOKED)
+        (status.code(), status.message(), reason(&status).as_str()),
+        (Code::Unauthenticated, REVOKED_MESSAGE, "KEY_REVOKED")
     );
     assert!(
         received + 1 < 100,
@@ -187,7 +187,10 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
         .echo(with_key(EchoRequest::default(), STREAM_KEY))
         .await
         .expect_err("the revoked key still works");
-    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Unauthenticated, "UNKNOWN_API_KEY")
+    );
     wait_for_metric(
         &gatehouse,
         r#"gatehouse_auth_total{method="api_key",result="ended_in_call",reason="key_revoked"} 1"#,
@@ -247,8 +250,8 @@ async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
         }
     };
     assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unauthenticated, KEY_REVOKED)
+        (status.code(), status.message(), reason(&status).as_str()),
+        (Code::Unauthenticated, REVOKED_MESSAGE, "KEY_REVOKED")
     );
     assert!(received < 50, "the whole stream was delivered");
     app_saw_cancellations(&app, 1).await;
@@ -309,8 +312,8 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
         .unwrap()
         .expect_err("the client stream outlived its key");
     assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unauthenticated, KEY_REVOKED)
+        (status.code(), status.message(), reason(&status).as_str()),
+        (Code::Unauthenticated, REVOKED_MESSAGE, "KEY_REVOKED")
     );
     // The caller's request stream is still open (`send` is held), so only gatehouse
     // resetting the app's stream can end the app's handler. hyper hands a request body
@@ -357,5 +360,8 @@ async fn with_expire_open_calls_false_a_stream_outlives_its_token() {
         .echo(with_token(EchoRequest::default(), &token))
         .await
         .expect_err("an expired token was admitted");
-    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::Unauthenticated, "TOKEN_EXPIRED")
+    );
 }
