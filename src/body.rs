@@ -702,6 +702,27 @@ mod tests {
         message
     }
 
+    /// The app's body forwarded: the body, what sends the app's frames, and whether the
+    /// app's body was dropped.
+    fn forwarded() -> (
+        ResponseBody,
+        mpsc::UnboundedSender<Frame<Bytes>>,
+        Arc<AtomicBool>,
+    ) {
+        let (send, frames) = mpsc::unbounded_channel();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let app = App {
+            frames,
+            dropped: dropped.clone(),
+        };
+        let body = ResponseBody::forwarded(
+            http_body_util::combinators::UnsyncBoxBody::new(app),
+            None,
+            CancellationToken::new(),
+        );
+        (body, send, dropped)
+    }
+
     /// A forwarded body watched by a key's revocation signal.
     fn watched() -> (
         ResponseBody,
@@ -710,17 +731,7 @@ mod tests {
         CancellationToken,
         CredentialsEnded,
     ) {
-        let (send, frames) = mpsc::unbounded_channel();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let app = App {
-            frames,
-            dropped: dropped.clone(),
-        };
-        let mut body = ResponseBody::forwarded(
-            http_body_util::combinators::UnsyncBoxBody::new(app),
-            None,
-            CancellationToken::new(),
-        );
+        let (mut body, send, dropped) = forwarded();
         let revoked = CancellationToken::new();
         let watch = CredentialsWatch::new(None, Some(revoked.clone()));
         let ended = watch.ended();
@@ -828,17 +839,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_that_expired_since_admission_ends_the_call_unauthenticated() {
-        let (_send, frames) = mpsc::unbounded_channel();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let app = App {
-            frames,
-            dropped: dropped.clone(),
-        };
-        let mut body = ResponseBody::forwarded(
-            http_body_util::combinators::UnsyncBoxBody::new(app),
-            None,
-            CancellationToken::new(),
-        );
+        let (mut body, _app, dropped) = forwarded();
         let expired = SystemTime::now() - Duration::from_secs(1);
         body.end_when(CredentialsWatch::new(
             Some((expired, CredentialsEnd::TokenExpired)),

@@ -39,6 +39,34 @@ fn config(app: std::net::SocketAddr, dir: &Path, issuer: &Issuer, extra: &str) -
         )
 }
 
+/// One gatehouse under test, with its files, its token issuer, the demo app and a client.
+struct Setup {
+    dir: tempfile::TempDir,
+    issuer: Issuer,
+    app: App,
+    config: String,
+    gatehouse: Gatehouse,
+    client: DemoClient<tonic::transport::Channel>,
+}
+
+/// Starts the app and gatehouse with [`config`] (`extra` under `auth:`) and connects.
+async fn setup(extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::generate("short", Algorithm::ES256);
+    let app = App::start().await;
+    let config = config(app.addr, dir.path(), &issuer, extra);
+    let gatehouse = Gatehouse::start(&config);
+    let client = client(gatehouse.addr).await;
+    Setup {
+        dir,
+        issuer,
+        app,
+        config,
+        gatehouse,
+        client,
+    }
+}
+
 /// Replaces `path` the way deployment tools do, so the poller never reads half a file.
 fn write_keys_file(path: &Path, keys: &[(&str, &str)]) {
     let entries: Vec<String> = keys
@@ -92,15 +120,12 @@ async fn app_saw_cancellations(app: &App, calls: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_during_a_server_stream_ends_it_unauthenticated() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::generate("short", Algorithm::ES256);
-    let app = App::start().await;
-    let gatehouse = Gatehouse::start(&config(app.addr, dir.path(), &issuer, ""));
-    let mut client = client(gatehouse.addr).await;
+    let mut setup = setup("").await;
 
     // 20 messages over 10 s; the token (leeway 0) expires about 4 s in.
-    let token = token_expiring_in(&issuer, 4);
-    let mut stream = client
+    let token = token_expiring_in(&setup.issuer, 4);
+    let mut stream = setup
+        .client
         .countdown(with_token(countdown(20, 500), &token))
         .await
         .expect("admitted: the token is still valid")
@@ -119,20 +144,24 @@ async fn a_token_expiring_during_a_server_stream_ends_it_unauthenticated() {
         received < 20,
         "the whole stream was delivered: it was not ended"
     );
-    app_saw_cancellations(&app, 1).await;
+    app_saw_cancellations(&setup.app, 1).await;
 
-    let line = gatehouse.wait_for_line(&["msg=request", "ended_by="]).await;
+    let line = setup
+        .gatehouse
+        .wait_for_line(&["msg=request", "ended_by="])
+        .await;
     assert_eq!(field(&line, "ended_by"), "token_expired", "{line}");
     assert_eq!(field(&line, "grpc_code"), "Unauthenticated", "{line}");
     wait_for_metric(
-        &gatehouse,
+        &setup.gatehouse,
         r#"gatehouse_auth_total{method="jwt",result="ended_in_call",reason="token_expired"} 1"#,
     )
     .await;
 
     // A fresh token works on the same connection: only the expired call ended.
-    let fresh = issuer.token("alice", "acme", &[]);
-    let mut stream = client
+    let fresh = setup.issuer.token("alice", "acme", &[]);
+    let mut stream = setup
+        .client
         .countdown(with_token(countdown(3, 0), &fresh))
         .await
         .unwrap()
@@ -142,21 +171,19 @@ async fn a_token_expiring_during_a_server_stream_ends_it_unauthenticated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::generate("short", Algorithm::ES256);
-    let app = App::start().await;
-    let gatehouse = Gatehouse::start(&config(app.addr, dir.path(), &issuer, ""));
-    let mut client = client(gatehouse.addr).await;
+    let mut setup = setup("").await;
 
     // 100 messages over 10 s; revoked as soon as the first has arrived.
-    let mut revoked = client
+    let mut revoked = setup
+        .client
         .countdown(with_key(countdown(100, 100), STREAM_KEY))
         .await
         .unwrap()
         .into_inner();
     revoked.message().await.unwrap().expect("a first message");
     // A call of another key stays open across the revocation.
-    let mut other = client
+    let mut other = setup
+        .client
         .countdown(with_key(countdown(30, 100), INLINE_KEY))
         .await
         .unwrap()
@@ -164,7 +191,7 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
     other.message().await.unwrap().expect("a first message");
 
     write_keys_file(
-        &dir.path().join("keys.yaml"),
+        &setup.dir.path().join("keys.yaml"),
         &[("rotated", "rotated-key-0123456789")],
     );
     let (received, end) = drain(&mut revoked).await;
@@ -177,13 +204,14 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
         received + 1 < 100,
         "the whole stream was delivered: it was not ended"
     );
-    app_saw_cancellations(&app, 1).await;
+    app_saw_cancellations(&setup.app, 1).await;
 
     let (rest, end) = drain(&mut other).await;
     end.expect("the other key's stream was ended too");
     assert_eq!(rest + 1, 30);
 
-    let refused = client
+    let refused = setup
+        .client
         .echo(with_key(EchoRequest::default(), STREAM_KEY))
         .await
         .expect_err("the revoked key still works");
@@ -192,7 +220,7 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
         (Code::Unauthenticated, "UNKNOWN_API_KEY")
     );
     wait_for_metric(
-        &gatehouse,
+        &setup.gatehouse,
         r#"gatehouse_auth_total{method="api_key",result="ended_in_call",reason="key_revoked"} 1"#,
     )
     .await;
@@ -201,11 +229,7 @@ async fn an_api_key_removed_from_keys_file_ends_its_open_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
     const PAYLOAD: usize = 4 << 20;
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::generate("short", Algorithm::ES256);
-    let app = App::start().await;
-    let gatehouse = Gatehouse::start(&config(app.addr, dir.path(), &issuer, ""));
-    let mut client = client(gatehouse.addr).await;
+    let mut setup = setup("").await;
 
     // Messages of 4 MiB, each many DATA frames and more than the flow-control windows
     // between the app and the caller hold. The caller reads one, then stops: the windows
@@ -215,7 +239,8 @@ async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
         payload_size: PAYLOAD as u32,
         ..Default::default()
     };
-    let mut stream = client
+    let mut stream = setup
+        .client
         .countdown(with_key(request, STREAM_KEY))
         .await
         .unwrap()
@@ -223,17 +248,19 @@ async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
     let first = stream.message().await.unwrap().expect("a first message");
     assert_eq!(first.payload.len(), PAYLOAD);
     assert!(
-        app.observed()
+        setup
+            .app
+            .observed()
             .wait_until(PATIENCE, |observed| observed.countdown_bytes()
                 >= 2 * PAYLOAD as u64)
             .await,
         "the app never started its second message"
     );
     write_keys_file(
-        &dir.path().join("keys.yaml"),
+        &setup.dir.path().join("keys.yaml"),
         &[("rotated", "rotated-key-0123456789")],
     );
-    gatehouse.wait_for_line(&["API keys revoked"]).await;
+    setup.gatehouse.wait_for_line(&["API keys revoked"]).await;
 
     // Reading again: only whole messages arrive, then the status.
     let mut received = 1;
@@ -254,10 +281,11 @@ async fn a_revoked_key_ends_its_stream_between_messages_never_inside_one() {
         (Code::Unauthenticated, REVOKED_MESSAGE, "KEY_REVOKED")
     );
     assert!(received < 50, "the whole stream was delivered");
-    app_saw_cancellations(&app, 1).await;
+    app_saw_cancellations(&setup.app, 1).await;
     // A client may drop a partial message it holds when the status arrives: what
     // gatehouse sent is exactly the whole messages the caller decoded, not a byte more.
-    let line = gatehouse
+    let line = setup
+        .gatehouse
         .wait_for_line(&["msg=request", "ended_by=key_revoked"])
         .await;
     assert_eq!(field(&line, "bytes_out"), delivered.to_string(), "{line}");
@@ -271,12 +299,7 @@ fn framed_len(reply: &EchoReply) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_answered() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::generate("short", Algorithm::ES256);
-    let app = App::start().await;
-    let config = config(app.addr, dir.path(), &issuer, "");
-    let gatehouse = Gatehouse::start(&config);
-    let mut client = client(gatehouse.addr).await;
+    let setup = setup("").await;
 
     // A client stream that stays open: the app reads to the end before it answers, so
     // no response headers have gone out when the key goes.
@@ -287,6 +310,7 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
     })
     .unwrap();
     let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(requests);
+    let mut client = setup.client.clone();
     let collect = tokio::spawn(async move {
         client
             .collect(with_key(requests, INLINE_KEY))
@@ -295,7 +319,7 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
     });
     // `calls` is a bare counter (no change notification): read it until it moves.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.observed().calls() < 1 {
+    while setup.app.observed().calls() < 1 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the client stream never reached the app"
@@ -303,9 +327,9 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    let without_inline_key = config.replace(&hash(INLINE_KEY), &"0".repeat(64));
-    std::fs::write(gatehouse.config_path(), without_inline_key).unwrap();
-    gatehouse.signal("HUP");
+    let without_inline_key = setup.config.replace(&hash(INLINE_KEY), &"0".repeat(64));
+    std::fs::write(setup.gatehouse.config_path(), without_inline_key).unwrap();
+    setup.gatehouse.signal("HUP");
     let status = tokio::time::timeout(PATIENCE, collect)
         .await
         .expect("the client stream was not ended")
@@ -320,7 +344,9 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
     // reset with CANCEL to the app as its end, so the handler may finish rather than
     // count a cancellation; either way it is no longer waiting.
     assert!(
-        app.observed()
+        setup
+            .app
+            .observed()
             .wait_until(PATIENCE, |observed| observed.finished()
                 + observed.cancelled()
                 >= 1)
@@ -328,25 +354,20 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
         "the app's stream was left open"
     );
     drop(send);
-    gatehouse.wait_for_line(&["configuration reloaded"]).await;
+    setup
+        .gatehouse
+        .wait_for_line(&["configuration reloaded"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_expire_open_calls_false_a_stream_outlives_its_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::generate("short", Algorithm::ES256);
-    let app = App::start().await;
-    let gatehouse = Gatehouse::start(&config(
-        app.addr,
-        dir.path(),
-        &issuer,
-        "  expire_open_calls: false\n",
-    ));
-    let mut client = client(gatehouse.addr).await;
+    let mut setup = setup("  expire_open_calls: false\n").await;
 
     // 10 messages over 5 s; the token expires about 2 s in.
-    let token = token_expiring_in(&issuer, 2);
-    let mut stream = client
+    let token = token_expiring_in(&setup.issuer, 2);
+    let mut stream = setup
+        .client
         .countdown(with_token(countdown(10, 500), &token))
         .await
         .unwrap()
@@ -354,9 +375,10 @@ async fn with_expire_open_calls_false_a_stream_outlives_its_token() {
     let (received, end) = drain(&mut stream).await;
     end.expect("the call was ended although expire_open_calls is false");
     assert_eq!(received, 10);
-    assert_eq!(app.observed().cancelled(), 0);
+    assert_eq!(setup.app.observed().cancelled(), 0);
     // The token itself has expired: a new call with it is refused.
-    let refused = client
+    let refused = setup
+        .client
         .echo(with_token(EchoRequest::default(), &token))
         .await
         .expect_err("an expired token was admitted");
