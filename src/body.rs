@@ -10,6 +10,11 @@
 //! mid-stream ends the call with an error status in the trailers, never with a silent end
 //! of stream that a client could read as OK. The body's error type is therefore
 //! [`Infallible`]: no error is ever handed to hyper.
+//!
+//! A third promise is kept for calls admitted with a token or an API key: the call cannot
+//! outlive its credentials. A [`CredentialsWatch`] (one timer for the token's expiry, one
+//! shared signal for the key's revocation) ends the call with `UNAUTHENTICATED` after the
+//! last whole gRPC message the app sent, and the app's stream is reset.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -22,6 +27,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+mod credentials;
+
+use credentials::Credentials;
+pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch};
 
 use crate::auth::principal::strip_request_trailers;
 use crate::grpc::{self, Code, Reason};
@@ -127,6 +137,8 @@ pub type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, grpc::Stat
 struct Forwarded {
     /// `None` once the stream has ended, by the app or by gatehouse.
     inner: Option<Streamed>,
+    /// Only calls admitted with a token or an API key pay for it.
+    credentials: Option<Box<Credentials>>,
     /// Boxed because `Sleep` is not `Unpin`; only calls with a `grpc-timeout` pay for it.
     deadline: Option<Pin<Box<Sleep>>>,
     /// Fires when gatehouse stops waiting for open calls at the end of a drain.
@@ -145,10 +157,27 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Forwarded(Forwarded {
                 inner: Some(inner),
+                credentials: None,
                 deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
                 abort: Box::pin(abort.cancelled_owned()),
             }),
         }
+    }
+
+    /// Ends the call when `watch` fires, after the last whole message the app sent. A
+    /// trailers-only response has nothing left to end.
+    pub fn end_when(&mut self, mut watch: CredentialsWatch) {
+        let Kind::Forwarded(forwarded) = &mut self.kind else {
+            return;
+        };
+        // A grpc-timeout that ends the call first makes the expiry timer pointless.
+        if let Some(deadline) = &forwarded.deadline {
+            watch.forget_expiry_after(deadline.deadline());
+        }
+        if watch.is_idle() {
+            return;
+        }
+        forwarded.credentials = Some(Box::new(Credentials::new(watch)));
     }
 }
 
@@ -162,10 +191,14 @@ impl Forwarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
+            // The message the app was sending when the credentials ended is complete:
+            // the status follows it.
+            let closing = self.credentials.take().and_then(|c| c.closing);
+            return Poll::Ready(closing.map(|end| Ok(status_trailers(&end.status()))));
         };
         if self.abort.as_mut().poll(cx).is_ready() {
             self.inner = None;
+            self.credentials = None;
             return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
                 Reason::ShuttingDown,
                 "gatehouse is shutting down: the drain timeout ended this call",
@@ -176,12 +209,29 @@ impl Forwarded {
         {
             // Dropping the app's body resets its stream: the app sees the cancellation.
             self.inner = None;
+            self.credentials = None;
             return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
                 Reason::Deadline,
                 "deadline exceeded: grpc-timeout ran out while the app was answering",
             )))));
         }
-        match ready!(Pin::new(inner).poll_frame(cx)) {
+        if let Some(credentials) = self.credentials.as_mut()
+            && credentials.closing.is_none()
+            && let Poll::Ready(end) = credentials.watch.poll_end(cx)
+        {
+            if credentials.framing.at_boundary() {
+                // Dropping the app's body resets its stream (CANCEL).
+                self.inner = None;
+                self.credentials = None;
+                return Poll::Ready(Some(Ok(status_trailers(&end.status()))));
+            }
+            credentials.closing = Some(end);
+        }
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if let Some(credentials) = self.credentials.as_mut() {
+            return Poll::Ready(credentials.forward(frame, &mut self.inner));
+        }
+        match frame {
             Some(Ok(frame)) => {
                 if frame.is_trailers() {
                     self.inner = None;
@@ -226,7 +276,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
-            Kind::Forwarded(forwarded) => forwarded.inner.as_ref().is_none_or(Body::is_end_stream),
+            Kind::Forwarded(forwarded) => {
+                // A status still owed after the last message keeps the stream open.
+                let owed = forwarded
+                    .credentials
+                    .as_ref()
+                    .is_some_and(|c| c.closing.is_some());
+                !owed && forwarded.inner.as_ref().is_none_or(Body::is_end_stream)
+            }
         }
     }
 
@@ -365,5 +422,201 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, SystemTime};
+
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    use super::credentials::Framing;
+    use super::*;
+
+    /// The app's response body: frames as the test sends them; notes when it is dropped
+    /// (what resets the app's stream).
+    struct App {
+        frames: mpsc::UnboundedReceiver<Frame<Bytes>>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Body for App {
+        type Data = Bytes;
+        type Error = grpc::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, grpc::Status>>> {
+            self.frames.poll_recv(cx).map(|frame| frame.map(Ok))
+        }
+    }
+
+    impl Drop for App {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn message(len: usize, fill: u8) -> Vec<u8> {
+        let mut message = vec![0];
+        message.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+        message.extend(std::iter::repeat_n(fill, len));
+        message
+    }
+
+    /// The app's body forwarded: the body, what sends the app's frames, and whether the
+    /// app's body was dropped.
+    fn forwarded() -> (
+        ResponseBody,
+        mpsc::UnboundedSender<Frame<Bytes>>,
+        Arc<AtomicBool>,
+    ) {
+        let (send, frames) = mpsc::unbounded_channel();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let app = App {
+            frames,
+            dropped: dropped.clone(),
+        };
+        let body = ResponseBody::forwarded(
+            http_body_util::combinators::UnsyncBoxBody::new(app),
+            None,
+            CancellationToken::new(),
+        );
+        (body, send, dropped)
+    }
+
+    /// A forwarded body watched by a key's revocation signal.
+    fn watched() -> (
+        ResponseBody,
+        mpsc::UnboundedSender<Frame<Bytes>>,
+        Arc<AtomicBool>,
+        CancellationToken,
+        CredentialsEnded,
+    ) {
+        let (mut body, send, dropped) = forwarded();
+        let revoked = CancellationToken::new();
+        let watch = CredentialsWatch::new(None, Some(revoked.clone()));
+        let ended = watch.ended();
+        body.end_when(watch);
+        (body, send, dropped, revoked, ended)
+    }
+
+    fn status(frame: &Frame<Bytes>) -> (&str, &str) {
+        let trailers = frame.trailers_ref().expect("trailers");
+        (
+            trailers[grpc::GRPC_STATUS].to_str().unwrap(),
+            trailers[grpc::GRPC_MESSAGE].to_str().unwrap(),
+        )
+    }
+
+    #[test]
+    fn framing_finds_message_ends_across_and_within_frames() {
+        let stream: Vec<u8> = [message(3, 1), message(0, 0), message(70, 2)].concat();
+        // Every way of cutting the stream into two frames finds the same boundaries.
+        for cut in 0..=stream.len() {
+            let mut framing = Framing::default();
+            let mut ends = Vec::new();
+            let mut offset = 0;
+            for frame in [&stream[..cut], &stream[cut..]] {
+                let mut at = 0;
+                while at < frame.len() {
+                    at += framing.advance(&frame[at..], true);
+                    if framing.at_boundary() {
+                        ends.push(offset + at);
+                    }
+                }
+                offset += frame.len();
+            }
+            assert_eq!(ends, [8, 13, stream.len()], "cut at {cut}");
+        }
+        let mut framing = Framing::default();
+        assert_eq!(framing.advance(&stream, false), stream.len());
+        assert!(framing.at_boundary());
+    }
+
+    #[tokio::test]
+    async fn revoked_between_messages_ends_at_once_and_resets_the_app() {
+        let (mut body, app, dropped, revoked, ended) = watched();
+        app.send(Frame::data(Bytes::from(message(4, 1)))).unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.data_ref().unwrap().len(), 9);
+        revoked.cancel();
+        let last = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            status(&last),
+            ("16", "API key revoked while the call was open")
+        );
+        assert!(body.frame().await.is_none());
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the app's stream was not reset"
+        );
+        assert_eq!(ended.get(), Some(CredentialsEnd::KeyRevoked));
+    }
+
+    #[tokio::test]
+    async fn revoked_mid_message_finishes_that_message_and_no_more() {
+        let (mut body, app, dropped, revoked, ended) = watched();
+        let one = message(4, 1);
+        let two = message(10, 2);
+        let three = message(2, 3);
+        // The first frame ends inside message two.
+        let first: Vec<u8> = [&one[..], &two[..7]].concat();
+        app.send(Frame::data(Bytes::from(first.clone()))).unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            first
+        );
+        revoked.cancel();
+        // The next frame finishes message two and starts message three.
+        let second: Vec<u8> = [&two[7..], &three[..]].concat();
+        app.send(Frame::data(Bytes::from(second))).unwrap();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            &two[7..],
+            "message two finished, message three not begun"
+        );
+        assert!(!body.is_end_stream(), "the status is still owed");
+        let last = body.frame().await.unwrap().unwrap();
+        assert_eq!(status(&last).0, "16");
+        assert!(body.frame().await.is_none());
+        assert!(dropped.load(Ordering::SeqCst));
+        assert_eq!(ended.get(), Some(CredentialsEnd::KeyRevoked));
+    }
+
+    #[tokio::test]
+    async fn an_unrevoked_call_passes_the_apps_own_trailers() {
+        let (mut body, app, _dropped, _revoked, ended) = watched();
+        app.send(Frame::data(Bytes::from(message(2, 1)))).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(grpc::GRPC_STATUS, Code::NotFound.header_value());
+        trailers.insert(grpc::GRPC_MESSAGE, grpc::encode_message("no such thing"));
+        app.send(Frame::trailers(trailers)).unwrap();
+        body.frame().await.unwrap().unwrap();
+        let last = body.frame().await.unwrap().unwrap();
+        assert_eq!(status(&last), ("5", "no such thing"));
+        assert!(body.frame().await.is_none());
+        assert_eq!(ended.get(), None);
+    }
+
+    #[tokio::test]
+    async fn a_token_that_expired_since_admission_ends_the_call_unauthenticated() {
+        let (mut body, _app, dropped) = forwarded();
+        let expired = SystemTime::now() - Duration::from_secs(1);
+        body.end_when(CredentialsWatch::new(
+            Some((expired, CredentialsEnd::TokenExpired)),
+            None,
+        ));
+        // The app sends nothing: the timer alone ends the call.
+        let last = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            status(&last),
+            ("16", "token expired while the call was open")
+        );
+        assert!(dropped.load(Ordering::SeqCst));
     }
 }

@@ -52,9 +52,17 @@ pub struct Auth {
     pub jwt: Option<Jwt>,
     #[serde(default)]
     pub api_keys: Option<ApiKeys>,
+    /// Ends an open call with UNAUTHENTICATED when its token expires (plus leeway), or
+    /// its API key is revoked or expires, while the call is still open.
+    #[serde(default = "Auth::default_expire_open_calls")]
+    pub expire_open_calls: bool,
 }
 
 impl Auth {
+    fn default_expire_open_calls() -> bool {
+        true
+    }
+
     fn default_public_methods() -> Vec<String> {
         vec![
             "/grpc.health.v1.Health/Check".to_owned(),
@@ -1459,6 +1467,18 @@ limits: { max_connections: 0, max_header_list_size: 10 }
         ] {
             assert_eq!(parse_timestamp(impossible), None, "{impossible}");
         }
+    }
+
+    #[test]
+    fn open_calls_end_with_their_credentials_unless_turned_off() {
+        let auth = |extra: &str| {
+            Config::from_yaml(&format!("{MINIMAL}auth: {{ public_methods: []{extra} }}\n"))
+                .unwrap()
+                .auth
+                .unwrap()
+        };
+        assert!(auth("").expire_open_calls);
+        assert!(!auth(", expire_open_calls: false").expire_open_calls);
     }
 
     #[test]

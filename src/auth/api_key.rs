@@ -5,6 +5,10 @@
 //! the secret itself and its timing reveals nothing about stored keys. Keys come from the
 //! config and from `keys_file`, which is re-read when its content changes; a broken file
 //! keeps the last good keys and the log says why.
+//!
+//! Every key carries one revocation signal, shared by all the calls it admitted: when a
+//! change of the file (or a SIGHUP reload) removes the key, the signal fires once and
+//! each open call of that key ends, with no per-message check.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderName;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::principal::{AuthMethod, Principal, Refusal};
 use crate::config::{self, ApiKey, Problem};
@@ -43,9 +48,22 @@ pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[derive(Clone)]
 struct Entry {
     not_after: Option<u64>,
     principal: Arc<Principal>,
+    /// Cancelled when the key stops being configured; kept across reloads that keep it.
+    revoked: CancellationToken,
+}
+
+/// A key that matched: who it identifies, and what ends the calls it admits.
+#[derive(Clone, Debug)]
+pub struct Matched {
+    pub principal: Arc<Principal>,
+    /// `not_after`, in seconds since the Unix epoch.
+    pub not_after: Option<u64>,
+    /// Fires when the key is revoked (removed from `keys_file` or the config).
+    pub revoked: CancellationToken,
 }
 
 type Keys = HashMap<Digest, Entry>;
@@ -99,7 +117,7 @@ impl ApiKeyStore {
     }
 
     /// The identity of the key presented, or why it is refused.
-    pub fn authenticate(&self, presented: &[u8]) -> Result<Arc<Principal>, Refusal> {
+    pub fn authenticate(&self, presented: &[u8]) -> Result<Matched, Refusal> {
         let digest = sha256(presented);
         let keys = self
             .keys
@@ -118,7 +136,42 @@ impl ApiKeyStore {
                 "API key expired",
             ));
         }
-        Ok(entry.principal.clone())
+        Ok(Matched {
+            principal: entry.principal.clone(),
+            not_after: entry.not_after,
+            revoked: entry.revoked.clone(),
+        })
+    }
+
+    /// Puts `keys` in force. A key that stays keeps its revocation signal, so calls it
+    /// admitted before stay watched; a key that goes revokes the calls it admitted.
+    fn replace(&self, mut keys: Keys) {
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        adopt_signals(&mut keys, &current);
+        let previous = std::mem::replace(&mut *current, Arc::new(keys));
+        revoke_missing(&previous, &current);
+    }
+
+    /// Takes over the revocation signals of `running`, the store a configuration reload
+    /// replaces, and revokes the calls of every key this store no longer has. Call it
+    /// before this store is put in force.
+    pub fn take_over(&self, running: &ApiKeyStore) {
+        let previous = running
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut keys = Keys::clone(&current);
+        adopt_signals(&mut keys, &previous);
+        *current = Arc::new(keys);
+        revoke_missing(&previous, &current);
+    }
+
+    /// Revokes the calls of every key: the reload that replaces this store has none.
+    pub fn revoke_all(&self) {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        revoke_missing(&keys, &Keys::new());
     }
 
     /// Re-reads `keys_file` every `interval` and swaps the keys in when the content
@@ -150,7 +203,7 @@ impl ApiKeyStore {
         match parsed {
             Ok(keys) => {
                 let count = keys.len();
-                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                self.replace(keys);
                 tracing::info!(file = %path.display(), keys = count, "API keys reloaded");
             }
             Err(problems) => {
@@ -159,6 +212,29 @@ impl ApiKeyStore {
                 }
             }
         }
+    }
+}
+
+/// Gives each key of `keys` that `previous` also has the signal it had there.
+fn adopt_signals(keys: &mut Keys, previous: &Keys) {
+    for (digest, entry) in keys.iter_mut() {
+        if let Some(old) = previous.get(digest) {
+            entry.revoked = old.revoked.clone();
+        }
+    }
+}
+
+/// Fires the signal of every key of `previous` that `current` does not have.
+fn revoke_missing(previous: &Keys, current: &Keys) {
+    let mut revoked = 0usize;
+    for (digest, entry) in previous {
+        if !current.contains_key(digest) && !entry.revoked.is_cancelled() {
+            entry.revoked.cancel();
+            revoked += 1;
+        }
+    }
+    if revoked > 0 {
+        tracing::info!(keys = revoked, "API keys revoked; their open calls end");
     }
 }
 
@@ -203,6 +279,7 @@ fn build(keys: &[ApiKey]) -> Result<Keys, String> {
         let entry = Entry {
             not_after,
             principal: Arc::new(principal),
+            revoked: CancellationToken::new(),
         };
         if built.insert(digest, entry).is_some() {
             return Err(format!(
@@ -235,7 +312,7 @@ mod tests {
         let store = store(&format!(
             "keys: [{{ name: scanner, sha256: \"{hash}\", tenant_id: acme, roles: [scanner] }}]"
         ));
-        let principal = store.authenticate(b"s3cret").unwrap();
+        let principal = store.authenticate(b"s3cret").unwrap().principal;
         assert_eq!(principal.api_key_name.as_deref(), Some("scanner"));
         assert_eq!(principal.tenant_id.as_deref(), Some("acme"));
         assert_eq!(principal.method, AuthMethod::ApiKey);
@@ -297,5 +374,62 @@ mod tests {
             "unknown_api_key",
             "revoked by the file change"
         );
+    }
+
+    #[test]
+    fn removing_a_key_fires_its_signal_and_a_kept_key_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        let entry = |name: &str, key: &[u8]| {
+            format!("{{ name: {name}, sha256: \"{}\" }}", to_hex(&sha256(key)))
+        };
+        let write = |entries: &[String]| {
+            std::fs::write(&path, format!("keys: [{}]", entries.join(", "))).unwrap();
+        };
+        write(&[entry("kept", b"kept"), entry("gone", b"gone")]);
+        let store = store(&format!("keys_file: {}", path.display()));
+        let kept = store.authenticate(b"kept").unwrap().revoked;
+        let gone = store.authenticate(b"gone").unwrap().revoked;
+
+        // The kept key changes its name: still the same key, still the same signal.
+        write(&[entry("kept-renamed", b"kept")]);
+        store.reload_if_changed(&path);
+        assert!(
+            gone.is_cancelled(),
+            "the removed key's calls were not ended"
+        );
+        assert!(!kept.is_cancelled(), "a kept key's calls were ended");
+        let again = store.authenticate(b"kept").unwrap();
+        assert_eq!(
+            again.principal.api_key_name.as_deref(),
+            Some("kept-renamed")
+        );
+        again.revoked.cancel();
+        assert!(
+            kept.is_cancelled(),
+            "the reloaded key lost the signal of its open calls"
+        );
+    }
+
+    #[test]
+    fn a_reload_that_drops_a_key_revokes_it_and_hands_over_the_others() {
+        let hash = |key: &[u8]| to_hex(&sha256(key));
+        let running = store(&format!(
+            "keys: [{{ name: a, sha256: \"{}\" }}, {{ name: b, sha256: \"{}\" }}]",
+            hash(b"a"),
+            hash(b"b")
+        ));
+        let a = running.authenticate(b"a").unwrap().revoked;
+        let b = running.authenticate(b"b").unwrap().revoked;
+        let reloaded = store(&format!(
+            "keys: [{{ name: a, sha256: \"{}\" }}]",
+            hash(b"a")
+        ));
+        reloaded.take_over(&running);
+        assert!(b.is_cancelled(), "the dropped key's calls were not ended");
+        assert!(!a.is_cancelled());
+        // Removing `a` later, from the new store, ends the calls the old one admitted.
+        reloaded.revoke_all();
+        assert!(a.is_cancelled());
     }
 }

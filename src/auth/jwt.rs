@@ -185,6 +185,9 @@ pub struct Verified {
     pub bound_to: Option<Thumbprint>,
     /// The provider's `require_cert_binding`.
     pub binding_required: bool,
+    /// `exp` plus the provider's leeway, in seconds since the Unix epoch: from then on
+    /// the token is refused, and a call it admitted that is still open ends.
+    pub expires_at: u64,
 }
 
 /// Checks bearer tokens against every configured provider.
@@ -273,19 +276,27 @@ impl JwtVerifier {
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &provider.validation)
             .map_err(|error| refusal_for(error.kind()))?;
         let principal = Arc::new(provider.identity(&data.claims)?);
+        // Validation required a numeric `exp`; a token without one never gets here.
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(unix_seconds)
+            .ok_or_else(|| {
+                Refusal::unauthenticated(Reason::MissingClaim, "token has no exp claim")
+            })?;
+        let expires_at = exp.saturating_add(provider.leeway);
         let verified = Verified {
             principal,
             forward_token: provider.forward_token,
             bound_to: binding::thumbprint(&data.claims)?,
             binding_required: provider.require_cert_binding,
+            expires_at,
         };
-        if let (Some(cache), Some(exp)) =
-            (&self.cache, data.claims.get("exp").and_then(Value::as_u64))
-        {
+        if let Some(cache) = &self.cache {
             cache.insert(
                 token,
                 verified.clone(),
-                exp.saturating_add(provider.leeway),
+                expires_at,
                 Arc::downgrade(&key),
                 now,
             );
@@ -361,6 +372,16 @@ fn names_unknown_algorithm(token: &str) -> bool {
         .ok()
         .and_then(|json| serde_json::from_slice::<Alg>(&json).ok());
     alg.is_some_and(|alg| Algorithm::from_str(&alg.alg).is_err())
+}
+
+/// A NumericDate claim in whole seconds: an integer, or a non-negative fraction cut down.
+fn unix_seconds(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            .map(|seconds| seconds as u64)
+    })
 }
 
 fn refusal_for(kind: &ErrorKind) -> Refusal {

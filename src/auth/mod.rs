@@ -14,12 +14,14 @@ pub mod principal;
 pub mod token;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tokio_util::sync::CancellationToken;
 
+use crate::body::CredentialsEnd;
 use crate::config::{self, Config, Problem};
 use crate::grpc::Reason;
 use crate::server::ConnectionInfo;
@@ -43,6 +45,17 @@ struct Credentials {
     public: Vec<MethodPattern>,
     jwt: Option<JwtVerifier>,
     api_keys: Option<Arc<ApiKeyStore>>,
+    /// `auth.expire_open_calls`.
+    expire_open_calls: bool,
+}
+
+/// What ends the credentials an admitted call was let in with (`auth.expire_open_calls`).
+#[derive(Clone, Debug, Default)]
+pub struct Lifetime {
+    /// A token's `exp` plus leeway, or an API key's `not_after`, and what that means.
+    pub expires: Option<(SystemTime, CredentialsEnd)>,
+    /// The API key's revocation signal.
+    pub revoked: Option<CancellationToken>,
 }
 
 impl Authenticator {
@@ -98,6 +111,7 @@ impl Authenticator {
                 public,
                 jwt,
                 api_keys,
+                expire_open_calls: auth.expire_open_calls,
             }),
             policy,
         })
@@ -133,6 +147,18 @@ impl Authenticator {
         if let (Some(new), Some(old)) = (new, old) {
             new.take_over_keys(old);
         }
+        // Calls admitted with a key the new configuration drops end now; calls with a
+        // key it keeps stay watched by the new store.
+        let new = self.credentials.as_ref().and_then(|c| c.api_keys.as_ref());
+        let old = running
+            .credentials
+            .as_ref()
+            .and_then(|c| c.api_keys.as_ref());
+        match (new, old) {
+            (Some(new), Some(old)) => new.take_over(old),
+            (None, Some(old)) => old.revoke_all(),
+            _ => {}
+        }
     }
 
     /// Providers whose remote key set has not loaded yet.
@@ -154,14 +180,26 @@ impl Authenticator {
     /// Either way the [`AuthOutcome`] says how the caller tried to authenticate, for the
     /// layers that log and count.
     pub async fn admit(&self, request: &mut Parts) -> Result<AuthOutcome, (AuthOutcome, Refusal)> {
+        self.admit_call(request).await.map(|(outcome, _)| outcome)
+    }
+
+    /// [`admit`](Authenticator::admit), and for a call admitted with a token or an API
+    /// key (unless `auth.expire_open_calls` is false), what ends its credentials.
+    pub async fn admit_call(
+        &self,
+        request: &mut Parts,
+    ) -> Result<(AuthOutcome, Option<Lifetime>), (AuthOutcome, Refusal)> {
         let mut attempted = AuthMethod::None;
         match self.decide(request, &mut attempted).await {
-            Ok((principal, would_refuse)) => Ok(AuthOutcome {
-                method: principal.method,
-                principal: Some(principal),
-                refusal: None,
-                would_refuse,
-            }),
+            Ok((principal, would_refuse, lifetime)) => Ok((
+                AuthOutcome {
+                    method: principal.method,
+                    principal: Some(principal),
+                    refusal: None,
+                    would_refuse,
+                },
+                lifetime,
+            )),
             Err(refusal) => Err((
                 AuthOutcome {
                     method: attempted,
@@ -174,12 +212,13 @@ impl Authenticator {
         }
     }
 
-    /// The admitted caller and, in dry run, the rule that would have refused it.
+    /// The admitted caller, in dry run the rule that would have refused it, and what
+    /// ends its credentials.
     async fn decide(
         &self,
         request: &mut Parts,
         attempted: &mut AuthMethod,
-    ) -> Result<(Arc<Principal>, Option<DecidingRule>), Refusal> {
+    ) -> Result<(Arc<Principal>, Option<DecidingRule>, Option<Lifetime>), Refusal> {
         let info = request.extensions.get::<Arc<ConnectionInfo>>().cloned();
         let peer = info.as_ref().and_then(|info| info.peer.as_ref());
         let client_cert = info
@@ -215,12 +254,12 @@ impl Authenticator {
                 }
             };
             principal.inject(headers, client_cert);
-            return Ok((principal, would_refuse));
+            return Ok((principal, would_refuse, None));
         };
         if policy::any_matches(&credentials.public, path) {
             let principal = Principal::anonymous(AuthMethod::None);
             principal.inject(headers, client_cert);
-            return Ok((principal, None));
+            return Ok((principal, None, None));
         }
         // A token whose key is being fetched waits no longer than the caller would.
         let key_wait = jwt::key_wait(headers);
@@ -246,7 +285,7 @@ impl Authenticator {
                 ));
             }
         };
-        let (principal, forward) = match (bearer, api_key) {
+        let (principal, forward, lifetime) = match (bearer, api_key) {
             (Some(_), Some(_)) => {
                 return Err(Refusal::unauthenticated(
                     Reason::AmbiguousCredentials,
@@ -269,12 +308,29 @@ impl Authenticator {
                 // Per call, after the cache: a bound token verified on one connection
                 // must not pass on another.
                 binding::check(verified.bound_to.as_ref(), verified.binding_required, peer)?;
-                (verified.principal, verified.forward_token.then_some(value))
+                let lifetime = Lifetime {
+                    expires: unix_time(verified.expires_at)
+                        .map(|at| (at, CredentialsEnd::TokenExpired)),
+                    revoked: None,
+                };
+                (
+                    verified.principal,
+                    verified.forward_token.then_some(value),
+                    lifetime,
+                )
             }
             (None, Some(key)) => {
                 *attempted = AuthMethod::ApiKey;
                 let store = store.expect("the key header is read only with api_keys configured");
-                (store.authenticate(key.as_bytes())?, None)
+                let matched = store.authenticate(key.as_bytes())?;
+                let lifetime = Lifetime {
+                    expires: matched
+                        .not_after
+                        .and_then(unix_time)
+                        .map(|at| (at, CredentialsEnd::KeyExpired)),
+                    revoked: Some(matched.revoked),
+                };
+                (matched.principal, None, lifetime)
             }
             (None, None) => {
                 return Err(Refusal::unauthenticated(
@@ -288,8 +344,15 @@ impl Authenticator {
             headers.insert(AUTHORIZATION, token);
         }
         principal.inject(headers, client_cert);
-        Ok((principal, would_refuse))
+        let lifetime = credentials.expire_open_calls.then_some(lifetime);
+        Ok((principal, would_refuse, lifetime))
     }
+}
+
+/// `seconds` since the Unix epoch as a wall-clock time; `None` past what the clock can
+/// hold, a time no call lasts until (a token may say `exp: 1e19`).
+fn unix_time(seconds: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 /// What a caller sent in one credential header.

@@ -113,6 +113,9 @@ reasons! {
     UnknownApiKey => "UNKNOWN_API_KEY", "unknown_api_key", Unauthenticated;
     /// The API key is past its `not_after`.
     ApiKeyExpired => "API_KEY_EXPIRED", "expired_api_key", Unauthenticated;
+    /// The API key left `keys_file` or the configuration while a call it admitted was
+    /// open (`auth.expire_open_calls`); the call ends with this status.
+    KeyRevoked => "KEY_REVOKED", "key_revoked", Unauthenticated;
     /// The client certificate is not in `tls.allowed_peers`.
     PeerNotAllowed => "PEER_NOT_ALLOWED", "peer_not_allowed", PermissionDenied;
     /// An authorization rule matched the method and does not allow the caller.

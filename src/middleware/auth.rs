@@ -3,6 +3,10 @@
 //! allow-list, authorization rules) and sets the verified identity, or answers with the
 //! refusal's gRPC status without calling the app.
 //!
+//! A call admitted with a token or an API key is then watched until it ends: when the
+//! token expires or the key is revoked first, the call ends with UNAUTHENTICATED (see
+//! [`CredentialsWatch`]), whether the app has answered yet or not.
+//!
 //! ```no_run
 //! # async fn example(config: gatehouse::config::Config, forward: gatehouse::upstream::Forward) {
 //! use std::sync::Arc;
@@ -26,7 +30,7 @@ use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
 use crate::auth::principal::{AuthMethod, AuthOutcome, Refusal, strip_identity_headers};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
 use crate::grpc;
 use crate::reload::Current;
 
@@ -107,11 +111,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            match authenticator.admit(&mut parts).await {
-                Ok(outcome) => {
+            match authenticator.admit_call(&mut parts).await {
+                Ok((outcome, lifetime)) => {
                     // Limits, below, counts the call against the identity decided here.
                     parts.extensions.insert(outcome.clone());
-                    let mut response = inner.call(Request::from_parts(parts, body)).await?;
+                    let call = inner.call(Request::from_parts(parts, body));
+                    let watch = lifetime
+                        .map(|lifetime| CredentialsWatch::new(lifetime.expires, lifetime.revoked))
+                        .filter(|watch| !watch.is_idle());
+                    let mut response = match watch {
+                        None => call.await?,
+                        Some(watch) => until_credentials_end(call, watch).await?,
+                    };
                     response.extensions_mut().insert(outcome);
                     Ok(response)
                 }
@@ -128,6 +139,37 @@ where
             }
         })
     }
+}
+
+/// The app's answer to `call`, its body ended when `watch` fires. If the credentials end
+/// before the app has answered at all (a client stream the app reads to the end first),
+/// the call is dropped, which resets the app's stream, and answered here.
+async fn until_credentials_end<F>(
+    call: F,
+    mut watch: CredentialsWatch,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+    let ended = watch.ended();
+    let mut call = std::pin::pin!(call);
+    let answered = std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = call.as_mut().poll(cx) {
+            return Poll::Ready(Ok(response));
+        }
+        watch.poll_end(cx).map(Err)
+    })
+    .await;
+    let mut response = match answered {
+        Ok(response) => {
+            let mut response = response?;
+            response.body_mut().end_when(watch);
+            response
+        }
+        Err(end) => end.status().response(),
+    };
+    response.extensions_mut().insert(ended);
+    Ok(response)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use http::{Request, Response, Uri};
 use tower::{Layer, Service};
 
 use crate::auth::principal::AuthOutcome;
-use crate::body::{Completion, Outcome, Pending, RequestBody, Watched};
+use crate::body::{Completion, CredentialsEnded, Outcome, Pending, RequestBody, Watched};
 use crate::grpc::{self, Code};
 use crate::server::ConnectionInfo;
 use crate::telemetry::{CallSpan, Tracing};
@@ -80,6 +80,8 @@ pub struct AccessRecord {
     context: TraceContext,
     received: Arc<AtomicU64>,
     auth: Option<AuthOutcome>,
+    /// Set if the call's credentials ended it while it was open.
+    credentials_ended: Option<CredentialsEnded>,
     /// gatehouse answered the call without the app.
     answered_here: bool,
 }
@@ -118,6 +120,12 @@ impl Completion for AccessRecord {
                 .as_ref()
                 .and_then(|auth| auth.would_refuse)
                 .map(tracing::field::display),
+            // auth.expire_open_calls: the token expired or the key was revoked mid-call.
+            ended_by = self
+                .credentials_ended
+                .as_ref()
+                .and_then(CredentialsEnded::get)
+                .map(|end| end.label()),
             peer,
             trace_id = %format_args!("{:032x}", self.context.trace_id),
             bytes_in = self.received.load(Ordering::Relaxed),
@@ -175,6 +183,7 @@ where
             context,
             received,
             auth: None,
+            credentials_ended: None,
             answered_here: false,
         });
         let clone = self.inner.clone();
@@ -183,6 +192,7 @@ where
             let response = inner.call(request).await?;
             if let Some(record) = pending.get_mut() {
                 record.auth = response.extensions().get::<AuthOutcome>().cloned();
+                record.credentials_ended = response.extensions().get::<CredentialsEnded>().cloned();
                 record.answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
             }
             let header_code = response

@@ -19,7 +19,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::auth::principal::AuthOutcome;
-use crate::body::{Completion, Outcome, Pending, RequestBody, Watched};
+use crate::body::{Completion, CredentialsEnded, Outcome, Pending, RequestBody, Watched};
 use crate::grpc::{self, Code};
 use crate::metrics::{MAX_METHOD_CHARS, MethodMetrics, Metrics as Registry};
 
@@ -63,6 +63,9 @@ pub struct Recorder {
     /// `authorization.dry_run` let a call to a method without labels yet through
     /// although the rules refuse it: counted once its labels are decided.
     dry_run_refused: bool,
+    /// How the admitted caller authenticated, and whether its credentials ended the
+    /// call while it was open (`auth.expire_open_calls`).
+    credentials: Option<(&'static str, CredentialsEnded)>,
 }
 
 impl Completion for Recorder {
@@ -84,6 +87,12 @@ impl Completion for Recorder {
         };
         if self.dry_run_refused {
             self.registry.dry_run_refusal(&method);
+        }
+        if let Some((auth_method, ended)) = &self.credentials
+            && let Some(end) = ended.get()
+        {
+            self.registry
+                .auth(auth_method, "ended_in_call", end.label());
         }
         self.registry
             .handled(&method, outcome.code, self.started.elapsed().as_secs_f64());
@@ -118,6 +127,7 @@ where
             method: None,
             unknown: None,
             dry_run_refused: false,
+            credentials: None,
         });
         let path = request.uri().clone();
         let clone = self.inner.clone();
@@ -138,7 +148,11 @@ where
                 .map_or(path.path(), |path| path.as_str());
             let answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
             let dry_run_refused = outcome.is_some_and(|outcome| outcome.would_refuse.is_some());
+            let ended = response.extensions().get::<CredentialsEnded>();
             if let Some(recorder) = pending.get_mut() {
+                recorder.credentials = outcome
+                    .zip(ended.cloned())
+                    .map(|(outcome, ended)| (outcome.method.as_str(), ended));
                 match registry.known_method(path) {
                     Some(method) => {
                         method.started.inc();

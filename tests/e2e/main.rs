@@ -9,6 +9,7 @@ mod auth;
 mod beyond;
 mod cli;
 mod conformance;
+mod expiry;
 mod forwarding;
 mod grpcurl;
 mod hardening;
