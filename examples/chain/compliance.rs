@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use service::pb::demo_client::DemoClient;
 use service::pb::{CountdownRequest, InspectRequest};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Parser)]
@@ -85,6 +86,8 @@ const FORGED_USER: &str = "mallory";
 
 struct Job {
     args: Args,
+    /// `Bearer TOKEN`, checked once at start: a token that is not ASCII is a usage error.
+    authorization: Option<MetadataValue<Ascii>>,
     trace_id: String,
     traceparent: String,
 }
@@ -128,10 +131,8 @@ impl Job {
         // A compromised or careless app might try to speak for someone else.
         metadata.insert("x-user-id", FORGED_USER.parse().expect("ASCII"));
         metadata.insert("x-api-key-name", FORGED_USER.parse().expect("ASCII"));
-        if let Some(token) = &self.args.token {
-            if let Ok(value) = format!("Bearer {token}").parse() {
-                metadata.insert("authorization", value);
-            }
+        if let Some(authorization) = &self.authorization {
+            metadata.insert("authorization", authorization.clone());
         }
         request
     }
@@ -197,9 +198,8 @@ impl Job {
         let step = "ExportAuditLogs";
         let destination = self.destination("audit-service");
         let csv_error = |error| ExportError::Csv(self.args.csv.clone(), error);
-        let mut csv = std::io::BufWriter::new(
-            std::fs::File::create(&self.args.csv).map_err(csv_error)?,
-        );
+        let mut csv =
+            std::io::BufWriter::new(std::fs::File::create(&self.args.csv).map_err(csv_error)?);
         writeln!(csv, "sequence,record,payload_bytes").map_err(csv_error)?;
         let mut client = self.client(&destination).await?;
         let call_error = |status| ExportError::Call {
@@ -265,6 +265,14 @@ fn random_hex<const N: usize>() -> Result<String, ExportError> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let authorization = match args.token.as_deref().map(|t| format!("Bearer {t}").parse()) {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            eprintln!("chain-compliance: --token: not a token (printable ASCII only)");
+            return std::process::ExitCode::from(64);
+        }
+    };
     let ids = random_hex::<16>().and_then(|trace| Ok((trace, random_hex::<8>()?)));
     let (trace_id, span_id) = match ids {
         Ok(ids) => ids,
@@ -276,6 +284,7 @@ async fn main() -> std::process::ExitCode {
     let traceparent = format!("00-{trace_id}-{span_id}-01");
     let job = Job {
         args,
+        authorization,
         trace_id,
         traceparent,
     };
