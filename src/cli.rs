@@ -50,9 +50,10 @@ pub struct TokenArgs {
     /// `iss` claim.
     #[arg(long)]
     pub iss: String,
-    /// `aud` claim.
-    #[arg(long)]
-    pub aud: String,
+    /// `aud` claim; comma-separated for a token that several services accept (an
+    /// outbound chain relays one user's token to each of them).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub aud: Vec<String>,
     /// `sub` claim: the user.
     #[arg(long)]
     pub sub: String,

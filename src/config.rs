@@ -1365,6 +1365,10 @@ upstream: { address: 127.0.0.1:50051 }
         let config = Config::from_yaml(&config_map.data["gatehouse.yaml"])
             .expect("the embedded config parses");
         assert_eq!(config.validate(), vec![]);
+        let outbound = config
+            .outbound
+            .expect("the manifest shows the outbound listener");
+        assert_eq!(outbound.destinations[0].name, "audit-service");
     }
 
     #[test]

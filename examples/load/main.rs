@@ -63,6 +63,10 @@ struct Args {
     /// Sent as `x-api-key`.
     #[arg(long)]
     api_key: Option<String>,
+    /// The `:authority` to send: the destination's name when calling gatehouse's
+    /// outbound port.
+    #[arg(long)]
+    authority: Option<String>,
     #[arg(long, value_enum, default_value = "closed")]
     mode: Mode,
     /// Calls per second in open-loop mode.
@@ -127,11 +131,17 @@ struct Load {
 
 impl Load {
     async fn channel(&self) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.args.target))
+        let mut endpoint = Endpoint::from_shared(format!("http://{}", self.args.target))
             .map_err(|e| e.to_string())?
             .initial_stream_window_size(Some(4 << 20))
             .initial_connection_window_size(Some(16 << 20))
             .tcp_nodelay(true);
+        if let Some(authority) = &self.args.authority {
+            let origin = format!("http://{authority}")
+                .parse()
+                .map_err(|_| format!("--authority {authority:?}: not a valid authority"))?;
+            endpoint = endpoint.origin(origin);
+        }
         let Some(tls) = self.tls.clone() else {
             return endpoint
                 .connect()

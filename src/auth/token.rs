@@ -36,9 +36,14 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         .duration_since(UNIX_EPOCH)
         .map_err(|error| error.to_string())?
         .as_secs();
+    // One audience stays a plain string, the form most issuers write.
+    let aud = match args.aud.as_slice() {
+        [one] => json!(one),
+        many => json!(many),
+    };
     let mut claims = json!({
         "iss": args.iss,
-        "aud": args.aud,
+        "aud": aud,
         "sub": args.sub,
         "iat": now,
         "exp": now + args.ttl.get().as_secs(),
