@@ -307,6 +307,9 @@ async fn serve(
         metrics.clone(),
         authenticator.clone(),
         &config.limits.per_identity,
+        outbound
+            .as_ref()
+            .and_then(crate::outbound::Destinations::contexts),
         forward,
     );
     let server = Server::new(&config.limits, chain, metrics.clone());

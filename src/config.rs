@@ -1111,6 +1111,14 @@ pub struct Outbound {
     #[serde(default)]
     pub client_tls: ClientTls,
     pub destinations: Vec<Destination>,
+    /// `credentials: context`: how long a call's handle still resolves after the inbound
+    /// call it names has ended, for work the app finishes just after answering.
+    #[serde(default = "Outbound::default_context_grace")]
+    pub context_grace: Duration,
+    /// `credentials: context`: the most handles alive at once (open calls and calls in
+    /// their grace); default `limits.max_connections` × `limits.max_concurrent_streams`.
+    /// When full, new calls get no handle rather than evicting a live one.
+    pub context_max_handles: Option<usize>,
 }
 
 /// `outbound.client_tls`: any file left out is taken from `tls`.
@@ -1142,6 +1150,17 @@ pub enum OutboundListen {
 }
 
 impl Outbound {
+    fn default_context_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    /// Whether any destination takes its credential from the inbound call.
+    pub fn uses_context(&self) -> bool {
+        self.destinations
+            .iter()
+            .any(|destination| destination.credentials == Credentials::Context)
+    }
+
     /// The parsed `listen`; `Err` says why it is refused (not loopback, not an address).
     pub fn listen(&self) -> Result<OutboundListen, String> {
         if let Some(path) = self.listen.strip_prefix("unix:") {
@@ -1223,8 +1242,8 @@ pub enum Credentials {
     Relay,
     /// The pod's certificate only.
     None,
-    /// The token of the inbound call being served (not supported yet: refused by
-    /// validation).
+    /// The verified token of the inbound call being served, found through the handle
+    /// gatehouse gave that call (DESIGN §10); checked locally as `relay` is.
     Context,
     /// A service API key read from this file, sent as `x-api-key`.
     ApiKeyFile(PathBuf),
@@ -1246,6 +1265,12 @@ fn validate_outbound(outbound: &Outbound, tls: &Tls, problems: &mut Vec<Problem>
                 format!("required (set it here or as tls.{field})"),
             ));
         }
+    }
+    if outbound.context_max_handles == Some(0) {
+        problems.push(Problem::new(
+            "outbound.context_max_handles",
+            "must be at least 1 (leave it out for max_connections × max_concurrent_streams)",
+        ));
     }
     if outbound.destinations.is_empty() {
         problems.push(Problem::new(
@@ -1304,14 +1329,12 @@ fn validate_outbound(outbound: &Outbound, tls: &Tls, problems: &mut Vec<Problem>
             }
         }
         match &destination.credentials {
-            Credentials::Context => problems.push(Problem::new(
-                at("credentials"),
-                "context is not supported yet: use relay, none or { api_key_file: PATH }",
-            )),
-            Credentials::Relay if destination.audience.as_deref().is_none_or(str::is_empty) => {
+            Credentials::Relay | Credentials::Context
+                if destination.audience.as_deref().is_none_or(str::is_empty) =>
+            {
                 problems.push(Problem::new(
                     at("audience"),
-                    "required with credentials: relay (the relayed token's aud must contain it)",
+                    "required with credentials: relay or context (the token's aud must contain it)",
                 ))
             }
             _ => {}
@@ -1610,7 +1633,7 @@ outbound:
                 "outbound.destinations[1].audience",
                 "outbound.destinations[1].timeout",
                 "outbound.destinations[2].address",
-                "outbound.destinations[2].credentials",
+                "outbound.destinations[2].audience",
             ]
         );
     }

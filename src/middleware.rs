@@ -40,6 +40,7 @@ pub fn build(
     metrics: Arc<crate::metrics::Metrics>,
     authenticator: Arc<Current<Authenticator>>,
     per_identity: &PerIdentity,
+    contexts: Option<Arc<crate::outbound::context::CallContexts>>,
     forward: Forward,
 ) -> Chain {
     ServiceBuilder::new()
@@ -54,7 +55,9 @@ pub fn build(
         // Last before forwarding: every layer above sees (and counts) refusals too, and
         // nothing reaches the app without a path in gRPC's grammar, having been stripped
         // of forged identity headers and credentials, and admitted.
-        .layer(AuthLayer::new(authenticator))
+        // It also gives admitted calls their call-context handle when outbound
+        // destinations use `credentials: context`.
+        .layer(AuthLayer::new(authenticator).with_contexts(contexts, metrics.clone()))
         // After Auth, whose verdict names the identity a call counts against; refused
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget.

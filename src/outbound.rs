@@ -9,13 +9,16 @@
 //!                │
 //!                ├─ Recovery ▶ Record (CLIENT span, access log, grpc_client_*)
 //!                ├─ route: host of :authority → destination, else UNIMPLEMENTED
-//!                ├─ credentials: strip identity headers and keys, then relay / key / none
-//!                ├─ deadline: min(app's grpc-timeout, destination timeout), re-encoded
+//!                ├─ credentials: strip identity headers, keys and call-context handles,
+//!                │  then relay / key / none / context (the inbound call's token)
+//!                ├─ deadline: min(app's grpc-timeout, destination timeout, and under
+//!                │  context the inbound call's remaining deadline), re-encoded
 //!                └─ endpoint: TLS chain + identity checked in the handshake
 //! ```
 //!
 //! [`build`] assembles the chain in one place, as `middleware::build` does inbound.
 
+pub mod context;
 pub mod credentials;
 pub mod endpoint;
 pub mod listen;
@@ -42,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::middleware::recovery::{Recovery, RecoveryLayer};
 use crate::telemetry::Tracing;
 use crate::tls::ClientTls;
+use context::CallContexts;
 use credentials::Credentials;
 use endpoint::Endpoint;
 use record::{Record, RecordLayer, Routed};
@@ -75,6 +79,8 @@ pub struct Destinations {
     entries: Vec<Arc<Destination>>,
     names: Vec<Arc<str>>,
     tls: Arc<ClientTls>,
+    /// Present when a destination uses `credentials: context`; inbound mints into it.
+    contexts: Option<Arc<CallContexts>>,
 }
 
 /// One destination the app may call.
@@ -96,6 +102,15 @@ impl Destinations {
             return Ok(None);
         };
         let mut problems = Vec::new();
+        let contexts = outbound.uses_context().then(|| {
+            let capacity = outbound.context_max_handles.unwrap_or_else(|| {
+                config
+                    .limits
+                    .max_connections
+                    .saturating_mul(config.limits.max_concurrent_streams as usize)
+            });
+            Arc::new(CallContexts::new(outbound.context_grace.get(), capacity))
+        });
         let tls = match ClientTls::load(&outbound.client_tls.resolved(&config.tls)) {
             Ok(tls) => Some(Arc::new(tls)),
             Err(more) => {
@@ -106,8 +121,11 @@ impl Destinations {
         let mut entries = Vec::new();
         for (i, destination) in outbound.destinations.iter().enumerate() {
             let field = format!("outbound.destinations[{i}]");
-            let credentials = match Credentials::load(destination, &format!("{field}.credentials"))
-            {
+            let credentials = match Credentials::load(
+                destination,
+                &format!("{field}.credentials"),
+                contexts.as_ref(),
+            ) {
                 Ok(credentials) => credentials,
                 Err(problem) => {
                     problems.push(problem);
@@ -152,6 +170,7 @@ impl Destinations {
                 names: entries.iter().map(|d| d.name.clone()).collect(),
                 entries,
                 tls,
+                contexts,
             })),
             _ => Err(problems),
         }
@@ -165,6 +184,12 @@ impl Destinations {
                 file.spawn_watcher();
             }
         }
+    }
+
+    /// The call-context table, when a destination uses `credentials: context`: inbound
+    /// gives admitted calls their handles in it.
+    pub fn contexts(&self) -> Option<Arc<CallContexts>> {
+        self.contexts.clone()
     }
 
     fn find(&self, host: &str) -> Option<&Arc<Destination>> {
@@ -187,16 +212,21 @@ impl Destination {
                 .with("destination", &*self.name)
                 .response()
         };
-        if let Err(refusal) = self.credentials.apply(request.headers_mut()) {
-            return (status_for(refusal.status(None)), None);
-        }
-        // The shorter of the app's deadline and the destination's, so a call never
-        // outlives either; the destination is told what is left.
-        let timeout = request
+        let inbound_deadline = match self.credentials.apply(request.headers_mut()) {
+            Ok(deadline) => deadline,
+            Err(refusal) => return (status_for(refusal.status(None)), None),
+        };
+        // The shorter of the app's deadline and the destination's (and under `context`
+        // what is left of the inbound call's), so a call never outlives any of them; the
+        // destination is told what is left.
+        let mut timeout = request
             .headers()
             .get(grpc::GRPC_TIMEOUT)
             .and_then(grpc::parse_timeout)
             .map_or(self.timeout, |app| app.min(self.timeout));
+        if let Some(at) = inbound_deadline {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+        }
         let deadline = Instant::now() + timeout;
         let headers = request.headers_mut();
         headers.insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(timeout));

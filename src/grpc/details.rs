@@ -162,6 +162,9 @@ reasons! {
     /// Outbound `credentials: relay`: the app's token does not name the destination's
     /// `audience`.
     AudienceMismatch => "AUDIENCE_MISMATCH", "audience_mismatch", PermissionDenied;
+    /// Outbound `credentials: context`: the call carries no handle, or one that names no
+    /// inbound call open or ended less than `outbound.context_grace` ago.
+    NoCallContext => "NO_CALL_CONTEXT", "no_call_context", Unauthenticated;
     /// gatehouse is shutting down and the drain timeout ended the call.
     ShuttingDown => "SHUTTING_DOWN", "shutting_down", Unavailable;
     /// A bug in gatehouse (a panic, a request it could not forward); it keeps serving.

@@ -7,6 +7,10 @@
 //! token expires or the key is revoked first, the call ends with UNAUTHENTICATED (see
 //! [`CredentialsWatch`]), whether the app has answered yet or not.
 //!
+//! With a call-context table (a destination uses `credentials: context`), an admitted
+//! call with a verified bearer token also gets a handle in `baggage`, alive while the
+//! call is open and for the grace after; caller-sent handles never reach the app.
+//!
 //! ```no_run
 //! # async fn example(config: gatehouse::config::Config, forward: gatehouse::upstream::Forward) {
 //! use std::sync::Arc;
@@ -25,25 +29,51 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::header::AUTHORIZATION;
 use http::{Request, Response};
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::auth::Authenticator;
 use crate::auth::principal::{AuthMethod, AuthOutcome, Refusal, strip_identity_headers};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
 use crate::grpc;
+use crate::metrics::Metrics;
+use crate::outbound::context::{self, CallContexts};
 use crate::reload::Current;
+use crate::server::HeldForCall;
 
 /// Wraps a service in [`Auth`].
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Current<Authenticator>>,
+    contexts: Option<Contexts>,
+}
+
+/// Where admitted calls get their handles, and what counts a full table.
+#[derive(Clone)]
+struct Contexts {
+    table: Arc<CallContexts>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
     /// `authenticator` is read per call, so a configuration reload takes effect at once.
     pub fn new(authenticator: Arc<Current<Authenticator>>) -> Self {
-        AuthLayer { authenticator }
+        AuthLayer {
+            authenticator,
+            contexts: None,
+        }
+    }
+
+    /// Gives admitted calls with a verified bearer token a handle in `table`.
+    pub fn with_contexts(
+        mut self,
+        table: Option<Arc<CallContexts>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        self.contexts = table.map(|table| Contexts { table, metrics });
+        self
     }
 }
 
@@ -54,6 +84,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             authenticator: self.authenticator.clone(),
+            contexts: self.contexts.clone(),
         }
     }
 }
@@ -63,6 +94,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     authenticator: Arc<Current<Authenticator>>,
+    contexts: Option<Contexts>,
 }
 
 impl<S> Service<Request<RequestBody>> for Auth<S>
@@ -106,6 +138,18 @@ where
         let (mut parts, body) = request.into_parts();
         // Strip first, on every path: refused, public and authenticated alike.
         strip_identity_headers(&mut parts.headers);
+        context::strip_handles(&mut parts.headers);
+        // Read before admission, which may take `authorization` away from the app.
+        let presented = self.contexts.as_ref().and_then(|_| {
+            let token = parts.headers.get(AUTHORIZATION)?.clone();
+            let deadline = parts
+                .headers
+                .get(grpc::GRPC_TIMEOUT)
+                .and_then(grpc::parse_timeout)
+                .map(|timeout| Instant::now() + timeout);
+            Some((token, deadline))
+        });
+        let contexts = self.contexts.clone();
         let authenticator = self.authenticator.get();
         // The inner service is always ready; take the ready one and leave a clone.
         let clone = self.inner.clone();
@@ -115,6 +159,14 @@ where
                 Ok((outcome, lifetime)) => {
                     // Limits, below, counts the call against the identity decided here.
                     parts.extensions.insert(outcome.clone());
+                    let open = match (contexts, presented) {
+                        (Some(contexts), Some((token, deadline)))
+                            if outcome.method == AuthMethod::Jwt =>
+                        {
+                            mint(&contexts, &mut parts.headers, token, deadline)
+                        }
+                        _ => None,
+                    };
                     let call = inner.call(Request::from_parts(parts, body));
                     let watch = lifetime
                         .map(|lifetime| CredentialsWatch::new(lifetime.expires, lifetime.revoked))
@@ -123,6 +175,14 @@ where
                         None => call.await?,
                         Some(watch) => until_credentials_end(call, watch).await?,
                     };
+                    if let Some(open) = open {
+                        // The server holds these until the call's stream ends; the handle's
+                        // grace starts then.
+                        let below = response.extensions_mut().remove::<HeldForCall>();
+                        response
+                            .extensions_mut()
+                            .insert(HeldForCall::new((below, open)));
+                    }
                     response.extensions_mut().insert(outcome);
                     Ok(response)
                 }
@@ -170,6 +230,31 @@ where
     };
     response.extensions_mut().insert(ended);
     Ok(response)
+}
+
+/// Gives the call its handle in `baggage`; a full table (counted) or a failed random
+/// generator leaves the call without one rather than refusing it.
+fn mint(
+    contexts: &Contexts,
+    headers: &mut http::HeaderMap,
+    token: http::HeaderValue,
+    deadline: Option<Instant>,
+) -> Option<context::OpenCall> {
+    match contexts.table.mint(token, deadline) {
+        Ok((open, handle)) => {
+            context::set_handle(headers, &handle);
+            Some(open)
+        }
+        Err(context::MintError::Full) => {
+            contexts.metrics.limit_refusal("context_max_handles");
+            tracing::debug!("call admitted without a call context: the table is full");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "call admitted without a call context");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,10 @@
 //! holds is a key that can leak. `authorization` survives only under `relay`, and only
 //! after a local check, so a token that the destination would refuse costs no round trip
 //! and never leaves the pod.
+//!
+//! Call-context handles (`x-gatehouse-ctx`, the `gatehouse-ctx` baggage member) are
+//! stripped from every call whatever the credential: they mean something only inside
+//! this pod. Under `context` the handle is first resolved to the inbound call's token.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,9 +19,12 @@ use base64::Engine as _;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use tokio::time::Instant;
+
+use super::context::{self, CallContexts};
 use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
 use crate::config::{self, Problem};
-use crate::grpc::Reason;
+use crate::grpc::{Code, Reason};
 use crate::reload::Current;
 
 /// A destination's credential, ready to attach.
@@ -28,11 +35,25 @@ pub enum Credentials {
     None,
     /// A key read from a file (re-read when the file changes) and sent as `x-api-key`.
     ApiKey(Arc<ApiKeyFile>),
+    /// The verified token of the inbound call whose handle the app carried, checked as
+    /// `relay` checks the app's own.
+    Context {
+        audience: String,
+        contexts: Arc<CallContexts>,
+    },
 }
 
+/// The refusal's message when a handle is missing, unknown or past its grace.
+const NO_CALL_CONTEXT: &str = "no live call context: this destination uses credentials: context, so the call must carry the gatehouse-ctx baggage member (or x-gatehouse-ctx) of an inbound call that is open or ended less than outbound.context_grace ago";
+
 impl Credentials {
-    /// Reads what the config names; problems are reported on `field`.
-    pub fn load(destination: &config::Destination, field: &str) -> Result<Credentials, Problem> {
+    /// Reads what the config names; problems are reported on `field`. `contexts` is the
+    /// table `credentials: context` resolves handles in.
+    pub fn load(
+        destination: &config::Destination,
+        field: &str,
+        contexts: Option<&Arc<CallContexts>>,
+    ) -> Result<Credentials, Problem> {
         match &destination.credentials {
             config::Credentials::Relay => Ok(Credentials::Relay {
                 audience: destination.audience.clone().unwrap_or_default(),
@@ -46,28 +67,59 @@ impl Credentials {
                     key: Current::new(Arc::new(key)),
                 })))
             }
-            config::Credentials::Context => Err(Problem::new(
-                field,
-                "context is not supported yet: use relay, none or { api_key_file: PATH }",
-            )),
+            config::Credentials::Context => match contexts {
+                Some(contexts) => Ok(Credentials::Context {
+                    audience: destination.audience.clone().unwrap_or_default(),
+                    contexts: contexts.clone(),
+                }),
+                None => Err(Problem::new(field, "context needs the call context table")),
+            },
         }
     }
 
     /// Strips what the app may not send out, then attaches this credential. A refusal
-    /// means nothing is sent.
-    pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), Refusal> {
+    /// means nothing is sent. `Ok` carries the deadline of the inbound call this one
+    /// serves, which it must not outlive (`context` only).
+    pub fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Instant>, Refusal> {
+        let handle = match self {
+            Credentials::Context { .. } => context::sent_handle(headers),
+            _ => None,
+        };
+        context::strip_handles(headers);
         strip_identity_headers(headers);
         strip_api_keys(headers);
         match self {
-            Credentials::Relay { audience } => check_relayed_token(headers, audience, now()),
+            Credentials::Relay { audience } => {
+                check_relayed_token(headers, audience, now()).map(|()| None)
+            }
             Credentials::None => {
                 headers.remove(AUTHORIZATION);
-                Ok(())
+                Ok(None)
             }
             Credentials::ApiKey(file) => {
                 headers.remove(AUTHORIZATION);
                 headers.insert(X_API_KEY, file.key.get().as_ref().clone());
-                Ok(())
+                Ok(None)
+            }
+            Credentials::Context { audience, contexts } => {
+                // Whatever the app sent is replaced: only the handle speaks for the user.
+                headers.remove(AUTHORIZATION);
+                let call = handle
+                    .and_then(|handle| contexts.resolve(&handle))
+                    .ok_or_else(|| {
+                        Refusal::unauthenticated(Reason::NoCallContext, NO_CALL_CONTEXT)
+                    })?;
+                if call.deadline.is_some_and(|at| at <= Instant::now()) {
+                    return Err(Refusal {
+                        code: Code::DeadlineExceeded,
+                        message: "deadline exceeded: the inbound call this call serves has run out of time".into(),
+                        reason: Reason::Deadline,
+                        rule: None,
+                    });
+                }
+                headers.insert(AUTHORIZATION, call.token);
+                check_relayed_token(headers, audience, now())?;
+                Ok(call.deadline)
             }
         }
     }
@@ -259,7 +311,7 @@ mod tests {
         let credentials = Credentials::Relay {
             audience: "identity-service".to_owned(),
         };
-        credentials.apply(&mut headers).map(|()| headers)
+        credentials.apply(&mut headers).map(|_| headers)
     }
 
     #[test]
@@ -318,7 +370,7 @@ mod tests {
             path.display()
         ))
         .unwrap();
-        let credentials = Credentials::load(&destination, "d").unwrap();
+        let credentials = Credentials::load(&destination, "d", None).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("app-held"));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
