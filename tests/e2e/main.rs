@@ -9,6 +9,7 @@ mod auth;
 mod beyond;
 mod cli;
 mod conformance;
+mod context;
 mod expiry;
 mod forwarding;
 mod grpcurl;

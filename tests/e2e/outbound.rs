@@ -20,7 +20,7 @@ use crate::observability::{Collector, hex};
 use crate::support::pb::*;
 use crate::support::*;
 
-const DEST_ID: &str = "spiffe://dev.gatehouse/ns/default/sa/dest";
+pub(crate) const DEST_ID: &str = "spiffe://dev.gatehouse/ns/default/sa/dest";
 const SERVER_NAME: &str = "dest.test";
 const SERVICE_KEY: &str = "outbound-service-key-0123456789";
 
@@ -68,18 +68,18 @@ fn uri(text: &str) -> SanType {
 }
 
 /// The certificate a genuine destination presents.
-fn genuine() -> Identity {
+pub(crate) fn genuine() -> Identity {
     destination_cert(vec![uri(DEST_ID)], Signer::DevCa, (2099, 1, 1))
 }
 
 /// Files shared by the gatehouses of one test.
-struct Fixture {
-    users: Issuer,
-    dir: tempfile::TempDir,
+pub(crate) struct Fixture {
+    pub(crate) users: Issuer,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(crate) fn new() -> Fixture {
         let fixture = Fixture {
             users: Issuer::generate("users", Algorithm::RS256),
             dir: tempfile::tempdir().unwrap(),
@@ -97,7 +97,7 @@ impl Fixture {
 
     /// Gatehouse B: inbound only, serving `cert`, checking the users' tokens and the
     /// service key, in front of `app`.
-    fn destination(&self, name: &str, cert: &Identity, app: SocketAddr, otlp: &str) -> Gatehouse {
+    pub(crate) fn destination(&self, name: &str, cert: &Identity, app: SocketAddr, otlp: &str) -> Gatehouse {
         let (cert_file, key_file) = cert.write_to(self.dir.path(), name);
         Gatehouse::start(&format!(
             "listen: {{ address: 127.0.0.1:0 }}
@@ -200,14 +200,14 @@ outbound:
 }
 
 /// A destination entry for gatehouse B at `addr`.
-fn entry(name: &str, addr: SocketAddr, identity: &str, credentials: &str) -> String {
+pub(crate) fn entry(name: &str, addr: SocketAddr, identity: &str, credentials: &str) -> String {
     format!(
         "    - {{ name: {name}, address: \"{addr}\", server_name: {SERVER_NAME}, identity: [\"{identity}\"], credentials: {credentials}, audience: demo }}"
     )
 }
 
 /// The app's client: plaintext HTTP/2 to the outbound port, naming `authority`.
-async fn app_client(outbound: SocketAddr, authority: &str) -> DemoClient<Channel> {
+pub(crate) async fn app_client(outbound: SocketAddr, authority: &str) -> DemoClient<Channel> {
     let channel = Endpoint::from_shared(format!("http://{outbound}"))
         .unwrap()
         .origin(format!("http://{authority}").parse().unwrap())
@@ -217,7 +217,7 @@ async fn app_client(outbound: SocketAddr, authority: &str) -> DemoClient<Channel
     DemoClient::new(channel)
 }
 
-fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
+pub(crate) fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
     format!("Bearer {token}").parse().unwrap()
 }
 
@@ -255,7 +255,7 @@ async fn seen_by_destination_app(
         .collect()
 }
 
-fn values<'a>(seen: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+pub(crate) fn values<'a>(seen: &'a [(String, String)], key: &str) -> Vec<&'a str> {
     seen.iter()
         .filter(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())

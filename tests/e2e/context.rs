@@ -1,0 +1,340 @@
+//! Context propagation end to end (DESIGN §10): a caller calls gatehouse A with a user's
+//! token; A hands its app a `gatehouse-ctx` handle in `baggage` and no `authorization`
+//! (`forward_token: false`). The app's own call out (made here by the test, carrying
+//! only that baggage) goes through A's outbound port to gatehouse B, which must see the
+//! user. Every gatehouse logs at debug, so a handle that leaked into a log line would be
+//! found.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::observability::{Collector, hex};
+use crate::outbound::{DEST_ID, Fixture, app_client, bearer, entry, genuine, values};
+use crate::support::pb::*;
+use crate::support::*;
+
+/// Gatehouse A: inbound in front of `app`, verifying the users' tokens and keeping them
+/// from the app, with `identity-service` (gatehouse B at `b`) reached with `credentials:
+/// context`. `outbound_extra` is added to the `outbound` section.
+fn source(
+    fixture: &Fixture,
+    app: SocketAddr,
+    b: SocketAddr,
+    outbound_extra: &str,
+    otlp: &str,
+) -> (Gatehouse, SocketAddr) {
+    let gatehouse = Gatehouse::start(&format!(
+        "listen: {{ address: 127.0.0.1:0 }}
+tls:
+  cert_file: {cert}
+  key_file: {key}
+  ca_file: {ca}
+upstream: {{ address: {app} }}
+auth:
+  jwt:
+    providers:
+      - {{ name: users, issuer: \"{iss}\", audiences: [demo], algorithms: [RS256], jwks_file: {jwks}, forward_token: false }}
+telemetry: {{ service_name: source, log_level: 'info,gatehouse=debug'{otlp} }}
+outbound:
+  listen: 127.0.0.1:0
+  client_tls:
+    cert_file: {client_cert}
+    key_file: {client_key}
+{outbound_extra}  destinations:
+{destination}
+",
+        cert = dev_cert("server.crt").display(),
+        key = dev_cert("server.key").display(),
+        ca = dev_cert("ca.crt").display(),
+        iss = fixture.users.iss,
+        jwks = fixture.dir.path().join("jwks.json").display(),
+        client_cert = dev_cert("client-gateway.crt").display(),
+        client_key = dev_cert("client-gateway.key").display(),
+        destination = entry("identity-service", b, DEST_ID, "context"),
+    ));
+    let line = gatehouse
+        .output()
+        .lines()
+        .find(|line| line.contains("msg=listening"))
+        .expect("the listening line")
+        .to_owned();
+    let outbound = field(&line, "outbound")
+        .parse()
+        .expect("an outbound address");
+    (gatehouse, outbound)
+}
+
+/// The metadata A's app received on an Inspect call sent by a caller with `token`, plus
+/// whatever `extra` metadata the caller adds, and the deadline `timeout` if any.
+async fn seen_by_source_app(
+    a: SocketAddr,
+    token: &str,
+    extra: &[(&'static str, &str)],
+    timeout: Option<Duration>,
+) -> Vec<(String, String)> {
+    let mut request = tonic::Request::new(InspectRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", bearer(token));
+    for (key, value) in extra {
+        request
+            .metadata_mut()
+            .append(*key, value.parse().unwrap());
+    }
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    let reply = client(a)
+        .await
+        .inspect(request)
+        .await
+        .expect("the inbound call went through");
+    reply
+        .into_inner()
+        .metadata
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect()
+}
+
+/// The `gatehouse-ctx` members of the `baggage` the app saw.
+fn handles(seen: &[(String, String)]) -> Vec<String> {
+    values(seen, "baggage")
+        .iter()
+        .flat_map(|value| value.split(','))
+        .filter_map(|member| member.trim().strip_prefix("gatehouse-ctx="))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The app's call out, carrying only `metadata` (no token of its own).
+async fn call_out(
+    client: &mut DemoClient<Channel>,
+    metadata: &[(&'static str, &str)],
+) -> Result<Vec<(String, String)>, tonic::Status> {
+    let mut request = tonic::Request::new(InspectRequest {});
+    for (key, value) in metadata {
+        request
+            .metadata_mut()
+            .append(*key, value.parse().unwrap());
+    }
+    let reply = client.inspect(request).await?;
+    Ok(reply
+        .into_inner()
+        .metadata
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect())
+}
+
+fn assert_no_call_context(result: Result<Vec<(String, String)>, tonic::Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    assert!(
+        status.message().contains("no live call context"),
+        "{what}: {}",
+        status.message()
+    );
+}
+
+/// Calls out every 50 ms (the condition is the passing of time inside gatehouse: no
+/// event announces it) until `done` accepts an answer, within `limit`; every answer
+/// before that must be a success.
+async fn call_out_until(
+    client: &mut DemoClient<Channel>,
+    metadata: &[(&'static str, &str)],
+    limit: Duration,
+    done: impl Fn(&tonic::Status) -> bool,
+) -> (tonic::Status, u32) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut ticks = tokio::time::interval(Duration::from_millis(50));
+    let mut successes = 0;
+    loop {
+        ticks.tick().await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still answered after {limit:?}"
+        );
+        match call_out(client, metadata).await {
+            Ok(_) => successes += 1,
+            Err(status) if done(&status) => return (status, successes),
+            Err(status) => panic!("unexpected refusal: {status:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_destination_sees_the_verified_user_though_the_app_held_no_token() {
+    let (collector, collector_addr) = Collector::start(false).await;
+    let otlp = format!(", otlp_endpoint: \"http://{collector_addr}\"");
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, &otlp);
+    let (a, outbound) = source(&fixture, app.addr, b.addr, "", &otlp);
+    let token = fixture.users.token("alice", "acme", &["reader"]);
+
+    // The caller forges a handle both ways and sends baggage of its own.
+    let forged = "0123456789abcdef0123456789abcdef";
+    let seen = seen_by_source_app(
+        a.addr,
+        &token,
+        &[
+            ("baggage", &format!("userId=carol,gatehouse-ctx={forged}")),
+            ("x-gatehouse-ctx", forged),
+        ],
+        None,
+    )
+    .await;
+    assert!(values(&seen, "authorization").is_empty(), "{seen:?}");
+    assert!(values(&seen, "x-gatehouse-ctx").is_empty(), "{seen:?}");
+    assert_eq!(values(&seen, "x-user-id"), ["alice"]);
+    let minted = handles(&seen);
+    assert_eq!(minted.len(), 1, "exactly gatehouse's own handle: {seen:?}");
+    let handle = minted[0].clone();
+    assert_ne!(handle, forged);
+    assert_eq!(handle.len(), 32);
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()), "{handle}");
+    assert!(
+        values(&seen, "baggage")
+            .iter()
+            .any(|value| value.contains("userId=carol")),
+        "the caller's own baggage passes: {seen:?}"
+    );
+    let inbound_traceparent = values(&seen, "traceparent")[0].to_owned();
+
+    // The app carries only the baggage, as an instrumented app does by itself.
+    let mut client = app_client(outbound, "identity-service").await;
+    let baggage = format!("region=eu,gatehouse-ctx={handle}");
+    let at_destination = call_out(&mut client, &[("baggage", &baggage)])
+        .await
+        .expect("the call out went through");
+    assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
+    assert_eq!(values(&at_destination, "x-tenant-id"), ["acme"]);
+    assert_eq!(values(&at_destination, "x-auth-method"), ["jwt"]);
+    assert_eq!(
+        values(&at_destination, "baggage"),
+        ["region=eu"],
+        "the handle is stripped before the call leaves the pod, the rest kept"
+    );
+    // The plain header works as well, and is stripped too.
+    let plain = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
+        .await
+        .expect("the call out with x-gatehouse-ctx went through");
+    assert_eq!(values(&plain, "x-user-id"), ["alice"]);
+    assert!(values(&plain, "x-gatehouse-ctx").is_empty(), "{plain:?}");
+    assert!(handles(&plain).is_empty(), "{plain:?}");
+
+    // A made-up handle, and the caller's forged one, which never entered the table.
+    for (what, made_up) in [
+        ("made-up", "fedcba9876543210fedcba9876543210"),
+        ("forged by the caller", forged),
+        ("not a handle", "nope"),
+    ] {
+        let baggage = format!("gatehouse-ctx={made_up}");
+        assert_no_call_context(call_out(&mut client, &[("baggage", &baggage)]).await, what);
+    }
+    assert_no_call_context(call_out(&mut client, &[]).await, "no handle at all");
+
+    // The handle is in no log line of either gatehouse, nor in any span either exported.
+    let server_span = collector
+        .span(&hex(inbound_traceparent.split('-').nth(2).unwrap()))
+        .await;
+    let destination_traceparent = values(&at_destination, "traceparent")[0].to_owned();
+    let destination_span = collector
+        .span(&hex(destination_traceparent.split('-').nth(2).unwrap()))
+        .await;
+    let client_span = collector.span(&destination_span.parent_span_id).await;
+    assert_eq!(client_span.kind, 3, "SPAN_KIND_CLIENT");
+    a.wait_for_line(&["msg=outbound", "grpc_code=Unauthenticated"])
+        .await;
+    for span in [&server_span, &destination_span, &client_span] {
+        assert!(!format!("{span:?}").contains(&handle), "{span:?}");
+    }
+    for (name, output) in [("A", a.output()), ("B", b.output())] {
+        assert!(output.contains("msg=request"), "{name} logged calls");
+        assert!(!output.contains(&handle), "{name} logged the handle:\n{output}");
+        assert!(!output.contains(&token), "{name} logged the token");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_is_refused_once_the_grace_after_its_call_is_over() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (_a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 2s\n", "");
+    let token = fixture.users.token("alice", "acme", &[]);
+    let seen = seen_by_source_app(_a.addr, &token, &[], None).await;
+    let handle = handles(&seen).pop().expect("a handle");
+    let baggage = format!("gatehouse-ctx={handle}");
+    let mut client = app_client(outbound, "identity-service").await;
+
+    // The inbound call has ended: its handle works for the grace, then never again.
+    let at_destination = call_out(&mut client, &[("baggage", &baggage)])
+        .await
+        .expect("within the grace");
+    assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
+    let (status, _) = call_out_until(
+        &mut client,
+        &[("baggage", &baggage)],
+        Duration::from_secs(15),
+        |status| status.code() == Code::Unauthenticated,
+    )
+    .await;
+    assert_no_call_context(Err(status), "expired");
+    assert_no_call_context(
+        call_out(&mut client, &[("baggage", &baggage)]).await,
+        "still expired",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_out_after_the_inbound_deadline_is_deadline_exceeded() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 60s\n", "");
+    let token = fixture.users.token("alice", "acme", &[]);
+    let inbound_timeout = Duration::from_secs(3);
+    let seen = seen_by_source_app(a.addr, &token, &[], Some(inbound_timeout)).await;
+    let handle = handles(&seen).pop().expect("a handle");
+    let baggage = format!("gatehouse-ctx={handle}");
+    let mut client = app_client(outbound, "identity-service").await;
+
+    // Before the inbound deadline the destination is given what is left of it, not its
+    // own 10 s default.
+    let at_destination = call_out(&mut client, &[("baggage", &baggage)])
+        .await
+        .expect("before the inbound deadline");
+    let sent = values(&at_destination, "grpc-timeout")[0];
+    let millis: u64 = sent
+        .strip_suffix('m')
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("grpc-timeout in milliseconds: {sent}"));
+    assert!(
+        millis <= inbound_timeout.as_millis() as u64,
+        "grpc-timeout {sent} is within the inbound call's 3 s"
+    );
+
+    let (status, _) = call_out_until(
+        &mut client,
+        &[("baggage", &baggage)],
+        Duration::from_secs(15),
+        |status| status.code() == Code::DeadlineExceeded,
+    )
+    .await;
+    assert!(
+        status.message().contains("inbound call"),
+        "{}",
+        status.message()
+    );
+    // The handle is still within its grace: it is the deadline, not the handle, that
+    // refuses the call.
+    let status = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
