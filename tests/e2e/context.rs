@@ -80,9 +80,7 @@ async fn seen_by_source_app(
         .metadata_mut()
         .insert("authorization", bearer(token));
     for (key, value) in extra {
-        request
-            .metadata_mut()
-            .append(*key, value.parse().unwrap());
+        request.metadata_mut().append(*key, value.parse().unwrap());
     }
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
@@ -117,9 +115,7 @@ async fn call_out(
 ) -> Result<Vec<(String, String)>, tonic::Status> {
     let mut request = tonic::Request::new(InspectRequest {});
     for (key, value) in metadata {
-        request
-            .metadata_mut()
-            .append(*key, value.parse().unwrap());
+        request.metadata_mut().append(*key, value.parse().unwrap());
     }
     let reply = client.inspect(request).await?;
     Ok(reply
@@ -255,7 +251,10 @@ async fn the_destination_sees_the_verified_user_though_the_app_held_no_token() {
     }
     for (name, output) in [("A", a.output()), ("B", b.output())] {
         assert!(output.contains("msg=request"), "{name} logged calls");
-        assert!(!output.contains(&handle), "{name} logged the handle:\n{output}");
+        assert!(
+            !output.contains(&handle),
+            "{name} logged the handle:\n{output}"
+        );
         assert!(!output.contains(&token), "{name} logged the token");
     }
 }
@@ -265,9 +264,9 @@ async fn a_handle_is_refused_once_the_grace_after_its_call_is_over() {
     let fixture = Fixture::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
-    let (_a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 2s\n", "");
+    let (a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 2s\n", "");
     let token = fixture.users.token("alice", "acme", &[]);
-    let seen = seen_by_source_app(_a.addr, &token, &[], None).await;
+    let seen = seen_by_source_app(a.addr, &token, &[], None).await;
     let handle = handles(&seen).pop().expect("a handle");
     let baggage = format!("gatehouse-ctx={handle}");
     let mut client = app_client(outbound, "identity-service").await;
@@ -337,4 +336,41 @@ async fn a_call_out_after_the_inbound_deadline_is_deadline_exceeded() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_table_gives_new_calls_no_handle_and_keeps_the_live_ones() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = source(
+        &fixture,
+        app.addr,
+        b.addr,
+        "  context_grace: 60s\n  context_max_handles: 1\n",
+        ", admin_address: 127.0.0.1:0",
+    );
+    let token = fixture.users.token("alice", "acme", &[]);
+    let first = seen_by_source_app(a.addr, &token, &[], None).await;
+    let handle = handles(&first).pop().expect("the first call gets a handle");
+
+    // The table is full (the first call is in its grace): later calls are served, with
+    // no handle, and counted.
+    let mallory = fixture.users.token("mallory", "evil", &[]);
+    for _ in 0..3 {
+        let seen = seen_by_source_app(a.addr, &mallory, &[], None).await;
+        assert_eq!(values(&seen, "x-user-id"), ["mallory"]);
+        assert!(handles(&seen).is_empty(), "{seen:?}");
+    }
+    let (_, metrics) = get(admin(&a), "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_limit_refusals_total{limit=\"context_max_handles\"} 3"),
+        "{metrics}"
+    );
+    // The live handle was not evicted.
+    let mut client = app_client(outbound, "identity-service").await;
+    let at_destination = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
+        .await
+        .expect("the first call's handle still resolves");
+    assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
 }

@@ -97,7 +97,13 @@ impl Fixture {
 
     /// Gatehouse B: inbound only, serving `cert`, checking the users' tokens and the
     /// service key, in front of `app`.
-    pub(crate) fn destination(&self, name: &str, cert: &Identity, app: SocketAddr, otlp: &str) -> Gatehouse {
+    pub(crate) fn destination(
+        &self,
+        name: &str,
+        cert: &Identity,
+        app: SocketAddr,
+        otlp: &str,
+    ) -> Gatehouse {
         let (cert_file, key_file) = cert.write_to(self.dir.path(), name);
         Gatehouse::start(&format!(
             "listen: {{ address: 127.0.0.1:0 }}
