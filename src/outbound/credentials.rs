@@ -44,7 +44,7 @@ pub enum Credentials {
 }
 
 /// The refusal's message when a handle is missing, unknown or past its grace.
-const NO_CALL_CONTEXT: &str = "no live call context: this destination uses credentials: context, so the call must carry the gatehouse-ctx baggage member (or x-gatehouse-ctx) of an inbound call that is open or ended less than outbound.context_grace ago";
+const NO_CALL_CONTEXT: &str = "NO_CALL_CONTEXT: no live call context: this destination uses credentials: context, so the call must carry the gatehouse-ctx baggage member (or x-gatehouse-ctx) of an inbound call that is open or ended less than outbound.context_grace ago";
 
 impl Credentials {
     /// Reads what the config names; problems are reported on `field`. `contexts` is the
@@ -386,5 +386,59 @@ mod tests {
         file.reload();
         credentials.apply(&mut headers).unwrap();
         assert_eq!(headers["x-api-key"], "rotated");
+    }
+
+    #[test]
+    fn context_attaches_the_inbound_calls_token_and_strips_the_handle() {
+        let contexts = Arc::new(CallContexts::new(std::time::Duration::from_secs(5), 8));
+        let credentials = Credentials::Context {
+            audience: "identity-service".to_owned(),
+            contexts: contexts.clone(),
+        };
+        let user = token(serde_json::json!({"exp": now() + 60, "aud": "identity-service"}));
+        let later = Instant::now() + std::time::Duration::from_secs(30);
+        let (_open, handle) = contexts.mint(user.clone(), Some(later)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("baggage", HeaderValue::from_static("a=1"));
+        context::set_handle(&mut headers, &handle);
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer app.own.token"),
+        );
+        assert_eq!(credentials.apply(&mut headers).unwrap(), Some(later));
+        assert_eq!(headers.get(AUTHORIZATION), Some(&user));
+        assert_eq!(headers["baggage"], "a=1");
+
+        // Another destination's credential still strips a handle the app sent.
+        let mut headers = HeaderMap::new();
+        headers.insert(context::X_GATEHOUSE_CTX, handle.clone());
+        Credentials::None.apply(&mut headers).unwrap();
+        assert!(headers.is_empty(), "{headers:?}");
+
+        let refused = |token: HeaderValue, deadline| {
+            let (_open, handle) = contexts.mint(token, deadline).unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert(context::X_GATEHOUSE_CTX, handle);
+            let refusal = credentials.apply(&mut headers).unwrap_err();
+            (refusal.code, refusal.reason)
+        };
+        let past = Instant::now().checked_sub(std::time::Duration::from_millis(1));
+        assert_eq!(
+            refused(user.clone(), past),
+            (crate::grpc::Code::DeadlineExceeded, "DEADLINE")
+        );
+        let foreign = token(serde_json::json!({"exp": now() + 60, "aud": "billing"}));
+        assert_eq!(
+            refused(foreign, None),
+            (crate::grpc::Code::PermissionDenied, "AUDIENCE_MISMATCH")
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            context::X_GATEHOUSE_CTX,
+            HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
+        );
+        let refusal = credentials.apply(&mut headers).unwrap_err();
+        assert_eq!(refusal.reason, "NO_CALL_CONTEXT");
+        assert!(headers.get(AUTHORIZATION).is_none());
     }
 }

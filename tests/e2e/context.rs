@@ -130,7 +130,7 @@ fn assert_no_call_context(result: Result<Vec<(String, String)>, tonic::Status>, 
     let status = result.expect_err(what);
     assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
     assert!(
-        status.message().contains("no live call context"),
+        status.message().starts_with("NO_CALL_CONTEXT: "),
         "{what}: {}",
         status.message()
     );
