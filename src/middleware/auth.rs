@@ -176,12 +176,19 @@ where
                         Some(watch) => until_credentials_end(call, watch).await?,
                     };
                     if let Some(open) = open {
-                        // The server holds these until the call's stream ends; the handle's
-                        // grace starts then.
-                        let below = response.extensions_mut().remove::<HeldForCall>();
-                        response
-                            .extensions_mut()
-                            .insert(HeldForCall::new((below, open)));
+                        // Limits, below, holds a slot for every call it lets through to
+                        // the app; a call it refused never showed the app its handle, so
+                        // the handle goes at once and refused calls cannot fill the table.
+                        match response.extensions_mut().remove::<HeldForCall>() {
+                            Some(below) => {
+                                // The server holds these until the call's stream ends; the
+                                // handle's grace starts then.
+                                response
+                                    .extensions_mut()
+                                    .insert(HeldForCall::new((below, open)));
+                            }
+                            None => open.forget(),
+                        }
                     }
                     response.extensions_mut().insert(outcome);
                     Ok(response)

@@ -180,6 +180,15 @@ pub struct OpenCall {
     handle: u128,
 }
 
+impl OpenCall {
+    /// Removes the handle at once, with no grace: for a call the app never saw (refused
+    /// below the layer that minted it), so refused calls cannot fill the table.
+    pub fn forget(self) {
+        self.contexts.lock().entries.remove(&self.handle);
+        // Drop then finds no entry and queues nothing.
+    }
+}
+
 impl Drop for OpenCall {
     fn drop(&mut self) {
         self.contexts.end(self.handle);
@@ -343,6 +352,17 @@ mod tests {
         let later = Instant::now() + 61 * SECOND;
         assert!(contexts.mint_at(token(), None, later).is_ok());
         assert!(contexts.resolve_at(hex(&b), later).is_some());
+    }
+
+    #[test]
+    fn a_forgotten_handle_frees_its_slot_at_once() {
+        let contexts = Arc::new(CallContexts::new(60 * SECOND, 1));
+        let (open, handle) = contexts.mint(token(), None).unwrap();
+        assert_eq!(contexts.mint(token(), None).err(), Some(MintError::Full));
+        open.forget();
+        assert!(contexts.resolve(hex(&handle)).is_none());
+        assert!(contexts.lock().ended.is_empty());
+        assert!(contexts.mint(token(), None).is_ok());
     }
 
     #[test]

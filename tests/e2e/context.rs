@@ -18,13 +18,26 @@ use crate::support::*;
 
 /// Gatehouse A: inbound in front of `app`, verifying the users' tokens and keeping them
 /// from the app, with `identity-service` (gatehouse B at `b`) reached with `credentials:
-/// context`. `outbound_extra` is added to the `outbound` section.
+/// context`. `outbound_extra` is added to the `outbound` section, `telemetry_extra` to
+/// `telemetry`.
 fn source(
     fixture: &Fixture,
     app: SocketAddr,
     b: SocketAddr,
     outbound_extra: &str,
+    telemetry_extra: &str,
+) -> (Gatehouse, SocketAddr) {
+    source_limited(fixture, app, b, outbound_extra, telemetry_extra, "{}")
+}
+
+/// [`source`] with `limits` set to `limits` (a YAML flow mapping).
+fn source_limited(
+    fixture: &Fixture,
+    app: SocketAddr,
+    b: SocketAddr,
+    outbound_extra: &str,
     otlp: &str,
+    limits: &str,
 ) -> (Gatehouse, SocketAddr) {
     let gatehouse = Gatehouse::start(&format!(
         "listen: {{ address: 127.0.0.1:0 }}
@@ -38,6 +51,7 @@ auth:
     providers:
       - {{ name: users, issuer: \"{iss}\", audiences: [demo], algorithms: [RS256], jwks_file: {jwks}, forward_token: false }}
 telemetry: {{ service_name: source, log_level: 'info,gatehouse=debug'{otlp} }}
+limits: {limits}
 outbound:
   listen: 127.0.0.1:0
   client_tls:
@@ -373,4 +387,53 @@ async fn a_full_table_gives_new_calls_no_handle_and_keeps_the_live_ones() {
         .await
         .expect("the first call's handle still resolves");
     assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_refused_below_auth_leave_no_handle_behind() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, _outbound) = source_limited(
+        &fixture,
+        app.addr,
+        b.addr,
+        "  context_grace: 60s\n  context_max_handles: 2\n",
+        ", admin_address: 127.0.0.1:0",
+        "{ per_identity: { max_concurrent_calls: 1 } }",
+    );
+    // Bob holds his one call open (and one handle)...
+    let bob = fixture.users.token("bob", "acme", &[]);
+    let mut held = client(a.addr).await;
+    let mut wait = tonic::Request::new(WaitRequest { millis: 60_000 });
+    wait.metadata_mut().insert("authorization", bearer(&bob));
+    let open = tokio::spawn(async move { held.wait(wait).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await,
+        "bob's call reached the app"
+    );
+    // ...then floods calls that Limits refuses: each passed Auth, which minted a handle.
+    let mut flood = client(a.addr).await;
+    for _ in 0..5 {
+        let mut request = tonic::Request::new(InspectRequest {});
+        request.metadata_mut().insert("authorization", bearer(&bob));
+        let status = flood.inspect(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    let (_, metrics) = get(admin(&a), "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_limit_refusals_total{limit=\"max_concurrent_calls\"} 5"),
+        "{metrics}"
+    );
+    // The refused calls' handles went with them: alice still gets the second slot.
+    let alice = fixture.users.token("alice", "acme", &[]);
+    let seen = seen_by_source_app(a.addr, &alice, &[], None).await;
+    assert_eq!(handles(&seen).len(), 1, "{seen:?}");
+    assert!(
+        !metrics.contains("limit=\"context_max_handles\""),
+        "{metrics}"
+    );
+    open.abort();
 }
