@@ -425,12 +425,15 @@ mod tests {
         let past = Instant::now().checked_sub(std::time::Duration::from_millis(1));
         assert_eq!(
             refused(user.clone(), past),
-            (crate::grpc::Code::DeadlineExceeded, "DEADLINE")
+            (crate::grpc::Code::DeadlineExceeded, Reason::Deadline)
         );
         let foreign = token(serde_json::json!({"exp": now() + 60, "aud": "billing"}));
         assert_eq!(
             refused(foreign, None),
-            (crate::grpc::Code::PermissionDenied, "AUDIENCE_MISMATCH")
+            (
+                crate::grpc::Code::PermissionDenied,
+                Reason::AudienceMismatch
+            )
         );
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -438,7 +441,7 @@ mod tests {
             HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
         );
         let refusal = credentials.apply(&mut headers).unwrap_err();
-        assert_eq!(refusal.reason, "NO_CALL_CONTEXT");
+        assert_eq!(refusal.reason, Reason::NoCallContext);
         assert!(headers.get(AUTHORIZATION).is_none());
     }
 }

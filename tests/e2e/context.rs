@@ -148,6 +148,13 @@ fn assert_no_call_context(result: Result<Vec<(String, String)>, tonic::Status>, 
         "{what}: {}",
         status.message()
     );
+    let details = error_info(&status);
+    assert_eq!(details.reason, "NO_CALL_CONTEXT", "{what}");
+    assert_eq!(
+        details.metadata.get("destination").map(String::as_str),
+        Some("identity-service"),
+        "{what}: {details:?}"
+    );
 }
 
 /// Calls out every 50 ms (the condition is the passing of time inside gatehouse: no
@@ -344,6 +351,7 @@ async fn a_call_out_after_the_inbound_deadline_is_deadline_exceeded() {
         "{}",
         status.message()
     );
+    assert_eq!(reason(&status), "DEADLINE");
     // The handle is still within its grace: it is the deadline, not the handle, that
     // refuses the call.
     let status = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
