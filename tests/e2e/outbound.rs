@@ -855,7 +855,7 @@ fn check_refuses_an_exposed_listener_a_destination_without_identity_and_twins() 
         "outbound.listen: 0.0.0.0:15001 is not a loopback address",
         "outbound.destinations[0].identity: required",
         "outbound.destinations[1].name: \"Identity-Service\" is used by another destination",
-        "outbound.destinations[1].credentials: context is not supported yet",
+        "outbound.destinations[1].audience: required with credentials: relay or context",
     ] {
         assert!(errors.contains(field), "{field}\n{errors}");
     }
