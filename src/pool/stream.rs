@@ -35,7 +35,16 @@ where
                 return Poll::Pending;
             }
             match pump.poll_pump(cx) {
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => {
+                    // A stream the target has just reset fails the pump's next send
+                    // locally ("inactive stream"); the response then holds the target's
+                    // own answer or reason, and only that says whether the call may be
+                    // sent again.
+                    if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+                        return Poll::Ready(result);
+                    }
+                    return Poll::Ready(Err(error));
+                }
                 // The request ended, or the stream closed while the pump ran: the
                 // connection task (another thread) may have read the target's answer
                 // since the response was polled above, so look again.
