@@ -35,7 +35,16 @@ where
                 return Poll::Pending;
             }
             match pump.poll_pump(cx) {
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Err(error)) => {
+                    // The target may have answered and closed the stream since the look
+                    // above (an early UNIMPLEMENTED, say): the rest of the request then
+                    // has nowhere to go, and the answer, not that failure, is what the
+                    // caller must see.
+                    if let Poll::Ready(result) = Pin::new(&mut response).poll(cx) {
+                        return Poll::Ready(result);
+                    }
+                    return Poll::Ready(Err(error));
+                }
                 // The request ended, or the stream closed while the pump ran: the
                 // connection task (another thread) may have read the target's answer
                 // since the response was polled above, so look again.
