@@ -458,7 +458,7 @@ fn truncated(path: &str, limit: usize) -> &str {
 impl hyper::service::Service<Request<Incoming>> for Door {
     type Response = Response<CallBody<DoorBody>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = DoorFuture<<Chain as Service<Request<RequestBody>>>::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let open = self.activity.open();
@@ -466,39 +466,70 @@ impl hyper::service::Service<Request<Incoming>> for Door {
             self.metrics.not_grpc.inc();
             let (parts, body) = request.into_parts();
             let remote = self.info.remote_addr;
-            return Box::pin(async move {
-                let drained = drain(body, NOT_GRPC_BODY_LIMIT, NOT_GRPC_BODY_TIME).await;
-                // Logged like a refused call, so a misrouted client shows up in the log
-                // and not only in the counter; the path is the caller's, so it is cut.
-                tracing::info!(
-                    http_method = %parts.method,
-                    path = truncated(parts.uri.path(), NOT_GRPC_LOGGED_PATH),
-                    content_type = parts
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|value| value.to_str().ok())
-                        .map(|value| truncated(value, NOT_GRPC_LOGGED_PATH)),
-                    body = drained.as_str(),
-                    remote = %remote,
-                    status = 415,
-                    "not a gRPC request"
-                );
-                Ok(not_grpc_response().map(|inner| CallBody { inner, open }))
-            });
+            return DoorFuture::NotGrpc {
+                answer: Box::pin(async move {
+                    let drained = drain(body, NOT_GRPC_BODY_LIMIT, NOT_GRPC_BODY_TIME).await;
+                    // Logged like a refused call, so a misrouted client shows up in the log
+                    // and not only in the counter; the path is the caller's, so it is cut.
+                    tracing::info!(
+                        http_method = %parts.method,
+                        path = truncated(parts.uri.path(), NOT_GRPC_LOGGED_PATH),
+                        content_type = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .and_then(|value| value.to_str().ok())
+                            .map(|value| truncated(value, NOT_GRPC_LOGGED_PATH)),
+                        body = drained.as_str(),
+                        remote = %remote,
+                        status = 415,
+                        "not a gRPC request"
+                    );
+                    Ok(not_grpc_response().map(|inner| CallBody { inner, open }))
+                }),
+            };
         }
         let mut request = request.map(RequestBody::new);
         request.extensions_mut().insert(self.info.clone());
         // Every layer is always ready, so calling a clone directly is sound.
-        let call = self.chain.clone().call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            let mut open = open;
-            open.held = response.extensions_mut().remove::<HeldForCall>();
-            Ok(response.map(|body| CallBody {
-                inner: DoorBody::Call { body },
-                open,
-            }))
-        })
+        DoorFuture::Call {
+            call: self.chain.clone().call(request),
+            open: Some(open),
+        }
+    }
+}
+
+type NotGrpcAnswer =
+    Pin<Box<dyn Future<Output = Result<Response<CallBody<DoorBody>>, Infallible>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// What the [`Door`] answers with. A call's future is named rather than boxed, which
+    /// saves an allocation on every call; the rare non-gRPC answer stays boxed.
+    #[project = DoorFutureProjection]
+    pub enum DoorFuture<F> {
+        NotGrpc { answer: NotGrpcAnswer },
+        Call { #[pin] call: F, open: Option<OpenCall> },
+    }
+}
+
+impl<F> Future for DoorFuture<F>
+where
+    F: Future<Output = Result<Response<ChainBody>, Infallible>>,
+{
+    type Output = Result<Response<CallBody<DoorBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DoorFutureProjection::NotGrpc { answer } => answer.as_mut().poll(cx),
+            DoorFutureProjection::Call { call, open } => {
+                let mut response = std::task::ready!(call.poll(cx))?;
+                let mut open = open.take().expect("DoorFuture polled after completion");
+                open.held = response.extensions_mut().remove::<HeldForCall>();
+                Poll::Ready(Ok(response.map(|body| CallBody {
+                    inner: DoorBody::Call { body },
+                    open,
+                })))
+            }
+        }
     }
 }
 

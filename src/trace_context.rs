@@ -54,16 +54,7 @@ impl TraceContext {
 
     /// Writes `traceparent` (and `tracestate`) for the app: gatehouse's span as parent.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let value = format!(
-            "00-{:032x}-{:016x}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        );
-        headers.insert(
-            TRACEPARENT,
-            HeaderValue::try_from(value).expect("hex is a valid header value"),
-        );
+        headers.insert(TRACEPARENT, self.traceparent());
         match &self.tracestate {
             Some(state) => {
                 headers.insert(TRACESTATE, state.clone());
@@ -72,6 +63,23 @@ impl TraceContext {
                 headers.remove(TRACESTATE);
             }
         }
+    }
+
+    /// `00-{trace id}-{span id}-{flags}`, written into a buffer on the stack: `format!`
+    /// grew a `String` several times on every call before the header value copied it.
+    fn traceparent(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for (i, digit) in value[3..35].iter_mut().enumerate() {
+            *digit = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, digit) in value[36..52].iter_mut().enumerate() {
+            *digit = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        if self.sampled {
+            value[54] = b'1';
+        }
+        HeaderValue::from_bytes(&value).expect("hex digits and dashes are a valid header value")
     }
 
     /// The trace id as 32 lowercase hex digits, for logs.
@@ -225,6 +233,37 @@ mod tests {
             parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_written_traceparent_is_zero_padded_lowercase_hex_and_parses_back() {
+        for (trace_id, span_id, sampled) in [
+            (
+                0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+                0x00f0_67aa_0ba9_02b7,
+                true,
+            ),
+            (1, 0xffff_ffff_ffff_ffff, false),
+            (u128::MAX, 1, true),
+        ] {
+            let context = TraceContext {
+                trace_id,
+                parent_span_id: None,
+                span_id,
+                sampled,
+                tracestate: None,
+            };
+            let value = context.traceparent();
+            let flags = if sampled { "01" } else { "00" };
+            assert_eq!(
+                value.to_str().unwrap(),
+                format!("00-{trace_id:032x}-{span_id:016x}-{flags}")
+            );
+            assert_eq!(
+                parse_traceparent(value.as_bytes()),
+                Some((trace_id, span_id, sampled))
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,10 @@ struct Args {
     rate: u64,
     #[arg(long, default_value = "5s")]
     duration: gatehouse::config::Duration,
+    /// Closed loop: stop after this many calls in total instead of after --duration, so
+    /// that a profile (bench/callgrind) covers a fixed amount of work.
+    #[arg(long)]
+    calls: Option<u64>,
     /// Calls before measuring starts.
     #[arg(long, default_value_t = 500)]
     warmup: u64,
@@ -367,21 +371,28 @@ async fn closed(load: &Arc<Load>) -> Result<String, String> {
     let duration = load.args.duration.get();
     let calls = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Failures::default());
+    // Calls handed out so far, when the run is bounded by --calls.
+    let issued = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(histogram()));
     let started = Instant::now();
     let mut workers = Vec::new();
     for client in clients {
         for _ in 0..load.args.streams {
-            let (mut client, load, calls, failures, latencies) = (
+            let (mut client, load, calls, failures, latencies, issued) = (
                 client.clone(),
                 load.clone(),
                 calls.clone(),
                 failures.clone(),
                 latencies.clone(),
+                issued.clone(),
             );
             workers.push(tokio::spawn(async move {
                 let mut own = histogram();
-                while started.elapsed() < duration {
+                let go_on = || match load.args.calls {
+                    Some(limit) => issued.fetch_add(1, Ordering::Relaxed) < limit,
+                    None => started.elapsed() < duration,
+                };
+                while go_on() {
                     let sent = Instant::now();
                     match load.call(&mut client).await {
                         Outcome::Ok => {

@@ -306,7 +306,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+    type Future = LimitsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -335,16 +335,47 @@ where
                     .with("method", request.uri().path())
                     .with("limit", exceeded.limit())
                     .response();
-                return Box::pin(std::future::ready(Ok(response)));
+                return LimitsFuture::Refused {
+                    response: std::future::ready(Ok(response)),
+                };
             }
         };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = call.await?;
-            // The server keeps the slot with the response body until it is sent or reset.
-            response.extensions_mut().insert(HeldForCall::new(slot));
-            Ok(response)
-        })
+        LimitsFuture::Admitted {
+            call: self.inner.call(request),
+            slot: Some(slot),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Limits`] answers with: a named future rather than a boxed one, which
+    /// saves an allocation on every call.
+    #[project = LimitsProjection]
+    pub enum LimitsFuture<F> {
+        Refused { response: std::future::Ready<Result<Response<ResponseBody>, Infallible>> },
+        Admitted { #[pin] call: F, slot: Option<CallSlot> },
+    }
+}
+
+impl<F> Future for LimitsFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            LimitsProjection::Refused { response } => Pin::new(response).poll(cx),
+            LimitsProjection::Admitted { call, slot } => {
+                let mut response = std::task::ready!(call.poll(cx))?;
+                // The server keeps the slot with the response body until it is sent or
+                // reset.
+                if let Some(slot) = slot.take() {
+                    response.extensions_mut().insert(HeldForCall::new(slot));
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
     }
 }
 

@@ -150,8 +150,6 @@ impl Completion for AccessRecord {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
-
 impl<S, B> Service<Request<RequestBody>> for Logging<S>
 where
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
@@ -163,7 +161,7 @@ where
 {
     type Response = Response<Watched<B, AccessRecord>>;
     type Error = Infallible;
-    type Future = BoxFuture<Self::Response>;
+    type Future = LoggingFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -174,7 +172,7 @@ where
         context.inject(request.headers_mut());
         let received = Arc::new(AtomicU64::new(0));
         request.body_mut().count_into(received.clone());
-        let mut pending = Pending::new(AccessRecord {
+        let pending = Pending::new(AccessRecord {
             tracing: self.tracing.clone(),
             started: Instant::now(),
             started_at: SystemTime::now(),
@@ -186,20 +184,48 @@ where
             credentials_ended: None,
             answered_here: false,
         });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            if let Some(record) = pending.get_mut() {
-                record.auth = response.extensions().get::<AuthOutcome>().cloned();
-                record.credentials_ended = response.extensions().get::<CredentialsEnded>().cloned();
-                record.answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
-            }
-            let header_code = response
-                .headers()
-                .get(grpc::GRPC_STATUS)
-                .map(Code::from_header);
-            Ok(response.map(|body| Watched::new(body, pending, header_code)))
-        })
+        LoggingFuture {
+            call: self.inner.call(request),
+            pending: Some(pending),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Logging`] answers with: a named future rather than a boxed one, which
+    /// saves an allocation on every call.
+    pub struct LoggingFuture<F> {
+        #[pin]
+        call: F,
+        pending: Option<Pending<AccessRecord>>,
+    }
+}
+
+impl<F, B> Future for LoggingFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Output = Result<Response<Watched<B, AccessRecord>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.call.poll(cx))?;
+        let mut pending = this
+            .pending
+            .take()
+            .expect("LoggingFuture polled after completion");
+        if let Some(record) = pending.get_mut() {
+            record.auth = response.extensions().get::<AuthOutcome>().cloned();
+            record.credentials_ended = response.extensions().get::<CredentialsEnded>().cloned();
+            record.answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
+        }
+        let header_code = response
+            .headers()
+            .get(grpc::GRPC_STATUS)
+            .map(Code::from_header);
+        Poll::Ready(Ok(
+            response.map(|body| Watched::new(body, pending, header_code))
+        ))
     }
 }
