@@ -184,6 +184,7 @@ fn main() {
             metrics,
             Arc::new(Current::new(Arc::new(authenticator))),
             &config.limits.per_identity,
+            None,
             Forward::new(upstream),
         );
         let body = grpc_frame(PAYLOAD);
