@@ -15,8 +15,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::policy::{MethodPattern, parse_all};
-use crate::tls::PeerPattern;
 use crate::upstream::Target;
+
+mod peer;
+
+pub use peer::{PeerNames, PeerPattern, identity_pattern};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -1324,7 +1327,7 @@ fn validate_outbound(outbound: &Outbound, tls: &Tls, problems: &mut Vec<Problem>
             ));
         }
         for (j, pattern) in destination.identity.iter().enumerate() {
-            if let Err(message) = crate::tls::identity_pattern(pattern) {
+            if let Err(message) = identity_pattern(pattern) {
                 problems.push(Problem::new(at(&format!("identity[{j}]")), message));
             }
         }

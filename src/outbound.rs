@@ -135,7 +135,7 @@ impl Destinations {
             let identities: Result<Vec<_>, _> = destination
                 .identity
                 .iter()
-                .map(|pattern| crate::tls::identity_pattern(pattern))
+                .map(|pattern| crate::config::identity_pattern(pattern))
                 .collect();
             let server_name = rustls::pki_types::ServerName::try_from(destination.server_name())
                 .map(|name| name.to_owned());

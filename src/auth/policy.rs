@@ -4,9 +4,9 @@
 //! which rule would have refused; the peer allow-list is always enforced.
 
 use crate::auth::principal::{DecidingRule, Principal, Refusal};
-use crate::config::{self, DefaultDecision, Problem};
+use crate::config::{self, DefaultDecision, PeerPattern, Problem};
 use crate::grpc::{self, Reason};
-use crate::tls::{PeerIdentity, PeerPattern};
+use crate::tls::PeerIdentity;
 
 /// A method pattern from the config: `*`, `/pkg.Service/*` or an exact path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +79,8 @@ pub fn parse_all<T>(
 
 /// Whether any of the peer's names matches any pattern (each of its own kind).
 pub fn peer_matches(patterns: &[PeerPattern], peer: &PeerIdentity) -> bool {
-    patterns.iter().any(|pattern| pattern.matches(peer))
+    let names = peer.names();
+    patterns.iter().any(|pattern| pattern.matches(&names))
 }
 
 struct Rule {

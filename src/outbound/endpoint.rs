@@ -23,9 +23,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::config::PeerPattern;
 use crate::grpc::{self, Reason};
 use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream, Target};
-use crate::tls::{ClientTls, IdentityMismatch, PeerPattern};
+use crate::tls::{ClientTls, IdentityMismatch};
 
 /// Why a call could not reach its destination, or failed before it answered.
 #[derive(Debug, thiserror::Error)]
@@ -613,7 +614,9 @@ mod tests {
             Arc::from("dest"),
             "dest.test:443".to_owned(),
             ServerName::try_from("localhost").unwrap(),
-            Arc::from(vec![crate::tls::identity_pattern("dns:localhost").unwrap()]),
+            Arc::from(vec![
+                crate::config::identity_pattern("dns:localhost").unwrap(),
+            ]),
             Arc::new(ClientTls::load(&client).unwrap()),
         );
         endpoint.resolved = Some(servers.iter().map(|(address, ..)| *address).collect());
