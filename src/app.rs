@@ -73,7 +73,7 @@ pub fn hash_key() -> ExitCode {
     }
     println!(
         "sha256: \"{}\"",
-        crate::auth::api_key::to_hex(&crate::auth::api_key::sha256(key))
+        crate::sha256::to_hex(&crate::sha256::sha256(key))
     );
     ExitCode::SUCCESS
 }

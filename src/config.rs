@@ -973,7 +973,7 @@ pub fn validate_api_keys(keys: &[ApiKey], prefix: &str) -> Vec<Problem> {
                 "required, and unique",
             ));
         }
-        if crate::auth::api_key::parse_sha256(&key.sha256).is_none() {
+        if crate::sha256::parse_sha256(&key.sha256).is_none() {
             problems.push(Problem::new(
                 format!("{prefix}[{i}].sha256"),
                 "64 hex characters, as printed by `gatehouse hash-key`",

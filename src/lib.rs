@@ -54,6 +54,7 @@ pub mod outbound;
 pub mod pool;
 pub mod reload;
 pub mod server;
+pub mod sha256;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;

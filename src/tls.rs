@@ -18,8 +18,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::auth::api_key::{sha256, to_hex};
 use crate::config::{self, ClientAuth, PeerNames, PeerPattern, Problem};
+use crate::sha256::{sha256, to_hex};
 
 /// Builds the server configuration, reading and checking every file `tls:` names. All
 /// problems are reported together, each on its field: a missing file, a file with no

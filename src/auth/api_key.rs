@@ -21,32 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::principal::{AuthMethod, Principal, Refusal};
 use crate::config::{self, ApiKey, Problem};
 use crate::grpc::Reason;
-
-type Digest = [u8; 32];
-
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> Digest {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
-/// Parses the 64 hex characters of a stored key hash.
-pub fn parse_sha256(hex: &str) -> Option<Digest> {
-    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(digest)
-}
-
-/// Lowercase hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::sha256::{Digest, parse_sha256, sha256};
 
 #[derive(Clone)]
 struct Entry {
@@ -300,6 +275,7 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sha256::to_hex;
 
     fn store(keys_yaml: &str) -> ApiKeyStore {
         let config: config::ApiKeys = serde_saphyr::from_str(keys_yaml).unwrap();
@@ -333,15 +309,6 @@ mod tests {
             store.authenticate(b"old").unwrap_err().reason.label(),
             "expired_api_key"
         );
-    }
-
-    #[test]
-    fn parses_stored_hashes_with_or_without_prefix() {
-        let hash = to_hex(&sha256(b"k"));
-        assert_eq!(parse_sha256(&hash), Some(sha256(b"k")));
-        assert_eq!(parse_sha256(&format!("sha256:{hash}")), Some(sha256(b"k")));
-        assert_eq!(parse_sha256("abc"), None);
-        assert_eq!(parse_sha256(&"zz".repeat(32)), None);
     }
 
     #[test]

@@ -10,9 +10,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::auth::api_key::parse_sha256;
 use crate::auth::principal::Refusal;
 use crate::grpc::Reason;
+use crate::sha256::parse_sha256;
 use crate::tls::PeerIdentity;
 
 /// The SHA-256 of a DER certificate, as `cnf.x5t#S256` names it.
@@ -83,8 +83,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::api_key::{sha256, to_hex};
     use crate::grpc::Code;
+    use crate::sha256::{sha256, to_hex};
 
     fn peer(der: &[u8]) -> PeerIdentity {
         PeerIdentity {

@@ -31,8 +31,8 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
-use crate::auth::api_key::sha256;
 use crate::auth::jwt::Family;
+use crate::sha256::sha256;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;

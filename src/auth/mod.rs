@@ -457,7 +457,7 @@ mod tests {
     /// A call of `path` on a connection whose client certificate is `cert` (its DER bytes).
     fn call(path: &str, cert: Option<&[u8]>, token: Option<&str>) -> Parts {
         let peer = cert.map(|der| PeerIdentity {
-            sha256: api_key::to_hex(&api_key::sha256(der)),
+            sha256: crate::sha256::to_hex(&crate::sha256::sha256(der)),
             ..PeerIdentity::default()
         });
         let info = ConnectionInfo::new("127.0.0.1:40000".parse().unwrap(), peer);
@@ -481,8 +481,8 @@ mod tests {
             secret.display()
         ));
         let exp = jsonwebtoken::get_current_timestamp() + 600;
-        let thumbprint =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(api_key::sha256(b"cert A"));
+        let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(crate::sha256::sha256(b"cert A"));
         let claims = serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp,
                                         "cnf": {"x5t#S256": thumbprint}});
         let token = jsonwebtoken::encode(
