@@ -51,7 +51,6 @@
 mod stream;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,6 +64,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Target;
 
 pub use stream::ResponseStream;
 use stream::{Pump, Source, exchange};
@@ -86,24 +87,6 @@ pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
 pub const WEDGED_SURPLUS: usize = 4;
 /// How often a call the target did not process is sent again.
 const ATTEMPTS: usize = 3;
-
-/// Where a target listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `host:port`, resolved on every connect.
-    Tcp(String),
-    /// A Unix domain socket, written `unix:/path` in the config.
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Tcp(address) => f.write_str(address),
-            Target::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
 
 /// A connection's byte stream, whatever carries it.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}

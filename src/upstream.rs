@@ -22,12 +22,10 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config;
+use crate::config::{self, Target};
 use crate::grpc::{self, Code, Reason};
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool, ResponseStream};
-
-pub use crate::pool::Target;
 
 /// The connections to the app.
 pub struct Upstream {

@@ -31,7 +31,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
-use crate::auth::jwt::Family;
+use crate::config::Family;
 use crate::sha256::sha256;
 
 /// Largest JWKS document accepted.

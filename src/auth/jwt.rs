@@ -23,67 +23,11 @@ use serde_json::Value;
 use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
-use crate::config::ClaimNames;
+use crate::config::{ClaimNames, Family, parse_algorithms};
 use crate::grpc::Reason;
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
-
-/// One algorithm family per provider, so a key of one kind can never verify a token
-/// that claims another (the RSA-public-key-as-HMAC-secret confusion).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Rsa,
-    RsaPss,
-    Ec,
-    Ed,
-    Hmac,
-}
-
-impl Family {
-    fn of_algorithm(algorithm: Algorithm) -> Option<Family> {
-        match algorithm {
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => Some(Family::Rsa),
-            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => Some(Family::RsaPss),
-            Algorithm::ES256 | Algorithm::ES384 => Some(Family::Ec),
-            Algorithm::EdDSA => Some(Family::Ed),
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Some(Family::Hmac),
-            _ => None,
-        }
-    }
-
-    /// The family of a provider's `algorithms`, or why they are not acceptable.
-    pub fn of(names: &[String]) -> Result<Family, String> {
-        let algorithms = parse_algorithms(names)?;
-        let first = *algorithms.first().ok_or("name at least one algorithm")?;
-        let first =
-            Family::of_algorithm(first).ok_or_else(|| format!("{first:?} is not supported"))?;
-        if algorithms
-            .iter()
-            .any(|a| Family::of_algorithm(*a) != Some(first))
-        {
-            return Err(format!(
-                "{names:?} mixes algorithm families: one family per provider"
-            ));
-        }
-        Ok(first)
-    }
-}
-
-/// Parses algorithm names; `none` is never accepted.
-pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
-    names
-        .iter()
-        .map(|name| {
-            if name.eq_ignore_ascii_case("none") {
-                return Err("\"none\" is never accepted".to_owned());
-            }
-            Algorithm::from_str(name).map_err(|_| {
-                format!("{name:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, HS256…)")
-            })
-        })
-        .collect()
-}
 
 /// One configured issuer.
 pub struct Provider {
@@ -622,17 +566,6 @@ mod tests {
             assert_eq!(refusal.reason.label(), reason, "{token}: {refusal:?}");
             assert_eq!(refusal.code, crate::grpc::Code::Unauthenticated);
         }
-    }
-
-    #[test]
-    fn rejects_mixed_families_and_none() {
-        assert_eq!(
-            Family::of(&["RS256".into(), "RS512".into()]),
-            Ok(Family::Rsa)
-        );
-        assert!(Family::of(&["RS256".into(), "HS256".into()]).is_err());
-        assert!(Family::of(&["none".into()]).unwrap_err().contains("never"));
-        assert!(Family::of(&[]).is_err());
     }
 
     #[test]

@@ -22,13 +22,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::CredentialsEnd;
-use crate::config::{self, Config, Problem};
+use crate::config::{self, Config, Family, MethodPattern, Problem};
 use crate::grpc::Reason;
 use crate::server::ConnectionInfo;
 use api_key::ApiKeyStore;
 use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
-use jwt::{Family, JwtVerifier, Provider};
-use policy::{MethodPattern, Policy};
+use jwt::{JwtVerifier, Provider};
+use policy::Policy;
 use principal::{AuthMethod, AuthOutcome, DecidingRule, Principal, Refusal, X_API_KEY};
 
 /// How often `auth.api_keys.keys_file` and `jwks_file`s are checked for changes.
@@ -72,7 +72,7 @@ impl Authenticator {
             });
         };
         let mut problems = Vec::new();
-        let public = policy::parse_all(
+        let public = config::parse_all(
             &auth.public_methods,
             "auth.public_methods",
             MethodPattern::parse,
@@ -386,7 +386,7 @@ fn bearer_token(value: &[u8]) -> Option<&str> {
 fn build_provider(config: &config::JwtProvider) -> Result<Provider, Problem> {
     let family =
         Family::of(&config.algorithms).map_err(|message| Problem::new("algorithms", message))?;
-    let algorithms = jwt::parse_algorithms(&config.algorithms)
+    let algorithms = config::parse_algorithms(&config.algorithms)
         .map_err(|message| Problem::new("algorithms", message))?;
     let keys = if let Some(path) = &config.secret_file {
         let secret = read(path).map_err(|message| Problem::new("secret_file", message))?;

@@ -4,77 +4,12 @@
 //! which rule would have refused; the peer allow-list is always enforced.
 
 use crate::auth::principal::{DecidingRule, Principal, Refusal};
-use crate::config::{self, DefaultDecision, PeerPattern, Problem};
-use crate::grpc::{self, Reason};
+use crate::config::{self, DefaultDecision, MethodPattern, PeerPattern, Problem, parse_all};
+use crate::grpc::Reason;
 use crate::tls::PeerIdentity;
-
-/// A method pattern from the config: `*`, `/pkg.Service/*` or an exact path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MethodPattern {
-    Any,
-    /// Holds `/pkg.Service/`.
-    Service(String),
-    Exact(String),
-}
-
-impl MethodPattern {
-    /// Parses `*`, `/pkg.Service/*` or `/pkg.Service/Method`, with service and method
-    /// in gRPC's grammar ([`grpc::is_method_path`]). Anything else is refused: such a
-    /// pattern could never match a path gatehouse lets through, so a rule written with
-    /// it would silently do nothing.
-    pub fn parse(pattern: &str) -> Result<MethodPattern, String> {
-        if pattern == "*" {
-            return Ok(MethodPattern::Any);
-        }
-        if let Some(service) = pattern
-            .strip_prefix('/')
-            .and_then(|rest| rest.strip_suffix("/*"))
-            && grpc::is_service_name(service)
-        {
-            return Ok(MethodPattern::Service(
-                pattern[..pattern.len() - 1].to_owned(),
-            ));
-        }
-        if grpc::is_method_path(pattern) {
-            return Ok(MethodPattern::Exact(pattern.to_owned()));
-        }
-        Err(format!(
-            "{pattern:?}: write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"
-        ))
-    }
-
-    /// Whether the pattern matches `path`, a path already in gRPC's grammar.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            MethodPattern::Any => true,
-            MethodPattern::Service(prefix) => {
-                path.starts_with(prefix.as_str()) && !path[prefix.len()..].contains('/')
-            }
-            MethodPattern::Exact(exact) => path == exact,
-        }
-    }
-}
 
 pub fn any_matches(patterns: &[MethodPattern], path: &str) -> bool {
     patterns.iter().any(|pattern| pattern.matches(path))
-}
-
-/// Parses every pattern in `patterns`, each problem on `field[i]`.
-pub fn parse_all<T>(
-    patterns: &[String],
-    field: &str,
-    parse: fn(&str) -> Result<T, String>,
-    problems: &mut Vec<Problem>,
-) -> Vec<T> {
-    patterns
-        .iter()
-        .enumerate()
-        .filter_map(|(i, pattern)| {
-            parse(pattern)
-                .map_err(|message| problems.push(Problem::new(format!("{field}[{i}]"), message)))
-                .ok()
-        })
-        .collect()
 }
 
 /// Whether any of the peer's names matches any pattern (each of its own kind).
@@ -247,38 +182,6 @@ impl Policy {
 mod tests {
     use super::*;
     use crate::auth::principal::AuthMethod;
-
-    #[test]
-    fn method_patterns_match_exact_service_and_any() {
-        let service = MethodPattern::parse("/pkg.Svc/*").unwrap();
-        assert!(service.matches("/pkg.Svc/Get"));
-        assert!(!service.matches("/pkg.SvcOther/Get"));
-        assert!(!service.matches("/pkg.Svc/Get/extra"));
-        let exact = MethodPattern::parse("/pkg.Svc/Get").unwrap();
-        assert!(exact.matches("/pkg.Svc/Get"));
-        assert!(!exact.matches("/pkg.Svc/GetAll"));
-        assert!(MethodPattern::parse("*").unwrap().matches("/anything/At"));
-    }
-
-    #[test]
-    fn refuses_method_patterns_that_could_never_match() {
-        for pattern in [
-            "/pkg.*/Get",
-            "/*/Get",
-            "/pkg.Svc/Get*",
-            "/pkg.Svc/*/x",
-            "/pkg.Svc/",
-            "/pkg.Svc",
-            "pkg.Svc/Get",
-            "/pkg.Svc//Get",
-            "/pkg.Svc/%47et",
-            "/pkg..Svc/Get",
-            "**",
-            "",
-        ] {
-            assert!(MethodPattern::parse(pattern).is_err(), "{pattern:?}");
-        }
-    }
 
     fn policy(rules: &str) -> Policy {
         policy_with("", rules)

@@ -10,8 +10,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
-use crate::auth::jwt::{Family, parse_algorithms};
 use crate::cli::TokenArgs;
+use crate::config::{Family, parse_algorithms};
 use crate::sha256::sha256;
 
 /// The signed token, or why it could not be made.

@@ -23,9 +23,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::config::PeerPattern;
+use crate::config::{PeerPattern, Target};
 use crate::grpc::{self, Reason};
-use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream, Target};
+use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream};
 use crate::tls::{ClientTls, IdentityMismatch};
 
 /// Why a call could not reach its destination, or failed before it answered.

@@ -1,0 +1,205 @@
+//! Values written with a unit or a calendar: durations (`250ms`), sizes (`64MiB`) and
+//! timestamps (`2027-01-31`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// A size in bytes, written as a whole number with a unit: `64MiB`, `512KiB`, `1GiB`
+/// (or `MB`, `KB`, `GB` in powers of ten; a bare number is bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || {
+            format!(
+                "invalid size {text:?}: write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| invalid())?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return Err(invalid()),
+        };
+        number.checked_mul(scale).map(ByteSize).ok_or_else(invalid)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(ByteSize(bytes)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A duration written as a string with a unit: `250ms`, `30s`, `5m`, `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(std::time::Duration);
+
+impl Duration {
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration(std::time::Duration::from_secs(secs))
+    }
+
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Duration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || {
+            format!(
+                "invalid duration {text:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\""
+            )
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
+        let (digits, unit) = text.split_at(split);
+        let amount: u64 = digits.parse().map_err(|_| invalid())?;
+        let duration = match unit {
+            "ms" => std::time::Duration::from_millis(amount),
+            "s" => std::time::Duration::from_secs(amount),
+            "m" => std::time::Duration::from_secs(amount.checked_mul(60).ok_or_else(invalid)?),
+            "h" => std::time::Duration::from_secs(amount.checked_mul(3600).ok_or_else(invalid)?),
+            _ => return Err(invalid()),
+        };
+        Ok(Duration(duration))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string like \"250ms\", \"30s\" or \"5m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+/// Seconds since the Unix epoch for `YYYY-MM-DD` (midnight UTC) or
+/// `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_timestamp(text: &str) -> Option<u64> {
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time.strip_suffix('Z')?)),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let year: i64 = parts.next()?.parse().ok()?;
+    let month: i64 = parts.next()?.parse().ok()?;
+    let day: i64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some()
+        || !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || year < 1970
+    {
+        return None;
+    }
+    let seconds = match time {
+        None => 0,
+        Some(time) => {
+            let mut hms = time.split(':').map(|part| part.parse::<i64>().ok());
+            let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+            if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
+                return None;
+            }
+            h * 3600 + m * 60 + s
+        }
+    };
+    // Days from civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + seconds).ok()
+}
+
+/// Days in `month` (1–12) of `year` in the Gregorian calendar, so that a date such as
+/// 31 February is refused instead of silently becoming 3 March.
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, MINIMAL};
+
+    #[test]
+    fn rejects_numeric_and_unitless_durations() {
+        for value in ["5", "\"5\"", "\"5 s\"", "\"1.5s\"", "\"10d\""] {
+            let text = format!("{MINIMAL}limits: {{ drain_timeout: {value} }}\n");
+            let problem = Config::from_yaml(&text).unwrap_err();
+            assert_eq!(problem.field, "limits.drain_timeout", "{value}: {problem}");
+        }
+        let config =
+            Config::from_yaml(&format!("{MINIMAL}limits: {{ drain_timeout: 250ms }}\n")).unwrap();
+        assert_eq!(
+            config.limits.drain_timeout.get(),
+            std::time::Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn timestamps_name_only_dates_that_exist() {
+        assert_eq!(parse_timestamp("1970-01-01"), Some(0));
+        assert_eq!(parse_timestamp("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_timestamp("2000-02-29T12:00:00Z"), Some(951_825_600));
+        assert_eq!(parse_timestamp("2027-01-31T23:59:59Z"), Some(1_801_439_999));
+        for impossible in [
+            "2027-02-31",
+            "2027-02-29",
+            "1900-02-29",
+            "2100-02-29",
+            "2027-04-31",
+            "2027-06-31T00:00:00Z",
+            "2027-09-31",
+            "2027-11-31",
+            "2027-13-01",
+            "2027-00-10",
+            "2027-01-00",
+        ] {
+            assert_eq!(parse_timestamp(impossible), None, "{impossible}");
+        }
+    }
+}
