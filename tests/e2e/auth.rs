@@ -11,7 +11,7 @@ use serde_json::json;
 use tonic::Code;
 use tonic::metadata::{MetadataKey, MetadataValue};
 
-use crate::issuers::*;
+use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 

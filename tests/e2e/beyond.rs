@@ -10,8 +10,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::auth::{inspect, seen, with_token};
-use crate::hardening::{check_refuses, config_with_admin, provider, wait_for_metric};
-use crate::issuers::*;
+use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 

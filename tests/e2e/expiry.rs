@@ -8,8 +8,7 @@ use jsonwebtoken::Algorithm;
 use tonic::Code;
 
 use crate::auth::{hash, with_key, with_token};
-use crate::hardening::{config_with_admin, provider, wait_for_metric};
-use crate::issuers::*;
+use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 

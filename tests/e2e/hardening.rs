@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::auth::{collect_with_trailers, hash, inspect, seen, with_key, with_token};
-use crate::issuers::*;
+use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -121,42 +120,6 @@ async fn raw_call(
         String::new()
     };
     (text("grpc-status"), text("grpc-message"), reason)
-}
-
-/// One JWT provider entry for `issuer`, its key set written into `dir`.
-pub fn provider(dir: &Path, name: &str, issuer: &Issuer, extra: &str) -> String {
-    let file = dir.join(format!("{name}.json"));
-    std::fs::write(&file, jwks(&[issuer])).unwrap();
-    format!(
-        "      - {{ name: {name}, issuer: \"{}\", audiences: [{AUDIENCE}], algorithms: [{:?}], jwks_file: \"{}\"{extra} }}\n",
-        issuer.iss,
-        issuer.alg,
-        file.display()
-    )
-}
-
-/// `dev_config` with the admin server on an ephemeral port.
-pub fn config_with_admin(upstream: SocketAddr) -> String {
-    dev_config(upstream).replace(
-        "log_level: 'info,gatehouse=debug' }",
-        "log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-    )
-}
-
-/// Waits (bounded) until the scrape has `line`, and returns the scrape.
-pub async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, scrape) = get(admin(gatehouse), "/metrics").await;
-        if scrape.lines().any(|l| l == line) {
-            return scrape;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {line:?} in the scrape:\n{scrape}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 const NOT_A_METHOD_PATH: &str = "not a gRPC method path: expected /Service/Method";
@@ -618,25 +581,6 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
         ],
         &["roles[0]"],
     );
-}
-
-/// Runs `gatehouse check` on `config`: exit 64, a line `FILE: problem` for each of
-/// `problems`, and no mention of any of `valid`.
-pub fn check_refuses(dir: &Path, config: &str, problems: &[&str], valid: &[&str]) {
-    let path = dir.join("check.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
-    let errors = stderr(&output);
-    for problem in problems {
-        assert!(
-            errors.contains(&format!("{}: {problem}", path.display())),
-            "{problem}: {errors}"
-        );
-    }
-    for valid in valid {
-        assert!(!errors.contains(valid), "{valid} refused: {errors}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use jsonwebtoken::Algorithm;
 use tonic::Code;
 
-use crate::issuers::*;
+use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
 

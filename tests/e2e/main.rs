@@ -15,7 +15,6 @@ mod forwarding;
 mod grpcurl;
 mod hardening;
 mod isolation;
-mod issuers;
 mod keys;
 mod limits;
 mod long_streams;

@@ -15,8 +15,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::hash;
-use crate::issuers::{Issuer, jwks};
 use crate::observability::{Collector, hex};
+use crate::support::issuers::{Issuer, jwks};
 use crate::support::pb::*;
 use crate::support::*;
 

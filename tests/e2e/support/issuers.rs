@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -237,4 +238,16 @@ impl JwksServer {
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
     }
+}
+
+/// One JWT provider entry for `issuer`, its key set written into `dir`.
+pub fn provider(dir: &Path, name: &str, issuer: &Issuer, extra: &str) -> String {
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, jwks(&[issuer])).unwrap();
+    format!(
+        "      - {{ name: {name}, issuer: \"{}\", audiences: [{AUDIENCE}], algorithms: [{:?}], jwks_file: \"{}\"{extra} }}\n",
+        issuer.iss,
+        issuer.alg,
+        file.display()
+    )
 }

@@ -1,0 +1,52 @@
+//! The admin server: its address, plain HTTP/1.1 GETs, and the metrics scrape.
+
+use std::net::SocketAddr;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{Gatehouse, PATIENCE, field};
+
+/// The admin address gatehouse logged at start-up (`telemetry.admin_address`).
+pub fn admin(gatehouse: &Gatehouse) -> SocketAddr {
+    let output = gatehouse.output();
+    let line = output
+        .lines()
+        .find(|line| line.contains("msg=listening"))
+        .unwrap();
+    field(line, "admin").parse().unwrap()
+}
+
+/// `GET path` over HTTP/1.1: status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Waits (bounded) until the scrape has `line`, and returns the scrape.
+pub async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, scrape) = get(admin(gatehouse), "/metrics").await;
+        if scrape.lines().any(|l| l == line) {
+            return scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in the scrape:\n{scrape}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

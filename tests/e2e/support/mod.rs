@@ -1,0 +1,47 @@
+//! What every end-to-end test needs: the demo app in-process, the gatehouse binary as a
+//! child process on an ephemeral port, its config, TLS identities (the development PKI,
+//! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, grpcurl,
+//! the admin server, and the details of the statuses gatehouse generates.
+//!
+//! Each concern has its own file; everything is re-exported here so a test needs only
+//! `use crate::support::*`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[path = "../../../examples/demo-app/service.rs"]
+pub mod demo;
+
+mod admin;
+mod app;
+mod clients;
+mod config;
+mod grpcurl;
+pub mod issuers;
+mod pki;
+mod process;
+mod status;
+
+pub use admin::*;
+pub use app::*;
+pub use clients::*;
+pub use config::*;
+pub use demo::pb;
+pub use demo::pb::demo_client::DemoClient;
+pub use grpcurl::*;
+pub use pki::*;
+pub use process::*;
+pub use status::*;
+
+/// Generous bound on anything a test waits for; reaching it means the test failed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn dev_cert(name: &str) -> PathBuf {
+    repo().join("certs-dev").join(name)
+}

@@ -1,0 +1,215 @@
+//! The gatehouse binary: `gatehouse run` as a child process whose output lines a test can
+//! wait for, and one-shot commands such as `gatehouse check`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::PATIENCE;
+
+/// The gatehouse binary, running as a child process.
+pub struct Gatehouse {
+    pub addr: SocketAddr,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gatehouse {
+    pub fn start(config: &str) -> Gatehouse {
+        Gatehouse::start_with_env(config, &[])
+    }
+
+    /// Starts `gatehouse run` and waits for its `listening` line, which carries the
+    /// address it bound.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
+        Gatehouse::start_with(config, env, None)
+    }
+
+    /// Starts gatehouse allowed at most `files` open file descriptors.
+    pub fn start_with_fd_limit(config: &str, files: u32) -> Gatehouse {
+        Gatehouse::start_with(config, &[], Some(files))
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Gatehouse {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.yaml");
+        std::fs::write(&path, config).unwrap();
+        let binary = env!("CARGO_BIN_EXE_gatehouse");
+        let mut command = match fd_limit {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut shell = Command::new("bash");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+                    .arg(binary);
+                shell
+            }
+        };
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start gatehouse");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (found, listening) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // Recorded before announced, so the line is in `output()` once start returns.
+                collected.lock().unwrap().push(line.clone());
+                if line.contains("msg=listening") {
+                    let _ = found.send(line);
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let collected = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let line = match listening.recv_timeout(PATIENCE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gatehouse never logged `listening`; output:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let addr = field(&line, "address")
+            .parse()
+            .expect("listening line has an address");
+        Gatehouse {
+            addr,
+            child,
+            lines,
+            _dir: dir,
+        }
+    }
+
+    /// The config file gatehouse was started with (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("gatehouse.yaml")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything gatehouse printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) for an output line containing every one of `needles`.
+    pub async fn wait_for_line(&self, needles: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+            {
+                return line.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line with {needles:?} in gatehouse output:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gatehouse did not exit:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Gatehouse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a logfmt line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {key}="))
+        .map(|at| at + key.len() + 2)
+        .expect("field present");
+    let rest = &line[start..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => &quoted[..quoted.find('"').unwrap()],
+        None => rest.split(' ').next().unwrap(),
+    }
+}
+
+/// Runs the gatehouse binary with `args` and returns its output.
+pub fn gatehouse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Peak resident memory of a process, from /proc.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
