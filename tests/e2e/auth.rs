@@ -577,7 +577,7 @@ async fn api_keys_identify_service_callers_and_a_keys_file_change_revokes_them()
 async fn forged_identity_never_reaches_the_app_on_public_methods_or_in_trailers() {
     let fixture = Fixture::new();
     let app = App::start().await;
-    let config = fixture.config(app.addr, "").replace(
+    let config = fixture.config(app.addr, "").edit(
         "auth:\n  jwt:",
         "auth:\n  public_methods: [/grpc.health.v1.Health/Check, /gatehouse.demo.v1.Demo/Inspect]\n  jwt:",
     );
@@ -739,10 +739,9 @@ async fn authorization_rules_allow_by_role_key_or_peer_and_refuse_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_peers_limits_which_certificates_may_call_at_all() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "client_auth: require",
-        "client_auth: require\n  allowed_peers: [\"spiffe://dev.gatehouse/ns/*/sa/gateway\"]",
-    );
+    let config = DevConfig::new(app.addr)
+        .allowed_peers(&["spiffe://dev.gatehouse/ns/*/sa/gateway"])
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let mut gateway = client(gatehouse.addr).await;
     let metadata = inspect(&mut gateway, tonic::Request::new(InspectRequest {}))

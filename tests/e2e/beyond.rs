@@ -80,8 +80,10 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
     let loose = Issuer::generate("loose", Algorithm::ES256);
     let strict = Issuer::generate("strict", Algorithm::ES256);
     let app = App::start().await;
-    let config = config_with_admin(app.addr)
-        .replace("client_auth: require", "client_auth: optional")
+    let config = DevConfig::new(app.addr)
+        .admin()
+        .client_auth("optional")
+        .yaml()
         + &format!(
             "auth:\n  jwt:\n    providers:\n{}{}",
             provider(dir.path(), "loose", &loose, ""),
@@ -206,8 +208,9 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
 async fn requiring_bound_tokens_without_client_certificates_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::generate("bound", Algorithm::ES256);
-    let config = dev_config("127.0.0.1:50051".parse().unwrap())
-        .replace("client_auth: require", "client_auth: none")
+    let config = DevConfig::new("127.0.0.1:50051".parse().unwrap())
+        .client_auth("none")
+        .yaml()
         + &format!(
             "auth:\n  jwt:\n    providers:\n{}{}",
             provider(dir.path(), "free", &issuer, ""),
@@ -224,18 +227,19 @@ async fn requiring_bound_tokens_without_client_certificates_is_a_config_error() 
 /// Rule 0 makes `Inspect` an admin method; everything else is refused by `default: deny`.
 /// Only the gateway's certificate may connect at all.
 fn dry_run_config(app: std::net::SocketAddr, providers: &str, dry_run: bool) -> String {
-    config_with_admin(app).replace(
-        "client_auth: require",
-        &format!("client_auth: require\n  allowed_peers: [\"{GATEWAY_SPIFFE}\"]"),
-    ) + &format!(
-        "auth:\n  jwt:\n    providers:\n{providers}authorization:
+    DevConfig::new(app)
+        .admin()
+        .allowed_peers(&[GATEWAY_SPIFFE])
+        .yaml()
+        + &format!(
+            "auth:\n  jwt:\n    providers:\n{providers}authorization:
   default: deny
   dry_run: {dry_run}
   rules:
     - methods: [/gatehouse.demo.v1.Demo/Inspect]
       allow_roles: [admin]
 "
-    )
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

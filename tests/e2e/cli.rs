@@ -25,12 +25,10 @@ fn check_accepts_the_quick_start_config() {
 #[test]
 fn check_reports_every_problem_with_file_and_field_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dev_config("127.0.0.1:50051".parse().unwrap())
-        .replace(
-            dev_cert("server.crt").to_str().unwrap(),
-            "/nonexistent/server.crt",
-        )
-        .replace("address: 127.0.0.1:50051", "address: app-without-port");
+    let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());
+    config.cert_file = "/nonexistent/server.crt".into();
+    config.upstream = "app-without-port".to_owned();
+    let config = config.yaml();
     let path = write(dir.path(), &config);
     let output = gatehouse(&["check", "--config", &path]);
     assert_eq!(output.status.code(), Some(64));
@@ -50,10 +48,11 @@ fn check_reports_every_problem_with_file_and_field_and_exits_64() {
 #[test]
 fn check_rejects_unknown_keys_naming_the_full_path() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dev_config("127.0.0.1:50051".parse().unwrap()).replace(
-        "client_auth: require",
-        "client_auth: require\n  verify: yes",
-    );
+    let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());
+    config
+        .tls_extra
+        .push(("verify".to_owned(), "yes".to_owned()));
+    let config = config.yaml();
     let path = write(dir.path(), &config);
     let output = gatehouse(&["check", "--config", &path]);
     assert_eq!(output.status.code(), Some(64));
@@ -67,10 +66,9 @@ fn check_rejects_unknown_keys_naming_the_full_path() {
 #[test]
 fn check_rejects_a_key_that_does_not_match_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dev_config("127.0.0.1:50051".parse().unwrap()).replace(
-        dev_cert("server.key").to_str().unwrap(),
-        dev_cert("client-gateway.key").to_str().unwrap(),
-    );
+    let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());
+    config.key_file = dev_cert("client-gateway.key");
+    let config = config.yaml();
     let path = write(dir.path(), &config);
     let output = gatehouse(&["check", "--config", &path]);
     assert_eq!(output.status.code(), Some(64));
@@ -93,8 +91,9 @@ fn run_with_a_bad_config_exits_64_and_a_busy_port_exits_1() {
     assert!(stderr(&output).contains("listen"), "{}", stderr(&output));
 
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = dev_config("127.0.0.1:50051".parse().unwrap())
-        .replace("127.0.0.1:0", &busy.local_addr().unwrap().to_string());
+    let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());
+    config.listen = busy.local_addr().unwrap().to_string();
+    let config = config.yaml();
     let path = write(dir.path(), &config);
     let output = gatehouse(&["run", "--config", &path]);
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));

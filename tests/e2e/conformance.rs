@@ -41,10 +41,7 @@ async fn read_body(body: &mut h2::RecvStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_grpc_requests_are_read_then_answered_with_a_complete_415() {
     let app = App::start().await;
-    let gatehouse = Gatehouse::start(&dev_config(app.addr).replace(
-        "telemetry: { log_level: 'info,gatehouse=debug' }",
-        "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-    ));
+    let gatehouse = Gatehouse::start(&config_with_admin(app.addr));
     let mut client = h2_client(&gatehouse).await;
 
     // A body sent in pieces after the headers: read to its end, then a full response.

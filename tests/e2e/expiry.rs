@@ -326,7 +326,7 @@ async fn a_key_dropped_by_a_sighup_reload_ends_a_client_stream_the_app_has_not_a
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 
-    let without_inline_key = setup.config.replace(&hash(INLINE_KEY), &"0".repeat(64));
+    let without_inline_key = setup.config.edit(&hash(INLINE_KEY), &"0".repeat(64));
     std::fs::write(setup.gatehouse.config_path(), without_inline_key).unwrap();
     setup.gatehouse.signal("HUP");
     let status = tokio::time::timeout(PATIENCE, collect)

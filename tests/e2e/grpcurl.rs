@@ -148,12 +148,11 @@ async fn grpcurl_sees_the_apps_status_and_custom_metadata() {
 /// The quick-start config (`config/dev.yaml`) on an ephemeral port, in front of `app`.
 fn dev_yaml(app: std::net::SocketAddr) -> String {
     let text = std::fs::read_to_string(repo().join("config/dev.yaml")).unwrap();
-    let text = text
-        .replace("127.0.0.1:12018", "127.0.0.1:0")
-        .replace("127.0.0.1:50051", &app.to_string())
-        .replace("127.0.0.1:9901", "127.0.0.1:0");
     let certs = repo().join("certs-dev");
-    text.replace("certs-dev/", &format!("{}/", certs.display()))
+    text.edit("127.0.0.1:12018", "127.0.0.1:0")
+        .edit("127.0.0.1:50051", &app.to_string())
+        .edit("127.0.0.1:9901", "127.0.0.1:0")
+        .edit("certs-dev/", &format!("{}/", certs.display()))
 }
 
 /// A token for alice of tenant acme with `roles`, minted by `gatehouse token` with the

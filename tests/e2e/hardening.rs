@@ -264,17 +264,14 @@ async fn peer_patterns_match_only_names_of_their_own_kind() {
 
     // tls.allowed_peers: refused callers get PERMISSION_DENIED, as before.
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "client_auth: require",
-        &format!(
-            "client_auth: require
-  allowed_peers:
-    - {gateway_id}
-    - spiffe://dev.gatehouse/*/sa/compliance-scanner
-    - dns:svc.allowed.test
-    - cn:legacy-client"
-        ),
-    );
+    let config = DevConfig::new(app.addr)
+        .allowed_peers(&[
+            gateway_id,
+            "spiffe://dev.gatehouse/*/sa/compliance-scanner",
+            "dns:svc.allowed.test",
+            "cn:legacy-client",
+        ])
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let addr = gatehouse.addr;
     let call = |identity: Identity| async move {
@@ -586,10 +583,10 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patterns_that_could_never_match_are_config_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dev_config("127.0.0.1:50051".parse().unwrap()).replace(
-        "client_auth: require",
-        "client_auth: require\n  allowed_peers: [gateway, \"dns:*.svc\"]",
-    ) + "auth:
+    let config = DevConfig::new("127.0.0.1:50051".parse().unwrap())
+        .allowed_peers(&["gateway", "dns:*.svc"])
+        .yaml()
+        + "auth:
   public_methods: [/grpc.health.v1.Health/Check, /grpc.health.v1.Health/Check*]
   api_keys: { keys_file: /nonexistent/keys.yaml }
 authorization:

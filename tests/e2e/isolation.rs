@@ -287,10 +287,7 @@ async fn a_stalled_bidi_stream_cancelled_by_its_caller_is_reset_at_the_app_withi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_streams_nobody_reads_stall_no_one_else_and_the_app_stays_ready() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "telemetry: { log_level: 'info,gatehouse=debug' }",
-        "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-    );
+    let config = config_with_admin(app.addr);
     let gatehouse = Gatehouse::start(&config);
     let (mut attacker, connection) = raw_client(gatehouse.addr).await;
     let mut held = Vec::new();
@@ -361,15 +358,12 @@ async fn server_streams_nobody_reads_stall_no_one_else_and_the_app_stays_ready()
 async fn calls_beyond_every_stream_limit_get_resource_exhausted_in_bounded_time() {
     let serving = support_serving(5);
     let app = App::start_serving("127.0.0.1:0".parse().unwrap(), Default::default(), serving).await;
-    let config = dev_config(app.addr)
-        .replace(
-            "limits: {",
-            "limits: { upstream_connections: 2, upstream_queue: 3, upstream_queue_timeout: 300ms,",
-        )
-        .replace(
-            "telemetry: { log_level: 'info,gatehouse=debug' }",
-            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-        );
+    let config = DevConfig::new(app.addr)
+        .limit("upstream_connections", "2")
+        .limit("upstream_queue", "3")
+        .limit("upstream_queue_timeout", "300ms")
+        .admin()
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let holder = client(gatehouse.addr).await;
     // 2 connections × the app's limit of 5 streams.

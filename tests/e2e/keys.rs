@@ -29,13 +29,6 @@ async fn user_seen(
     Ok(users.into_iter().next().unwrap_or_default())
 }
 
-fn with_admin(config: String) -> String {
-    config.replace(
-        "telemetry: { log_level: 'info,gatehouse=debug' }",
-        "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_while_the_issuer_is_down_keeps_jwt_calls_working() {
     let server = JwksServer::start().await;
@@ -53,7 +46,7 @@ async fn sighup_while_the_issuer_is_down_keeps_jwt_calls_working() {
                 server.url(path)
             )
         };
-        with_admin(dev_config(app.addr))
+        config_with_admin(app.addr)
             + "auth:\n  jwt:\n    providers:\n"
             + &provider("steady", &steady, "ES256", "/steady")
             + &provider("moved", &moved, "RS256", moved_path)

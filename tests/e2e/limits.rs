@@ -93,32 +93,31 @@ async fn mtls_echo(addr: SocketAddr) -> Result<String, String> {
         .map_err(|status| status.to_string())
 }
 
-fn h2c_config(app: SocketAddr, limits: &str) -> String {
+fn h2c_config(app: SocketAddr, limits: &[(&str, &str)]) -> String {
     format!(
         "listen: {{ address: 127.0.0.1:0 }}
 tls: {{ enabled: false }}
 upstream: {{ address: {app} }}
 telemetry: {{ log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }}
-limits: {limits}
-"
+limits: {}
+",
+        flow_map(limits)
     )
 }
 
-fn optional_tls_config(app: SocketAddr, limits: &str) -> String {
-    dev_config(app)
-        .replace("client_auth: require", "client_auth: optional")
-        .replace(
-            "telemetry: { log_level: 'info,gatehouse=debug' }",
-            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-        )
-        .replace(
-            "limits: { drain_timeout: 10s }",
-            &format!("limits: {limits}"),
-        )
+fn optional_tls_config(app: SocketAddr, limits: &[(&str, &str)]) -> String {
+    DevConfig::new(app)
+        .client_auth("optional")
+        .admin()
+        .only_limits(limits)
+        .yaml()
 }
 
-const SILENT_LIMITS: &str =
-    "{ max_connections: 3, max_connections_per_client: 3, handshake_timeout: 2s }";
+const SILENT_LIMITS: &[(&str, &str)] = &[
+    ("max_connections", "3"),
+    ("max_connections_per_client", "3"),
+    ("handshake_timeout", "2s"),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_silent_after_tls_hold_their_slots_only_until_the_handshake_timeout() {
@@ -174,7 +173,11 @@ async fn a_connection_that_never_greets_is_dropped_by_the_drain_not_kept() {
     let app = App::start().await;
     let config = h2c_config(
         app.addr,
-        "{ handshake_timeout: 1h, drain_timeout: 1h, drain_delay: 0s }",
+        &[
+            ("handshake_timeout", "1h"),
+            ("drain_timeout", "1h"),
+            ("drain_delay", "0s"),
+        ],
     );
     let mut gatehouse = Gatehouse::start(&config);
     let mut silent = TcpStream::connect(gatehouse.addr).await.unwrap();
@@ -240,7 +243,10 @@ async fn echo_on(channel: tonic::transport::Channel) -> Result<String, tonic::St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_address_over_its_share_is_refused_while_another_connects() {
     let app = App::start().await;
-    let limits = "{ max_connections: 10, max_connections_per_client: 2 }";
+    let limits = &[
+        ("max_connections", "10"),
+        ("max_connections_per_client", "2"),
+    ];
     let gatehouse = Gatehouse::start(&h2c_config(app.addr, limits));
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -289,7 +295,10 @@ async fn one_client_address_over_its_share_is_refused_while_another_connects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_certificate_over_its_share_is_refused_from_any_address() {
     let app = App::start().await;
-    let limits = "{ max_connections: 10, max_connections_per_client: 2 }";
+    let limits = &[
+        ("max_connections", "10"),
+        ("max_connections_per_client", "2"),
+    ];
     let gatehouse = Gatehouse::start(&optional_tls_config(app.addr, limits));
     let mut held = Vec::new();
     for from in ["127.0.0.2", "127.0.0.3"] {
@@ -322,15 +331,10 @@ const KEY_B: &str = "limits-key-b-0123456789abcdef";
 
 /// gatehouse with two API keys, `a` and `b`, and the admin port.
 fn keyed_config(app: SocketAddr, per_identity: &str) -> String {
-    dev_config(app)
-        .replace(
-            "telemetry: { log_level: 'info,gatehouse=debug' }",
-            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-        )
-        .replace(
-            "limits: { drain_timeout: 10s }",
-            &format!("limits: {{ per_identity: {per_identity} }}"),
-        )
+    DevConfig::new(app)
+        .admin()
+        .only_limits(&[("per_identity", per_identity)])
+        .yaml()
         + &format!(
             "auth:\n  api_keys:\n    keys:\n      - {{ name: a, sha256: \"{}\" }}\n      - {{ name: b, sha256: \"{}\" }}\n",
             hash(KEY_A),
@@ -548,7 +552,7 @@ fn rss_kib(pid: u32) -> u64 {
 const ATTACKER_KEY: &str = "limits-attacker-0123456789abcdef";
 
 /// TLS with optional client certificates, an attacker's API key, the admin port.
-fn memory_config(app: SocketAddr, limits: &str) -> String {
+fn memory_config(app: SocketAddr, limits: &[(&str, &str)]) -> String {
     optional_tls_config(app, limits)
         + &format!(
             "auth:\n  api_keys:\n    keys:\n      - {{ name: attacker, sha256: \"{}\" }}\n      - {{ name: a, sha256: \"{}\" }}\n",
@@ -561,8 +565,11 @@ fn memory_config(app: SocketAddr, limits: &str) -> String {
 async fn max_connections_each_pushing_a_stalled_request_stay_within_the_printed_budget() {
     let (app, calls) = start_app_that_never_reads().await;
     // One call per connection: the budget then counts one call's state per connection.
-    let limits = "{ max_connections: 256, max_concurrent_streams: 1, \
-                  per_identity: { max_concurrent_calls: 1000 } }";
+    let limits = &[
+        ("max_connections", "256"),
+        ("max_concurrent_streams", "1"),
+        ("per_identity", "{ max_concurrent_calls: 1000 }"),
+    ];
     let config = memory_config(app, limits);
     let gatehouse = Gatehouse::start(&config);
     let check = self::gatehouse(&[
@@ -673,13 +680,15 @@ async fn made_up_method_names_the_app_does_not_have_leave_the_scrape_small() {
 fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gatehouse.yaml");
-    let limits = "{ max_connections: 128, max_concurrent_streams: 16, \
-                  max_header_list_size: 8192, memory_limit: MEMORY }";
     let config = |memory: &str| {
-        dev_config("127.0.0.1:50051".parse().unwrap()).replace(
-            "limits: { drain_timeout: 10s }",
-            &format!("limits: {}", limits.replace("MEMORY", memory)),
-        )
+        DevConfig::new("127.0.0.1:50051".parse().unwrap())
+            .only_limits(&[
+                ("max_connections", "128"),
+                ("max_concurrent_streams", "16"),
+                ("max_header_list_size", "8192"),
+                ("memory_limit", memory),
+            ])
+            .yaml()
     };
     std::fs::write(&path, config("256MiB")).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
@@ -720,7 +729,10 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_greets_is_dropped_when_its_idle_timeout_fires() {
     let app = App::start().await;
-    let config = h2c_config(app.addr, "{ handshake_timeout: 1h, idle_timeout: 300ms }");
+    let config = h2c_config(
+        app.addr,
+        &[("handshake_timeout", "1h"), ("idle_timeout", "300ms")],
+    );
     let gatehouse = Gatehouse::start(&config);
     let mut silent = TcpStream::connect(gatehouse.addr).await.unwrap();
     until_metric(&gatehouse, "gatehouse_connections", 1.0).await;

@@ -25,18 +25,13 @@ const KEY: &str = "observability-key-0123456789";
 
 /// gatehouse with the admin server, API-key auth and, optionally, span export.
 fn config(app: SocketAddr, otlp: Option<SocketAddr>) -> String {
-    let otlp = otlp
-        .map(|addr| format!(", otlp_endpoint: \"http://{addr}\", service_name: gatehouse-test"))
-        .unwrap_or_default();
-    dev_config(app).replace(
-        "telemetry: { log_level: 'info,gatehouse=debug' }",
-        &format!(
-            "telemetry: {{ log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0{otlp} }}"
-        ),
-    ) + &format!(
-        "auth:\n  api_keys:\n    keys:\n      - {{ name: svc, sha256: \"{}\", tenant_id: acme, user_id: svc-user, roles: [svc] }}\n",
-        hash(KEY)
-    )
+    let mut config = DevConfig::new(app).admin();
+    config.otlp_endpoint = otlp.map(|addr| format!("http://{addr}"));
+    config.yaml()
+        + &format!(
+            "auth:\n  api_keys:\n    keys:\n      - {{ name: svc, sha256: \"{}\", tenant_id: acme, user_id: svc-user, roles: [svc] }}\n",
+            hash(KEY)
+        )
 }
 
 fn with_key<T>(message: T) -> tonic::Request<T> {

@@ -58,23 +58,14 @@ fn publish_secret(dir: &Path, version: &str, identity: &Identity) {
 }
 
 fn config_with_certs(app: std::net::SocketAddr, dir: &Path) -> String {
-    dev_config(app)
-        .replace(
-            dev_cert("server.crt").to_str().unwrap(),
-            dir.join("tls.crt").to_str().unwrap(),
+    DevConfig::new(app)
+        .tls_files(
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            &dir.join("ca.crt"),
         )
-        .replace(
-            dev_cert("server.key").to_str().unwrap(),
-            dir.join("tls.key").to_str().unwrap(),
-        )
-        .replace(
-            dev_cert("ca.crt").to_str().unwrap(),
-            dir.join("ca.crt").to_str().unwrap(),
-        )
-        .replace(
-            "telemetry: { log_level: 'info,gatehouse=debug' }",
-            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-        )
+        .admin()
+        .yaml()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,14 +193,14 @@ async fn certificate_expiry_is_exported_and_an_expired_serving_certificate_fails
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
     let app = App::start().await;
-    let with_key = |key: &str| {
-        dev_config(app.addr)
+    let with_key = |key: &str, config: DevConfig| {
+        config.yaml()
             + &format!(
                 "auth:\n  api_keys:\n    keys:\n      - {{ name: k, sha256: \"{}\" }}\n",
                 hash(key)
             )
     };
-    let gatehouse = Gatehouse::start(&with_key("first-key-0123456789"));
+    let gatehouse = Gatehouse::start(&with_key("first-key-0123456789", DevConfig::new(app.addr)));
     let mut client = client(gatehouse.addr).await;
     let call = |key: &'static str| {
         let mut request = tonic::Request::new(InspectRequest {});
@@ -228,7 +219,11 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
         Code::Unauthenticated
     );
 
-    std::fs::write(gatehouse.config_path(), with_key("second-key-0123456789")).unwrap();
+    std::fs::write(
+        gatehouse.config_path(),
+        with_key("second-key-0123456789", DevConfig::new(app.addr)),
+    )
+    .unwrap();
     gatehouse.signal("HUP");
     gatehouse.wait_for_line(&["configuration reloaded"]).await;
     assert!(client.inspect(call("second-key-0123456789")).await.is_ok());
@@ -244,7 +239,10 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
     // Invalid: every problem logged, nothing changed.
     std::fs::write(
         gatehouse.config_path(),
-        with_key("third-key-0123456789").replace("client_auth: require", "client_auth: sometimes"),
+        with_key(
+            "third-key-0123456789",
+            DevConfig::new(app.addr).client_auth("sometimes"),
+        ),
     )
     .unwrap();
     gatehouse.signal("HUP");
@@ -254,8 +252,9 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
     assert!(client.inspect(call("second-key-0123456789")).await.is_ok());
 
     // A restart-only setting is named, the rest applies.
-    let moved =
-        with_key("third-key-0123456789").replace("address: 127.0.0.1:0", "address: 127.0.0.1:1");
+    let mut moved = DevConfig::new(app.addr);
+    moved.listen = "127.0.0.1:1".to_owned();
+    let moved = with_key("third-key-0123456789", moved);
     std::fs::write(gatehouse.config_path(), moved).unwrap();
     gatehouse.signal("HUP");
     gatehouse
@@ -277,10 +276,9 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_connections_past_their_age_get_goaway() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "limits: { drain_timeout: 10s }",
-        "limits: { idle_timeout: 300ms }",
-    );
+    let config = DevConfig::new(app.addr)
+        .only_limits(&[("idle_timeout", "300ms")])
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let tls = tls_connect(gatehouse.addr, Some(&Identity::gateway()))
         .await
@@ -306,10 +304,9 @@ async fn idle_connections_and_connections_past_their_age_get_goaway() {
         .unwrap();
 
     // Max age: GOAWAY while a call is open; the call still finishes.
-    let config = dev_config(app.addr).replace(
-        "limits: { drain_timeout: 10s }",
-        "limits: { max_connection_age: 300ms }",
-    );
+    let config = DevConfig::new(app.addr)
+        .only_limits(&[("max_connection_age", "300ms")])
+        .yaml();
     let aged = Gatehouse::start(&config);
     let mut client = client(aged.addr).await;
     let reply = client
@@ -325,15 +322,11 @@ async fn idle_connections_and_connections_past_their_age_get_goaway() {
 async fn drain_delay_keeps_serving_while_readyz_is_unready_and_a_stuck_handshake_does_not_hold_the_drain()
  {
     let app = App::start().await;
-    let config = dev_config(app.addr)
-        .replace(
-            "limits: { drain_timeout: 10s }",
-            "limits: { drain_timeout: 10s, drain_delay: 1s, handshake_timeout: 1h }",
-        )
-        .replace(
-            "telemetry: { log_level: 'info,gatehouse=debug' }",
-            "telemetry: { log_level: 'info,gatehouse=debug', admin_address: 127.0.0.1:0 }",
-        );
+    let config = DevConfig::new(app.addr)
+        .limit("drain_delay", "1s")
+        .limit("handshake_timeout", "1h")
+        .admin()
+        .yaml();
     let mut gatehouse = Gatehouse::start(&config);
     let admin = admin(&gatehouse);
     let _silent = tokio::net::TcpStream::connect(gatehouse.addr)
@@ -361,10 +354,9 @@ async fn drain_delay_keeps_serving_while_readyz_is_unready_and_a_stuck_handshake
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "limits: { drain_timeout: 10s }",
-        "limits: { drain_timeout: 1h }",
-    );
+    let config = DevConfig::new(app.addr)
+        .only_limits(&[("drain_timeout", "1h")])
+        .yaml();
     let mut gatehouse = Gatehouse::start(&config);
     let mut client = client(gatehouse.addr).await;
     // A stream the app is answering, ended by trailers gatehouse writes after its messages.
@@ -416,10 +408,12 @@ async fn a_second_signal_ends_the_drain_and_open_calls_fail_instead_of_hanging()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_and_running_out_of_descriptors_is_survived() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "limits: { drain_timeout: 10s }",
-        "limits: { max_connections: 2, max_connections_per_client: 2 }",
-    );
+    let config = DevConfig::new(app.addr)
+        .only_limits(&[
+            ("max_connections", "2"),
+            ("max_connections_per_client", "2"),
+        ])
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let first = client(gatehouse.addr).await;
     let second = client(gatehouse.addr).await;

@@ -864,13 +864,13 @@ fn check_refuses_an_exposed_listener_a_destination_without_identity_and_twins() 
     // is named too.
     let fixed = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("0.0.0.0:15001", "127.0.0.1:15001")
-        .replace(
+        .edit("0.0.0.0:15001", "127.0.0.1:15001")
+        .edit(
             "credentials: none }",
             &format!("identity: [\"{DEST_ID}\"], credentials: none }}"),
         )
-        .replace("name: Identity-Service", "name: other")
-        .replace("credentials: context", "credentials: none");
+        .edit("name: Identity-Service", "name: other")
+        .edit("credentials: context", "credentials: none");
     std::fs::write(&path, fixed).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(64), "{}", stdout(&output));
@@ -1020,7 +1020,7 @@ async fn a_large_stream_crosses_both_hops_in_flat_memory() {
         app.addr,
         // A deadline that leaves a shared test machine room to move 1 GiB twice.
         &[entry("dest", b.addr, DEST_ID, &credentials)
-            .replace("audience: demo }", "audience: demo, timeout: 5m }")],
+            .edit("audience: demo }", "audience: demo, timeout: 5m }")],
         "",
     );
     let mut client = app_client(outbound, "dest").await;

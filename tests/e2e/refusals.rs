@@ -195,10 +195,9 @@ async fn answers_non_grpc_requests_with_http_415() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let app = App::start().await;
-    let config = dev_config(app.addr).replace(
-        "limits: { drain_timeout: 10s }",
-        "limits: { handshake_timeout: 300ms }",
-    );
+    let config = DevConfig::new(app.addr)
+        .only_limits(&[("handshake_timeout", "300ms")])
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let mut silent = tokio::net::TcpStream::connect(gatehouse.addr)
         .await

@@ -259,10 +259,10 @@ async fn calls_beyond_the_apps_stream_limit_queue_instead_of_failing() {
     };
     let app = App::start_serving("127.0.0.1:0".parse().unwrap(), Default::default(), serving).await;
     // One connection, so the calls beyond its limit queue on it rather than open more.
-    let config = dev_config(app.addr).replace(
-        "limits: {",
-        "limits: { upstream_connections: 1, upstream_queue_timeout: 10s,",
-    );
+    let config = DevConfig::new(app.addr)
+        .limit("upstream_connections", "1")
+        .limit("upstream_queue_timeout", "10s")
+        .yaml();
     let gatehouse = Gatehouse::start(&config);
     let client = client(gatehouse.addr).await;
     let calls: Vec<_> = (0..10)

@@ -142,6 +142,12 @@ telemetry: {{ {telemetry} }}
     }
 }
 
+/// A YAML flow mapping, `{ key: value, … }`, each value written as given.
+pub fn flow_map(pairs: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("{{ {} }}", pairs.join(", "))
+}
+
 /// A YAML double-quoted scalar.
 fn quote(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
