@@ -26,18 +26,6 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// Waits (bounded) until new connections are served `expected`.
-async fn until_served(addr: std::net::SocketAddr, expected: &[u8]) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while served_certificate(addr).await != expected {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new certificate was never served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A Kubernetes Secret volume: files behind `..data`, a symlink swapped atomically.
 fn publish_secret(dir: &Path, version: &str, identity: &Identity) {
     let versioned = dir.join(format!("..{version}"));
@@ -84,10 +72,14 @@ async fn rotates_certificates_behind_a_kubernetes_symlink_swap_and_an_atomic_ren
     // Kubernetes: the ..data symlink moves to a new directory in one rename.
     let second = broken::server_certificate("second", (2040, 1, 1));
     publish_secret(dir.path(), "2026_b", &second);
-    until_served(gatehouse.addr, &der(&second.cert_pem)).await;
+    // Swapped in before it is logged: new connections get it from the line on.
     gatehouse
-        .wait_for_line(&["TLS certificates reloaded"])
+        .wait_for_nth_line(&["TLS certificates reloaded"], 1)
         .await;
+    assert_eq!(
+        served_certificate(gatehouse.addr).await,
+        der(&second.cert_pem)
+    );
     let reply = established
         .echo(EchoRequest {
             message: "old connection".into(),
@@ -112,7 +104,13 @@ async fn rotates_certificates_behind_a_kubernetes_symlink_swap_and_an_atomic_ren
         std::fs::write(&staged, content).unwrap();
         std::fs::rename(&staged, versioned.join(file)).unwrap();
     }
-    until_served(gatehouse.addr, &der(&third.cert_pem)).await;
+    gatehouse
+        .wait_for_nth_line(&["TLS certificates reloaded"], 2)
+        .await;
+    assert_eq!(
+        served_certificate(gatehouse.addr).await,
+        der(&third.cert_pem)
+    );
 
     let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
     assert!(
@@ -263,14 +261,14 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
             "setting=listen.address",
         ])
         .await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while client.inspect(call("third-key-0123456789")).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the reload did not apply"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Applied before it is logged: the second reload's line means the new key is live.
+    gatehouse
+        .wait_for_nth_line(&["configuration reloaded"], 2)
+        .await;
+    assert!(
+        client.inspect(call("third-key-0123456789")).await.is_ok(),
+        "the reload did not apply"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,6 +118,25 @@ impl Gatehouse {
 
     /// Waits (bounded) for an output line containing every one of `needles`.
     pub async fn wait_for_line(&self, needles: &[&str]) -> String {
+        self.wait_for_nth_line(needles, 1).await
+    }
+
+    /// How many output lines so far contain every one of `needles`: read it before an
+    /// action, then wait for the line that action adds with [`Self::wait_for_nth_line`].
+    pub fn count_lines(&self, needles: &[&str]) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| matches(line, needles))
+            .count()
+    }
+
+    /// Waits (bounded) for the `n`th output line (counting from 1) containing every one
+    /// of `needles`, and returns it: how a test waits for the second reload rather than
+    /// finding the first one again.
+    pub async fn wait_for_nth_line(&self, needles: &[&str], n: usize) -> String {
+        assert!(n >= 1, "lines are counted from 1");
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(line) = self
@@ -125,13 +144,14 @@ impl Gatehouse {
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .filter(|line| matches(line, needles))
+                .nth(n - 1)
             {
                 return line.clone();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no line with {needles:?} in gatehouse output:\n{}",
+                "no line #{n} with {needles:?} in gatehouse output:\n{}",
                 self.output()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -173,6 +193,10 @@ impl Drop for Gatehouse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn matches(line: &str, needles: &[&str]) -> bool {
+    needles.iter().all(|needle| line.contains(needle))
 }
 
 /// The value of `key=` in a logfmt line.
