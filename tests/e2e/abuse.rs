@@ -319,8 +319,8 @@ async fn a_zero_window_reader_back_pressures_the_app_without_growing_memory() {
         .unwrap()
         .unwrap();
     assert_eq!(response.status(), 200);
-    // Give a buffering proxy the time to show itself.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until the app stops producing: a buffering proxy would by then hold all it read.
+    app.until_countdowns_stall().await;
     let growth_mib = (peak_rss_kib(gatehouse.pid()) - before) / 1024;
     assert!(
         growth_mib < 16,

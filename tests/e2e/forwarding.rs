@@ -293,7 +293,7 @@ async fn health_check_reaches_the_app() {
 /// under flow control, gatehouse holds a few windows' worth, never the whole stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_without_buffering_when_the_caller_reads_slowly() {
-    let (_app, gatehouse) = setup().await;
+    let (app, gatehouse) = setup().await;
     let mut client = client(gatehouse.addr).await;
     client.echo(EchoRequest::default()).await.unwrap();
     let before = peak_rss_kib(gatehouse.pid());
@@ -305,8 +305,13 @@ async fn streams_without_buffering_when_the_caller_reads_slowly() {
     };
     let mut stream = client.countdown(request).await.unwrap().into_inner();
     stream.message().await.unwrap().unwrap();
-    // Stall: a buffering proxy would now read the app's whole answer into memory.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stall until the app stops producing: a buffering proxy would by then have read the
+    // app's whole answer into memory.
+    let produced = app.until_countdowns_stall().await;
+    eprintln!(
+        "the app produced {} MiB before flow control held it",
+        produced >> 20
+    );
     let mut total = 1;
     while let Some(reply) = stream.message().await.unwrap() {
         assert_eq!(reply.payload.len(), 256 * 1024);

@@ -1039,8 +1039,9 @@ async fn a_large_stream_crosses_both_hops_in_flat_memory() {
         .unwrap()
         .into_inner();
     stream.message().await.unwrap().unwrap();
-    // Stall: a buffering proxy would now read the destination's answer into memory.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Stall until the destination's app stops producing: a buffering proxy would by then
+    // have read its answer into memory.
+    app.until_countdowns_stall().await;
     let mut total = 1;
     while let Some(reply) = stream.message().await.unwrap() {
         assert_eq!(reply.payload.len(), SIZE);

@@ -1,11 +1,12 @@
 //! The demo app, served in-process: what gatehouse forwards to, and what it observed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::demo;
+use super::{PATIENCE, demo};
 
 /// The demo app, served in this test's runtime on a loopback port.
 pub struct App {
@@ -49,6 +50,29 @@ impl App {
 
     pub fn observed(&self) -> &demo::Observed {
         &self.service.observed
+    }
+
+    /// Waits (bounded) until the app's `Countdown` handlers have handed no new bytes to
+    /// their response streams for a moment: flow control holds them, and whatever a
+    /// proxy between the app and a reader that stopped reading would buffer, it has
+    /// buffered. Returns the bytes handed over so far.
+    pub async fn until_countdowns_stall(&self) -> u64 {
+        const QUIET: Duration = Duration::from_millis(200);
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let produced = self.observed().countdown_bytes();
+            let moved = self
+                .observed()
+                .wait_until(QUIET, |seen| seen.countdown_bytes() != produced)
+                .await;
+            if !moved {
+                return produced;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the app never stopped producing: {produced} bytes so far"
+            );
+        }
     }
 
     /// Stops the app the way a crash does: the listener closes and every open connection
