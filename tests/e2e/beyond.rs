@@ -301,7 +301,7 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
         .await;
     assert!(!line.contains("would_refuse"), "{line}");
     assert!(!line.contains("rule="), "{line}");
-    let (_, after) = get(admin(&gatehouse), "/metrics").await;
+    let after = scrape_metrics(&gatehouse).await;
     let dry_run_lines = |scrape: &str| -> Vec<String> {
         scrape
             .lines()
@@ -368,7 +368,7 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
     assert_eq!(info.reason, "PERMISSION_DENIED_BY_RULE");
     assert_eq!(info.metadata["rule"], "0");
     assert_eq!(app.observed().calls(), calls);
-    let (_, enforced) = get(admin(&gatehouse), "/metrics").await;
+    let enforced = scrape_metrics(&gatehouse).await;
     assert_eq!(
         dry_run_lines(&enforced),
         dry_run_lines(&scrape),

@@ -384,7 +384,7 @@ async fn a_full_table_gives_new_calls_no_handle_and_keeps_the_live_ones() {
         assert_eq!(values(&seen, "x-user-id"), ["mallory"]);
         assert!(handles(&seen).is_empty(), "{seen:?}");
     }
-    let (_, metrics) = get(admin(&a), "/metrics").await;
+    let metrics = scrape_metrics(&a).await;
     assert!(
         metrics.contains("gatehouse_limit_refusals_total{limit=\"context_max_handles\"} 3"),
         "{metrics}"
@@ -430,7 +430,7 @@ async fn calls_refused_below_auth_leave_no_handle_behind() {
         let status = flood.inspect(request).await.unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     }
-    let (_, metrics) = get(admin(&a), "/metrics").await;
+    let metrics = scrape_metrics(&a).await;
     assert!(
         metrics.contains("gatehouse_limit_refusals_total{limit=\"max_concurrent_calls\"} 5"),
         "{metrics}"

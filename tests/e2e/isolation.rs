@@ -410,7 +410,7 @@ async fn calls_beyond_every_stream_limit_get_resource_exhausted_in_bounded_time(
     reasons.sort();
     reasons.dedup();
     assert_eq!(reasons, ["APP_QUEUE_FULL", "APP_QUEUE_TIMEOUT"]);
-    let (_, metrics) = get(admin(&gatehouse), "/metrics").await;
+    let metrics = scrape_metrics(&gatehouse).await;
     for kind in ["queue_full", "queue_timeout"] {
         assert!(
             metrics.contains(&format!(

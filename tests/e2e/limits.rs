@@ -15,29 +15,6 @@ use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 
-/// The value of one series in a scrape, if present.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-/// Waits (bounded) until the admin port reports `series` at `value`.
-async fn until_metric(gatehouse: &Gatehouse, series: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, scrape) = get(admin(gatehouse), "/metrics").await;
-        if sample(&scrape, series) == Some(value) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} never reached {value}:\n{scrape}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads until gatehouse closes the connection (bounded), discarding what it sent (its
 /// own SETTINGS, TLS session tickets).
 async fn closed_by_gatehouse<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
@@ -258,7 +235,7 @@ async fn one_client_address_over_its_share_is_refused_while_another_connects() {
     }
     let mut third = connect_from("127.0.0.2", gatehouse.addr).await.unwrap();
     closed_by_gatehouse(&mut third).await;
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     assert_eq!(
         sample(
             &scrape,
@@ -400,7 +377,7 @@ async fn an_identity_over_its_open_calls_is_refused_while_another_is_served() {
         .await
         .expect("identity b answered within 3 s")
         .expect("identity b served");
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     assert_eq!(
         sample(
             &scrape,
@@ -453,7 +430,7 @@ async fn an_identity_over_its_call_rate_is_refused_while_another_is_served() {
     echo_as(&mut client, KEY_B)
         .await
         .expect("identity b served");
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     assert!(
         sample(
             &scrape,
@@ -537,16 +514,6 @@ async fn push_stalled_request(
         }
         let _ = connection.await;
     }))
-}
-
-/// Resident memory of a process now, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 const ATTACKER_KEY: &str = "limits-attacker-0123456789abcdef";
@@ -659,7 +626,7 @@ async fn made_up_method_names_the_app_does_not_have_leave_the_scrape_small() {
             "the app's own status was given details"
         );
     }
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     eprintln!(
         "/metrics after 300 made-up 8 KB methods: {} bytes",
         scrape.len()

@@ -42,13 +42,6 @@ fn with_key<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// The value of one series in a scrape, if present.
-fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
     let app = App::start().await;
@@ -121,7 +114,7 @@ async fn a_flood_of_made_up_method_names_leaves_the_labels_bounded() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated);
     }
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     assert!(!scrape.contains("made.up"), "made-up names became labels");
     let series = scrape
         .lines()

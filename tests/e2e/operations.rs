@@ -112,7 +112,7 @@ async fn rotates_certificates_behind_a_kubernetes_symlink_swap_and_an_atomic_ren
         der(&third.cert_pem)
     );
 
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     assert!(
         scrape.contains(r#"gatehouse_config_reloads_total{result="success"}"#),
         "{scrape}"
@@ -177,7 +177,7 @@ async fn certificate_expiry_is_exported_and_an_expired_serving_certificate_fails
     );
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config_with_certs(app.addr, dir.path()));
-    let (_, scrape) = get(admin(&gatehouse), "/metrics").await;
+    let scrape = scrape_metrics(&gatehouse).await;
     let series = format!(
         "gatehouse_cert_expiry_timestamp_seconds{{file=\"{}\"}} 1609459200",
         dir.path().join("tls.crt").display()

@@ -39,7 +39,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let (_, scrape) = get(admin(gatehouse), "/metrics").await;
+        let scrape = scrape_metrics(gatehouse).await;
         if scrape.lines().any(|l| l == line) {
             return scrape;
         }
@@ -48,5 +48,33 @@ pub async fn wait_for_metric(gatehouse: &Gatehouse, line: &str) -> String {
             "no {line:?} in the scrape:\n{scrape}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The metrics scrape of gatehouse's admin server.
+pub async fn scrape_metrics(gatehouse: &Gatehouse) -> String {
+    get(admin(gatehouse), "/metrics").await.1
+}
+
+/// The value of one series in a scrape, if present.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (bounded) until the admin port reports `series` at `value`.
+pub async fn until_metric(gatehouse: &Gatehouse, series: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let scrape = scrape_metrics(gatehouse).await;
+        if sample(&scrape, series) == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never reached {value}:\n{scrape}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
