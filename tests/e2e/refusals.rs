@@ -196,7 +196,7 @@ async fn answers_non_grpc_requests_with_http_415() {
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let app = App::start().await;
     let config = DevConfig::new(app.addr)
-        .only_limits(&[("handshake_timeout", "300ms")])
+        .only_limits(&[("handshake_timeout", "2s")])
         .yaml();
     let gatehouse = Gatehouse::start(&config);
     let mut silent = tokio::net::TcpStream::connect(gatehouse.addr)
