@@ -46,8 +46,8 @@ pub struct Provider {
 
 impl Provider {
     pub fn new(config: &crate::config::JwtProvider, keys: KeySource) -> Result<Provider, String> {
-        let algorithms = parse_algorithms(&config.algorithms)?;
-        let family = Family::of(&config.algorithms)?;
+        let algorithms = parse_algorithms(&config.algorithms).map_err(|error| error.to_string())?;
+        let family = Family::of(&config.algorithms).map_err(|error| error.to_string())?;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
         validation.leeway = config.leeway.get().as_secs();

@@ -16,8 +16,9 @@ use crate::sha256::sha256;
 
 /// The signed token, or why it could not be made.
 pub fn mint(args: &TokenArgs) -> Result<String, String> {
-    let algorithm = parse_algorithms(std::slice::from_ref(&args.alg))?[0];
-    let family = Family::of(std::slice::from_ref(&args.alg))?;
+    let algorithms = std::slice::from_ref(&args.alg);
+    let algorithm = parse_algorithms(algorithms).map_err(|error| error.to_string())?[0];
+    let family = Family::of(algorithms).map_err(|error| error.to_string())?;
     let bytes = std::fs::read(&args.key)
         .map_err(|error| format!("--key {}: {error}", args.key.display()))?;
     let invalid = |error: jsonwebtoken::errors::Error| {

@@ -123,34 +123,49 @@ impl Family {
     }
 
     /// The family of a provider's `algorithms`, or why they are not acceptable.
-    pub fn of(names: &[String]) -> Result<Family, String> {
+    pub fn of(names: &[String]) -> Result<Family, AlgorithmError> {
         let algorithms = parse_algorithms(names)?;
-        let first = *algorithms.first().ok_or("name at least one algorithm")?;
-        let first =
-            Family::of_algorithm(first).ok_or_else(|| format!("{first:?} is not supported"))?;
+        let first = *algorithms.first().ok_or(AlgorithmError::NoneNamed)?;
+        let first = Family::of_algorithm(first).ok_or(AlgorithmError::Unsupported(first))?;
         if algorithms
             .iter()
             .any(|a| Family::of_algorithm(*a) != Some(first))
         {
-            return Err(format!(
-                "{names:?} mixes algorithm families: one family per provider"
-            ));
+            return Err(AlgorithmError::MixedFamilies(names.to_vec()));
         }
         Ok(first)
     }
 }
 
+/// Why a provider's `algorithms` (or `gatehouse token --alg`) cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AlgorithmError {
+    /// `none`, in any case: a token that claims it would verify without a key.
+    #[error("\"none\" is never accepted")]
+    Unsigned,
+    /// A name that is no JWT algorithm.
+    #[error("{0:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, HS256…)")]
+    Unknown(String),
+    /// An empty list.
+    #[error("name at least one algorithm")]
+    NoneNamed,
+    /// An algorithm with no family gatehouse verifies.
+    #[error("{0:?} is not supported")]
+    Unsupported(Algorithm),
+    /// Algorithms of more than one family.
+    #[error("{0:?} mixes algorithm families: one family per provider")]
+    MixedFamilies(Vec<String>),
+}
+
 /// Parses algorithm names; `none` is never accepted.
-pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, AlgorithmError> {
     names
         .iter()
         .map(|name| {
             if name.eq_ignore_ascii_case("none") {
-                return Err("\"none\" is never accepted".to_owned());
+                return Err(AlgorithmError::Unsigned);
             }
-            Algorithm::from_str(name).map_err(|_| {
-                format!("{name:?} is not a JWT algorithm (RS256, PS256, ES256, EdDSA, HS256…)")
-            })
+            Algorithm::from_str(name).map_err(|_| AlgorithmError::Unknown(name.clone()))
         })
         .collect()
 }
@@ -255,7 +270,16 @@ mod tests {
             Ok(Family::Rsa)
         );
         assert!(Family::of(&["RS256".into(), "HS256".into()]).is_err());
-        assert!(Family::of(&["none".into()]).unwrap_err().contains("never"));
+        assert_eq!(
+            Family::of(&["none".into()]).unwrap_err().to_string(),
+            "\"none\" is never accepted"
+        );
+        assert_eq!(
+            Family::of(&["RS256".into(), "HS256".into()])
+                .unwrap_err()
+                .to_string(),
+            "[\"RS256\", \"HS256\"] mixes algorithm families: one family per provider"
+        );
         assert!(Family::of(&[]).is_err());
     }
 

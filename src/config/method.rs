@@ -16,7 +16,7 @@ impl MethodPattern {
     /// in gRPC's grammar ([`grpc::is_method_path`]). Anything else is refused: such a
     /// pattern could never match a path gatehouse lets through, so a rule written with
     /// it would silently do nothing.
-    pub fn parse(pattern: &str) -> Result<MethodPattern, String> {
+    pub fn parse(pattern: &str) -> Result<MethodPattern, InvalidMethodPattern> {
         if pattern == "*" {
             return Ok(MethodPattern::Any);
         }
@@ -32,9 +32,7 @@ impl MethodPattern {
         if grpc::is_method_path(pattern) {
             return Ok(MethodPattern::Exact(pattern.to_owned()));
         }
-        Err(format!(
-            "{pattern:?}: write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"
-        ))
+        Err(InvalidMethodPattern(pattern.to_owned()))
     }
 
     /// Whether the pattern matches `path`, a path already in gRPC's grammar.
@@ -48,6 +46,13 @@ impl MethodPattern {
         }
     }
 }
+
+/// A method pattern that names no gRPC method path; the message quotes it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?}: write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"
+)]
+pub struct InvalidMethodPattern(String);
 
 #[cfg(test)]
 mod tests {

@@ -72,31 +72,38 @@ impl Outbound {
     }
 
     /// The parsed `listen`; `Err` says why it is refused (not loopback, not an address).
-    pub fn listen(&self) -> Result<OutboundListen, String> {
+    pub fn listen(&self) -> Result<OutboundListen, ListenError> {
         if let Some(path) = self.listen.strip_prefix("unix:") {
             return if Path::new(path).is_absolute() {
                 Ok(OutboundListen::Unix(PathBuf::from(path)))
             } else {
-                Err(format!(
-                    "{:?}: a unix socket needs an absolute path, like unix:/run/gatehouse/outbound.sock",
-                    self.listen
-                ))
+                Err(ListenError::RelativeSocket(self.listen.clone()))
             };
         }
-        let address: SocketAddr = self.listen.parse().map_err(|_| {
-            format!(
-                "{:?}: write a loopback ip:port (127.0.0.1:15001, [::1]:15001) or unix:/path",
-                self.listen
-            )
-        })?;
+        let address: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| ListenError::NotAnAddress(self.listen.clone()))?;
         if address.ip().is_loopback() {
             Ok(OutboundListen::Tcp(address))
         } else {
-            Err(format!(
-                "{address} is not a loopback address: the outbound port is plaintext and calls out with the pod's identity, so only 127.0.0.0/8, ::1 or unix:/path are allowed"
-            ))
+            Err(ListenError::NotLoopback(address))
         }
     }
+}
+
+/// Why `outbound.listen` is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0:?}: a unix socket needs an absolute path, like unix:/run/gatehouse/outbound.sock")]
+    RelativeSocket(String),
+    #[error("{0:?}: write a loopback ip:port (127.0.0.1:15001, [::1]:15001) or unix:/path")]
+    NotAnAddress(String),
+    /// Anything that can reach the port calls out with the pod's identity.
+    #[error(
+        "{0} is not a loopback address: the outbound port is plaintext and calls out with the pod's identity, so only 127.0.0.0/8, ::1 or unix:/path are allowed"
+    )]
+    NotLoopback(SocketAddr),
 }
 
 /// `outbound.destinations[]`: one service the app may call.

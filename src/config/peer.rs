@@ -30,16 +30,16 @@ pub enum PeerPattern {
 
 impl PeerPattern {
     /// Parses a pattern; the error says what is wrong and how to write it.
-    pub fn parse(text: &str) -> Result<PeerPattern, String> {
-        let refuse = |why: &str| Err(format!("{text:?}: {why}"));
+    pub fn parse(text: &str) -> Result<PeerPattern, PatternError> {
+        let owned = || text.to_owned();
         if text.is_empty() {
-            return Err("empty pattern".to_owned());
+            return Err(PatternError::Empty);
         }
         if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return refuse("no whitespace or control characters");
+            return Err(PatternError::Whitespace(owned()));
         }
         if text.contains("**") {
-            return refuse("write one * per segment");
+            return Err(PatternError::DoubleStar(owned()));
         }
         if let Some(name) = text.strip_prefix("dns:") {
             let valid = name.split('.').all(|label| {
@@ -51,12 +51,12 @@ impl PeerPattern {
             return if valid {
                 Ok(PeerPattern::Dns(name.to_ascii_lowercase()))
             } else {
-                refuse("dns: takes a DNS name (letters, digits, -, _, * per label)")
+                Err(PatternError::NotDnsName(owned()))
             };
         }
         if let Some(name) = text.strip_prefix("cn:") {
             return if name.is_empty() {
-                refuse("cn: takes the subject common name")
+                Err(PatternError::EmptyCommonName(owned()))
             } else {
                 Ok(PeerPattern::CommonName(name.to_owned()))
             };
@@ -69,7 +69,7 @@ impl PeerPattern {
         });
         match uri {
             Some(_) => Ok(PeerPattern::Uri(text.to_owned())),
-            None => refuse("write a URI (spiffe://trust.domain/ns/NS/sa/SA), dns:NAME or cn:NAME"),
+            None => Err(PatternError::NoKind(owned())),
         }
     }
 
@@ -112,13 +112,34 @@ fn segment_glob(pattern: &[u8], name: &[u8], separator: u8, fold: bool) -> bool 
 /// A destination `identity` entry: a URI pattern (`spiffe://…`) for URI SANs or `dns:NAME`
 /// for DNS SANs. `cn:` is refused: a subject CN is free text any CA will sign, so it
 /// cannot name the service a call is meant for.
-pub fn identity_pattern(text: &str) -> Result<PeerPattern, String> {
+pub fn identity_pattern(text: &str) -> Result<PeerPattern, PatternError> {
     match PeerPattern::parse(text)? {
-        PeerPattern::CommonName(_) => Err(format!(
-            "{text:?}: cn: cannot name a destination; write its URI SAN (spiffe://…) or dns:NAME"
-        )),
+        PeerPattern::CommonName(_) => Err(PatternError::CommonNameDestination(text.to_owned())),
         pattern => Ok(pattern),
     }
+}
+
+/// Why a peer or identity pattern is refused; each message quotes the pattern and says
+/// how to write it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("empty pattern")]
+    Empty,
+    #[error("{0:?}: no whitespace or control characters")]
+    Whitespace(String),
+    #[error("{0:?}: write one * per segment")]
+    DoubleStar(String),
+    /// `dns:` followed by something that is not a DNS name.
+    #[error("{0:?}: dns: takes a DNS name (letters, digits, -, _, * per label)")]
+    NotDnsName(String),
+    #[error("{0:?}: cn: takes the subject common name")]
+    EmptyCommonName(String),
+    /// Neither a URI, `dns:` nor `cn:`.
+    #[error("{0:?}: write a URI (spiffe://trust.domain/ns/NS/sa/SA), dns:NAME or cn:NAME")]
+    NoKind(String),
+    /// `cn:` as a destination identity.
+    #[error("{0:?}: cn: cannot name a destination; write its URI SAN (spiffe://…) or dns:NAME")]
+    CommonNameDestination(String),
 }
 
 #[cfg(test)]

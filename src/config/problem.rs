@@ -12,10 +12,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem on `field`; `message` is any text or error that says what is wrong.
+    pub fn new(field: impl Into<String>, message: impl fmt::Display) -> Self {
         Problem {
             field: field.into(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -27,10 +28,10 @@ impl fmt::Display for Problem {
 }
 
 /// Parses every pattern in `patterns`, each problem on `field[i]`.
-pub fn parse_all<T>(
+pub fn parse_all<T, E: fmt::Display>(
     patterns: &[String],
     field: &str,
-    parse: fn(&str) -> Result<T, String>,
+    parse: fn(&str) -> Result<T, E>,
     problems: &mut Vec<Problem>,
 ) -> Vec<T> {
     patterns

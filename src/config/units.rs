@@ -11,15 +11,16 @@ use serde::{Deserialize, Deserializer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
-impl FromStr for ByteSize {
-    type Err = String;
+/// A size that is not a whole number of bytes with a known unit, or does not fit 64 bits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size {0:?}: write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\"")]
+pub struct InvalidSize(String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || {
-            format!(
-                "invalid size {text:?}: write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\""
-            )
-        };
+impl FromStr for ByteSize {
+    type Err = InvalidSize;
+
+    fn from_str(text: &str) -> Result<Self, InvalidSize> {
+        let invalid = || InvalidSize(text.to_owned());
         let split = text
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len());
@@ -68,15 +69,19 @@ impl Duration {
     }
 }
 
-impl FromStr for Duration {
-    type Err = String;
+/// A duration that is not a whole number followed by `ms`, `s`, `m` or `h`, or that
+/// overflows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\"")]
+pub struct InvalidDuration(String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        let invalid = || {
-            format!(
-                "invalid duration {text:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\""
-            )
-        };
+// Hand-written rather than humantime: humantime also takes `10d`, `1.5s` and `1h 30m`,
+// which gatehouse refuses, and words its errors differently.
+impl FromStr for Duration {
+    type Err = InvalidDuration;
+
+    fn from_str(text: &str) -> Result<Self, InvalidDuration> {
+        let invalid = || InvalidDuration(text.to_owned());
         let split = text
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(invalid)?;
@@ -201,5 +206,22 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(impossible), None, "{impossible}");
         }
+    }
+
+    #[test]
+    fn durations_and_sizes_name_the_text_they_refuse() {
+        assert_eq!("1h".parse(), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            "5 s".parse::<Duration>().unwrap_err().to_string(),
+            "invalid duration \"5 s\": write a whole number and a unit (ms, s, m, h), like \"250ms\""
+        );
+        assert!("18446744073709551615h".parse::<Duration>().is_err());
+        assert_eq!("64MiB".parse(), Ok(ByteSize(64 << 20)));
+        assert_eq!("1 KB".parse(), Ok(ByteSize(1000)));
+        assert_eq!(
+            "12XB".parse::<ByteSize>().unwrap_err().to_string(),
+            "invalid size \"12XB\": write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\""
+        );
+        assert!("18446744073709551615GiB".parse::<ByteSize>().is_err());
     }
 }
