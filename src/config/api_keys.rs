@@ -22,6 +22,22 @@ impl ApiKeys {
     fn default_header() -> String {
         "x-api-key".to_owned()
     }
+
+    /// The header is one gatehouse can read, and every configured key is well formed.
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if http::HeaderName::from_bytes(self.header.as_bytes()).is_err()
+            || self.header != self.header.to_ascii_lowercase()
+        {
+            problems.push(Problem::new(
+                "auth.api_keys.header",
+                format!("{:?} is not a lowercase header name", self.header),
+            ));
+        }
+        if self.keys.is_empty() && self.keys_file.is_none() {
+            problems.push(Problem::new("auth.api_keys", "set keys, keys_file or both"));
+        }
+        problems.extend(validate_api_keys(&self.keys, "auth.api_keys.keys"));
+    }
 }
 
 /// One API key, stored only as the SHA-256 of the key.
@@ -44,24 +60,6 @@ pub struct ApiKey {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysFile {
     pub keys: Vec<ApiKey>,
-}
-
-impl ApiKeys {
-    /// The header is one gatehouse can read, and every configured key is well formed.
-    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        if http::HeaderName::from_bytes(self.header.as_bytes()).is_err()
-            || self.header != self.header.to_ascii_lowercase()
-        {
-            problems.push(Problem::new(
-                "auth.api_keys.header",
-                format!("{:?} is not a lowercase header name", self.header),
-            ));
-        }
-        if self.keys.is_empty() && self.keys_file.is_none() {
-            problems.push(Problem::new("auth.api_keys", "set keys, keys_file or both"));
-        }
-        problems.extend(validate_api_keys(&self.keys, "auth.api_keys.keys"));
-    }
 }
 
 /// Problems in a list of API keys, each under `prefix[i]`.

@@ -23,6 +23,92 @@ impl Jwt {
     fn default_cache_size() -> usize {
         10_000
     }
+
+    /// Every provider is complete, unique and consistent in what verifies its tokens.
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if self.providers.is_empty() {
+            problems.push(Problem::new(
+                "auth.jwt.providers",
+                "name at least one provider",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, provider) in self.providers.iter().enumerate() {
+            let at = |field: &str| format!("auth.jwt.providers[{i}].{field}");
+            if !names.insert(provider.name.as_str()) {
+                problems.push(Problem::new(
+                    at("name"),
+                    format!("{:?} is used by another provider", provider.name),
+                ));
+            }
+            if provider.issuer.is_empty() {
+                problems.push(Problem::new(at("issuer"), "required"));
+            }
+            if provider.audiences.is_empty() {
+                problems.push(Problem::new(at("audiences"), "name at least one audience"));
+            }
+            if provider.leeway.get() > MAX_LEEWAY {
+                problems.push(Problem::new(
+                    at("leeway"),
+                    format!(
+                        "at most {}m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
+                        MAX_LEEWAY.as_secs() / 60
+                    ),
+                ));
+            }
+            let family = match Family::of(&provider.algorithms) {
+                Ok(family) => Some(family),
+                Err(message) => {
+                    problems.push(Problem::new(at("algorithms"), message));
+                    None
+                }
+            };
+            let sources = [
+                provider.jwks_file.is_some(),
+                provider.jwks_url.is_some(),
+                provider.secret_file.is_some(),
+            ];
+            if sources.iter().filter(|set| **set).count() != 1 {
+                problems.push(Problem::new(
+                    at("jwks_file"),
+                    "set exactly one of jwks_file, jwks_url or secret_file",
+                ));
+            }
+            let hmac = family == Some(Family::Hmac);
+            if hmac && provider.secret_file.is_none() {
+                problems.push(Problem::new(
+                    at("secret_file"),
+                    "HS* algorithms need secret_file",
+                ));
+            }
+            if !hmac && family.is_some() && provider.secret_file.is_some() {
+                problems.push(Problem::new(
+                    at("secret_file"),
+                    "only HS* algorithms use a shared secret",
+                ));
+            }
+            if let Some(url) = &provider.jwks_url
+                && !url.starts_with("https://")
+            {
+                problems.push(Problem::new(
+                    at("jwks_url"),
+                    format!("{url:?}: must be an https:// address"),
+                ));
+            }
+            for (field, path) in [
+                ("user_id", &provider.claims.user_id),
+                ("tenant_id", &provider.claims.tenant_id),
+                ("roles", &provider.claims.roles),
+            ] {
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    problems.push(Problem::new(
+                        at(&format!("claims.{field}")),
+                        "a claim name or dotted path",
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// `auth.jwt.providers[]`: one token issuer.
@@ -168,94 +254,6 @@ pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, AlgorithmErr
             Algorithm::from_str(name).map_err(|_| AlgorithmError::Unknown(name.clone()))
         })
         .collect()
-}
-
-impl Jwt {
-    /// Every provider is complete, unique and consistent in what verifies its tokens.
-    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        if self.providers.is_empty() {
-            problems.push(Problem::new(
-                "auth.jwt.providers",
-                "name at least one provider",
-            ));
-        }
-        let mut names = std::collections::HashSet::new();
-        for (i, provider) in self.providers.iter().enumerate() {
-            let at = |field: &str| format!("auth.jwt.providers[{i}].{field}");
-            if !names.insert(provider.name.as_str()) {
-                problems.push(Problem::new(
-                    at("name"),
-                    format!("{:?} is used by another provider", provider.name),
-                ));
-            }
-            if provider.issuer.is_empty() {
-                problems.push(Problem::new(at("issuer"), "required"));
-            }
-            if provider.audiences.is_empty() {
-                problems.push(Problem::new(at("audiences"), "name at least one audience"));
-            }
-            if provider.leeway.get() > MAX_LEEWAY {
-                problems.push(Problem::new(
-                    at("leeway"),
-                    format!(
-                        "at most {}m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
-                        MAX_LEEWAY.as_secs() / 60
-                    ),
-                ));
-            }
-            let family = match Family::of(&provider.algorithms) {
-                Ok(family) => Some(family),
-                Err(message) => {
-                    problems.push(Problem::new(at("algorithms"), message));
-                    None
-                }
-            };
-            let sources = [
-                provider.jwks_file.is_some(),
-                provider.jwks_url.is_some(),
-                provider.secret_file.is_some(),
-            ];
-            if sources.iter().filter(|set| **set).count() != 1 {
-                problems.push(Problem::new(
-                    at("jwks_file"),
-                    "set exactly one of jwks_file, jwks_url or secret_file",
-                ));
-            }
-            let hmac = family == Some(Family::Hmac);
-            if hmac && provider.secret_file.is_none() {
-                problems.push(Problem::new(
-                    at("secret_file"),
-                    "HS* algorithms need secret_file",
-                ));
-            }
-            if !hmac && family.is_some() && provider.secret_file.is_some() {
-                problems.push(Problem::new(
-                    at("secret_file"),
-                    "only HS* algorithms use a shared secret",
-                ));
-            }
-            if let Some(url) = &provider.jwks_url
-                && !url.starts_with("https://")
-            {
-                problems.push(Problem::new(
-                    at("jwks_url"),
-                    format!("{url:?}: must be an https:// address"),
-                ));
-            }
-            for (field, path) in [
-                ("user_id", &provider.claims.user_id),
-                ("tenant_id", &provider.claims.tenant_id),
-                ("roles", &provider.claims.roles),
-            ] {
-                if path.is_empty() || path.split('.').any(str::is_empty) {
-                    problems.push(Problem::new(
-                        at(&format!("claims.{field}")),
-                        "a claim name or dotted path",
-                    ));
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -57,54 +57,7 @@ impl Limits {
             .unwrap_or(self.max_connections.div_ceil(4))
             .max(1)
     }
-}
 
-/// `limits.per_identity`: one caller (SPIFFE ID, user, API key name; for a public
-/// method, its connection) cannot take the app's whole stream budget.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PerIdentity {
-    /// Calls one identity may have open at once; more are refused with
-    /// RESOURCE_EXHAUSTED (CONCURRENCY_LIMIT).
-    pub max_concurrent_calls: u32,
-    /// Calls one identity may start per second (a token bucket holding one second's
-    /// worth); more are refused with RESOURCE_EXHAUSTED (RATE_LIMITED). 0: unlimited.
-    pub calls_per_second: u32,
-}
-
-impl Default for PerIdentity {
-    fn default() -> Self {
-        PerIdentity {
-            max_concurrent_calls: 256,
-            calls_per_second: 0,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 4096,
-            max_connections_per_client: None,
-            handshake_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 100,
-            max_header_list_size: 16 * 1024,
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
-            drain_delay: Duration::from_secs(0),
-            idle_timeout: Duration::from_secs(3600),
-            max_connection_age: None,
-            per_identity: PerIdentity::default(),
-            memory_limit: None,
-            upstream_connections: 4,
-            upstream_queue: 256,
-            upstream_queue_timeout: Duration::from_secs(2),
-        }
-    }
-}
-
-impl Limits {
     /// Counts are at least 1 and timeouts longer than zero.
     pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
         let limits = self;
@@ -158,6 +111,51 @@ impl Limits {
             if value.get().is_zero() {
                 problems.push(Problem::new(field, "must be longer than 0s"));
             }
+        }
+    }
+}
+
+/// `limits.per_identity`: one caller (SPIFFE ID, user, API key name; for a public
+/// method, its connection) cannot take the app's whole stream budget.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerIdentity {
+    /// Calls one identity may have open at once; more are refused with
+    /// RESOURCE_EXHAUSTED (CONCURRENCY_LIMIT).
+    pub max_concurrent_calls: u32,
+    /// Calls one identity may start per second (a token bucket holding one second's
+    /// worth); more are refused with RESOURCE_EXHAUSTED (RATE_LIMITED). 0: unlimited.
+    pub calls_per_second: u32,
+}
+
+impl Default for PerIdentity {
+    fn default() -> Self {
+        PerIdentity {
+            max_concurrent_calls: 256,
+            calls_per_second: 0,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_client: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+            max_header_list_size: 16 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::from_secs(0),
+            idle_timeout: Duration::from_secs(3600),
+            max_connection_age: None,
+            per_identity: PerIdentity::default(),
+            memory_limit: None,
+            upstream_connections: 4,
+            upstream_queue: 256,
+            upstream_queue_timeout: Duration::from_secs(2),
         }
     }
 }

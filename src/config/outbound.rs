@@ -90,83 +90,7 @@ impl Outbound {
             Err(ListenError::NotLoopback(address))
         }
     }
-}
 
-/// Why `outbound.listen` is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ListenError {
-    #[error("{0:?}: a unix socket needs an absolute path, like unix:/run/gatehouse/outbound.sock")]
-    RelativeSocket(String),
-    #[error("{0:?}: write a loopback ip:port (127.0.0.1:15001, [::1]:15001) or unix:/path")]
-    NotAnAddress(String),
-    /// Anything that can reach the port calls out with the pod's identity.
-    #[error(
-        "{0} is not a loopback address: the outbound port is plaintext and calls out with the pod's identity, so only 127.0.0.0/8, ::1 or unix:/path are allowed"
-    )]
-    NotLoopback(SocketAddr),
-}
-
-/// `outbound.destinations[]`: one service the app may call.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Destination {
-    /// Matched against the host part of the app's `:authority` (port ignored).
-    pub name: String,
-    /// `host:port`; every address the host resolves to is an endpoint.
-    pub address: String,
-    /// SNI and the name the certificate chain is verified for; default: the host of
-    /// `address`. Never an IP address.
-    pub server_name: Option<String>,
-    /// The server certificate must carry one of these: a URI SAN (`spiffe://…`) or a
-    /// DNS SAN (`dns:NAME`). Required.
-    #[serde(default)]
-    pub identity: Vec<String>,
-    pub credentials: Credentials,
-    /// `relay`: the app's token must name this audience, else the call is refused locally.
-    pub audience: Option<String>,
-    /// The call's deadline when the app sets none; an app's shorter `grpc-timeout` wins.
-    #[serde(default = "Destination::default_timeout")]
-    pub timeout: Duration,
-}
-
-impl Destination {
-    fn default_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-
-    /// The host of `address` (brackets of an IPv6 literal removed).
-    pub fn host(&self) -> &str {
-        let host = self
-            .address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(host, _)| host);
-        host.strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
-    }
-
-    /// The SNI name: `server_name`, else the host of `address`.
-    pub fn server_name(&self) -> &str {
-        self.server_name.as_deref().unwrap_or_else(|| self.host())
-    }
-}
-
-/// `outbound.destinations[].credentials`: what proves the call's origin to the destination.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Credentials {
-    /// The app's own `authorization: Bearer` token, checked locally first.
-    Relay,
-    /// The pod's certificate only.
-    None,
-    /// The verified token of the inbound call being served, found through the handle
-    /// gatehouse gave that call (DESIGN §10); checked locally as `relay` is.
-    Context,
-    /// A service API key read from this file, sent as `x-api-key`.
-    ApiKeyFile(PathBuf),
-}
-
-impl Outbound {
     /// The listener stays in the pod, the client files resolve, and every destination
     /// names a host, an address, the identities it must prove and a credential.
     pub(super) fn validate(&self, tls: &Tls, problems: &mut Vec<Problem>) {
@@ -264,6 +188,80 @@ impl Outbound {
             }
         }
     }
+}
+
+/// Why `outbound.listen` is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0:?}: a unix socket needs an absolute path, like unix:/run/gatehouse/outbound.sock")]
+    RelativeSocket(String),
+    #[error("{0:?}: write a loopback ip:port (127.0.0.1:15001, [::1]:15001) or unix:/path")]
+    NotAnAddress(String),
+    /// Anything that can reach the port calls out with the pod's identity.
+    #[error(
+        "{0} is not a loopback address: the outbound port is plaintext and calls out with the pod's identity, so only 127.0.0.0/8, ::1 or unix:/path are allowed"
+    )]
+    NotLoopback(SocketAddr),
+}
+
+/// `outbound.destinations[]`: one service the app may call.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// Matched against the host part of the app's `:authority` (port ignored).
+    pub name: String,
+    /// `host:port`; every address the host resolves to is an endpoint.
+    pub address: String,
+    /// SNI and the name the certificate chain is verified for; default: the host of
+    /// `address`. Never an IP address.
+    pub server_name: Option<String>,
+    /// The server certificate must carry one of these: a URI SAN (`spiffe://…`) or a
+    /// DNS SAN (`dns:NAME`). Required.
+    #[serde(default)]
+    pub identity: Vec<String>,
+    pub credentials: Credentials,
+    /// `relay`: the app's token must name this audience, else the call is refused locally.
+    pub audience: Option<String>,
+    /// The call's deadline when the app sets none; an app's shorter `grpc-timeout` wins.
+    #[serde(default = "Destination::default_timeout")]
+    pub timeout: Duration,
+}
+
+impl Destination {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// The host of `address` (brackets of an IPv6 literal removed).
+    pub fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(host, _)| host);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The SNI name: `server_name`, else the host of `address`.
+    pub fn server_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or_else(|| self.host())
+    }
+}
+
+/// `outbound.destinations[].credentials`: what proves the call's origin to the destination.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credentials {
+    /// The app's own `authorization: Bearer` token, checked locally first.
+    Relay,
+    /// The pod's certificate only.
+    None,
+    /// The verified token of the inbound call being served, found through the handle
+    /// gatehouse gave that call (DESIGN §10); checked locally as `relay` is.
+    Context,
+    /// A service API key read from this file, sent as `x-api-key`.
+    ApiKeyFile(PathBuf),
 }
 
 fn check_destination_address(address: &str) -> Result<(), String> {

@@ -37,6 +37,27 @@ impl Telemetry {
     fn default_sample_ratio() -> f64 {
         1.0
     }
+
+    /// The log directives, the sampling share and the collector address.
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if let Err(message) = check_log_level(&self.log_level) {
+            problems.push(Problem::new("telemetry.log_level", message));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            problems.push(Problem::new(
+                "telemetry.sample_ratio",
+                "a share between 0.0 and 1.0",
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problems.push(Problem::new(
+                "telemetry.otlp_endpoint",
+                format!("{endpoint:?}: write http://host:4317"),
+            ));
+        }
+    }
 }
 
 impl Default for Telemetry {
@@ -75,27 +96,4 @@ fn check_log_level(directives: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-impl Telemetry {
-    /// The log directives, the sampling share and the collector address.
-    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        if let Err(message) = check_log_level(&self.log_level) {
-            problems.push(Problem::new("telemetry.log_level", message));
-        }
-        if !(0.0..=1.0).contains(&self.sample_ratio) {
-            problems.push(Problem::new(
-                "telemetry.sample_ratio",
-                "a share between 0.0 and 1.0",
-            ));
-        }
-        if let Some(endpoint) = &self.otlp_endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            problems.push(Problem::new(
-                "telemetry.otlp_endpoint",
-                format!("{endpoint:?}: write http://host:4317"),
-            ));
-        }
-    }
 }

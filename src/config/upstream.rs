@@ -22,11 +22,25 @@ impl Upstream {
         Duration::from_secs(1)
     }
 
-    /// The parsed address; only meaningful after [`Config::validate`] accepted it.
+    /// The parsed address; only meaningful after [`Config::validate`](super::Config::validate)
+    /// accepted it.
     pub fn target(&self) -> Target {
         match self.address.strip_prefix("unix:") {
             Some(path) => Target::Unix(PathBuf::from(path)),
             None => Target::Tcp(self.address.clone()),
+        }
+    }
+
+    /// The address is one gatehouse can dial, and connecting may take some time.
+    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
+        if let Err(message) = check_upstream_address(&self.address) {
+            problems.push(Problem::new("upstream.address", message));
+        }
+        if self.connect_timeout.get().is_zero() {
+            problems.push(Problem::new(
+                "upstream.connect_timeout",
+                "must be longer than 0s",
+            ));
         }
     }
 }
@@ -67,20 +81,5 @@ fn check_upstream_address(address: &str) -> Result<(), String> {
         _ => Err(format!(
             "{address:?}: expected host:port (127.0.0.1:50051) or unix:/path"
         )),
-    }
-}
-
-impl Upstream {
-    /// The address is one gatehouse can dial, and connecting may take some time.
-    pub(super) fn validate(&self, problems: &mut Vec<Problem>) {
-        if let Err(message) = check_upstream_address(&self.address) {
-            problems.push(Problem::new("upstream.address", message));
-        }
-        if self.connect_timeout.get().is_zero() {
-            problems.push(Problem::new(
-                "upstream.connect_timeout",
-                "must be longer than 0s",
-            ));
-        }
     }
 }
