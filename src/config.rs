@@ -247,4 +247,163 @@ limits: { max_connections: 0, max_header_list_size: 10 }
             ]
         );
     }
+
+    // The next three pin what `gatehouse check` prints for each section: every message
+    // and the order the sections are checked in.
+    #[test]
+    fn reports_core_section_problems_in_order_with_their_messages() {
+        let text = r#"
+listen: { address: 127.0.0.1:12018 }
+upstream: { address: localhost, connect_timeout: 0s }
+telemetry: { log_level: loud, sample_ratio: 2, otlp_endpoint: grpc://x }
+limits: { max_connections: 0, max_header_list_size: 10, max_connections_per_client: 0, upstream_connections: 0, max_concurrent_streams: 0, keepalive_interval: 0s, idle_timeout: 0s, per_identity: { max_concurrent_calls: 0 } }
+"#;
+        let problems: Vec<String> = Config::from_yaml(text)
+            .unwrap()
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "tls.cert_file: required when tls.enabled is true",
+                "tls.key_file: required when tls.enabled is true",
+                "tls.ca_file: required to verify client certificates (or set tls.client_auth: none)",
+                r#"upstream.address: "localhost": expected host:port (127.0.0.1:50051) or unix:/path"#,
+                "upstream.connect_timeout: must be longer than 0s",
+                r#"telemetry.log_level: "loud" is not a level: use off, error, warn, info, debug or trace, optionally per module (info,gatehouse::upstream=debug)"#,
+                "telemetry.sample_ratio: a share between 0.0 and 1.0",
+                r#"telemetry.otlp_endpoint: "grpc://x": write http://host:4317"#,
+                "limits.max_connections_per_client: must be at least 1",
+                "limits.per_identity.max_concurrent_calls: must be at least 1",
+                "limits.max_connections: must be at least 1",
+                "limits.max_concurrent_streams: must be at least 1",
+                "limits.upstream_connections: must be at least 1",
+                "limits.max_header_list_size: must be at least 1024 bytes",
+                "limits.keepalive_interval: must be longer than 0s",
+                "limits.idle_timeout: must be longer than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_auth_and_authorization_problems_in_order_with_their_messages() {
+        let text = r#"
+listen: { address: 127.0.0.1:12018 }
+tls: { cert_file: certs-dev/server.crt, key_file: certs-dev/server.key, ca_file: certs-dev/ca.crt, client_auth: none, allowed_peers: [gateway, 'dns:a..b', 'spiffe://td/**'] }
+upstream: { address: unix:rel.sock }
+auth:
+  public_methods: ['/bad', '/pkg.Svc/*', '*', 'x*']
+  jwt:
+    providers:
+      - { name: p, issuer: '', audiences: [], algorithms: [RS256, HS256], jwks_file: /x.json, jwks_url: http://x, leeway: 1h, require_cert_binding: true, claims: { user_id: 'a..b', roles: '' } }
+      - { name: p, issuer: i, audiences: [a], algorithms: [none], secret_file: /s }
+      - { name: q, issuer: i, audiences: [a], algorithms: [HS256], jwks_file: /x }
+      - { name: r, issuer: i, audiences: [a], algorithms: [RS256], secret_file: /x }
+      - { name: s, issuer: i, audiences: [a], algorithms: [XX256], secret_file: /x }
+      - { name: t, issuer: i, audiences: [a], algorithms: [], secret_file: /x }
+  api_keys:
+    header: X-Key
+    keys:
+      - { name: k, sha256: abc, tenant_id: ' ', roles: ['a,b', ''], not_after: 2027-02-31 }
+      - { name: k, sha256: 'sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', not_after: '2027-01-31T25:00:00Z' }
+authorization:
+  default: deny
+  rules:
+    - { methods: [], allow_peers: ['cn:'] }
+    - { methods: ['/a/b/c', '/pkg.S/M'], allow_roles: [x] }
+"#;
+        let problems: Vec<String> = Config::from_yaml(text)
+            .unwrap()
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                r#"upstream.address: "unix:rel.sock": a unix socket needs an absolute path, like unix:/run/app.sock"#,
+                r#"auth.public_methods[0]: "/bad": write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"#,
+                r#"auth.public_methods[3]: "x*": write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"#,
+                "auth.jwt.providers[0].issuer: required",
+                "auth.jwt.providers[0].audiences: name at least one audience",
+                "auth.jwt.providers[0].leeway: at most 5m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
+                r#"auth.jwt.providers[0].algorithms: ["RS256", "HS256"] mixes algorithm families: one family per provider"#,
+                "auth.jwt.providers[0].jwks_file: set exactly one of jwks_file, jwks_url or secret_file",
+                r#"auth.jwt.providers[0].jwks_url: "http://x": must be an https:// address"#,
+                "auth.jwt.providers[0].claims.user_id: a claim name or dotted path",
+                "auth.jwt.providers[0].claims.roles: a claim name or dotted path",
+                r#"auth.jwt.providers[1].name: "p" is used by another provider"#,
+                r#"auth.jwt.providers[1].algorithms: "none" is never accepted"#,
+                "auth.jwt.providers[2].secret_file: HS* algorithms need secret_file",
+                "auth.jwt.providers[3].secret_file: only HS* algorithms use a shared secret",
+                r#"auth.jwt.providers[4].algorithms: "XX256" is not a JWT algorithm (RS256, PS256, ES256, EdDSA, HS256…)"#,
+                "auth.jwt.providers[5].algorithms: name at least one algorithm",
+                r#"auth.api_keys.header: "X-Key" is not a lowercase header name"#,
+                "auth.api_keys.keys[0].sha256: 64 hex characters, as printed by `gatehouse hash-key`",
+                "auth.api_keys.keys[0].tenant_id: empty: leave it out instead",
+                r#"auth.api_keys.keys[0].roles[0]: "a,b": a role is one non-empty name without ',' or whitespace"#,
+                r#"auth.api_keys.keys[0].roles[1]: "": a role is one non-empty name without ',' or whitespace"#,
+                r#"auth.api_keys.keys[0].not_after: "2027-02-31": write 2027-01-31 or 2027-01-31T12:00:00Z"#,
+                "auth.api_keys.keys[1].name: required, and unique",
+                r#"auth.api_keys.keys[1].not_after: "2027-01-31T25:00:00Z": write 2027-01-31 or 2027-01-31T12:00:00Z"#,
+                "auth.jwt.providers[0].require_cert_binding: needs client certificates: tls.enabled true and tls.client_auth require or optional",
+                "authorization.rules[0].methods: name at least one method pattern",
+                r#"authorization.rules[0].allow_peers[0]: "cn:": cn: takes the subject common name"#,
+                r#"authorization.rules[1].methods[0]: "/a/b/c": write /pkg.Service/Method, /pkg.Service/* or * (names of letters, digits and _; no other wildcards)"#,
+                r#"tls.allowed_peers[0]: "gateway": write a URI (spiffe://trust.domain/ns/NS/sa/SA), dns:NAME or cn:NAME"#,
+                r#"tls.allowed_peers[1]: "dns:a..b": dns: takes a DNS name (letters, digits, -, _, * per label)"#,
+                r#"tls.allowed_peers[2]: "spiffe://td/**": write one * per segment"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_outbound_problems_in_order_with_their_messages() {
+        let text = r#"
+listen: { address: 127.0.0.1:12018 }
+tls: { enabled: false }
+upstream: { address: '127.0.0.1:50051' }
+outbound:
+  listen: 0.0.0.0:1
+  context_max_handles: 0
+  destinations:
+    - { name: a, address: a.svc:1, credentials: none }
+    - { name: A, address: 10.0.0.1:1, identity: ['cn:a'], credentials: relay, timeout: 0s }
+    - { name: b, address: b.svc, identity: ['dns:b.svc', 'x'], credentials: context }
+    - { name: 'b c', address: 'unix:1', server_name: '1.2.3.4', identity: ['spiffe://x/y'], credentials: { api_key_file: /k } }
+    - { name: d, address: 'd:1', server_name: 'bad name!', identity: ['spiffe://x/y'], credentials: relay, audience: '' }
+"#;
+        let problems: Vec<String> = Config::from_yaml(text)
+            .unwrap()
+            .validate()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "outbound.listen: 0.0.0.0:1 is not a loopback address: the outbound port is plaintext and calls out with the pod's identity, so only 127.0.0.0/8, ::1 or unix:/path are allowed",
+                "outbound.client_tls.cert_file: required (set it here or as tls.cert_file)",
+                "outbound.client_tls.key_file: required (set it here or as tls.key_file)",
+                "outbound.client_tls.ca_file: required (set it here or as tls.ca_file)",
+                "outbound.context_max_handles: must be at least 1 (leave it out for max_connections × max_concurrent_streams)",
+                "outbound.destinations[0].identity: required: the URI SANs (spiffe://…) or dns:NAMEs the destination's certificate must carry",
+                r#"outbound.destinations[1].name: "A" is used by another destination"#,
+                r#"outbound.destinations[1].address: "10.0.0.1" is an IP address: set server_name to the DNS name the destination's certificate is issued for"#,
+                r#"outbound.destinations[1].identity[0]: "cn:a": cn: cannot name a destination; write its URI SAN (spiffe://…) or dns:NAME"#,
+                "outbound.destinations[1].audience: required with credentials: relay or context (the token's aud must contain it)",
+                "outbound.destinations[1].timeout: must be longer than 0s",
+                r#"outbound.destinations[2].address: "b.svc": expected host:port, like identity-service.prod.svc:12018"#,
+                r#"outbound.destinations[2].identity[1]: "x": write a URI (spiffe://trust.domain/ns/NS/sa/SA), dns:NAME or cn:NAME"#,
+                "outbound.destinations[2].audience: required with credentials: relay or context (the token's aud must contain it)",
+                r#"outbound.destinations[3].name: "b c": a host name (letters, digits, -, ., _), as the app sets it in :authority"#,
+                r#"outbound.destinations[3].address: "unix:1": expected host:port, like identity-service.prod.svc:12018"#,
+                r#"outbound.destinations[3].server_name: "1.2.3.4" is an IP address: set server_name to the DNS name the destination's certificate is issued for"#,
+                r#"outbound.destinations[4].server_name: "bad name!" is not a valid DNS name"#,
+                "outbound.destinations[4].audience: required with credentials: relay or context (the token's aud must contain it)",
+            ]
+        );
+    }
 }
