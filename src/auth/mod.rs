@@ -25,11 +25,12 @@ use crate::body::CredentialsEnd;
 use crate::config::{self, Config, Family, MethodPattern, Problem};
 use crate::grpc::Reason;
 use crate::server::ConnectionInfo;
+use crate::tls::PeerIdentity;
 use api_key::ApiKeyStore;
 use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
 use jwt::{JwtVerifier, Provider};
 use policy::Policy;
-use principal::{AuthMethod, AuthOutcome, DecidingRule, Principal, Refusal, X_API_KEY};
+use principal::{AuthMethod, DecidingRule, Principal, Refusal, X_API_KEY};
 
 /// How often `auth.api_keys.keys_file` and `jwks_file`s are checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
@@ -174,57 +175,20 @@ impl Authenticator {
             .collect()
     }
 
-    /// Decides one request: on success the verified identity headers are set, the API
-    /// key header is gone and `authorization` is kept only if the provider forwards it.
+    /// Decides one request: how its caller is admitted, or why it is refused.
     ///
-    /// Either way the [`AuthOutcome`] says how the caller tried to authenticate, for the
-    /// layers that log and count.
-    pub async fn admit(&self, request: &mut Parts) -> Result<AuthOutcome, (AuthOutcome, Refusal)> {
-        self.admit_call(request).await.map(|(outcome, _)| outcome)
-    }
-
-    /// [`admit`](Authenticator::admit), and for a call admitted with a token or an API
-    /// key (unless `auth.expire_open_calls` is false), what ends its credentials.
-    pub async fn admit_call(
-        &self,
-        request: &mut Parts,
-    ) -> Result<(AuthOutcome, Option<Lifetime>), (AuthOutcome, Refusal)> {
-        let mut attempted = AuthMethod::None;
-        match self.decide(request, &mut attempted).await {
-            Ok((principal, would_refuse, lifetime)) => Ok((
-                AuthOutcome {
-                    method: principal.method,
-                    principal: Some(principal),
-                    refusal: None,
-                    would_refuse,
-                },
-                lifetime,
-            )),
-            Err(refusal) => Err((
-                AuthOutcome {
-                    method: attempted,
-                    principal: None,
-                    refusal: Some(refusal.reason.label()),
-                    would_refuse: None,
-                },
-                refusal,
-            )),
-        }
-    }
-
-    /// The admitted caller, in dry run the rule that would have refused it, and what
-    /// ends its credentials.
-    async fn decide(
-        &self,
-        request: &mut Parts,
-        attempted: &mut AuthMethod,
-    ) -> Result<(Arc<Principal>, Option<DecidingRule>, Option<Lifetime>), Refusal> {
+    /// Whatever the answer, credentials (`authorization`, the API key header) have left
+    /// the headers, and `authorization` is put back only for a verified token whose
+    /// provider forwards it; an admitted call also gets the verified identity headers.
+    pub async fn admit(&self, request: &mut Parts) -> Admission {
         let info = request.extensions.get::<Arc<ConnectionInfo>>().cloned();
         let peer = info.as_ref().and_then(|info| info.peer.as_ref());
         let client_cert = info
             .as_ref()
             .and_then(|info| info.client_cert_header.as_ref());
-        self.policy.admit_peer(peer)?;
+        if let Err(refusal) = self.policy.admit_peer(peer) {
+            return Admission::refused(AuthMethod::None, refusal);
+        }
         let path = request.uri.path();
         let headers = &mut request.headers;
 
@@ -239,114 +203,221 @@ impl Authenticator {
         headers.remove(X_API_KEY);
 
         let Some(credentials) = credentials else {
-            let principal = Principal::anonymous(if peer.is_some() {
-                AuthMethod::Mtls
-            } else {
-                AuthMethod::None
-            });
-            *attempted = principal.method;
-            // Dry run lets through only callers whose certificate authenticated them.
-            let would_refuse = match peer {
-                Some(_) => self.policy.authorize(path, &principal, peer)?,
-                None => {
-                    self.policy.enforce(path, &principal, peer)?;
-                    None
-                }
-            };
-            principal.inject(headers, client_cert);
-            return Ok((principal, would_refuse, None));
+            return self.admit_certificate(path, headers, peer, client_cert);
         };
         if policy::any_matches(&credentials.public, path) {
-            let principal = Principal::anonymous(AuthMethod::None);
-            principal.inject(headers, client_cert);
-            return Ok((principal, None, None));
+            Principal::anonymous(AuthMethod::None).inject(headers, client_cert);
+            return Admission::Public;
         }
-        // A token whose key is being fetched waits no longer than the caller would.
-        let key_wait = jwt::key_wait(headers);
-        let bearer = match (&credentials.jwt, bearer) {
-            (None, _) | (Some(_), Presented::Absent) => None,
-            (Some(_), Presented::One(value)) => Some(value),
-            (Some(_), Presented::Many) => {
-                *attempted = AuthMethod::Jwt;
-                return Err(Refusal::unauthenticated(
+        let call = Call {
+            path,
+            peer,
+            client_cert,
+            expire_open_calls: credentials.expire_open_calls,
+        };
+        // What the configuration does not read counts as not sent.
+        match (
+            bearer.read_by(credentials.jwt.as_ref()),
+            api_key.read_by(store),
+        ) {
+            (Presented::Many, _) => Admission::refused(
+                AuthMethod::Jwt,
+                Refusal::unauthenticated(
                     Reason::AmbiguousCredentials,
                     "more than one authorization header",
-                ));
-            }
-        };
-        let api_key = match (store, api_key) {
-            (None, _) | (Some(_), Presented::Absent) => None,
-            (Some(_), Presented::One(value)) => Some(value),
-            (Some(store), Presented::Many) => {
-                *attempted = AuthMethod::ApiKey;
-                return Err(Refusal::unauthenticated(
+                ),
+            ),
+            (_, Presented::Many) => Admission::refused(
+                AuthMethod::ApiKey,
+                Refusal::unauthenticated(
                     Reason::AmbiguousCredentials,
-                    format!("more than one {} header", store.header()),
-                ));
-            }
-        };
-        let (principal, forward, lifetime) = match (bearer, api_key) {
-            (Some(_), Some(_)) => {
-                return Err(Refusal::unauthenticated(
+                    format!(
+                        "more than one {} header",
+                        store.map_or(&X_API_KEY, |store| store.header())
+                    ),
+                ),
+            ),
+            (Presented::One(_), Presented::One(_)) => Admission::refused(
+                AuthMethod::None,
+                Refusal::unauthenticated(
                     Reason::AmbiguousCredentials,
                     "both a bearer token and an API key: send one",
-                ));
+                ),
+            ),
+            (Presented::One((jwt, value)), Presented::Absent) => {
+                // A token whose key is being fetched waits no longer than the caller would.
+                let key_wait = jwt::key_wait(headers);
+                let credited = verify_token(jwt, value, key_wait, peer).await;
+                match self.authorize(credited, &call, headers) {
+                    Ok(admitted) => Admission::Jwt(admitted),
+                    Err(refusal) => Admission::refused(AuthMethod::Jwt, refusal),
+                }
             }
-            (Some(value), None) => {
-                *attempted = AuthMethod::Jwt;
-                let token = bearer_token(value.as_bytes()).ok_or_else(|| {
-                    Refusal::unauthenticated(
-                        Reason::MalformedToken,
-                        "authorization is not a bearer token",
-                    )
-                })?;
-                let verifier = credentials
-                    .jwt
-                    .as_ref()
-                    .expect("bearer tokens are read only with jwt configured");
-                let verified = verifier.verify_within(token, key_wait).await?;
-                // Per call, after the cache: a bound token verified on one connection
-                // must not pass on another.
-                binding::check(verified.bound_to.as_ref(), verified.binding_required, peer)?;
-                let lifetime = Lifetime {
-                    expires: unix_time(verified.expires_at)
-                        .map(|at| (at, CredentialsEnd::TokenExpired)),
-                    revoked: None,
-                };
-                (
-                    verified.principal,
-                    verified.forward_token.then_some(value),
-                    lifetime,
-                )
+            (Presented::Absent, Presented::One((store, key))) => {
+                let credited = authenticate_key(store, &key);
+                match self.authorize(credited, &call, headers) {
+                    Ok(admitted) => Admission::ApiKey(admitted),
+                    Err(refusal) => Admission::refused(AuthMethod::ApiKey, refusal),
+                }
             }
-            (None, Some(key)) => {
-                *attempted = AuthMethod::ApiKey;
-                let store = store.expect("the key header is read only with api_keys configured");
-                let matched = store.authenticate(key.as_bytes())?;
-                let lifetime = Lifetime {
-                    expires: matched
-                        .not_after
-                        .and_then(unix_time)
-                        .map(|at| (at, CredentialsEnd::KeyExpired)),
-                    revoked: Some(matched.revoked),
-                };
-                (matched.principal, None, lifetime)
-            }
-            (None, None) => {
-                return Err(Refusal::unauthenticated(
-                    Reason::MissingCredentials,
-                    "missing credentials",
-                ));
-            }
+            (Presented::Absent, Presented::Absent) => Admission::refused(
+                AuthMethod::None,
+                Refusal::unauthenticated(Reason::MissingCredentials, "missing credentials"),
+            ),
+        }
+    }
+
+    /// No `auth` section: the client certificate is the only credential.
+    fn admit_certificate(
+        &self,
+        path: &str,
+        headers: &mut HeaderMap,
+        peer: Option<&PeerIdentity>,
+        client_cert: Option<&HeaderValue>,
+    ) -> Admission {
+        let principal = Principal::anonymous(if peer.is_some() {
+            AuthMethod::Mtls
+        } else {
+            AuthMethod::None
+        });
+        // Dry run lets through only callers whose certificate authenticated them.
+        let decided = match peer {
+            Some(_) => self.policy.authorize(path, &principal, peer),
+            None => self.policy.enforce(path, &principal, peer).map(|()| None),
         };
-        let would_refuse = self.policy.authorize(path, &principal, peer)?;
-        if let Some(token) = forward {
+        match decided {
+            Ok(would_refuse) => {
+                principal.inject(headers, client_cert);
+                Admission::Certificate {
+                    principal,
+                    would_refuse,
+                }
+            }
+            Err(refusal) => Admission::refused(principal.method, refusal),
+        }
+    }
+
+    /// The policy's say on a caller whose credential was verified; if admitted, the
+    /// identity headers are set and a forwarded token put back.
+    fn authorize(
+        &self,
+        credited: Result<Credited, Refusal>,
+        call: &Call<'_>,
+        headers: &mut HeaderMap,
+    ) -> Result<Admitted, Refusal> {
+        let credited = credited?;
+        let would_refuse = self
+            .policy
+            .authorize(call.path, &credited.principal, call.peer)?;
+        if let Some(token) = credited.forward {
             headers.insert(AUTHORIZATION, token);
         }
-        principal.inject(headers, client_cert);
-        let lifetime = credentials.expire_open_calls.then_some(lifetime);
-        Ok((principal, would_refuse, lifetime))
+        credited.principal.inject(headers, call.client_cert);
+        Ok(Admitted {
+            principal: credited.principal,
+            would_refuse,
+            lifetime: call.expire_open_calls.then_some(credited.lifetime),
+        })
     }
+}
+
+/// How one call is admitted, or why it is refused: the whole decision of
+/// [`Authenticator::admit`].
+#[derive(Debug)]
+pub enum Admission {
+    /// A method of `auth.public_methods`: no credentials were asked for
+    /// ([`AuthMethod::None`]).
+    Public,
+    /// No `auth` section: the client certificate is the only credential
+    /// ([`AuthMethod::Mtls`]), or a caller without one where the policy lets anyone in
+    /// ([`AuthMethod::None`]).
+    Certificate {
+        principal: Arc<Principal>,
+        /// `authorization.dry_run`: the part of the policy that would have refused.
+        would_refuse: Option<DecidingRule>,
+    },
+    /// A verified bearer token.
+    Jwt(Admitted),
+    /// A known API key.
+    ApiKey(Admitted),
+    Refused {
+        /// How the caller tried to authenticate, for the layers that log and count.
+        attempted: AuthMethod,
+        refusal: Refusal,
+    },
+}
+
+impl Admission {
+    fn refused(attempted: AuthMethod, refusal: Refusal) -> Admission {
+        Admission::Refused { attempted, refusal }
+    }
+}
+
+/// A caller admitted with a credential that can end while its call is open.
+#[derive(Debug)]
+pub struct Admitted {
+    pub principal: Arc<Principal>,
+    /// `authorization.dry_run`: the part of the policy that would have refused.
+    pub would_refuse: Option<DecidingRule>,
+    /// What ends the credential, unless `auth.expire_open_calls` is false.
+    pub lifetime: Option<Lifetime>,
+}
+
+/// What a verified credential says, before the policy has had its say.
+struct Credited {
+    principal: Arc<Principal>,
+    /// The `authorization` value to hand the app, when the provider forwards tokens.
+    forward: Option<HeaderValue>,
+    lifetime: Lifetime,
+}
+
+/// What the policy and the identity headers need to know of the call.
+struct Call<'a> {
+    path: &'a str,
+    peer: Option<&'a PeerIdentity>,
+    client_cert: Option<&'a HeaderValue>,
+    expire_open_calls: bool,
+}
+
+async fn verify_token(
+    verifier: &JwtVerifier,
+    value: HeaderValue,
+    key_wait: Duration,
+    peer: Option<&PeerIdentity>,
+) -> Result<Credited, Refusal> {
+    let token = bearer_token(value.as_bytes()).ok_or_else(|| {
+        Refusal::unauthenticated(
+            Reason::MalformedToken,
+            "authorization is not a bearer token",
+        )
+    })?;
+    let verified = verifier.verify_within(token, key_wait).await?;
+    // Per call, after the cache: a bound token verified on one connection must not pass
+    // on another.
+    binding::check(verified.bound_to.as_ref(), verified.binding_required, peer)?;
+    Ok(Credited {
+        principal: verified.principal,
+        lifetime: Lifetime {
+            expires: unix_time(verified.expires_at).map(|at| (at, CredentialsEnd::TokenExpired)),
+            revoked: None,
+        },
+        forward: verified.forward_token.then_some(value),
+    })
+}
+
+fn authenticate_key(store: &ApiKeyStore, key: &HeaderValue) -> Result<Credited, Refusal> {
+    let matched = store.authenticate(key.as_bytes())?;
+    Ok(Credited {
+        principal: matched.principal,
+        forward: None,
+        lifetime: Lifetime {
+            expires: matched
+                .not_after
+                .and_then(unix_time)
+                .map(|at| (at, CredentialsEnd::KeyExpired)),
+            revoked: Some(matched.revoked),
+        },
+    })
 }
 
 /// `seconds` since the Unix epoch as a wall-clock time; `None` past what the clock can
@@ -355,12 +426,25 @@ fn unix_time(seconds: u64) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
-/// What a caller sent in one credential header.
-enum Presented {
+/// What a caller sent in one credential header; `T` is the value, or the value with what
+/// reads it.
+enum Presented<T = HeaderValue> {
     Absent,
-    One(HeaderValue),
+    One(T),
     /// Two or more: which one counts would be the app's guess, so such a call is refused.
     Many,
+}
+
+impl Presented {
+    /// With `reader`, the verifier the configuration has for this credential; without
+    /// one, it was not sent as far as gatehouse is concerned.
+    fn read_by<R>(self, reader: Option<R>) -> Presented<(R, HeaderValue)> {
+        match (reader, self) {
+            (None, _) | (Some(_), Presented::Absent) => Presented::Absent,
+            (Some(reader), Presented::One(value)) => Presented::One((reader, value)),
+            (Some(_), Presented::Many) => Presented::Many,
+        }
+    }
 }
 
 /// Removes every `name` header from `headers` and says what there was.
@@ -437,7 +521,7 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::PeerIdentity;
+    use crate::grpc::Code;
 
     #[test]
     fn reads_bearer_tokens_only() {
@@ -456,57 +540,279 @@ mod tests {
 
     /// A call of `path` on a connection whose client certificate is `cert` (its DER bytes).
     fn call(path: &str, cert: Option<&[u8]>, token: Option<&str>) -> Parts {
+        let token = token.map(|token| format!("Bearer {token}"));
+        let headers: Vec<_> = token
+            .iter()
+            .map(|t| ("authorization", t.as_str()))
+            .collect();
+        call_with(path, cert, &headers)
+    }
+
+    /// A call of `path` with `headers`, on a connection whose client certificate is
+    /// `cert`, which names the DNS name `a.example`.
+    fn call_with(path: &str, cert: Option<&[u8]>, headers: &[(&str, &str)]) -> Parts {
         let peer = cert.map(|der| PeerIdentity {
             sha256: crate::sha256::to_hex(&crate::sha256::sha256(der)),
+            dns_names: vec!["a.example".to_owned()],
             ..PeerIdentity::default()
         });
         let info = ConnectionInfo::new("127.0.0.1:40000".parse().unwrap(), peer);
         let mut request = http::Request::post(path);
-        if let Some(token) = token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let (mut parts, ()) = request.body(()).unwrap().into_parts();
         parts.extensions.insert(Arc::new(info));
         parts
     }
 
+    const SECRET: [u8; 32] = [7; 32];
+    const KEY: &str = "key-of-the-ci-job";
+    const PATH: &str = "/pkg.Svc/Get";
+
+    /// JWT (HS256, `SECRET`) and API keys (`KEY`, named `ci`), `/pkg.Health/*` public,
+    /// then `more` (an `authorization` section, say).
+    fn credentials(more: &str) -> (Authenticator, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let key = crate::sha256::to_hex(&crate::sha256::sha256(KEY.as_bytes()));
+        let authenticator = authenticator(&format!(
+            "auth:\n  public_methods: [/pkg.Health/*]\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {}, tenant_optional: true }}\n  api_keys:\n    keys: [ {{ name: ci, sha256: {key}, roles: [deployer] }} ]\n{more}",
+            secret.display()
+        ));
+        (authenticator, dir)
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&SECRET),
+        )
+        .unwrap()
+    }
+
+    fn user_token(roles: &[&str]) -> String {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        token(
+            serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp, "roles": roles}),
+        )
+    }
+
+    /// The refusal of a refused call: how it was attempted, its reason's label and code.
+    fn refusal(admission: Admission) -> (AuthMethod, &'static str, Code) {
+        match admission {
+            Admission::Refused { attempted, refusal } => {
+                (attempted, refusal.reason.label(), refusal.code)
+            }
+            other => panic!("admitted: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_public_method_is_admitted_without_credentials_which_the_app_never_sees() {
+        let (authenticator, _dir) = credentials("");
+        let mut request = call_with(
+            "/pkg.Health/Check",
+            None,
+            &[
+                ("authorization", "Bearer not-even-a-token"),
+                ("x-api-key", "whatever"),
+            ],
+        );
+        let admission = authenticator.admit(&mut request).await;
+        assert!(matches!(admission, Admission::Public), "{admission:?}");
+        assert_eq!(request.headers["x-auth-method"], "none");
+        assert!(request.headers.get(AUTHORIZATION).is_none());
+        assert!(request.headers.get(X_API_KEY).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_admitted_with_its_identity_and_lifetime() {
+        let (authenticator, _dir) = credentials("");
+        let token = user_token(&["reader"]);
+        let mut request = call(PATH, None, Some(&token));
+        let Admission::Jwt(admitted) = authenticator.admit(&mut request).await else {
+            panic!("not admitted with the token");
+        };
+        assert_eq!(admitted.principal.method, AuthMethod::Jwt);
+        assert_eq!(admitted.principal.user_id.as_deref(), Some("u1"));
+        assert_eq!(admitted.would_refuse, None);
+        let lifetime = admitted.lifetime.expect("auth.expire_open_calls is on");
+        assert!(matches!(
+            lifetime.expires,
+            Some((_, CredentialsEnd::TokenExpired))
+        ));
+        assert_eq!(request.headers["x-user-id"], "u1");
+        assert_eq!(request.headers["x-user-roles"], "reader");
+        assert_eq!(request.headers["x-auth-method"], "jwt");
+        // The provider forwards tokens (its default): the app gets it back.
+        assert_eq!(request.headers[AUTHORIZATION], format!("Bearer {token}"));
+    }
+
+    #[tokio::test]
+    async fn a_known_api_key_is_admitted_and_never_reaches_the_app() {
+        let (authenticator, _dir) = credentials("  expire_open_calls: false\n");
+        let mut request = call_with(PATH, None, &[("x-api-key", KEY)]);
+        let Admission::ApiKey(admitted) = authenticator.admit(&mut request).await else {
+            panic!("not admitted with the key");
+        };
+        assert_eq!(admitted.principal.method, AuthMethod::ApiKey);
+        assert_eq!(admitted.principal.api_key_name.as_deref(), Some("ci"));
+        assert!(admitted.lifetime.is_none(), "auth.expire_open_calls is off");
+        assert_eq!(request.headers["x-api-key-name"], "ci");
+        assert_eq!(request.headers["x-auth-method"], "api_key");
+        assert!(request.headers.get(X_API_KEY).is_none());
+    }
+
+    #[tokio::test]
+    async fn without_an_auth_section_the_certificate_is_the_credential() {
+        let authenticator = authenticator("");
+        let mut request = call(PATH, Some(b"cert A"), None);
+        let admission = authenticator.admit(&mut request).await;
+        let Admission::Certificate {
+            principal,
+            would_refuse,
+        } = admission
+        else {
+            panic!("not admitted by its certificate: {admission:?}");
+        };
+        assert_eq!(principal.method, AuthMethod::Mtls);
+        assert_eq!(would_refuse, None);
+        assert_eq!(request.headers["x-auth-method"], "mtls");
+        assert!(
+            request.headers[principal::X_FORWARDED_CLIENT_CERT]
+                .to_str()
+                .unwrap()
+                .starts_with("Hash=")
+        );
+        // Without a certificate, the policy (allow by default) decides alone.
+        let admission = authenticator.admit(&mut call(PATH, None, None)).await;
+        assert!(
+            matches!(&admission, Admission::Certificate { principal, .. } if principal.method == AuthMethod::None),
+            "{admission:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_refusal_says_how_the_caller_tried() {
+        let (authenticator, _dir) = credentials(
+            "authorization:\n  default: deny\n  rules: [ { methods: [/pkg.Svc/*], allow_roles: [reader], allow_api_keys: [ci] } ]\n",
+        );
+        let good = format!("Bearer {}", user_token(&["reader"]));
+        let expired = format!(
+            "Bearer {}",
+            token(serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": 1_000}))
+        );
+        let unauthenticated = Code::Unauthenticated;
+        let cases: [(&str, &[(&str, &str)], _); 9] = [
+            (
+                PATH,
+                &[],
+                (AuthMethod::None, "missing_credentials", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("authorization", &good), ("x-api-key", KEY)],
+                (AuthMethod::None, "ambiguous_credentials", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("authorization", &good), ("authorization", &good)],
+                (AuthMethod::Jwt, "ambiguous_credentials", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("x-api-key", KEY), ("x-api-key", KEY)],
+                (AuthMethod::ApiKey, "ambiguous_credentials", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("authorization", "Basic dXNlcjpwYXNz")],
+                (AuthMethod::Jwt, "malformed_token", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("authorization", &expired)],
+                (AuthMethod::Jwt, "token_expired", unauthenticated),
+            ),
+            (
+                PATH,
+                &[("x-api-key", "not-a-key")],
+                (AuthMethod::ApiKey, "unknown_api_key", unauthenticated),
+            ),
+            // Verified, then refused by the policy: no rule matches this method.
+            (
+                "/pkg.Other/Get",
+                &[("authorization", &good)],
+                (AuthMethod::Jwt, "default_deny", Code::PermissionDenied),
+            ),
+            (
+                "/pkg.Other/Get",
+                &[("x-api-key", KEY)],
+                (AuthMethod::ApiKey, "default_deny", Code::PermissionDenied),
+            ),
+        ];
+        for (path, headers, expected) in cases {
+            let mut request = call_with(path, None, headers);
+            let admission = authenticator.admit(&mut request).await;
+            assert_eq!(refusal(admission), expected, "{path} {headers:?}");
+            // Refused or not, credentials never stay for the app.
+            assert!(request.headers.get(AUTHORIZATION).is_none(), "{headers:?}");
+            assert!(request.headers.get(X_API_KEY).is_none(), "{headers:?}");
+            assert!(
+                request.headers.get("x-auth-method").is_none(),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_outside_the_allow_list_is_refused_before_its_credentials_are_read() {
+        let config = Config::from_yaml(
+            "listen: { address: 127.0.0.1:1 }\ntls: { enabled: false, allowed_peers: [dns:b.example] }\nupstream: { address: 127.0.0.1:2 }\n",
+        )
+        .unwrap();
+        let authenticator = Authenticator::build(&config).unwrap();
+        for cert in [Some(&b"cert A"[..]), None] {
+            let admission = authenticator.admit(&mut call(PATH, cert, None)).await;
+            assert_eq!(
+                refusal(admission),
+                (AuthMethod::None, "peer_not_allowed", Code::PermissionDenied)
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_cached_bound_token_is_checked_again_on_every_connection() {
         use base64::Engine as _;
-        let dir = tempfile::tempdir().unwrap();
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, [7u8; 32]).unwrap();
-        let authenticator = authenticator(&format!(
-            "auth:\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {}, tenant_optional: true }}\n",
-            secret.display()
-        ));
+        let (authenticator, _dir) = credentials("");
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         let thumbprint = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(crate::sha256::sha256(b"cert A"));
-        let claims = serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp,
-                                        "cnf": {"x5t#S256": thumbprint}});
-        let token = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]),
-        )
-        .unwrap();
-        let path = "/pkg.Svc/Get";
+        let token = token(
+            serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp,
+                                             "cnf": {"x5t#S256": thumbprint}}),
+        );
         for _ in 0..2 {
             // The second time from the cache: the binding still decides.
-            assert!(
-                authenticator
-                    .admit(&mut call(path, Some(b"cert A"), Some(&token)))
-                    .await
-                    .is_ok()
-            );
+            let admission = authenticator
+                .admit(&mut call(PATH, Some(b"cert A"), Some(&token)))
+                .await;
+            assert!(matches!(admission, Admission::Jwt(_)), "{admission:?}");
             for other in [Some(&b"cert B"[..]), None] {
-                let (outcome, refusal) = authenticator
-                    .admit(&mut call(path, other, Some(&token)))
-                    .await
-                    .unwrap_err();
-                assert_eq!(outcome.refusal, Some("cert_binding_mismatch"));
-                assert_eq!(refusal.code, crate::grpc::Code::Unauthenticated);
+                let admission = authenticator
+                    .admit(&mut call(PATH, other, Some(&token)))
+                    .await;
+                assert_eq!(
+                    refusal(admission),
+                    (
+                        AuthMethod::Jwt,
+                        "cert_binding_mismatch",
+                        Code::Unauthenticated
+                    )
+                );
             }
         }
     }
@@ -516,17 +822,22 @@ mod tests {
         // No auth section: the certificate is the only credential.
         let authenticator =
             authenticator("authorization: { default: deny, dry_run: true, rules: [] }\n");
-        let admitted = authenticator
-            .admit(&mut call("/pkg.Svc/Get", Some(b"cert A"), None))
-            .await
-            .unwrap();
-        assert_eq!(admitted.method, AuthMethod::Mtls);
-        assert_eq!(admitted.would_refuse, Some(DecidingRule::Default));
-        let (outcome, refusal) = authenticator
-            .admit(&mut call("/pkg.Svc/Get", None, None))
-            .await
-            .unwrap_err();
-        assert_eq!(outcome.refusal, Some("default_deny"));
-        assert_eq!(refusal.code, crate::grpc::Code::PermissionDenied);
+        let admission = authenticator
+            .admit(&mut call(PATH, Some(b"cert A"), None))
+            .await;
+        let Admission::Certificate {
+            principal,
+            would_refuse,
+        } = admission
+        else {
+            panic!("dry run refused a caller with a certificate: {admission:?}");
+        };
+        assert_eq!(principal.method, AuthMethod::Mtls);
+        assert_eq!(would_refuse, Some(DecidingRule::Default));
+        let admission = authenticator.admit(&mut call(PATH, None, None)).await;
+        assert_eq!(
+            refusal(admission),
+            (AuthMethod::None, "default_deny", Code::PermissionDenied)
+        );
     }
 }

@@ -34,8 +34,10 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::auth::Authenticator;
-use crate::auth::principal::{AuthMethod, AuthOutcome, Refusal, strip_identity_headers};
+use crate::auth::principal::{
+    AuthMethod, AuthOutcome, DecidingRule, Principal, Refusal, strip_identity_headers,
+};
+use crate::auth::{Admission, Authenticator};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
 use crate::grpc;
 use crate::metrics::Metrics;
@@ -127,12 +129,9 @@ where
             tracing::debug!(reason = refusal.reason.label(), "call refused");
             // No method in the details: this path names none.
             let mut response = refusal.response(None);
-            response.extensions_mut().insert(AuthOutcome {
-                method: AuthMethod::None,
-                principal: None,
-                refusal: Some(refusal.reason.label()),
-                would_refuse: None,
-            });
+            response
+                .extensions_mut()
+                .insert(refused(AuthMethod::None, &refusal));
             return Box::pin(std::future::ready(Ok(response)));
         }
         let (mut parts, body) = request.into_parts();
@@ -155,56 +154,93 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            match authenticator.admit_call(&mut parts).await {
-                Ok((outcome, lifetime)) => {
-                    // Limits, below, counts the call against the identity decided here.
-                    parts.extensions.insert(outcome.clone());
-                    let open = match (contexts, presented) {
-                        (Some(contexts), Some((token, deadline)))
-                            if outcome.method == AuthMethod::Jwt =>
-                        {
-                            mint(&contexts, &mut parts.headers, token, deadline)
-                        }
-                        _ => None,
-                    };
-                    let call = inner.call(Request::from_parts(parts, body));
-                    let watch = lifetime
-                        .map(|lifetime| CredentialsWatch::new(lifetime.expires, lifetime.revoked))
-                        .filter(|watch| !watch.is_idle());
-                    let mut response = match watch {
-                        None => call.await?,
-                        Some(watch) => until_credentials_end(call, watch).await?,
-                    };
-                    if let Some(open) = open {
-                        // Limits, below, holds a slot for every call it lets through to
-                        // the app; a call it refused never showed the app its handle, so
-                        // the handle goes at once and refused calls cannot fill the table.
-                        match response.extensions_mut().remove::<HeldForCall>() {
-                            Some(below) => {
-                                // The server holds these until the call's stream ends; the
-                                // handle's grace starts then.
-                                response
-                                    .extensions_mut()
-                                    .insert(HeldForCall::new((below, open)));
-                            }
-                            None => open.forget(),
-                        }
-                    }
-                    response.extensions_mut().insert(outcome);
-                    Ok(response)
-                }
-                Err((outcome, refusal)) => {
+            let (outcome, lifetime, jwt) = match authenticator.admit(&mut parts).await {
+                Admission::Public => (
+                    admitted(Principal::anonymous(AuthMethod::None), None),
+                    None,
+                    false,
+                ),
+                Admission::Certificate {
+                    principal,
+                    would_refuse,
+                } => (admitted(principal, would_refuse), None, false),
+                Admission::Jwt(call) => (
+                    admitted(call.principal, call.would_refuse),
+                    call.lifetime,
+                    true,
+                ),
+                Admission::ApiKey(call) => (
+                    admitted(call.principal, call.would_refuse),
+                    call.lifetime,
+                    false,
+                ),
+                Admission::Refused { attempted, refusal } => {
                     tracing::debug!(
                         method = parts.uri.path(),
                         reason = refusal.reason.label(),
                         "call refused"
                     );
                     let mut response = refusal.response(Some(parts.uri.path()));
-                    response.extensions_mut().insert(outcome);
-                    Ok(response)
+                    response
+                        .extensions_mut()
+                        .insert(refused(attempted, &refusal));
+                    return Ok(response);
+                }
+            };
+            // Limits, below, counts the call against the identity decided here.
+            parts.extensions.insert(outcome.clone());
+            let open = match (contexts, presented) {
+                (Some(contexts), Some((token, deadline))) if jwt => {
+                    mint(&contexts, &mut parts.headers, token, deadline)
+                }
+                _ => None,
+            };
+            let call = inner.call(Request::from_parts(parts, body));
+            let watch = lifetime
+                .map(|lifetime| CredentialsWatch::new(lifetime.expires, lifetime.revoked))
+                .filter(|watch| !watch.is_idle());
+            let mut response = match watch {
+                None => call.await?,
+                Some(watch) => until_credentials_end(call, watch).await?,
+            };
+            if let Some(open) = open {
+                // Limits, below, holds a slot for every call it lets through to the app; a
+                // call it refused never showed the app its handle, so the handle goes at
+                // once and refused calls cannot fill the table.
+                match response.extensions_mut().remove::<HeldForCall>() {
+                    Some(below) => {
+                        // The server holds these until the call's stream ends; the
+                        // handle's grace starts then.
+                        response
+                            .extensions_mut()
+                            .insert(HeldForCall::new((below, open)));
+                    }
+                    None => open.forget(),
                 }
             }
+            response.extensions_mut().insert(outcome);
+            Ok(response)
         })
+    }
+}
+
+/// What the layers above learn of an admitted call.
+fn admitted(principal: Arc<Principal>, would_refuse: Option<DecidingRule>) -> AuthOutcome {
+    AuthOutcome {
+        method: principal.method,
+        principal: Some(principal),
+        refusal: None,
+        would_refuse,
+    }
+}
+
+/// What the layers above learn of a refused call.
+fn refused(attempted: AuthMethod, refusal: &Refusal) -> AuthOutcome {
+    AuthOutcome {
+        method: attempted,
+        principal: None,
+        refusal: Some(refusal.reason.label()),
+        would_refuse: None,
     }
 }
 
