@@ -28,21 +28,22 @@ use logging::{Logging, LoggingLayer};
 use metrics::{Metrics, MetricsLayer};
 use recovery::{Recovery, RecoveryLayer};
 
-/// The assembled chain, outermost layer first.
-pub type Chain = Recovery<Logging<Metrics<Auth<Limits<Forward>>>>>;
+/// The assembled chain, outermost layer first, around `App`: [`Forward`] in gatehouse,
+/// a stand-in for the app in tests.
+pub type Chain<App = Forward> = Recovery<Logging<Metrics<Auth<Limits<App>>>>>;
 
 /// What the chain answers with.
 pub type ChainResponse = <Chain as Service<Request<RequestBody>>>::Response;
 
-/// Builds the chain around the service that forwards calls to the app.
-pub fn build(
+/// Builds the chain around `app`, the service that forwards calls to the app.
+pub fn build<App>(
     tracing: Arc<Tracing>,
     metrics: Arc<crate::metrics::Metrics>,
     authenticator: Arc<Current<Authenticator>>,
     per_identity: &PerIdentity,
     contexts: Option<Arc<crate::outbound::context::CallContexts>>,
-    forward: Forward,
-) -> Chain {
+    app: App,
+) -> Chain<App> {
     ServiceBuilder::new()
         // Outermost, so that a panic anywhere below it, forwarding included, becomes an
         // INTERNAL status for that one call while the process keeps serving.
@@ -62,5 +63,283 @@ pub fn build(
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget.
         .layer(LimitsLayer::new(per_identity, metrics))
-        .service(forward)
+        .service(app)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The whole chain in memory, around a stand-in for the app: no sockets, no server.
+
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use base64::Engine as _;
+    use http::{HeaderMap, HeaderName, Response};
+    use http_body_util::BodyExt;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::body::ResponseBody;
+    use crate::config::Config;
+    use crate::grpc::details::{ErrorInfo, RpcStatus};
+    use crate::grpc::{Code, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
+
+    const SECRET: [u8; 32] = [9; 32];
+
+    /// The app: answers OK and keeps the headers of every call it is handed; a call of
+    /// `/pkg.Svc/Panic` panics in it, as a bug below Recovery would.
+    #[derive(Clone, Default)]
+    struct App {
+        seen: Arc<Mutex<Vec<HeaderMap>>>,
+    }
+
+    impl App {
+        fn calls(&self) -> usize {
+            self.seen.lock().unwrap().len()
+        }
+
+        fn last(&self) -> HeaderMap {
+            self.seen.lock().unwrap().last().cloned().expect("a call")
+        }
+    }
+
+    impl Service<Request<RequestBody>> for App {
+        type Response = Response<ResponseBody>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<ResponseBody>, Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+            self.seen.lock().unwrap().push(request.headers().clone());
+            if request.uri().path() == "/pkg.Svc/Panic" {
+                panic!("the app's stand-in panics on request");
+            }
+            let mut response = Response::new(ResponseBody::empty());
+            response
+                .headers_mut()
+                .insert(GRPC_STATUS, Code::Ok.header_value());
+            std::future::ready(Ok(response))
+        }
+    }
+
+    struct Harness {
+        chain: Chain<App>,
+        app: App,
+        metrics: Arc<crate::metrics::Metrics>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let config = Config::from_yaml(&format!(
+            "listen: {{ address: 127.0.0.1:1 }}\ntls: {{ enabled: false }}\nupstream: {{ address: 127.0.0.1:2 }}\n\
+             auth:\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {} }}\n",
+            secret.display()
+        ))
+        .unwrap();
+        let authenticator = Authenticator::build(&config).unwrap_or_else(|p| panic!("{p:?}"));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let app = App::default();
+        let chain = build(
+            Arc::new(Tracing::propagate_only(0.0)),
+            metrics.clone(),
+            Arc::new(Current::new(Arc::new(authenticator))),
+            &config.limits.per_identity,
+            None,
+            app.clone(),
+        );
+        Harness {
+            chain,
+            app,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    fn token() -> String {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": exp,
+                                        "tenant_id": "acme", "roles": ["reader"]});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&SECRET),
+        )
+        .unwrap()
+    }
+
+    /// What the caller sees of a call: its status code, message and, for a status
+    /// gatehouse generated, the `ErrorInfo` of its details.
+    struct Answer {
+        status: String,
+        message: String,
+        info: Option<ErrorInfo>,
+    }
+
+    /// A call of `path` with `headers`, as the server hands it to the chain, read to the
+    /// end of its body; the status from the headers or the trailers.
+    async fn call(chain: &mut Chain<App>, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::post(format!("http://gatehouse.test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(RequestBody::local(bytes::Bytes::from_static(&[0; 5])))
+            .unwrap();
+        let response = chain.call(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.unwrap_or_else(|_| panic!("a body"));
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let read = |name: &HeaderName| parts.headers.get(name).or_else(|| trailers.get(name));
+        let text = |name| read(&name).map_or_else(String::new, |v| v.to_str().unwrap().to_owned());
+        let info = read(&GRPC_STATUS_DETAILS).map(|value| {
+            let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(value.as_bytes())
+                .unwrap();
+            let status = RpcStatus::decode(bytes.as_slice()).unwrap();
+            ErrorInfo::decode(status.details[0].value.as_slice()).unwrap()
+        });
+        Answer {
+            status: text(GRPC_STATUS),
+            message: text(GRPC_MESSAGE),
+            info,
+        }
+    }
+
+    /// A log that tests can read: what the chain logs while `logged` is alive on this
+    /// thread.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let log = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .event_format(crate::telemetry::Logfmt)
+                .with_writer(move || log.clone())
+                .with_max_level(tracing::Level::WARN)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_public_call_reaches_the_app_as_anonymous_with_forged_identity_stripped() {
+        let Harness { mut chain, app, .. } = harness();
+        let answer = call(
+            &mut chain,
+            "/grpc.health.v1.Health/Check",
+            &[("x-user-id", "admin"), ("x_tenant_id", "victim")],
+        )
+        .await;
+        assert_eq!(answer.status, "0");
+        let seen = app.last();
+        assert_eq!(seen["x-auth-method"], "none");
+        assert!(seen.get("x-user-id").is_none(), "{seen:?}");
+        assert!(seen.get("x_tenant_id").is_none(), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_call_reaches_the_app_with_the_verified_identity_only() {
+        let Harness { mut chain, app, .. } = harness();
+        let bearer = format!("Bearer {}", token());
+        let answer = call(
+            &mut chain,
+            "/pkg.Svc/Get",
+            &[
+                ("authorization", &bearer),
+                ("x-user-id", "admin"),
+                ("x-user-roles", "admin"),
+                ("x-auth-method-bin", "AAAA"),
+            ],
+        )
+        .await;
+        assert_eq!(answer.status, "0");
+        let seen = app.last();
+        assert_eq!(seen["x-user-id"], "u1");
+        assert_eq!(seen["x-tenant-id"], "acme");
+        assert_eq!(seen["x-user-roles"], "reader");
+        assert_eq!(seen["x-auth-method"], "jwt");
+        assert_eq!(seen.get_all("x-user-id").iter().count(), 1);
+        assert!(seen.get("x-auth-method-bin").is_none(), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_gets_its_status_and_never_reaches_the_app() {
+        let Harness {
+            mut chain,
+            app,
+            metrics,
+            ..
+        } = harness();
+        let answer = call(&mut chain, "/pkg.Svc/Get", &[("x-user-id", "u1")]).await;
+        assert_eq!(answer.status, "16", "UNAUTHENTICATED");
+        assert_eq!(answer.message, "missing credentials");
+        let info = answer.info.expect("details");
+        assert_eq!(info.reason, "MISSING_CREDENTIALS");
+        assert_eq!(info.metadata["method"], "/pkg.Svc/Get");
+        let answer = call(
+            &mut chain,
+            "/pkg.Svc/Get",
+            &[("authorization", "Bearer not.a.token")],
+        )
+        .await;
+        assert_eq!(answer.status, "16", "UNAUTHENTICATED");
+        assert_eq!(app.calls(), 0);
+        // Metrics, above Auth, counted the refusals.
+        let rendered = metrics.render();
+        assert!(
+            rendered.contains("reason=\"missing_credentials\""),
+            "{rendered}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_app_becomes_internal_and_the_chain_keeps_serving() {
+        let Harness { mut chain, app, .. } = harness();
+        let bearer = format!("Bearer {}", token());
+        let log = Log::default();
+        let logged = log.capture();
+        let answer = call(&mut chain, "/pkg.Svc/Panic", &[("authorization", &bearer)]).await;
+        drop(logged);
+        assert_eq!(answer.status, "13", "INTERNAL");
+        assert_eq!(answer.message, "internal error in gatehouse");
+        let info = answer.info.expect("details");
+        assert_eq!(info.reason, "INTERNAL");
+        assert_eq!(info.metadata["method"], "/pkg.Svc/Panic");
+        let log = log.text();
+        assert!(
+            log.contains("panic while handling a call") && log.contains("method=/pkg.Svc/Panic"),
+            "{log}"
+        );
+        assert_eq!(app.calls(), 1);
+        let answer = call(&mut chain, "/pkg.Svc/Get", &[("authorization", &bearer)]).await;
+        assert_eq!(answer.status, "0");
+        assert_eq!(app.calls(), 2);
+    }
 }

@@ -268,19 +268,11 @@ pub fn status_for_error(error: &h2::Error, when: &str) -> grpc::Status {
 #[derive(Clone)]
 pub struct Forward {
     upstream: Arc<Upstream>,
-    #[cfg(debug_assertions)]
-    panic_probe: bool,
 }
 
 impl Forward {
     pub fn new(upstream: Arc<Upstream>) -> Self {
-        Forward {
-            upstream,
-            // Debug builds only: lets the end-to-end tests prove that a panic in the
-            // request path becomes INTERNAL. Release builds do not contain this code.
-            #[cfg(debug_assertions)]
-            panic_probe: std::env::var_os("GATEHOUSE_DEBUG_PANIC_PROBE").is_some(),
-        }
+        Forward { upstream }
     }
 }
 
@@ -295,16 +287,7 @@ impl tower::Service<Request<RequestBody>> for Forward {
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let upstream = self.upstream.clone();
-        #[cfg(debug_assertions)]
-        let panic_requested =
-            self.panic_probe && request.headers().contains_key("x-gatehouse-debug-panic");
-        Box::pin(async move {
-            #[cfg(debug_assertions)]
-            if panic_requested {
-                panic!("panic requested through x-gatehouse-debug-panic");
-            }
-            Ok(upstream.forward(request).await)
-        })
+        Box::pin(async move { Ok(upstream.forward(request).await) })
     }
 }
 

@@ -185,41 +185,6 @@ async fn caller_cancelling_mid_stream_cancels_the_apps_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panic_in_the_request_path_is_internal_and_serving_continues() {
-    let app = App::start().await;
-    let mut gatehouse = Gatehouse::start_with_env(
-        &dev_config(app.addr),
-        &[("GATEHOUSE_DEBUG_PANIC_PROBE", "1")],
-    );
-    let mut client = client(gatehouse.addr).await;
-    let mut request = tonic::Request::new(EchoRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-gatehouse-debug-panic", "1".parse().unwrap());
-    let status = client.echo(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
-    let info = error_info(&status);
-    assert_eq!(info.reason, "INTERNAL");
-    assert_eq!(info.metadata["method"], "/gatehouse.demo.v1.Demo/Echo");
-    gatehouse
-        .wait_for_line(&[
-            "panic while handling a call",
-            "method=/gatehouse.demo.v1.Demo/Echo",
-        ])
-        .await;
-
-    assert!(gatehouse.is_running());
-    let reply = client
-        .echo(EchoRequest {
-            message: "alive".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(reply.into_inner().message, "alive");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_rolling_its_connection_with_goaway_loses_no_call() {
     let (goaway, _) = tokio::sync::broadcast::channel(1);
     let serving = support::demo::Serving {
