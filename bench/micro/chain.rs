@@ -1,8 +1,8 @@
 //! The per-call cost of the observability layers (Logging with tracing, and Metrics),
 //! in memory: the same trivial inner service called bare and through both layers, with
 //! the access log formatted as logfmt into a sink and the response watched to its end;
-//! and of the small steps every call takes: identity headers stripped then set, and
-//! `grpc-timeout` parsed.
+//! and of the small steps every call takes: identity headers stripped then set,
+//! `grpc-timeout` parsed, and one access-log line formatted as logfmt.
 //!
 //!     cargo bench --bench chain
 
@@ -132,5 +132,38 @@ fn identity_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, layers, identity_headers);
+/// One access-log line, with the fields the Logging layer writes for an authenticated
+/// call, formatted by gatehouse's logfmt writer into a sink.
+fn logfmt_line(c: &mut Criterion) {
+    let subscriber = tracing_subscriber::fmt()
+        .event_format(Logfmt)
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let dispatch = tracing::Dispatch::new(subscriber);
+    tracing::dispatcher::with_default(&dispatch, || {
+        c.bench_function("logfmt/access_line", |b| {
+            b.iter(|| {
+                tracing::info!(
+                    target: "gatehouse::access",
+                    method = black_box("/gatehouse.demo.v1.Demo/Echo"),
+                    grpc_code = "OK",
+                    duration_ms = %format_args!("{:.3}", black_box(0.4213)),
+                    user_id = Some(black_box("user-1")),
+                    tenant_id = Some(black_box("acme")),
+                    api_key = None::<&str>,
+                    auth = Some("jwt"),
+                    refused = None::<&str>,
+                    peer = Some(black_box("spiffe://cluster.local/ns/web/sa/gateway")),
+                    trace_id = %format_args!("{:032x}", black_box(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128)),
+                    bytes_in = black_box(1029_u64),
+                    bytes_out = black_box(1034_u64),
+                    "request"
+                );
+            })
+        });
+    });
+}
+
+criterion_group!(benches, layers, identity_headers, logfmt_line);
 criterion_main!(benches);
