@@ -64,6 +64,8 @@ pub fn init_logging(telemetry: &Telemetry) -> LogLevel {
 }
 
 /// Formats events as logfmt: `ts=… level=INFO msg=listening address=127.0.0.1:12018`.
+// Not tracing-logfmt 0.3.7: as fast (14.3k vs 14.5k instructions a line), but it writes
+// `level=info message=…` and leaves NEL, U+2028 and U+2029 raw, so a caller could forge lines.
 pub struct Logfmt;
 
 impl<S, N> FormatEvent<S, N> for Logfmt
