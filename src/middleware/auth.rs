@@ -153,27 +153,20 @@ where
         // The inner service is always ready; take the ready one and leave a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Boxed rather than named: admission awaits the token verifier, an async fn whose
+        // future has no name, so a named future would have to box that instead.
         Box::pin(async move {
-            let (outcome, lifetime, jwt) = match authenticator.admit(&mut parts).await {
-                Admission::Public => (
-                    admitted(Principal::anonymous(AuthMethod::None), None),
-                    None,
-                    false,
-                ),
+            let admission = authenticator.admit(&mut parts).await;
+            let with_token = matches!(admission, Admission::Jwt(_));
+            let (outcome, lifetime) = match admission {
+                Admission::Public => (admitted(Principal::anonymous(AuthMethod::None), None), None),
                 Admission::Certificate {
                     principal,
                     would_refuse,
-                } => (admitted(principal, would_refuse), None, false),
-                Admission::Jwt(call) => (
-                    admitted(call.principal, call.would_refuse),
-                    call.lifetime,
-                    true,
-                ),
-                Admission::ApiKey(call) => (
-                    admitted(call.principal, call.would_refuse),
-                    call.lifetime,
-                    false,
-                ),
+                } => (admitted(principal, would_refuse), None),
+                Admission::Jwt(call) | Admission::ApiKey(call) => {
+                    (admitted(call.principal, call.would_refuse), call.lifetime)
+                }
                 Admission::Refused { attempted, refusal } => {
                     tracing::debug!(
                         method = parts.uri.path(),
@@ -190,7 +183,7 @@ where
             // Limits, below, counts the call against the identity decided here.
             parts.extensions.insert(outcome.clone());
             let open = match (contexts, presented) {
-                (Some(contexts), Some((token, deadline))) if jwt => {
+                (Some(contexts), Some((token, deadline))) if with_token => {
                     mint(&contexts, &mut parts.headers, token, deadline)
                 }
                 _ => None,
