@@ -568,17 +568,20 @@ mod tests {
 
     const SECRET: [u8; 32] = [7; 32];
     const KEY: &str = "key-of-the-ci-job";
+    const EXPIRED_KEY: &str = "key-past-its-not-after";
     const PATH: &str = "/pkg.Svc/Get";
 
-    /// JWT (HS256, `SECRET`) and API keys (`KEY`, named `ci`), `/pkg.Health/*` public,
+    /// JWT (HS256, `SECRET`) and API keys (`KEY`, named `ci`, and `EXPIRED_KEY`, past
+    /// its `not_after`), `/pkg.Health/*` public,
     /// then `more` (an `authorization` section, say).
     fn credentials(more: &str) -> (Authenticator, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, SECRET).unwrap();
         let key = crate::sha256::to_hex(&crate::sha256::sha256(KEY.as_bytes()));
+        let expired = crate::sha256::to_hex(&crate::sha256::sha256(EXPIRED_KEY.as_bytes()));
         let authenticator = authenticator(&format!(
-            "auth:\n  public_methods: [/pkg.Health/*]\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {}, tenant_optional: true }}\n  api_keys:\n    keys: [ {{ name: ci, sha256: {key}, roles: [deployer] }} ]\n{more}",
+            "auth:\n  public_methods: [/pkg.Health/*]\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {}, tenant_optional: true }}\n  api_keys:\n    keys:\n      - {{ name: ci, sha256: {key}, roles: [deployer] }}\n      - {{ name: old, sha256: {expired}, not_after: 2020-01-01 }}\n{more}",
             secret.display()
         ));
         (authenticator, dir)
@@ -701,12 +704,13 @@ mod tests {
             "authorization:\n  default: deny\n  rules: [ { methods: [/pkg.Svc/*], allow_roles: [reader], allow_api_keys: [ci] } ]\n",
         );
         let good = format!("Bearer {}", user_token(&["reader"]));
+        let guest = format!("Bearer {}", user_token(&["guest"]));
         let expired = format!(
             "Bearer {}",
             token(serde_json::json!({"iss": "iss", "aud": "svc", "sub": "u1", "exp": 1_000}))
         );
         let unauthenticated = Code::Unauthenticated;
-        let cases: [(&str, &[(&str, &str)], _); 9] = [
+        let cases: [(&str, &[(&str, &str)], _); 11] = [
             (
                 PATH,
                 &[],
@@ -753,6 +757,17 @@ mod tests {
                 &[("x-api-key", KEY)],
                 (AuthMethod::ApiKey, "default_deny", Code::PermissionDenied),
             ),
+            (
+                PATH,
+                &[("x-api-key", EXPIRED_KEY)],
+                (AuthMethod::ApiKey, "expired_api_key", unauthenticated),
+            ),
+            // The rule for this method allows other roles.
+            (
+                PATH,
+                &[("authorization", &guest)],
+                (AuthMethod::Jwt, "rule_denied", Code::PermissionDenied),
+            ),
         ];
         for (path, headers, expected) in cases {
             let mut request = call_with(path, None, headers);
@@ -766,6 +781,30 @@ mod tests {
                 "{headers:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn dry_run_admits_a_verified_caller_and_names_the_rule_that_would_refuse() {
+        let (authenticator, _dir) = credentials(
+            "authorization:\n  default: deny\n  dry_run: true\n  rules: [ { methods: [/pkg.Svc/*], allow_roles: [reader] } ]\n",
+        );
+        let token = user_token(&["guest"]);
+        let mut request = call(PATH, None, Some(&token));
+        let Admission::Jwt(admitted) = authenticator.admit(&mut request).await else {
+            panic!("dry run refused a verified caller");
+        };
+        assert_eq!(admitted.would_refuse, Some(DecidingRule::Rule(0)));
+        assert_eq!(request.headers["x-user-id"], "u1");
+        // A caller with no credential at all is refused even in dry run.
+        let admission = authenticator.admit(&mut call(PATH, None, None)).await;
+        assert_eq!(
+            refusal(admission),
+            (
+                AuthMethod::None,
+                "missing_credentials",
+                Code::Unauthenticated
+            )
+        );
     }
 
     #[tokio::test]
