@@ -348,6 +348,9 @@ pub struct Builder {
     ///
     /// When this gets exhausted, we issue a GOAWAY with `ENHANCE_YOUR_CALM`.
     data_frame_budget: proto::DataFrameBudget,
+
+    /// Whether header string literals are Huffman-coded when sent.
+    hpack_huffman: bool,
 }
 
 #[derive(Debug)]
@@ -669,6 +672,7 @@ impl Builder {
             stream_id: 1.into(),
             local_max_error_reset_streams: Some(proto::DEFAULT_LOCAL_RESET_COUNT_MAX),
             data_frame_budget: proto::DataFrameBudget::Auto,
+            hpack_huffman: true,
         }
     }
 
@@ -1119,6 +1123,40 @@ impl Builder {
         self
     }
 
+    /// Sets whether the header names and values this client sends as HPACK
+    /// string literals are Huffman-coded.
+    ///
+    /// Huffman coding makes a header block about a fifth smaller but costs
+    /// CPU for every literal sent. Where bandwidth does not matter, such as a
+    /// connection over loopback, sending literals as they are saves that work.
+    /// Both forms are valid HPACK (RFC 7541, section 5.2) and every decoder
+    /// accepts both; this setting changes nothing the peer can negotiate.
+    ///
+    /// Default value: `true`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use tokio::io::{AsyncRead, AsyncWrite};
+    /// # use h2::client::*;
+    /// # use bytes::Bytes;
+    /// #
+    /// # async fn doc<T: AsyncRead + AsyncWrite + Unpin>(my_io: T)
+    /// # -> Result<((SendRequest<Bytes>, Connection<T, Bytes>)), h2::Error>
+    /// # {
+    /// let client_fut = Builder::new()
+    ///     .hpack_huffman(false)
+    ///     .handshake(my_io);
+    /// # client_fut.await
+    /// # }
+    /// #
+    /// # pub fn main() {}
+    /// ```
+    pub fn hpack_huffman(&mut self, enabled: bool) -> &mut Self {
+        self.hpack_huffman = enabled;
+        self
+    }
+
     /// Sets the header table size.
     ///
     /// This setting informs the peer of the maximum size of the header compression
@@ -1348,6 +1386,8 @@ where
         if let Some(max) = builder.settings.max_header_list_size() {
             codec.set_max_recv_header_list_size(max as usize);
         }
+
+        codec.set_send_huffman(builder.hpack_huffman);
 
         // Send initial settings frame
         codec

@@ -343,6 +343,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// Set whether header string literals are Huffman-coded.
+    pub fn set_huffman(&mut self, enabled: bool) {
+        self.encoder.hpack.set_huffman(enabled);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

@@ -95,6 +95,11 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
+    /// Set whether sent header string literals are Huffman-coded.
+    pub fn set_send_huffman(&mut self, enabled: bool) {
+        self.framed_write().set_huffman(enabled)
+    }
+
     /// Set the decoder header table size size.
     pub fn set_recv_header_table_size(&mut self, val: usize) {
         self.inner.set_header_table_size(val)

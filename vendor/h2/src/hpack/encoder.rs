@@ -18,6 +18,8 @@ pub struct Encoder {
     /// across frames instead of being allocated and freed per frame. See
     /// `take_scratch` / `return_scratch`.
     scratch: BytesMut,
+    /// Whether string literals are Huffman-coded (the default) or sent as they are.
+    huffman: bool,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -35,7 +37,15 @@ impl Encoder {
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
             scratch: BytesMut::new(),
+            huffman: true,
         }
+    }
+
+    /// Sets whether header names and values written as string literals are
+    /// Huffman-coded. Both forms are valid HPACK (RFC 7541, section 5.2); a raw
+    /// literal is up to about a third longer on the wire but costs no coding work.
+    pub fn set_huffman(&mut self, enabled: bool) {
+        self.huffman = enabled;
     }
 
     #[cfg(test)]
@@ -160,7 +170,13 @@ impl Encoder {
             Index::Name(idx, _) => {
                 let header = self.table.resolve(index);
 
-                encode_not_indexed(idx, header.value_slice(), header.is_sensitive(), dst);
+                encode_not_indexed(
+                    idx,
+                    header.value_slice(),
+                    header.is_sensitive(),
+                    self.huffman,
+                    dst,
+                );
             }
             Index::Inserted(_) => {
                 let header = self.table.resolve(index);
@@ -169,8 +185,8 @@ impl Encoder {
 
                 dst.put_u8(0b0100_0000);
 
-                encode_str(header.name().as_slice(), dst);
-                encode_str(header.value_slice(), dst);
+                encode_str(header.name().as_slice(), self.huffman, dst);
+                encode_str(header.value_slice(), self.huffman, dst);
             }
             Index::InsertedValue(idx, _) => {
                 let header = self.table.resolve(index);
@@ -178,7 +194,7 @@ impl Encoder {
                 assert!(!header.is_sensitive());
 
                 encode_int(idx, 6, 0b0100_0000, dst);
-                encode_str(header.value_slice(), dst);
+                encode_str(header.value_slice(), self.huffman, dst);
             }
             Index::NotIndexed(_) => {
                 let header = self.table.resolve(index);
@@ -187,6 +203,7 @@ impl Encoder {
                     header.name().as_slice(),
                     header.value_slice(),
                     header.is_sensitive(),
+                    self.huffman,
                     dst,
                 );
             }
@@ -206,7 +223,7 @@ impl Encoder {
             | Index::InsertedValue(..) => {
                 let idx = self.table.resolve_idx(last);
 
-                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), dst);
+                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), self.huffman, dst);
             }
             Index::NotIndexed(_) => {
                 let last = self.table.resolve(last);
@@ -215,6 +232,7 @@ impl Encoder {
                     last.name().as_slice(),
                     value.as_ref(),
                     value.is_sensitive(),
+                    self.huffman,
                     dst,
                 );
             }
@@ -232,29 +250,45 @@ fn encode_size_update(val: usize, dst: &mut BytesMut) {
     encode_int(val, 5, 0b0010_0000, dst)
 }
 
-fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed(
+    name: usize,
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         encode_int(name, 4, 0b10000, dst);
     } else {
         encode_int(name, 4, 0, dst);
     }
 
-    encode_str(value, dst);
+    encode_str(value, huffman, dst);
 }
 
-fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed2(
+    name: &[u8],
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         dst.put_u8(0b10000);
     } else {
         dst.put_u8(0);
     }
 
-    encode_str(name, dst);
-    encode_str(value, dst);
+    encode_str(name, huffman, dst);
+    encode_str(value, huffman, dst);
 }
 
-fn encode_str(val: &[u8], dst: &mut BytesMut) {
-    if !val.is_empty() {
+fn encode_str(val: &[u8], huffman: bool, dst: &mut BytesMut) {
+    if !huffman {
+        // A raw literal: the H bit clear, the length, then the bytes as they are.
+        encode_int(val.len(), 7, 0, dst);
+        dst.extend_from_slice(val);
+    } else if !val.is_empty() {
         let idx = position(dst);
 
         // Push a placeholder byte for the length header
@@ -743,6 +777,90 @@ mod test {
         encoder.encode_size_updates(&mut dst);
         assert_eq!([63, 225, 31], &dst[..]);
         assert_eq!(DEFAULT_MAX_ALLOWED_SIZE, encoder.table.max_size());
+    }
+
+    #[test]
+    fn test_raw_literal_value_with_indexed_name() {
+        let mut encoder = Encoder::default();
+        encoder.set_huffman(false);
+        let res = encode(&mut encoder, vec![header("content-language", "foo")]);
+
+        assert_eq!(res[0], 0b01000000 | 27); // Indexed name
+        assert_eq!(res[1], 3); // header value, H bit clear
+        assert_eq!(&res[2..], b"foo");
+    }
+
+    #[test]
+    fn test_raw_literal_name_and_value() {
+        let mut encoder = Encoder::default();
+        encoder.set_huffman(false);
+        let res = encode(&mut encoder, vec![header("x-gatehouse", "abc")]);
+
+        assert_eq!(res[0], 0b01000000); // Incremental indexing, literal name
+        assert_eq!(res[1], 11); // name, H bit clear
+        assert_eq!(&res[2..13], b"x-gatehouse");
+        assert_eq!(res[13], 3); // value, H bit clear
+        assert_eq!(&res[14..], b"abc");
+    }
+
+    #[test]
+    fn test_raw_literal_empty_and_long_values() {
+        let mut encoder = Encoder::default();
+        encoder.set_huffman(false);
+        let res = encode(&mut encoder, vec![header("content-language", "")]);
+        assert_eq!(&res[..], [0b01000000 | 27, 0]);
+
+        // 300 bytes needs the multi-byte integer form: 127, then 300 - 127 = 173
+        // as 0x80 | (173 & 0x7f), 173 >> 7.
+        let long = "a".repeat(300);
+        let mut encoder = Encoder::default();
+        encoder.set_huffman(false);
+        let res = encode(&mut encoder, vec![header("authorization", &long)]);
+        assert_eq!(res[0], 15); // not indexed, name index 23 (15 + 8)
+        assert_eq!(res[1], 8);
+        assert_eq!(&res[2..5], [0x7f, 0x80 | (173 & 0x7f), 1]);
+        assert_eq!(&res[5..], long.as_bytes());
+    }
+
+    #[test]
+    fn test_raw_literals_decode_like_huffman_ones() {
+        let headers = || {
+            vec![
+                method("PATCH"),
+                header("content-language", "foo"),
+                header("x-custom", "a value with spaces / and \"quotes\""),
+                header("authorization", &"Bearer ".repeat(40)),
+                header("x-custom", "same name again"),
+                header("x-binary-bin", "AAECAwQ="),
+            ]
+        };
+        let decoded = |huffman: bool| {
+            let mut encoder = Encoder::default();
+            encoder.set_huffman(huffman);
+            let mut decoder = super::super::Decoder::new(4096);
+            let mut out = Vec::new();
+            // Twice, so the second block refers to the dynamic table.
+            for _ in 0..2 {
+                let mut block = encode(&mut encoder, headers());
+                decoder
+                    .decode(&mut std::io::Cursor::new(&mut block), |h| {
+                        out.push(format!("{:?}", h));
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .unwrap();
+            }
+            out
+        };
+        let raw = decoded(false);
+        assert_eq!(raw.len(), 12);
+        assert_eq!(raw, decoded(true));
+    }
+
+    #[test]
+    fn test_huffman_is_the_default() {
+        let mut encoder = Encoder::default();
+        let res = encode(&mut encoder, vec![header("content-language", "foo")]);
+        assert_eq!(res[1], 0x80 | 2);
     }
 
     #[test]
