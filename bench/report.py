@@ -7,6 +7,7 @@ from pathlib import Path
 
 rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true"
 rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
+counts = (rows.get("counts") or {}).get("counts") or {}
 neighbours = {name[len("neighbour-"):]: row["neighbour"] for name, row in rows.items() if "neighbour" in row}
 order = ["direct", "gatehouse-jwt", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
 rows = {name: rows[name] for name in order if name in rows}
@@ -44,6 +45,7 @@ for name, row in rows.items():
         "p99_us": latency.get("p99_us"),
         "p999_us": latency.get("p999_us"),
         "max_us": latency.get("max_us"),
+        "saturation_p999_us": row["saturation"].get("p999_us"),
         "cpu_us_per_call": row.get("cpu_us_per_call"),
         "rss_idle_mib": mib(row.get("rss_idle_kib")),
         "rss_peak_under_load_mib": mib(row.get("rss_peak_under_load_kib")),
@@ -61,6 +63,7 @@ def ratio(a, b, key):
 
 targets = [
     ("CPU per call, gatehouse mTLS+JWT / HAProxy forwarding only", ratio("gatehouse-jwt", "haproxy-forward", "cpu_us_per_call"), "≤ 1.0"),
+    ("p99.9 under saturation, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "saturation_p999_us"), "≤ 1.0"),
     ("CPU per call, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "cpu_us_per_call"), "(for reference)"),
     ("CPU per call, gatehouse mTLS+JWT / nginx forwarding only", ratio("gatehouse-jwt", "nginx-forward", "cpu_us_per_call"), "≤ 1.0"),
     ("throughput on one core, gatehouse mTLS+JWT / nginx forwarding only", ratio("gatehouse-jwt", "nginx-forward", "calls_per_second"), "(for reference)"),
@@ -78,7 +81,20 @@ absolute = [
     ("gatehouse KiB per idle mTLS connection", summary.get("gatehouse-jwt", {}).get("kib_per_idle_connection"), "≤ 40"),
     ("gatehouse stream MB/s", summary.get("gatehouse-mtls", {}).get("stream_megabytes_per_second"), "≥ 1000"),
     ("gatehouse RSS growth during the stream (MiB)", summary.get("gatehouse-mtls", {}).get("stream_rss_growth_mib"), "< 16"),
+    ("allocations per call (bench/micro/allocs.rs)", (counts.get("allocations") or {}).get("allocations_per_call"), "(counted)"),
+    ("instructions per call (bench/callgrind)", (counts.get("instructions") or {}).get("instructions_per_call"), "(counted)"),
 ]
+
+
+def verdict(value, target):
+    """met / not met for a target written `≤ x`, `< x` or `≥ x`; – for a figure only
+    given for reference, or one this run did not measure."""
+    if value is None or target[:1] not in "≤<≥":
+        return "–"
+    bound = float(target[1:].strip())
+    met = {"≤": value <= bound, "<": value < bound, "≥": value >= bound}[target[0]]
+    return "met" if met else "not met"
+
 
 
 
@@ -107,25 +123,30 @@ document = {
     "smoke": smoke,
     "targets": summary,
     "ratios": {name: value for name, value, _ in targets},
+    "goals": [
+        {"name": name, "value": value, "target": target, "verdict": verdict(value, target)}
+        for name, value, target in targets + absolute
+    ],
+    "counts": counts,
     "bad_neighbour": bad_neighbour,
 }
 (out_dir / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
 
 lines = [
-    "| target | calls/s (saturation) | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | CPU µs/call | RSS idle MiB | RSS peak MiB | KiB/idle conn | stream MB/s | stream RSS growth MiB |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| target | calls/s (saturation) | p99.9 µs (saturation) | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | CPU µs/call | RSS idle MiB | RSS peak MiB | KiB/idle conn | stream MB/s | stream RSS growth MiB |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 for name, s in summary.items():
     lines.append(
-        f"| {name} | {fmt(s['calls_per_second'], 0)} | {fmt(s['p50_us'], 0)} | {fmt(s['p90_us'], 0)} | {fmt(s['p99_us'], 0)} "
+        f"| {name} | {fmt(s['calls_per_second'], 0)} | {fmt(s['saturation_p999_us'], 0)} | {fmt(s['p50_us'], 0)} | {fmt(s['p90_us'], 0)} | {fmt(s['p99_us'], 0)} "
         f"| {fmt(s['p999_us'], 0)} | {fmt(s['max_us'], 0)} | {fmt(s['cpu_us_per_call'])} | {fmt(s['rss_idle_mib'])} "
         f"| {fmt(s['rss_peak_under_load_mib'])} | {fmt(s['kib_per_idle_connection'])} | {fmt(s['stream_megabytes_per_second'], 0)} "
         f"| {fmt(s['stream_rss_growth_mib'])} |"
     )
-lines += ["", "| ratio | value | target |", "|---|---:|---|"]
-lines += [f"| {name} | {fmt(value, 2)} | {target} |" for name, value, target in targets]
-lines += ["", "| figure | value | target |", "|---|---:|---|"]
-lines += [f"| {name} | {fmt(value)} | {target} |" for name, value, target in absolute]
+lines += ["", "| ratio | value | target | |", "|---|---:|---|---|"]
+lines += [f"| {name} | {fmt(value, 2)} | {target} | {verdict(value, target)} |" for name, value, target in targets]
+lines += ["", "| figure | value | target | |", "|---|---:|---|---|"]
+lines += [f"| {name} | {fmt(value)} | {target} | {verdict(value, target)} |" for name, value, target in absolute]
 if bad_neighbour:
     lines += [
         "",
