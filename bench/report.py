@@ -146,7 +146,7 @@ for name, s in summary.items():
 lines += ["", "| ratio | value | target | |", "|---|---:|---|---|"]
 lines += [f"| {name} | {fmt(value, 2)} | {target} | {verdict(value, target)} |" for name, value, target in targets]
 lines += ["", "| figure | value | target | |", "|---|---:|---|---|"]
-lines += [f"| {name} | {fmt(value)} | {target} | {verdict(value, target)} |" for name, value, target in absolute]
+lines += [f"| {name} | {fmt(value, 0 if name.startswith('instructions') else 1)} | {target} | {verdict(value, target)} |" for name, value, target in absolute]
 if bad_neighbour:
     lines += [
         "",
