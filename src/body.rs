@@ -250,6 +250,13 @@ impl Forwarded {
     }
 }
 
+/// The empty body, which is what a trailers-only response carries.
+impl Default for ResponseBody {
+    fn default() -> Self {
+        ResponseBody::empty()
+    }
+}
+
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {

@@ -17,7 +17,6 @@ use http::{HeaderMap, Response};
 use prost::Message as _;
 
 use super::{APPLICATION_GRPC, AnsweredHere, Code, GRPC_MESSAGE, GRPC_STATUS, encode_message};
-use crate::body::ResponseBody;
 
 /// `grpc-status-details-bin`: a serialized `google.rpc.Status`, base64 without padding as
 /// gRPC writes every `-bin` value.
@@ -269,9 +268,9 @@ impl Status {
 
     /// A trailers-only gRPC response: HTTP 200, status, message and details in the only
     /// HEADERS frame, no body. This is how every refusal made by gatehouse itself reaches
-    /// the caller.
-    pub fn response(&self) -> Response<ResponseBody> {
-        let mut response = Response::new(ResponseBody::empty());
+    /// the caller. The body type is the caller's: its default must be the empty body.
+    pub fn response<B: Default>(&self) -> Response<B> {
+        let mut response = Response::new(B::default());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, APPLICATION_GRPC);
         self.write_to(headers);
@@ -425,7 +424,8 @@ mod tests {
     #[test]
     fn refusals_are_trailers_only_responses_with_details() {
         for &reason in Reason::ALL {
-            let response = Status::new(reason, "refused").response();
+            let response: Response<http_body_util::Empty<bytes::Bytes>> =
+                Status::new(reason, "refused").response();
             assert_eq!(response.status(), http::StatusCode::OK);
             let headers = response.headers();
             assert_eq!(headers[CONTENT_TYPE], "application/grpc");
