@@ -19,14 +19,14 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::server::{Activity, ConnectionInfo, Server};
+use crate::server::{Activity, ChainService, ConnectionInfo, Server};
 use crate::tls::{PeerIdentity, ReloadableTls};
 
-/// Accepts connections and hands each to the HTTP/2 server.
-pub struct Listener {
+/// Accepts connections and hands each to the HTTP/2 server, which runs the chain `S`.
+pub struct Listener<S> {
     tcp: TcpListener,
     tls: Option<Arc<ReloadableTls>>,
-    server: Server,
+    server: Server<S>,
     limits: Limits,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -46,11 +46,11 @@ impl Drain {
     }
 }
 
-impl Listener {
+impl<S: ChainService> Listener<S> {
     pub fn new(
         tcp: TcpListener,
         tls: Option<Arc<ReloadableTls>>,
-        server: Server,
+        server: Server<S>,
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -133,19 +133,19 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-struct Connection {
+struct Connection<S> {
     tcp: TcpStream,
     greeting_deadline: Instant,
     remote_addr: SocketAddr,
     tls: Option<Arc<ReloadableTls>>,
-    server: Server,
+    server: Server<S>,
     limits: Limits,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     clients: Arc<ClientSlots>,
 }
 
-impl Connection {
+impl<S: ChainService> Connection<S> {
     async fn serve(mut self) {
         let remote_addr = self.remote_addr;
         let Some(tls) = self.tls.take() else {
@@ -275,8 +275,8 @@ struct Greeting<'a> {
 /// the sidecar starts draining. Until the caller's preface and first SETTINGS have
 /// arrived, the connection is dropped instead: at `greeting.deadline`, or when any of
 /// those fire.
-async fn run_http2<I>(
-    server: &Server,
+async fn run_http2<S: ChainService, I>(
+    server: &Server<S>,
     io: I,
     info: ConnectionInfo,
     limits: &Limits,

@@ -40,7 +40,6 @@ use crate::body::RequestBody;
 use crate::config::Limits;
 use crate::grpc;
 use crate::metrics::Metrics;
-use crate::middleware::{Chain, ChainResponse};
 use crate::pool;
 use crate::tls::PeerIdentity;
 
@@ -206,16 +205,46 @@ pub fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves HTTP/2 connections into the middleware chain.
+/// What a [`Server`] runs every gRPC call through: a service that answers each request
+/// with a response whose body never fails, and is always ready (so the door calls a
+/// clone directly). The middleware chain is one; the server does not need to know which.
+pub trait ChainService: Clone + Send + Sync + 'static {
+    /// The body of the chain's responses.
+    type Body: Body<Data = Bytes, Error = Infallible> + Send + 'static;
+    /// The future of one call.
+    type Future: Future<Output = Result<Response<Self::Body>, Infallible>> + Send + 'static;
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future;
+}
+
+impl<S, B> ChainService for S
+where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    type Body = B;
+    type Future = S::Future;
+
+    fn call(&mut self, request: Request<RequestBody>) -> S::Future {
+        Service::call(self, request)
+    }
+}
+
+/// Serves HTTP/2 connections into a chain of layers (`S`, the middleware chain).
 #[derive(Clone)]
-pub struct Server {
+pub struct Server<S> {
     builder: http2::Builder<TokioExecutor>,
-    chain: Chain,
+    chain: S,
     metrics: Arc<Metrics>,
 }
 
-impl Server {
-    pub fn new(limits: &Limits, chain: Chain, metrics: Arc<Metrics>) -> Self {
+impl<S: ChainService> Server<S> {
+    pub fn new(limits: &Limits, chain: S, metrics: Arc<Metrics>) -> Self {
         Server {
             builder: http2_builder(limits),
             chain,
@@ -229,7 +258,7 @@ impl Server {
         io: I,
         info: ConnectionInfo,
         activity: Arc<Activity>,
-    ) -> http2::Connection<TokioIo<I>, Door, TokioExecutor>
+    ) -> http2::Connection<TokioIo<I>, Door<S>, TokioExecutor>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -246,8 +275,8 @@ impl Server {
 /// The per-connection entry point: stamps the connection's facts on the request and lets
 /// only gRPC calls into the chain; anything else gets HTTP 415.
 #[derive(Clone)]
-pub struct Door {
-    chain: Chain,
+pub struct Door<S> {
+    chain: S,
     info: Arc<ConnectionInfo>,
     activity: Arc<Activity>,
     metrics: Arc<Metrics>,
@@ -330,29 +359,18 @@ impl<B: Body> Body for CallBody<B> {
     }
 }
 
-type ChainBody = <ChainResponse as ResponseParts>::Body;
-
-/// Names the body type of a response type.
-pub trait ResponseParts {
-    type Body;
-}
-
-impl<B> ResponseParts for Response<B> {
-    type Body = B;
-}
-
 pin_project_lite::pin_project! {
     /// What the door answers with: the chain's response, or its own 415.
     #[project = DoorBodyProj]
-    pub enum DoorBody {
-        Call { #[pin] body: ChainBody },
+    pub enum DoorBody<B> {
+        Call { #[pin] body: B },
         NotGrpc { body: Full<Bytes> },
     }
 }
 
-impl Body for DoorBody {
+impl<B: Body<Data = Bytes, Error = Infallible>> Body for DoorBody<B> {
     type Data = Bytes;
-    type Error = <ChainBody as Body>::Error;
+    type Error = Infallible;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -431,7 +449,7 @@ where
 }
 
 /// The 415 for a request that is not gRPC: a complete response with a text body.
-fn not_grpc_response() -> Response<DoorBody> {
+fn not_grpc_response<B>() -> Response<DoorBody<B>> {
     let mut response = Response::new(DoorBody::NotGrpc {
         body: Full::new(Bytes::from_static(NOT_GRPC_MESSAGE.as_bytes())),
     });
@@ -455,10 +473,10 @@ fn truncated(path: &str, limit: usize) -> &str {
     &path[..end]
 }
 
-impl hyper::service::Service<Request<Incoming>> for Door {
-    type Response = Response<CallBody<DoorBody>>;
+impl<S: ChainService> hyper::service::Service<Request<Incoming>> for Door<S> {
+    type Response = Response<CallBody<DoorBody<S::Body>>>;
     type Error = Infallible;
-    type Future = DoorFuture<<Chain as Service<Request<RequestBody>>>::Future>;
+    type Future = DoorFuture<S::Future, S::Body>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let open = self.activity.open();
@@ -498,24 +516,24 @@ impl hyper::service::Service<Request<Incoming>> for Door {
     }
 }
 
-type NotGrpcAnswer =
-    Pin<Box<dyn Future<Output = Result<Response<CallBody<DoorBody>>, Infallible>> + Send>>;
+type NotGrpcAnswer<B> =
+    Pin<Box<dyn Future<Output = Result<Response<CallBody<DoorBody<B>>>, Infallible>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// What the [`Door`] answers with. A call's future is named rather than boxed, which
     /// saves an allocation on every call; the rare non-gRPC answer stays boxed.
     #[project = DoorFutureProjection]
-    pub enum DoorFuture<F> {
-        NotGrpc { answer: NotGrpcAnswer },
+    pub enum DoorFuture<F, B> {
+        NotGrpc { answer: NotGrpcAnswer<B> },
         Call { #[pin] call: F, open: Option<OpenCall> },
     }
 }
 
-impl<F> Future for DoorFuture<F>
+impl<F, B> Future for DoorFuture<F, B>
 where
-    F: Future<Output = Result<Response<ChainBody>, Infallible>>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
 {
-    type Output = Result<Response<CallBody<DoorBody>>, Infallible>;
+    type Output = Result<Response<CallBody<DoorBody<B>>>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
