@@ -10,6 +10,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod recovery;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -197,6 +197,18 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Characters of one caller-controlled field (method, user, tenant, peer) in a log line
+/// or span, at most.
+pub const MAX_FIELD_CHARS: usize = 256;
+
+/// At most [`MAX_FIELD_CHARS`] characters of `text`.
+pub fn capped(text: &str) -> &str {
+    match text.char_indices().nth(MAX_FIELD_CHARS) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
 /// What the Logging layer knows of a finished call, for its span.
 pub struct CallSpan<'a> {
     pub path: &'a str,

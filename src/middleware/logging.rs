@@ -7,8 +7,9 @@
 //! included, and measures the whole time gatehouse spends on it. The line carries
 //! method, status, duration, caller identity, peer, trace id and bytes each way, and
 //! never a token, a key or a certificate. Each field a caller controls is cut to
-//! [`MAX_FIELD_CHARS`], so a line stays short whatever the caller sends; spans of calls
-//! gatehouse answered itself are exported at a bounded rate.
+//! [`MAX_FIELD_CHARS`](crate::telemetry::MAX_FIELD_CHARS), so a line stays short
+//! whatever the caller sends; spans of calls gatehouse answered itself are exported at a
+//! bounded rate.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,23 +23,12 @@ use http::{Request, Response, Uri};
 use tower::{Layer, Service};
 
 use crate::auth::principal::AuthOutcome;
-use crate::body::{Completion, CredentialsEnded, Outcome, Pending, RequestBody, Watched};
+use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
+use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
 use crate::server::ConnectionInfo;
-use crate::telemetry::{CallSpan, Tracing};
+use crate::telemetry::{CallSpan, Tracing, capped};
 use crate::trace_context::TraceContext;
-
-/// Characters of one caller-controlled field (method, user, tenant, peer) in a log line
-/// or span, at most.
-pub const MAX_FIELD_CHARS: usize = 256;
-
-/// At most [`MAX_FIELD_CHARS`] characters of `text`.
-pub fn capped(text: &str) -> &str {
-    match text.char_indices().nth(MAX_FIELD_CHARS) {
-        Some((at, _)) => &text[..at],
-        None => text,
-    }
-}
 
 /// Wraps a service in [`Logging`].
 #[derive(Clone)]

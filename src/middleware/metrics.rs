@@ -19,9 +19,10 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::auth::principal::AuthOutcome;
-use crate::body::{Completion, CredentialsEnded, Outcome, Pending, RequestBody, Watched};
+use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
 use crate::metrics::{MAX_METHOD_CHARS, MethodMetrics, Metrics as Registry};
+use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
 
 /// Wraps a service in [`Metrics`].
 #[derive(Clone)]

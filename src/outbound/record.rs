@@ -14,11 +14,11 @@ use std::time::{Instant, SystemTime};
 use http::{Request, Response, Uri};
 use tower::{Layer, Service};
 
-use crate::body::{Completion, Outcome, Pending, RequestBody, Watched};
+use crate::body::RequestBody;
 use crate::grpc::{self, Code};
 use crate::metrics::Metrics;
-use crate::middleware::logging::capped;
-use crate::telemetry::{CallSpan, Tracing};
+use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
+use crate::telemetry::{CallSpan, Tracing, capped};
 use crate::trace_context::TraceContext;
 
 /// Put in a response's extensions by the dispatcher: where the call went.
