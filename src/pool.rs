@@ -48,25 +48,24 @@
 //!   wedges waits like it would on a direct connection, until its deadline or its
 //!   caller's cancel (then it is reset).
 
+mod connection;
 mod stream;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::Reason;
-use h2::client::SendRequest;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
-
+pub use connection::{Connect, Connecting, Io};
+use connection::{Connection, Lease};
 pub use stream::ResponseStream;
 use stream::{Pump, Source, exchange};
 
@@ -87,23 +86,6 @@ pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
 pub const WEDGED_SURPLUS: usize = 4;
 /// How often a call the target did not process is sent again.
 const ATTEMPTS: usize = 3;
-
-/// A connection's byte stream, whatever carries it.
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-/// Opens the byte stream of each new connection, for targets that need more than a
-/// socket: mutual TLS to an outbound destination. The pool speaks HTTP/2 over what it
-/// returns, exactly as over a socket it dialled itself. An error is reported as
-/// [`Error::Connect`] with the error as its source, so the caller can tell its kinds
-/// apart.
-pub trait Connect: Send + Sync + 'static {
-    fn connect(&self) -> Connecting<'_>;
-}
-
-/// A connection being opened by a [`Connect`].
-pub type Connecting<'a> =
-    std::pin::Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Io>>> + Send + 'a>>;
 
 /// How many connections, and how long and how many calls may wait for a stream.
 #[derive(Clone, Debug)]
@@ -171,56 +153,6 @@ pub struct Pool {
     next_id: AtomicU64,
     /// Opens connections instead of dialling `target` itself, when set.
     connector: Option<Arc<dyn Connect>>,
-}
-
-/// One HTTP/2 connection and the streams gatehouse has open on it.
-struct Connection {
-    id: u64,
-    sender: SendRequest<Bytes>,
-    /// Streams gatehouse holds on this connection.
-    open: AtomicUsize,
-    /// Streams whose request data waits for send capacity.
-    starved: AtomicUsize,
-    /// Streams that have waited for send capacity longer than [`WEDGED_AFTER`]: the
-    /// target stopped reading them, and the connection does not count toward the limit.
-    wedged: AtomicUsize,
-    /// The pool's: told when a stream becomes wedged, so waiting calls look again.
-    changed: Arc<Notify>,
-    /// The connection ended, or the target said GOAWAY: no new streams.
-    closed: AtomicBool,
-}
-
-impl Connection {
-    fn has_room(&self) -> bool {
-        let limit = self
-            .sender
-            .current_max_send_streams()
-            .min(STREAMS_PER_CONNECTION);
-        !self.closed.load(Ordering::Acquire) && self.open.load(Ordering::Acquire) < limit
-    }
-}
-
-/// A stream slot on a connection, given back when dropped.
-struct Lease {
-    connection: Arc<Connection>,
-    changed: Arc<Notify>,
-}
-
-impl Lease {
-    fn new(connection: &Arc<Connection>, changed: &Arc<Notify>) -> Self {
-        connection.open.fetch_add(1, Ordering::AcqRel);
-        Lease {
-            connection: connection.clone(),
-            changed: changed.clone(),
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.connection.open.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
-    }
 }
 
 /// A place in the bounded wait queue, given back when dropped.
@@ -477,104 +409,6 @@ impl Pool {
             Some(connection) => Pick::Lease(Lease::new(connection, &self.changed)),
             None => Pick::Full,
         }
-    }
-
-    async fn dial(&self) -> Result<Arc<Connection>, Error> {
-        let after = self.settings.connect_timeout;
-        match tokio::time::timeout(after, self.connect()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::ConnectTimeout {
-                target: self.target.clone(),
-                after,
-            }),
-        }
-    }
-
-    async fn connect(&self) -> Result<Arc<Connection>, Error> {
-        let unreachable = |source| Error::Connect {
-            target: self.target.clone(),
-            source,
-        };
-        if let Some(connector) = &self.connector {
-            let stream = connector.connect().await.map_err(unreachable)?;
-            return self.handshake(stream, true).await;
-        }
-        match &self.target {
-            Target::Tcp(address) => {
-                let stream = TcpStream::connect(address.as_str())
-                    .await
-                    .map_err(unreachable)?;
-                stream.set_nodelay(true).map_err(unreachable)?;
-                // Huffman coding only saves bytes on the wire, which cost nothing on
-                // loopback; the CPU it takes is a tenth of a proxied call's.
-                let remote = !stream.peer_addr().is_ok_and(|peer| peer.ip().is_loopback());
-                self.handshake(stream, remote).await
-            }
-            Target::Unix(path) => {
-                let stream = UnixStream::connect(path).await.map_err(unreachable)?;
-                self.handshake(stream, false).await
-            }
-        }
-    }
-
-    /// `huffman`: whether header strings are Huffman-coded, worth it only where the
-    /// connection's bytes are not free.
-    async fn handshake<I>(&self, io: I, huffman: bool) -> Result<Arc<Connection>, Error>
-    where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let failed = |source| Error::Handshake {
-            target: self.target.clone(),
-            source,
-        };
-        let (sender, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(STREAM_WINDOW * STREAMS_PER_CONNECTION as u32)
-            .enable_push(false)
-            .hpack_huffman(huffman)
-            // Until the target's SETTINGS arrive, one stream at a time.
-            .initial_max_send_streams(1)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(failed)?;
-        let mut ping = connection.ping_pong();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let opened = Arc::new(Connection {
-            id,
-            sender,
-            open: AtomicUsize::new(0),
-            starved: AtomicUsize::new(0),
-            wedged: AtomicUsize::new(0),
-            changed: self.changed.clone(),
-            closed: AtomicBool::new(false),
-        });
-        let watched = opened.clone();
-        let changed = self.changed.clone();
-        let target = self.target.clone();
-        tokio::spawn(async move {
-            match connection.await {
-                Ok(()) => tracing::debug!(upstream = %target, connection = id, "connection closed"),
-                Err(error) => {
-                    tracing::warn!(upstream = %target, connection = id, %error, "connection failed")
-                }
-            }
-            watched.closed.store(true, Ordering::Release);
-            changed.notify_waiters();
-        });
-        // The target's SETTINGS come before its answer to a PING (its preface must open
-        // with them), so once the PONG is here the stream limit is the target's own and
-        // calls are never sent into a limit they would be refused by. One PING per
-        // connection, at its start, is within what any server's ping policy allows.
-        if let Some(ping) = ping.as_mut() {
-            ping.ping(h2::Ping::opaque()).await.map_err(failed)?;
-        }
-        tracing::debug!(
-            upstream = %self.target,
-            connection = id,
-            max_streams = opened.sender.current_max_send_streams(),
-            "connected"
-        );
-        Ok(opened)
     }
 }
 
@@ -839,7 +673,7 @@ mod tests {
     impl Connect for Dial {
         fn connect(&self) -> Connecting<'_> {
             Box::pin(async move {
-                let tcp = TcpStream::connect(self.0.as_str()).await?;
+                let tcp = tokio::net::TcpStream::connect(self.0.as_str()).await?;
                 Ok(Box::new(tcp) as Box<dyn Io>)
             })
         }
