@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
-use crate::body::ResponseBody;
 use crate::grpc::{self, Code, Reason};
 use crate::tls::PeerIdentity;
 
@@ -341,7 +340,8 @@ impl Refusal {
         status
     }
 
-    pub fn response(&self, method: Option<&str>) -> Response<ResponseBody> {
+    /// The refusal as a trailers-only response (see [`grpc::Status::response`]).
+    pub fn response<B: Default>(&self, method: Option<&str>) -> Response<B> {
         self.status(method).response()
     }
 }
