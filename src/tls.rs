@@ -233,15 +233,8 @@ impl ReloadableTls {
 
     /// Checks the files every [`RELOAD_POLL`] for as long as `self` is in use.
     pub fn spawn_watcher(self: &Arc<Self>) {
-        let tls = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(RELOAD_POLL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(tls) = tls.upgrade() else { return };
-                tls.reload(None);
-            }
+        crate::reload::poll(self, RELOAD_POLL, |tls| {
+            tls.reload(None);
         });
     }
 
@@ -595,15 +588,8 @@ impl ClientTls {
 
     /// Checks the files every [`RELOAD_POLL`] for as long as `self` is in use.
     pub fn spawn_watcher(self: &Arc<Self>, metrics: Arc<crate::metrics::Metrics>) {
-        let tls = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(RELOAD_POLL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(tls) = tls.upgrade() else { return };
-                tls.reload(&metrics);
-            }
+        crate::reload::poll(self, RELOAD_POLL, move |tls| {
+            tls.reload(&metrics);
         });
     }
 }
