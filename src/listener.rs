@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::server::{Activity, ChainService, ConnectionInfo, Server};
-use crate::tls::{PeerIdentity, ReloadableTls};
+use crate::server::{Activity, ChainService, Server};
+use crate::tls::{ConnectionInfo, PeerIdentity, ReloadableTls};
 
 /// Accepts connections and hands each to the HTTP/2 server, which runs the chain `S`.
 pub struct Listener<S> {

@@ -14,12 +14,11 @@
 //! code: h2 answers it with HTTP 431 itself (see docs/deploy.md, "Oversized headers").
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,13 +34,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tower::Service;
 
-use crate::auth::principal::forwarded_client_cert;
 use crate::body::RequestBody;
 use crate::config::Limits;
 use crate::grpc;
 use crate::metrics::Metrics;
 use crate::pool;
-use crate::tls::PeerIdentity;
+use crate::tls::ConnectionInfo;
 
 /// How many streams a client may open and reset before the server has accepted them,
 /// the guard against "rapid reset" floods (CVE-2023-44487). Never disabled.
@@ -87,33 +85,6 @@ pub const BASE_COST: u64 = 16 * 1024 * 1024;
 /// data the caller is not taking) and the request bytes kept until the app answers, so a
 /// call the app refused unprocessed can be sent again.
 pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_LIMIT as u64;
-
-/// What is known about the connection a request arrived on, in every request's
-/// extensions.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    /// Unique among the connections of this process.
-    pub id: u64,
-    pub remote_addr: SocketAddr,
-    /// The verified client certificate's identity; `None` without TLS or without a
-    /// client certificate (`client_auth: optional` or `none`).
-    pub peer: Option<PeerIdentity>,
-    /// `peer` as an `x-forwarded-client-cert` value, built once per connection.
-    pub client_cert_header: Option<http::HeaderValue>,
-}
-
-impl ConnectionInfo {
-    pub fn new(remote_addr: SocketAddr, peer: Option<PeerIdentity>) -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let client_cert_header = peer.as_ref().and_then(forwarded_client_cert);
-        ConnectionInfo {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            remote_addr,
-            peer,
-            client_cert_header,
-        }
-    }
-}
 
 /// Something a layer must hold for as long as its call is open (a per-identity call
 /// slot, say). Put in a response's extensions, it is moved to the response body the

@@ -13,7 +13,6 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
 
 use crate::grpc::{self, Code, Reason};
-use crate::tls::PeerIdentity;
 
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -346,36 +345,6 @@ impl Refusal {
     }
 }
 
-/// The verified client certificate in Envoy's `x-forwarded-client-cert` format:
-/// `Hash=…;Subject="…";URI=…;DNS=…`.
-pub fn forwarded_client_cert(peer: &PeerIdentity) -> Option<HeaderValue> {
-    let mut value = format!(
-        "Hash={};Subject=\"{}\"",
-        peer.sha256,
-        peer.subject.replace('\\', "\\\\").replace('"', "\\\"")
-    );
-    for uri in &peer.uris {
-        value.push_str(";URI=");
-        push_field(&mut value, uri);
-    }
-    for dns in &peer.dns_names {
-        value.push_str(";DNS=");
-        push_field(&mut value, dns);
-    }
-    HeaderValue::try_from(value).ok()
-}
-
-/// Quotes a value that contains a separator, as Envoy does.
-fn push_field(out: &mut String, value: &str) {
-    if value.contains([',', ';', '=', '"']) {
-        out.push('"');
-        out.push_str(&value.replace('\\', "\\\\").replace('"', "\\\""));
-        out.push('"');
-    } else {
-        out.push_str(value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,26 +473,6 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(refusal.code, Code::Unauthenticated);
-    }
-
-    #[test]
-    fn formats_the_client_certificate_like_envoy() {
-        let peer = PeerIdentity {
-            uris: vec!["spiffe://td/ns/a/sa/b".into()],
-            dns_names: vec!["b.svc".into()],
-            common_name: Some("b".into()),
-            subject: "CN=b,O=x".into(),
-            sha256: "ab".repeat(32),
-        };
-        let value = forwarded_client_cert(&peer).unwrap();
-        assert_eq!(
-            value,
-            format!(
-                "Hash={};Subject=\"CN=b,O=x\";URI=spiffe://td/ns/a/sa/b;DNS=b.svc",
-                "ab".repeat(32)
-            )
-            .as_str()
-        );
     }
 
     #[test]

@@ -40,7 +40,8 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::config::PerIdentity;
 use crate::grpc::{self, Reason};
 use crate::metrics::Metrics;
-use crate::server::{ConnectionInfo, HeldForCall};
+use crate::server::HeldForCall;
+use crate::tls::ConnectionInfo;
 
 /// Below this many entries the table is never swept.
 const SWEEP_FLOOR: usize = 64;

@@ -26,8 +26,8 @@ use crate::auth::principal::AuthOutcome;
 use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
 use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
-use crate::server::ConnectionInfo;
 use crate::telemetry::{CallSpan, Tracing, capped};
+use crate::tls::ConnectionInfo;
 use crate::trace_context::TraceContext;
 
 /// Wraps a service in [`Logging`].
