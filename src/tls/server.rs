@@ -10,6 +10,7 @@ use rustls::server::WebPkiClientVerifier;
 use super::RELOAD_POLL;
 use super::files::{self, Material, first_not_after, key_problem, read_material};
 use crate::config::{self, ClientAuth, Problem};
+use crate::reload::Current;
 
 /// Builds the server configuration, reading and checking every file `tls:` names. All
 /// problems are reported together, each on its field: a missing file, a file with no
@@ -62,7 +63,7 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
 /// resume its old session.
 pub struct ReloadableTls {
     config: std::sync::Mutex<config::Tls>,
-    current: std::sync::RwLock<Arc<ServerConfig>>,
+    current: Current<ServerConfig>,
     fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
     serving_not_after: std::sync::atomic::AtomicI64,
     metrics: Arc<crate::metrics::Metrics>,
@@ -76,7 +77,7 @@ impl ReloadableTls {
     ) -> Self {
         let reloadable = ReloadableTls {
             config: std::sync::Mutex::new(tls.clone()),
-            current: std::sync::RwLock::new(initial),
+            current: Current::new(initial),
             fingerprint: std::sync::Mutex::new(fingerprint(tls)),
             serving_not_after: std::sync::atomic::AtomicI64::new(i64::MAX),
             metrics,
@@ -87,12 +88,7 @@ impl ReloadableTls {
 
     /// The acceptor for the next handshake.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        tokio_rustls::TlsAcceptor::from(self.current.get())
     }
 
     /// Whether the serving certificate has expired.
@@ -120,7 +116,7 @@ impl ReloadableTls {
         }
         match server_config(&candidate) {
             Ok(server) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = server;
+                self.current.set(server);
                 self.record_expiry(&candidate);
                 *config = candidate;
                 self.metrics.reload("success");
