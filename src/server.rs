@@ -565,6 +565,62 @@ mod tests {
         );
     }
 
+    /// The server runs whatever chain it is handed: a stub stands in for the middleware
+    /// chain here, sees each gRPC call with its connection's facts, and never sees a
+    /// request that is not gRPC.
+    #[tokio::test]
+    async fn serves_any_chain_and_keeps_requests_that_are_not_grpc_out_of_it() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let chain = tower::service_fn({
+            let seen = seen.clone();
+            move |request: Request<RequestBody>| {
+                let info = request.extensions().get::<Arc<ConnectionInfo>>().cloned();
+                seen.lock()
+                    .unwrap()
+                    .push((request.uri().path().to_owned(), info.map(|i| i.remote_addr)));
+                let mut answer = Response::new(http_body_util::Empty::<Bytes>::new());
+                answer
+                    .headers_mut()
+                    .insert(grpc::GRPC_STATUS, grpc::Code::Ok.header_value());
+                std::future::ready(Ok::<_, Infallible>(answer))
+            }
+        });
+        let server = Server::new(&Limits::default(), chain, Arc::new(Metrics::new()));
+        let remote: std::net::SocketAddr = "192.0.2.7:4242".parse().unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let connection = server.serve(
+            server_io,
+            ConnectionInfo::new(remote, None),
+            Arc::new(Activity::default()),
+        );
+        tokio::spawn(connection);
+        let (mut sender, client) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(client);
+
+        let call = Request::post("http://gatehouse/a.B/C")
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let answer = sender.send_request(call).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        assert_eq!(answer.headers()[grpc::GRPC_STATUS], "0");
+
+        let page = Request::get("http://gatehouse/index.html")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let answer = sender.send_request(page).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [("/a.B/C".to_owned(), Some(remote))],
+            "only the gRPC call reached the chain, with its connection's facts"
+        );
+    }
+
     #[test]
     fn cuts_logged_paths_on_character_boundaries() {
         assert_eq!(truncated("/short", 200), "/short");
