@@ -137,3 +137,76 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::{BodyExt, Empty, StreamBody};
+
+    use super::*;
+
+    /// Notes every outcome it is handed.
+    struct Noted(Arc<Mutex<Vec<Outcome>>>);
+
+    impl Completion for Noted {
+        fn complete(self, outcome: Outcome) {
+            self.0.lock().unwrap().push(outcome);
+        }
+    }
+
+    fn noted() -> (Pending<Noted>, Arc<Mutex<Vec<Outcome>>>) {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        (Pending::new(Noted(outcomes.clone())), outcomes)
+    }
+
+    #[test]
+    fn a_trailers_only_answer_completes_at_once_with_its_header_status() {
+        let (pending, outcomes) = noted();
+        let _body = Watched::new(Empty::<Bytes>::new(), pending, Some(Code::PermissionDenied));
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            [Outcome {
+                code: Code::PermissionDenied,
+                bytes_out: 0
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_completes_with_its_trailer_status_and_bytes_sent() {
+        let (pending, outcomes) = noted();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert(grpc::GRPC_STATUS, Code::NotFound.header_value());
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::data(Bytes::from_static(b"!"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let collected = Watched::new(body, pending, None).collect().await.unwrap();
+        assert_eq!(collected.to_bytes(), "hello!");
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            [Outcome {
+                code: Code::NotFound,
+                bytes_out: 6
+            }]
+        );
+    }
+
+    #[test]
+    fn a_call_dropped_before_its_end_completes_as_cancelled_once() {
+        let (pending, outcomes) = noted();
+        let frames =
+            futures_util::stream::pending::<Result<Frame<Bytes>, std::convert::Infallible>>();
+        drop(Watched::new(StreamBody::new(frames), pending, None));
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            [Outcome {
+                code: Code::Cancelled,
+                bytes_out: 0
+            }]
+        );
+    }
+}
