@@ -45,6 +45,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod listener;

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -456,9 +456,7 @@ fn handshake_failed(remote_addr: SocketAddr, reason: &str, detail: &str) {
         "no_http2_preface" => "HTTP/2 handshake failed",
         _ => "TLS handshake failed",
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    let now = crate::clock::unix_now();
     if LAST_HANDSHAKE_LOG.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(remote = %remote_addr, reason, detail, "{what}");
     } else {

@@ -1,7 +1,7 @@
 //! Values that change while gatehouse runs: [`Current<T>`], the one way a reloadable
 //! value is held and swapped, and [`poll`], the one way a file is watched for change.
-//! Nothing here knows
-//! what is reloaded: the wiring (`app::reload`) and the owners of each file decide.
+//! Nothing here knows what is reloaded: the wiring (`app::reload`) and the owners of
+//! each file decide.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -259,9 +259,7 @@ struct RateGate {
 
 impl RateGate {
     fn admit(&self, per_second: u32) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs() as u32);
+        let now = crate::clock::unix_now() as u32;
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let (second, count) = ((current >> 32) as u32, current as u32);

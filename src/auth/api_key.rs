@@ -13,12 +13,13 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::HeaderName;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::principal::{AuthMethod, Principal, Refusal};
+use crate::clock::unix_now;
 use crate::config::{self, ApiKey, Problem};
 use crate::grpc::Reason;
 use crate::sha256::{Digest, parse_sha256, sha256};
@@ -105,7 +106,10 @@ impl ApiKeyStore {
                 "unknown API key",
             ));
         };
-        if entry.not_after.is_some_and(|not_after| now() >= not_after) {
+        if entry
+            .not_after
+            .is_some_and(|not_after| unix_now() >= not_after)
+        {
             return Err(Refusal::unauthenticated(
                 Reason::ApiKeyExpired,
                 "API key expired",
@@ -264,12 +268,6 @@ fn build(keys: &[ApiKey]) -> Result<Keys, String> {
         }
     }
     Ok(built)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 #[cfg(test)]

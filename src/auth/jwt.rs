@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
+use crate::clock::unix_now;
 use crate::config::{ClaimNames, Family, parse_algorithms};
 use crate::grpc::Reason;
 
@@ -189,7 +190,7 @@ impl JwtVerifier {
                 "token too large",
             ));
         }
-        let now = now();
+        let now = unix_now();
         if let Some(verified) = self.cache.as_ref().and_then(|cache| cache.get(token, now)) {
             return Ok(verified);
         }
@@ -356,12 +357,6 @@ fn refusal_for(kind: &ErrorKind) -> Refusal {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
-
 struct CacheEntry {
     /// The token's signature (its last segment): a hit needs the same bytes (compared in
     /// constant time) as well as the same hash of the whole token, so two tokens that share
@@ -490,7 +485,7 @@ mod tests {
     }
 
     fn claims() -> Value {
-        json!({"iss": "https://issuer.test", "aud": "svc", "sub": "user-1", "exp": now() + 600,
+        json!({"iss": "https://issuer.test", "aud": "svc", "sub": "user-1", "exp": unix_now() + 600,
                "tenant_id": "acme", "roles": ["reader", "writer"]})
     }
 
@@ -530,10 +525,13 @@ mod tests {
             f(&mut c);
             sign(&c)
         };
-        cases.push(("token_expired", with(&|c| c["exp"] = json!(now() - 3600))));
+        cases.push((
+            "token_expired",
+            with(&|c| c["exp"] = json!(unix_now() - 3600)),
+        ));
         cases.push((
             "token_not_yet_valid",
-            with(&|c| c["nbf"] = json!(now() + 3600)),
+            with(&|c| c["nbf"] = json!(unix_now() + 3600)),
         ));
         cases.push(("wrong_audience", with(&|c| c["aud"] = json!("other"))));
         cases.push((
@@ -551,7 +549,7 @@ mod tests {
         // A string `exp` is not a time: refused as if absent.
         cases.push((
             "missing_claim",
-            with(&|c| c["exp"] = json!((now() + 600).to_string())),
+            with(&|c| c["exp"] = json!((unix_now() + 600).to_string())),
         ));
         cases.push((
             "missing_tenant",
@@ -595,7 +593,7 @@ mod tests {
                 .cache
                 .as_ref()
                 .unwrap()
-                .get(&token, now() + 10_000)
+                .get(&token, unix_now() + 10_000)
                 .is_none(),
             "expired entries are not served"
         );
@@ -616,7 +614,7 @@ mod tests {
             entries.insert(cache.key(&forged), entry);
         }
         assert!(
-            cache.get(&forged, now()).is_none(),
+            cache.get(&forged, unix_now()).is_none(),
             "a hash match alone is a hit"
         );
         assert!(
@@ -624,12 +622,12 @@ mod tests {
             "the forged token is checked in full and refused"
         );
         assert!(
-            cache.get(&token, now()).is_none(),
+            cache.get(&token, unix_now()).is_none(),
             "the real token is only a miss"
         );
         block_on(verifier.verify(&token)).unwrap();
         assert!(
-            cache.get(&token, now()).is_some(),
+            cache.get(&token, unix_now()).is_some(),
             "checked again and cached"
         );
     }
@@ -690,14 +688,17 @@ mod tests {
         let cache = verifier.cache.as_ref().unwrap();
         let token = sign_with("k1", SECRET, &claims());
         block_on(verifier.verify(&token)).unwrap();
-        assert!(cache.get(&token, now()).is_some(), "verified and cached");
+        assert!(
+            cache.get(&token, unix_now()).is_some(),
+            "verified and cached"
+        );
 
         // A new key joins, k1 stays as it was: the cached token stays cached.
         std::fs::write(&path, oct_jwks(&[("k1", SECRET), ("k2", OTHER_SECRET)])).unwrap();
         assert!(file.reload_if_changed(), "the new file was loaded");
         assert_eq!(file.current().len(), 2);
         assert!(
-            cache.get(&token, now()).is_some(),
+            cache.get(&token, unix_now()).is_some(),
             "a refresh that left k1 alone emptied its cache entry"
         );
         let k2 = sign_with("k2", OTHER_SECRET, &claims());
@@ -715,7 +716,7 @@ mod tests {
         .unwrap();
         assert!(file.reload_if_changed());
         assert!(
-            cache.get(&token, now()).is_none(),
+            cache.get(&token, unix_now()).is_none(),
             "a changed key kept its cache entry"
         );
         let refusal = block_on(verifier.verify(&token)).unwrap_err();

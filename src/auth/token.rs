@@ -3,8 +3,6 @@
 //! and the tenant and roles when given; with `--bind-cert`, the `cnf` claim that binds
 //! the token to a client certificate (RFC 8705).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
@@ -33,10 +31,7 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         Family::Ed => EncodingKey::from_ed_pem(&bytes).map_err(invalid)?,
         Family::Hmac => EncodingKey::from_secret(bytes.strip_suffix(b"\n").unwrap_or(&bytes)),
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|error| error.to_string())?
-        .as_secs();
+    let now = crate::clock::unix_now();
     // One audience stays a plain string, the form most issuers write.
     let aud = match args.aud.as_slice() {
         [one] => json!(one),

@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -287,9 +287,7 @@ impl Drop for CallSlot {
 static LAST_REFUSAL_LOG: AtomicU64 = AtomicU64::new(0);
 
 fn log_refusal(identity: &Identity, exceeded: Exceeded, method: &str) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
+    let now = crate::clock::unix_now();
     let identity = identity.describe();
     let method = truncated(method);
     let limit = exceeded.limit();

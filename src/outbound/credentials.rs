@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use http::header::AUTHORIZATION;
@@ -23,6 +22,7 @@ use tokio::time::Instant;
 
 use super::context::{self, CallContexts};
 use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
+use crate::clock::unix_now;
 use crate::config::{self, Problem};
 use crate::grpc::{Code, Reason};
 use crate::reload::Current;
@@ -90,7 +90,7 @@ impl Credentials {
         strip_api_keys(headers);
         match self {
             Credentials::Relay { audience } => {
-                check_relayed_token(headers, audience, now()).map(|()| None)
+                check_relayed_token(headers, audience, unix_now()).map(|()| None)
             }
             Credentials::None => {
                 headers.remove(AUTHORIZATION);
@@ -118,7 +118,7 @@ impl Credentials {
                     });
                 }
                 headers.insert(AUTHORIZATION, call.token);
-                check_relayed_token(headers, audience, now())?;
+                check_relayed_token(headers, audience, unix_now())?;
                 Ok(call.deadline)
             }
         }
@@ -197,12 +197,6 @@ fn read_key(path: &Path) -> Result<HeaderValue, String> {
         .map_err(|_| format!("{}: the key is not a valid header value", path.display()))?;
     value.set_sensitive(true);
     Ok(value)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
 }
 
 /// The local check before a token is relayed: a well-formed JWT, not expired, whose
@@ -316,7 +310,8 @@ mod tests {
 
     #[test]
     fn relays_a_live_token_for_the_audience_and_strips_the_rest() {
-        let valid = token(serde_json::json!({"exp": now() + 60, "aud": ["x", "identity-service"]}));
+        let valid =
+            token(serde_json::json!({"exp": unix_now() + 60, "aud": ["x", "identity-service"]}));
         let headers = relay(Some(valid.clone())).unwrap();
         assert_eq!(headers.get(AUTHORIZATION), Some(&valid));
         assert_eq!(headers.len(), 1, "{headers:?}");
@@ -337,14 +332,14 @@ mod tests {
             ),
             (
                 Some(token(
-                    serde_json::json!({"exp": now() - 1, "aud": "identity-service"}),
+                    serde_json::json!({"exp": unix_now() - 1, "aud": "identity-service"}),
                 )),
                 crate::grpc::Code::Unauthenticated,
                 "TOKEN_EXPIRED",
             ),
             (
                 Some(token(
-                    serde_json::json!({"exp": now() + 60, "aud": "billing"}),
+                    serde_json::json!({"exp": unix_now() + 60, "aud": "billing"}),
                 )),
                 crate::grpc::Code::PermissionDenied,
                 "AUDIENCE_MISMATCH",
@@ -395,7 +390,7 @@ mod tests {
             audience: "identity-service".to_owned(),
             contexts: contexts.clone(),
         };
-        let user = token(serde_json::json!({"exp": now() + 60, "aud": "identity-service"}));
+        let user = token(serde_json::json!({"exp": unix_now() + 60, "aud": "identity-service"}));
         let later = Instant::now() + std::time::Duration::from_secs(30);
         let (_open, handle) = contexts.mint(user.clone(), Some(later)).unwrap();
         let mut headers = HeaderMap::new();
@@ -427,7 +422,7 @@ mod tests {
             refused(user.clone(), past),
             (crate::grpc::Code::DeadlineExceeded, Reason::Deadline)
         );
-        let foreign = token(serde_json::json!({"exp": now() + 60, "aud": "billing"}));
+        let foreign = token(serde_json::json!({"exp": unix_now() + 60, "aud": "billing"}));
         assert_eq!(
             refused(foreign, None),
             (
