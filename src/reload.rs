@@ -25,6 +25,15 @@ impl<T> Current<T> {
     pub fn set(&self, value: Arc<T>) {
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = value;
     }
+
+    /// Replaces the value with one made from it, holding the write lock meanwhile so two
+    /// updates cannot lose each other's change. Returns the previous value and the new one.
+    pub fn update(&self, make: impl FnOnce(&Arc<T>) -> Arc<T>) -> (Arc<T>, Arc<T>) {
+        let mut current = self.value.write().unwrap_or_else(|p| p.into_inner());
+        let new = make(&current);
+        let previous = std::mem::replace(&mut *current, new.clone());
+        (previous, new)
+    }
 }
 
 /// Runs `check` on `owner` every `interval` for as long as `owner` is in use elsewhere:
@@ -48,4 +57,24 @@ where
             check(&owner);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_builds_from_the_current_value_and_returns_both() {
+        let current = Current::new(Arc::new(vec![1]));
+        let (previous, new) = current.update(|value| {
+            let mut next = Vec::clone(value);
+            next.push(2);
+            Arc::new(next)
+        });
+        assert_eq!(
+            (previous.as_slice(), new.as_slice()),
+            (&[1][..], &[1, 2][..])
+        );
+        assert_eq!(*current.get(), vec![1, 2]);
+    }
 }

@@ -22,6 +22,7 @@ use crate::auth::principal::{AuthMethod, Principal, Refusal};
 use crate::clock::unix_now;
 use crate::config::{self, ApiKey, Problem};
 use crate::grpc::Reason;
+use crate::reload::Current;
 use crate::sha256::{Digest, parse_sha256, sha256};
 
 #[derive(Clone)]
@@ -49,7 +50,7 @@ pub struct ApiKeyStore {
     header: HeaderName,
     inline: Vec<ApiKey>,
     file: Option<PathBuf>,
-    keys: RwLock<Arc<Keys>>,
+    keys: Current<Keys>,
     /// Hash of the last `keys_file` content loaded (or refused), to notice changes.
     file_digest: RwLock<Option<Digest>>,
 }
@@ -82,7 +83,7 @@ impl ApiKeyStore {
             header,
             inline: config.keys.clone(),
             file: config.keys_file.clone(),
-            keys: RwLock::new(Arc::new(keys)),
+            keys: Current::new(Arc::new(keys)),
             file_digest: RwLock::new(file_digest),
         })
     }
@@ -95,11 +96,7 @@ impl ApiKeyStore {
     /// The identity of the key presented, or why it is refused.
     pub fn authenticate(&self, presented: &[u8]) -> Result<Matched, Refusal> {
         let digest = sha256(presented);
-        let keys = self
-            .keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let keys = self.keys.get();
         let Some(entry) = keys.get(&digest) else {
             return Err(Refusal::unauthenticated(
                 Reason::UnknownApiKey,
@@ -125,9 +122,10 @@ impl ApiKeyStore {
     /// Puts `keys` in force. A key that stays keeps its revocation signal, so calls it
     /// admitted before stay watched; a key that goes revokes the calls it admitted.
     fn replace(&self, mut keys: Keys) {
-        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        adopt_signals(&mut keys, &current);
-        let previous = std::mem::replace(&mut *current, Arc::new(keys));
+        let (previous, current) = self.keys.update(move |current| {
+            adopt_signals(&mut keys, current);
+            Arc::new(keys)
+        });
         revoke_missing(&previous, &current);
     }
 
@@ -135,22 +133,18 @@ impl ApiKeyStore {
     /// replaces, and revokes the calls of every key this store no longer has. Call it
     /// before this store is put in force.
     pub fn take_over(&self, running: &ApiKeyStore) {
-        let previous = running
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        let mut keys = Keys::clone(&current);
-        adopt_signals(&mut keys, &previous);
-        *current = Arc::new(keys);
+        let previous = running.keys.get();
+        let (_, current) = self.keys.update(|current| {
+            let mut keys = Keys::clone(current);
+            adopt_signals(&mut keys, &previous);
+            Arc::new(keys)
+        });
         revoke_missing(&previous, &current);
     }
 
     /// Revokes the calls of every key: the reload that replaces this store has none.
     pub fn revoke_all(&self) {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        revoke_missing(&keys, &Keys::new());
+        revoke_missing(&self.keys.get(), &Keys::new());
     }
 
     /// Re-reads `keys_file` every `interval` and swaps the keys in when the content

@@ -20,13 +20,14 @@ mod remote;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::Family;
+use crate::reload::Current;
 use crate::sha256::sha256;
 
 pub use remote::RemoteJwks;
@@ -240,7 +241,7 @@ pub struct JwksFile {
     path: PathBuf,
     family: Family,
     algorithms: Vec<Algorithm>,
-    keys: RwLock<Arc<KeySet>>,
+    keys: Current<KeySet>,
     /// SHA-256 of the content last read (loaded or refused), to notice changes.
     digest: Mutex<[u8; 32]>,
 }
@@ -262,13 +263,13 @@ impl JwksFile {
             path: path.to_owned(),
             family,
             algorithms,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: Current::new(Arc::new(keys)),
             digest: Mutex::new(sha256(&content)),
         })
     }
 
     pub fn current(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keys.get()
     }
 
     /// Re-reads the file and, when its content changed and is a usable key set, swaps
@@ -292,8 +293,7 @@ impl JwksFile {
         match parse_logged(&content, &self.path, self.family, &self.algorithms) {
             Ok(keys) => {
                 let count = keys.len();
-                let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
-                *current = Arc::new(keys.keeping(&current));
+                self.keys.update(|current| Arc::new(keys.keeping(current)));
                 tracing::info!(file = %self.path.display(), keys = count, "JWKS file reloaded");
                 true
             }

@@ -3,7 +3,7 @@
 //! [parent module](super)).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::KeySet;
 use crate::config::Family;
+use crate::reload::Current;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -34,7 +35,7 @@ pub struct RemoteJwks {
     algorithms: Vec<Algorithm>,
     refresh_interval: Duration,
     min_refresh_interval: Duration,
-    keys: RwLock<Arc<KeySet>>,
+    keys: Current<KeySet>,
     /// When the last fetch started; fetches for unknown key ids wait this long apart.
     last_fetch: Mutex<Option<Instant>>,
     /// Held for the whole of a fetch, so concurrent refetches share one request.
@@ -86,7 +87,7 @@ impl RemoteJwks {
             algorithms,
             refresh_interval,
             min_refresh_interval,
-            keys: RwLock::new(Arc::new(KeySet::default())),
+            keys: Current::new(Arc::new(KeySet::default())),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             fetched: tokio::sync::Notify::new(),
@@ -109,14 +110,17 @@ impl RemoteJwks {
     /// Serves `keys` until the first fetch succeeds, if nothing has loaded yet: how a
     /// reloaded provider keeps working while its issuer cannot be reached.
     pub fn seed(&self, keys: Arc<KeySet>) {
-        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        if current.is_empty() {
-            *current = keys;
-        }
+        self.keys.update(|current| {
+            if current.is_empty() {
+                keys
+            } else {
+                current.clone()
+            }
+        });
     }
 
     pub fn current(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keys.get()
     }
 
     /// Fetches now; on success the new keys serve from the next call. Returns the
@@ -140,8 +144,7 @@ impl RemoteJwks {
             tracing::warn!(url = %self.url, reason, "JWKS key skipped");
         }
         tracing::info!(url = %self.url, keys = keys.len(), "JWKS loaded");
-        let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        *current = Arc::new(keys.keeping(&current));
+        self.keys.update(|current| Arc::new(keys.keeping(current)));
         Ok(max_age)
     }
 
