@@ -168,16 +168,7 @@ impl ApiKeyFile {
 
     /// Checks the file every [`crate::tls::RELOAD_POLL`] for as long as `self` is in use.
     pub fn spawn_watcher(self: &Arc<Self>) {
-        let file = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(crate::tls::RELOAD_POLL);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(file) = file.upgrade() else { return };
-                file.reload();
-            }
-        });
+        crate::reload::poll(self, crate::tls::RELOAD_POLL, ApiKeyFile::reload);
     }
 }
 
