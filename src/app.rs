@@ -3,6 +3,7 @@
 
 mod load;
 mod reload;
+mod signals;
 
 pub use load::{Loaded, load};
 
@@ -25,6 +26,7 @@ use crate::upstream::{Forward, Upstream};
 use crate::{middleware, telemetry};
 use load::{MIB, detected_memory_problem, memory_limit};
 use reload::Reloader;
+use signals::Signals;
 
 /// Exit code for a bad configuration or bad usage (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -136,7 +138,10 @@ async fn serve(
     loaded: Loaded,
     log_level: Arc<telemetry::LogLevel>,
 ) -> Result<(), String> {
-    let mut signals = ShutdownSignals::install();
+    let Signals {
+        shutdown: mut signals,
+        hangups,
+    } = Signals::install();
     let Loaded {
         config,
         tls,
@@ -207,7 +212,7 @@ async fn serve(
         log_level,
         metrics: metrics.clone(),
     }
-    .spawn();
+    .spawn(hangups);
 
     let (stop_admin, admin_stopped) = watch::channel(false);
     let admin_bound = match admin {
@@ -334,40 +339,5 @@ async fn bind_outbound(
         OutboundListen::Unix(path) => tokio::net::UnixListener::bind(&path)
             .map(Socket::Unix)
             .map_err(cannot),
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT with the signal's name.
-/// SIGTERM and SIGINT, listened to from start-up on, so a second signal sent while
-/// draining is never missed.
-struct ShutdownSignals {
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl ShutdownSignals {
-    fn install() -> ShutdownSignals {
-        use tokio::signal::unix::{SignalKind, signal};
-        let streams = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(term), Ok(int)) => Some((term, int)),
-            _ => {
-                tracing::error!("cannot install signal handlers; stop gatehouse with SIGKILL");
-                None
-            }
-        };
-        ShutdownSignals { streams }
-    }
-
-    /// The next signal's name.
-    async fn next(&mut self) -> &'static str {
-        let Some((term, int)) = &mut self.streams else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
     }
 }

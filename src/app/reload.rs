@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio::signal::unix::Signal;
+
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -26,14 +28,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reloads on every SIGHUP until the process ends.
-    pub fn spawn(mut self) {
+    /// Reloads on every SIGHUP until the process ends; `None` when the SIGHUP handler
+    /// could not be installed (already logged).
+    pub fn spawn(mut self, hangups: Option<Signal>) {
+        let Some(mut hangups) = hangups else {
+            return;
+        };
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                tracing::error!("cannot install the SIGHUP handler; configuration reload is off");
-                return;
-            };
             while hangups.recv().await.is_some() {
                 self.reload().await;
             }
