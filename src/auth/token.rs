@@ -3,27 +3,58 @@
 //! and the tenant and roles when given; with `--bind-cert`, the `cnf` claim that binds
 //! the token to a client certificate (RFC 8705).
 
+use std::path::PathBuf;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
 use crate::cli::TokenArgs;
-use crate::config::{Family, parse_algorithms};
+use crate::config::{AlgorithmError, Family, parse_algorithms};
 use crate::sha256::sha256;
 
+/// Why `gatehouse token` could not make a token; each names the option at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// `--alg` is not an algorithm gatehouse signs with.
+    #[error(transparent)]
+    Algorithm(#[from] AlgorithmError),
+    /// `--key` cannot be read.
+    #[error("--key {}: {source}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--key` holds no key of the family `--alg` needs.
+    #[error("--key {}: not a {family:?} key: {source}", path.display())]
+    NotAKey {
+        path: PathBuf,
+        family: Family,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    /// `--bind-cert` is unreadable or holds no certificate.
+    #[error("--bind-cert: {0}")]
+    BindCert(String),
+    /// The signing itself failed.
+    #[error("signing failed: {0}")]
+    Signing(#[source] jsonwebtoken::errors::Error),
+}
+
 /// The signed token, or why it could not be made.
-pub fn mint(args: &TokenArgs) -> Result<String, String> {
-    let algorithms = std::slice::from_ref(&args.alg);
-    let algorithm = parse_algorithms(algorithms).map_err(|error| error.to_string())?[0];
-    let family = Family::of(algorithms).map_err(|error| error.to_string())?;
-    let bytes = std::fs::read(&args.key)
-        .map_err(|error| format!("--key {}: {error}", args.key.display()))?;
-    let invalid = |error: jsonwebtoken::errors::Error| {
-        format!(
-            "--key {}: not a {family:?} key: {error}",
-            args.key.display()
-        )
+pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
+    let algorithm = parse_algorithms(std::slice::from_ref(&args.alg))?[0];
+    let family = Family::of(std::slice::from_ref(&args.alg))?;
+    let bytes = std::fs::read(&args.key).map_err(|source| TokenError::ReadKey {
+        path: args.key.clone(),
+        source,
+    })?;
+    let invalid = |source| TokenError::NotAKey {
+        path: args.key.clone(),
+        family,
+        source,
     };
     let key = match family {
         Family::Rsa | Family::RsaPss => EncodingKey::from_rsa_pem(&bytes).map_err(invalid)?,
@@ -51,13 +82,14 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         claims["roles"] = json!(args.roles);
     }
     if let Some(path) = &args.bind_cert {
-        let certs =
-            crate::tls::load_certs(path).map_err(|error| format!("--bind-cert: {error}"))?;
+        let certs = crate::tls::load_certs(path).map_err(TokenError::BindCert)?;
         // The leaf is first in a chain file; it is the certificate the client presents.
-        let leaf = certs.first().ok_or("--bind-cert: no certificate")?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| TokenError::BindCert("no certificate".into()))?;
         claims["cnf"] = json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(sha256(leaf)) });
     }
     let mut header = Header::new(algorithm);
     header.kid = args.kid.clone();
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|error| format!("signing failed: {error}"))
+    jsonwebtoken::encode(&header, &claims, &key).map_err(TokenError::Signing)
 }
