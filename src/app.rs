@@ -133,11 +133,36 @@ pub fn run(path: &Path) -> ExitCode {
     }
 }
 
+/// Why `gatehouse run` stopped before serving (exit 1); each names the setting at fault.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{field} {address}: cannot listen: {source}")]
+    Listen {
+        field: &'static str,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listen.address {address}: {source}")]
+    LocalAddress {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("outbound.listen: {0}")]
+    OutboundListen(#[source] crate::config::ListenError),
+    /// `telemetry.otlp_endpoint` could not be set up; the message names it.
+    #[error("{0}")]
+    Tracing(String),
+    #[error("accept loop failed: {0}")]
+    AcceptLoop(#[source] tokio::task::JoinError),
+}
+
 async fn serve(
     path: &Path,
     loaded: Loaded,
     log_level: Arc<telemetry::LogLevel>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let Signals {
         shutdown: mut signals,
         hangups,
@@ -152,17 +177,28 @@ async fn serve(
     let address = config.listen.address;
     let tcp = TcpListener::bind(address)
         .await
-        .map_err(|error| format!("listen.address {address}: cannot listen: {error}"))?;
+        .map_err(|source| StartError::Listen {
+            field: "listen.address",
+            address: address.to_string(),
+            source,
+        })?;
     let bound = tcp
         .local_addr()
-        .map_err(|error| format!("listen.address {address}: {error}"))?;
-    let admin =
-        match telemetry.admin_address {
-            Some(admin) => Some(TcpListener::bind(admin).await.map_err(|error| {
-                format!("telemetry.admin_address {admin}: cannot listen: {error}")
-            })?),
-            None => None,
-        };
+        .map_err(|source| StartError::LocalAddress { address, source })?;
+    let admin = match telemetry.admin_address {
+        Some(admin) => {
+            Some(
+                TcpListener::bind(admin)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        field: "telemetry.admin_address",
+                        address: admin.to_string(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
 
     let outbound_socket = match (&outbound, &config.outbound) {
         (Some(_), Some(section)) => Some(bind_outbound(section).await?),
@@ -172,7 +208,8 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
         Some(endpoint) => {
-            Tracing::exporting(endpoint, &telemetry.service_name, telemetry.sample_ratio)?
+            Tracing::exporting(endpoint, &telemetry.service_name, telemetry.sample_ratio)
+                .map_err(StartError::Tracing)?
         }
         None => Tracing::propagate_only(telemetry.sample_ratio),
     });
@@ -280,9 +317,7 @@ async fn serve(
     };
     let _ = stop.send(true);
     let _ = stop_outbound.send(true);
-    let drain = accepting
-        .await
-        .map_err(|error| format!("accept loop failed: {error}"))?;
+    let drain = accepting.await.map_err(StartError::AcceptLoop)?;
     tracing::info!("stopped accepting; GOAWAY sent, waiting for calls in flight");
 
     let drain_timeout = config.limits.drain_timeout.get();
@@ -322,14 +357,14 @@ async fn serve(
 /// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.
 async fn bind_outbound(
     section: &crate::config::Outbound,
-) -> Result<crate::outbound::listen::Socket, String> {
+) -> Result<crate::outbound::listen::Socket, StartError> {
     use crate::config::OutboundListen;
     use crate::outbound::listen::Socket;
-    let listen = section
-        .listen()
-        .map_err(|message| format!("outbound.listen: {message}"))?;
-    let cannot = |error: std::io::Error| {
-        format!("outbound.listen {}: cannot listen: {error}", section.listen)
+    let listen = section.listen().map_err(StartError::OutboundListen)?;
+    let cannot = |source| StartError::Listen {
+        field: "outbound.listen",
+        address: section.listen.to_string(),
+        source,
     };
     match listen {
         OutboundListen::Tcp(address) => TcpListener::bind(address)
