@@ -29,6 +29,28 @@
 //!               └─ outbound::endpoint: client certificate, server identity checked in TLS
 //! ```
 //!
+//! # Layout: tiers that follow the data flow
+//!
+//! A module names only modules of its own tier or a lower one, and no two modules import
+//! each other: a low tier never has to know about a high one, and the source reads in
+//! the order a call meets it. A unit test (`layering`) reads the crate's own `crate::`
+//! and `super::` paths and fails on any that points up or closes a loop.
+//!
+//! ```text
+//! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock
+//! tier 1  data         config · metrics · auth::principal
+//! tier 2  connection   tls · body · telemetry · cli
+//! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
+//! tier 4  the chains   middleware::{recovery, logging, metrics, limits, auth} → middleware::build
+//!                      outbound::{route, credentials, context, record, endpoint, listen} → outbound::build
+//! tier 5  processes    listener · admin
+//! tier 6  wiring       app::{load, reload, signals} → app · main
+//! ```
+//!
+//! One way to do each thing: a value swapped on reload is a [`reload::Current`], a file
+//! watched for change goes through [`reload::poll`], "now" in seconds is
+//! [`clock::unix_now`], and the process's signals are installed once, in `app`.
+//!
 //! # Non-goals
 //!
 //! - A general egress proxy: outbound reaches only the destinations the config names,
