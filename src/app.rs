@@ -1,5 +1,7 @@
 //! Wires the parts together: configuration, TLS, the connection to the app, the
-//! middleware chain, the listener, and shutdown on SIGTERM / SIGINT.
+//! middleware chain, the listener, and shutdown on SIGTERM / SIGINT. Reading the
+//! configuration is [`load`]; SIGHUP reload and the signals themselves live beside it
+//! (`app/reload.rs`, `app/signals.rs`).
 
 mod load;
 mod reload;
