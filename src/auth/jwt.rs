@@ -24,7 +24,7 @@ use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
 use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
 use crate::clock::unix_now;
-use crate::config::{ClaimNames, Family, parse_algorithms};
+use crate::config::{AlgorithmError, ClaimNames, Family, parse_algorithms};
 use crate::grpc::Reason;
 
 /// Tokens longer than this are refused before any decoding.
@@ -46,9 +46,13 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn new(config: &crate::config::JwtProvider, keys: KeySource) -> Result<Provider, String> {
-        let algorithms = parse_algorithms(&config.algorithms).map_err(|error| error.to_string())?;
-        let family = Family::of(&config.algorithms).map_err(|error| error.to_string())?;
+    /// A provider for `config`; refused when its `algorithms` cannot be used.
+    pub fn new(
+        config: &crate::config::JwtProvider,
+        keys: KeySource,
+    ) -> Result<Provider, AlgorithmError> {
+        let algorithms = parse_algorithms(&config.algorithms)?;
+        let family = Family::of(&config.algorithms)?;
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms.clone();
         validation.leeway = config.leeway.get().as_secs();
