@@ -93,9 +93,7 @@ impl ReloadableTls {
 
     /// Whether the serving certificate has expired.
     pub fn serving_certificate_expired(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = crate::clock::unix_now() as i64;
         now >= self
             .serving_not_after
             .load(std::sync::atomic::Ordering::Relaxed)
