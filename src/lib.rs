@@ -41,7 +41,7 @@
 //! tier 1  data         config · metrics · auth::principal
 //! tier 2  connection   tls · body · telemetry · cli
 //! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
-//! tier 4  the chains   middleware::{recovery, logging, metrics, limits, auth} → middleware::build
+//! tier 4  the chains   middleware::{watch, recovery, logging, metrics, limits, auth} → middleware::build
 //!                      outbound::{route, credentials, context, record, endpoint, listen} → outbound::build
 //! tier 5  processes    listener · admin
 //! tier 6  wiring       app::{load, reload, signals} → app · main
