@@ -70,6 +70,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+#[cfg(test)]
+mod layering;
 pub mod listener;
 pub mod metrics;
 pub mod middleware;
