@@ -38,11 +38,11 @@
 //!
 //! ```text
 //! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock
-//! tier 1  data         config · metrics · auth::principal
+//! tier 1  data         config · metrics · auth::principal · call_context
 //! tier 2  connection   tls · body · telemetry · cli
 //! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
 //! tier 4  the chains   middleware::{watch, recovery, logging, metrics, limits, auth} → middleware::build
-//!                      outbound::{route, credentials, context, record, endpoint, listen} → outbound::build
+//!                      outbound::{route, credentials, record, endpoint, listen} → outbound::build
 //! tier 5  processes    listener · admin
 //! tier 6  wiring       app::{load, reload, signals} → app · main
 //! ```
@@ -66,6 +66,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod body;
+pub mod call_context;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -42,7 +42,7 @@ pub fn build<App>(
     metrics: Arc<crate::metrics::Metrics>,
     authenticator: Arc<Current<Authenticator>>,
     per_identity: &PerIdentity,
-    contexts: Option<Arc<crate::outbound::context::CallContexts>>,
+    contexts: Option<Arc<crate::call_context::CallContexts>>,
     app: App,
 ) -> Chain<App> {
     ServiceBuilder::new()

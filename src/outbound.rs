@@ -18,7 +18,6 @@
 //!
 //! [`build`] assembles the chain in one place, as `middleware::build` does inbound.
 
-pub mod context;
 pub mod credentials;
 pub mod endpoint;
 pub mod listen;
@@ -39,13 +38,13 @@ use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder};
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::call_context::CallContexts;
 use crate::config::{self, Problem};
 use crate::grpc::{self, Reason};
 use crate::metrics::Metrics;
 use crate::middleware::recovery::{Recovery, RecoveryLayer};
 use crate::telemetry::Tracing;
 use crate::tls::ClientTls;
-use context::CallContexts;
 use credentials::Credentials;
 use endpoint::Endpoint;
 use record::{Record, RecordLayer, Routed};

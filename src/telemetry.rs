@@ -225,7 +225,7 @@ pub struct CallSpan<'a> {
 /// are dropped (and counted) rather than slowing a call.
 const SPAN_QUEUE: usize = 4096;
 /// Bytes of spans waiting for export (or being exported) at most, estimated per span by
-/// [`span_bytes`]; past it spans are dropped, so long names and attributes cannot make
+/// `span_bytes`; past it spans are dropped, so long names and attributes cannot make
 /// the queue grow past this whatever their count.
 pub const SPAN_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Spans of calls gatehouse answered itself (refusals, an app that is down) exported per

@@ -39,9 +39,9 @@ use crate::auth::principal::{
 };
 use crate::auth::{Admission, Authenticator};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
+use crate::call_context::{self as context, CallContexts};
 use crate::grpc;
 use crate::metrics::Metrics;
-use crate::outbound::context::{self, CallContexts};
 use crate::reload::Current;
 use crate::server::HeldForCall;
 

@@ -20,8 +20,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use tokio::time::Instant;
 
-use super::context::{self, CallContexts};
 use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
+use crate::call_context::{self as context, CallContexts};
 use crate::clock::unix_now;
 use crate::config::{self, Problem};
 use crate::grpc::{Code, Reason};
