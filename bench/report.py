@@ -24,6 +24,23 @@ def per_connection_kib(row):
     return (idle["rss_with_kib"] - idle["rss_before_kib"]) / idle["connections"]
 
 
+def first_connections_kib(row):
+    """What the warm-up connections grew the RSS by, in all: code paged in and the
+    allocator's first arena, paid once (None for results taken before it was measured)."""
+    idle = row.get("idle") or {}
+    if idle.get("rss_fresh_kib") is None:
+        return None
+    return idle["rss_before_kib"] - idle["rss_fresh_kib"]
+
+
+def per_connection_anon_kib(row):
+    """Per idle connection, the process's own memory only (RssAnon), without code pages."""
+    idle = row.get("idle") or {}
+    if idle.get("anon_with_kib") is None:
+        return None
+    return (idle["anon_with_kib"] - idle["anon_before_kib"]) / idle["connections"]
+
+
 def stream_growth_mib(row):
     if row.get("stream_rss_peak_kib") is None or row.get("stream_rss_before_kib") is None:
         return None
@@ -50,6 +67,8 @@ for name, row in rows.items():
         "rss_idle_mib": mib(row.get("rss_idle_kib")),
         "rss_peak_under_load_mib": mib(row.get("rss_peak_under_load_kib")),
         "kib_per_idle_connection": per_connection_kib(row),
+        "kib_per_idle_connection_anon": per_connection_anon_kib(row),
+        "first_connections_kib": first_connections_kib(row),
         "stream_megabytes_per_second": row["stream"]["megabytes_per_second"],
         "stream_bytes": row["stream"]["bytes"],
         "stream_rss_growth_mib": stream_growth_mib(row),
@@ -79,6 +98,8 @@ targets = [
 absolute = [
     ("gatehouse idle RSS (MiB)", summary.get("gatehouse-jwt", {}).get("rss_idle_mib"), "< 8"),
     ("gatehouse KiB per idle mTLS connection", summary.get("gatehouse-jwt", {}).get("kib_per_idle_connection"), "≤ 40"),
+    ("gatehouse KiB per idle mTLS connection, RssAnon only", summary.get("gatehouse-jwt", {}).get("kib_per_idle_connection_anon"), "(for reference)"),
+    ("gatehouse KiB for the first (warm-up) connections, paid once", summary.get("gatehouse-jwt", {}).get("first_connections_kib"), "(for reference)"),
     ("gatehouse stream MB/s", summary.get("gatehouse-mtls", {}).get("stream_megabytes_per_second"), "≥ 1000"),
     ("gatehouse RSS growth during the stream (MiB)", summary.get("gatehouse-mtls", {}).get("stream_rss_growth_mib"), "< 16"),
     ("allocations per call (bench/micro/allocs.rs)", (counts.get("allocations") or {}).get("allocations_per_call"), "(counted)"),
