@@ -434,11 +434,18 @@ impl TokenCache {
         let hash = self.key(token);
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
+            // A full cache is swept once, then left an eighth short, so the next full
+            // sweep is `capacity / 8` inserts away: a caller cycling through many valid
+            // tokens costs a constant amount per insert under the lock, not a scan of
+            // every entry while everyone's cached checks wait.
             entries.retain(|_, entry| now < entry.valid_until && entry.key.strong_count() > 0);
-            if entries.len() >= self.capacity
-                && let Some(victim) = entries.keys().next().copied()
-            {
-                entries.remove(&victim);
+            let room = self.capacity - self.capacity / 8;
+            if entries.len() >= room {
+                let surplus = entries.len() + 1 - room;
+                let victims: Vec<u64> = entries.keys().take(surplus).copied().collect();
+                for victim in victims {
+                    entries.remove(&victim);
+                }
             }
         }
         entries.insert(
@@ -645,6 +652,34 @@ mod tests {
             block_on(verifier.verify(&sign(&c))).unwrap();
         }
         assert!(verifier.cache.as_ref().unwrap().len() <= 3);
+    }
+
+    #[test]
+    fn a_full_cache_makes_room_for_an_eighth_at_once() {
+        let verifier = JwtVerifier::new(vec![provider("")], 16);
+        let cache = verifier.cache.as_ref().unwrap();
+        let token = |i: usize| {
+            let mut c = claims();
+            c["sub"] = json!(format!("user-{i}"));
+            sign(&c)
+        };
+        for i in 0..16 {
+            block_on(verifier.verify(&token(i))).unwrap();
+        }
+        assert_eq!(cache.len(), 16, "every live token cached");
+        let newest = token(16);
+        block_on(verifier.verify(&newest)).unwrap();
+        assert_eq!(cache.len(), 14, "two evicted, the new one in");
+        assert!(
+            cache.get(&newest, unix_now()).is_some(),
+            "the new token is cached"
+        );
+        block_on(verifier.verify(&token(17))).unwrap();
+        assert_eq!(
+            cache.len(),
+            15,
+            "the next insert finds room without a sweep"
+        );
     }
 
     #[test]
