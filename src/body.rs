@@ -33,8 +33,8 @@ mod credentials;
 use credentials::Credentials;
 pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch};
 
-use crate::auth::principal::strip_request_trailers;
 use crate::grpc::{self, Reason};
+use crate::identity::strip_request_trailers;
 
 /// The caller's request body, streamed to the app as it arrives, or a body gatehouse
 /// made itself (a health check of the app).

@@ -8,10 +8,10 @@ use std::path::Path;
 /// The modules of each tier, lowest first; `name::*` places everything below `name` too.
 const TIERS: [&str; 7] = [
     "grpc grpc::* trace_context sha256 reload clock",
-    "config config::* metrics auth::principal call_context",
+    "config config::* metrics identity call_context",
     "tls tls::* body body::* telemetry cli",
     "server pool pool::* upstream auth auth::jwks auth::jwks::* auth::api_key auth::jwt \
-     auth::policy auth::token auth::binding",
+     auth::policy auth::token auth::binding auth::outcome",
     "middleware middleware::* outbound outbound::*",
     "listener admin",
     "app app::* main lib layering",

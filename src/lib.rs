@@ -71,6 +71,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod identity;
 #[cfg(test)]
 mod layering;
 pub mod listener;

@@ -216,7 +216,7 @@ pub struct CallSpan<'a> {
     pub start: SystemTime,
     pub end: SystemTime,
     pub code: crate::grpc::Code,
-    pub principal: Option<&'a crate::auth::principal::Principal>,
+    pub principal: Option<&'a crate::identity::Principal>,
     pub peer: Option<&'a str>,
     pub remote: Option<std::net::SocketAddr>,
 }

@@ -90,13 +90,15 @@ fn layers(c: &mut Criterion) {
 
 /// Strip-then-set on a request with a dozen headers, forged identity among them.
 fn identity_headers(c: &mut Criterion) {
-    use gatehouse::auth::principal::{AuthMethod, Principal, strip_identity_headers};
+    use gatehouse::identity::{AuthMethod, Claims, Principal, strip_identity_headers};
     let principal = Principal::new(
         AuthMethod::Jwt,
-        Some("user-1".into()),
-        Some("acme".into()),
-        vec!["reader".into()],
-        None,
+        Claims {
+            user_id: Some("user-1".into()),
+            tenant_id: Some("acme".into()),
+            roles: vec!["reader".into()],
+            ..Claims::default()
+        },
     )
     .expect("valid identity");
     let mut headers = http::HeaderMap::new();

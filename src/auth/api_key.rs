@@ -18,10 +18,11 @@ use std::time::Duration;
 use http::HeaderName;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::principal::{AuthMethod, Principal, Refusal};
+use crate::auth::outcome::Refusal;
 use crate::clock::unix_now;
 use crate::config::{self, ApiKey, Problem};
 use crate::grpc::Reason;
+use crate::identity::{AuthMethod, Claims, Principal};
 use crate::reload::Current;
 use crate::sha256::{Digest, parse_sha256, sha256};
 
@@ -242,10 +243,13 @@ fn build(keys: &[ApiKey]) -> Result<Keys, String> {
             .ok_or_else(|| format!("key {:?}: sha256 is not 64 hex characters", key.name))?;
         let principal = Principal::new(
             AuthMethod::ApiKey,
-            key.user_id.clone(),
-            key.tenant_id.clone(),
-            key.roles.clone(),
-            Some(key.name.clone()),
+            Claims {
+                user_id: key.user_id.clone(),
+                tenant_id: key.tenant_id.clone(),
+                roles: key.roles.clone(),
+                api_key_name: Some(key.name.clone()),
+                provider: None,
+            },
         )
         .map_err(|_| format!("key {:?}: a value cannot be sent as metadata", key.name))?;
         let not_after = key.not_after.as_deref().and_then(config::parse_timestamp);

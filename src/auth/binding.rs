@@ -10,7 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-use crate::auth::principal::Refusal;
+use crate::auth::outcome::Refusal;
 use crate::grpc::Reason;
 use crate::sha256::parse_sha256;
 use crate::tls::PeerIdentity;

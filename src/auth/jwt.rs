@@ -22,17 +22,18 @@ use serde_json::Value;
 
 use crate::auth::binding::{self, Thumbprint};
 use crate::auth::jwks::{KeySource, MAX_KEY_WAIT, VerifyingKey};
-use crate::auth::principal::{AuthMethod, Principal, Refusal, Sources};
+use crate::auth::outcome::Refusal;
 use crate::clock::unix_now;
 use crate::config::{AlgorithmError, ClaimNames, Family, parse_algorithms};
 use crate::grpc::Reason;
+use crate::identity::{AuthMethod, Claims, Principal, Sources};
 
 /// Tokens longer than this are refused before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// One configured issuer.
 pub struct Provider {
-    pub name: String,
+    pub name: Arc<str>,
     issuer: String,
     family: Family,
     algorithms: Vec<Algorithm>,
@@ -62,7 +63,7 @@ impl Provider {
         validation.set_audience(&config.audiences);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         Ok(Provider {
-            name: config.name.clone(),
+            name: Arc::from(config.name.as_str()),
             issuer: config.issuer.clone(),
             family,
             algorithms,
@@ -104,14 +105,14 @@ impl Provider {
             tenant_id: &self.claims.tenant_id,
             roles: &self.claims.roles,
         };
-        Principal::from_sources(
-            sources,
-            AuthMethod::Jwt,
-            text(&self.claims.user_id),
+        let claims = Claims {
+            user_id: text(&self.claims.user_id),
             tenant_id,
             roles,
-            None,
-        )
+            api_key_name: None,
+            provider: Some(self.name.clone()),
+        };
+        Ok(Principal::from_sources(sources, AuthMethod::Jwt, claims)?)
     }
 }
 

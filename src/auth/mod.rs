@@ -9,8 +9,8 @@ pub mod api_key;
 pub mod binding;
 pub mod jwks;
 pub mod jwt;
+pub mod outcome;
 pub mod policy;
-pub mod principal;
 pub mod token;
 
 use std::sync::Arc;
@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::body::CredentialsEnd;
 use crate::config::{self, Config, Family, MethodPattern, Problem};
 use crate::grpc::Reason;
+use crate::identity::{AuthMethod, Principal, X_API_KEY};
 use crate::tls::{ConnectionInfo, PeerIdentity};
 use api_key::ApiKeyStore;
 use jwks::{JwksFile, KeySet, KeySource, RemoteJwks};
 use jwt::{JwtVerifier, Provider};
+use outcome::{DecidingRule, Refusal};
 use policy::Policy;
-use principal::{AuthMethod, DecidingRule, Principal, Refusal, X_API_KEY};
 
 /// How often `auth.api_keys.keys_file` and `jwks_file`s are checked for changes.
 const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
@@ -170,7 +171,7 @@ impl Authenticator {
             .flat_map(|jwt| &jwt.providers);
         providers
             .filter(|provider| matches!(&provider.keys, KeySource::Remote(remote) if remote.current().is_empty()))
-            .map(|provider| provider.name.clone())
+            .map(|provider| provider.name.to_string())
             .collect()
     }
 
@@ -684,7 +685,7 @@ mod tests {
         assert_eq!(would_refuse, None);
         assert_eq!(request.headers["x-auth-method"], "mtls");
         assert!(
-            request.headers[principal::X_FORWARDED_CLIENT_CERT]
+            request.headers[crate::identity::X_FORWARDED_CLIENT_CERT]
                 .to_str()
                 .unwrap()
                 .starts_with("Hash=")

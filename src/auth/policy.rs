@@ -3,9 +3,10 @@
 //! With `authorization.dry_run` the rules are evaluated as usual but a refusal only says
 //! which rule would have refused; the peer allow-list is always enforced.
 
-use crate::auth::principal::{DecidingRule, Principal, Refusal};
+use crate::auth::outcome::{DecidingRule, Refusal};
 use crate::config::{self, DefaultDecision, MethodPattern, PeerPattern, Problem, parse_all};
 use crate::grpc::Reason;
+use crate::identity::Principal;
 use crate::tls::PeerIdentity;
 
 pub fn any_matches(patterns: &[MethodPattern], path: &str) -> bool {
@@ -181,7 +182,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::principal::AuthMethod;
+    use crate::identity::{AuthMethod, Claims};
 
     fn policy(rules: &str) -> Policy {
         policy_with("", rules)
@@ -213,15 +214,31 @@ mod tests {
       allow_roles: [nobody]
 ",
         );
-        let admin =
-            Principal::new(AuthMethod::Jwt, None, None, vec!["admin".into()], None).unwrap();
-        let user = Principal::new(AuthMethod::Jwt, None, None, vec!["user".into()], None).unwrap();
+        let admin = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec!["admin".into()],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
+        let user = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec!["user".into()],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
         let scanner = Principal::new(
             AuthMethod::ApiKey,
-            None,
-            None,
-            vec![],
-            Some("scanner".into()),
+            Claims {
+                roles: vec![],
+                api_key_name: Some("scanner".into()),
+                ..Claims::default()
+            },
         )
         .unwrap();
         let path = "/c.v1.Compliance/Scan";
@@ -246,7 +263,15 @@ mod tests {
     #[test]
     fn no_matching_rule_allows() {
         let policy = policy("    - methods: [/c.v1.Compliance/*]\n      allow_roles: [admin]\n");
-        let user = Principal::new(AuthMethod::Jwt, None, None, vec![], None).unwrap();
+        let user = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec![],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
         assert!(policy.authorize("/other.Svc/Get", &user, None).is_ok());
     }
 
@@ -256,8 +281,15 @@ mod tests {
             "  default: deny\n",
             "    - methods: [/c.v1.Compliance/*]\n      allow_roles: [admin]\n",
         );
-        let admin =
-            Principal::new(AuthMethod::Jwt, None, None, vec!["admin".into()], None).unwrap();
+        let admin = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec!["admin".into()],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
         assert!(
             policy
                 .authorize("/c.v1.Compliance/Scan", &admin, None)
@@ -278,9 +310,24 @@ mod tests {
         let rules = "    - methods: [/c.v1.Compliance/Scan]\n      allow_roles: [admin]\n    - methods: [/c.v1.Compliance/*]\n      allow_roles: [auditor]\n";
         let dry = policy_with("  default: deny\n  dry_run: true\n", rules);
         let enforcing = policy_with("  default: deny\n", rules);
-        let admin =
-            Principal::new(AuthMethod::Jwt, None, None, vec!["admin".into()], None).unwrap();
-        let user = Principal::new(AuthMethod::Jwt, None, None, vec!["user".into()], None).unwrap();
+        let admin = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec!["admin".into()],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
+        let user = Principal::new(
+            AuthMethod::Jwt,
+            Claims {
+                roles: vec!["user".into()],
+                api_key_name: None,
+                ..Claims::default()
+            },
+        )
+        .unwrap();
         for (path, rule) in [
             ("/c.v1.Compliance/Scan", DecidingRule::Rule(0)),
             ("/c.v1.Compliance/List", DecidingRule::Rule(1)),

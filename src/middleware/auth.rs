@@ -34,13 +34,12 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::auth::principal::{
-    AuthMethod, AuthOutcome, DecidingRule, Principal, Refusal, strip_identity_headers,
-};
+use crate::auth::outcome::{AuthOutcome, DecidingRule, Refusal};
 use crate::auth::{Admission, Authenticator};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
 use crate::call_context::{self as context, CallContexts};
 use crate::grpc;
+use crate::identity::{AuthMethod, Principal, strip_identity_headers};
 use crate::metrics::Metrics;
 use crate::reload::Current;
 use crate::server::HeldForCall;
@@ -219,21 +218,17 @@ where
 
 /// What the layers above learn of an admitted call.
 fn admitted(principal: Arc<Principal>, would_refuse: Option<DecidingRule>) -> AuthOutcome {
-    AuthOutcome {
-        method: principal.method,
-        principal: Some(principal),
-        refusal: None,
+    AuthOutcome::Admitted {
+        principal,
         would_refuse,
     }
 }
 
 /// What the layers above learn of a refused call.
 fn refused(attempted: AuthMethod, refusal: &Refusal) -> AuthOutcome {
-    AuthOutcome {
-        method: attempted,
-        principal: None,
-        refusal: Some(refusal.reason.label()),
-        would_refuse: None,
+    AuthOutcome::Refused {
+        attempted,
+        reason: refusal.reason,
     }
 }
 
@@ -335,7 +330,7 @@ mod tests {
             let response = auth.call(call(path)).await.unwrap();
             assert_eq!(response.headers()[GRPC_STATUS], "12", "{path}");
             let outcome = response.extensions().get::<AuthOutcome>().unwrap();
-            assert_eq!(outcome.refusal, Some("invalid_method_path"), "{path}");
+            assert_eq!(outcome.refusal(), Some("invalid_method_path"), "{path}");
         }
         assert_eq!(
             called.load(Ordering::SeqCst),

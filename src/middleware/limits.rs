@@ -35,10 +35,11 @@ use std::time::Instant;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::auth::principal::{AuthMethod, AuthOutcome};
+use crate::auth::outcome::AuthOutcome;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::PerIdentity;
 use crate::grpc::{self, Reason};
+use crate::identity::AuthMethod;
 use crate::metrics::Metrics;
 use crate::server::HeldForCall;
 use crate::tls::ConnectionInfo;
@@ -114,7 +115,7 @@ enum Identity {
 impl Identity {
     /// The identity of a call Auth admitted.
     fn of(outcome: Option<&AuthOutcome>, connection: Option<&ConnectionInfo>) -> Identity {
-        let principal = outcome.and_then(|outcome| outcome.principal.as_deref());
+        let principal = outcome.and_then(AuthOutcome::principal);
         if let Some(principal) = principal {
             match principal.method {
                 AuthMethod::ApiKey => {

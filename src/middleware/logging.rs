@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 use http::{Request, Response, Uri};
 use tower::{Layer, Service};
 
-use crate::auth::principal::AuthOutcome;
+use crate::auth::outcome::AuthOutcome;
 use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
 use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
@@ -79,10 +79,7 @@ pub struct AccessRecord {
 impl Completion for AccessRecord {
     fn complete(self, outcome: Outcome) {
         let duration = self.started.elapsed();
-        let principal = self
-            .auth
-            .as_ref()
-            .and_then(|auth| auth.principal.as_deref());
+        let principal = self.auth.as_ref().and_then(AuthOutcome::principal);
         let peer = self
             .connection
             .as_ref()
@@ -101,14 +98,14 @@ impl Completion for AccessRecord {
             user_id = principal.and_then(|p| p.user_id.as_deref()).map(capped),
             tenant_id = principal.and_then(|p| p.tenant_id.as_deref()).map(capped),
             api_key = principal.and_then(|p| p.api_key_name.as_deref()),
-            auth = self.auth.as_ref().map(|auth| auth.method.as_str()),
-            refused = self.auth.as_ref().and_then(|auth| auth.refusal),
+            auth = self.auth.as_ref().map(|auth| auth.method().as_str()),
+            refused = self.auth.as_ref().and_then(AuthOutcome::refusal),
             // authorization.dry_run: the rule that would have refused this call.
-            would_refuse = self.auth.as_ref().and_then(|auth| auth.would_refuse).map(|_| true),
+            would_refuse = self.auth.as_ref().and_then(AuthOutcome::would_refuse).map(|_| true),
             rule = self
                 .auth
                 .as_ref()
-                .and_then(|auth| auth.would_refuse)
+                .and_then(AuthOutcome::would_refuse)
                 .map(tracing::field::display),
             // auth.expire_open_calls: the token expired or the key was revoked mid-call.
             ended_by = self

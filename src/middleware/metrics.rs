@@ -18,7 +18,7 @@ use std::time::Instant;
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::auth::principal::AuthOutcome;
+use crate::auth::outcome::AuthOutcome;
 use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
 use crate::metrics::{MAX_METHOD_CHARS, MethodMetrics, Metrics as Registry};
@@ -174,9 +174,9 @@ fn count<B: http_body::Body<Data = bytes::Bytes>>(
 ) -> Response<Watched<B, Recorder>> {
     let outcome = response.extensions().get::<AuthOutcome>();
     if let Some(outcome) = outcome {
-        match outcome.refusal {
-            None => registry.auth(outcome.method.as_str(), "allowed", "ok"),
-            Some(reason) => registry.auth(outcome.method.as_str(), "refused", reason),
+        match outcome.refusal() {
+            None => registry.auth(outcome.method().as_str(), "allowed", "ok"),
+            Some(reason) => registry.auth(outcome.method().as_str(), "refused", reason),
         }
     }
     // The query too: a refused `/pkg.Svc/Get?x` is not a call of `Get` and must
@@ -185,12 +185,12 @@ fn count<B: http_body::Body<Data = bytes::Bytes>>(
         .path_and_query()
         .map_or(path.path(), |path| path.as_str());
     let answered_here = response.extensions().get::<grpc::AnsweredHere>().is_some();
-    let dry_run_refused = outcome.is_some_and(|outcome| outcome.would_refuse.is_some());
+    let dry_run_refused = outcome.is_some_and(|outcome| outcome.would_refuse().is_some());
     let ended = response.extensions().get::<CredentialsEnded>();
     if let Some(recorder) = pending.get_mut() {
         recorder.credentials = outcome
             .zip(ended.cloned())
-            .map(|(outcome, ended)| (outcome.method.as_str(), ended));
+            .map(|(outcome, ended)| (outcome.method().as_str(), ended));
         match registry.known_method(path) {
             Some(method) => {
                 method.started.inc();

@@ -16,15 +16,16 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use tokio::time::Instant;
 
-use crate::auth::principal::{Refusal, X_API_KEY, strip_identity_headers};
+use crate::auth::outcome::Refusal;
 use crate::call_context::{self as context, CallContexts};
 use crate::clock::unix_now;
 use crate::config::{self, Problem};
 use crate::grpc::{Code, Reason};
+use crate::identity::{X_API_KEY, is_spelling_of, strip_identity_headers, strip_matching};
 use crate::reload::Current;
 
 /// A destination's credential, ready to attach.
@@ -128,21 +129,7 @@ impl Credentials {
 /// Removes `x-api-key` in every spelling (`x_api_key`, `-bin`), so a key the app holds
 /// never leaves the pod under any name a server might read.
 fn strip_api_keys(headers: &mut HeaderMap) {
-    let keys: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            let base = name
-                .strip_suffix("-bin")
-                .or_else(|| name.strip_suffix("_bin"))
-                .unwrap_or(name);
-            base.len() == 9 && base.replace('_', "-") == "x-api-key"
-        })
-        .cloned()
-        .collect();
-    for name in keys {
-        headers.remove(name);
-    }
+    strip_matching(headers, |name| is_spelling_of(name, &X_API_KEY));
 }
 
 /// The key behind `credentials: { api_key_file }`.

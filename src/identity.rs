@@ -1,18 +1,15 @@
-//! The caller's verified identity, the refusals that stand in for one, and the metadata
-//! that carries it to the app.
+//! Who a caller is, once verified, and the metadata that carries it to the app.
 //!
 //! Strip, then set: every request loses whatever copies of the identity headers the
 //! caller sent (any spelling: `-bin` forms, underscores), and only then are the verified
-//! values inserted. Values are built into `HeaderValue`s once per identity, so a cached
-//! identity costs no formatting per call.
+//! values inserted. [`IDENTITY_HEADERS`] is the one table of those headers; stripping,
+//! injecting and the outbound strip all read it. Values are built into `HeaderValue`s
+//! once per identity, so a cached identity costs no formatting per call.
 
-use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderName, HeaderValue, Response};
-
-use crate::grpc::{self, Code, Reason};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -24,15 +21,31 @@ pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwa
 /// forwarded, whatever is configured.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Every header gatehouse sets; callers can never send any of them.
-const IDENTITY_HEADERS: [&str; 6] = [
-    "x-user-id",
-    "x-tenant-id",
-    "x-user-roles",
-    "x-auth-method",
-    "x-api-key-name",
-    "x-forwarded-client-cert",
+/// Every header gatehouse sets to say who the caller is (DESIGN §3); callers can never
+/// send any of them, in any spelling.
+pub const IDENTITY_HEADERS: [HeaderName; 6] = [
+    X_USER_ID,
+    X_TENANT_ID,
+    X_USER_ROLES,
+    X_AUTH_METHOD,
+    X_API_KEY_NAME,
+    X_FORWARDED_CLIENT_CERT,
 ];
+
+/// Whether `name` is `canonical` in any spelling a server might read as it: `_` for
+/// `-`, and a `-bin` (or `_bin`) suffix.
+pub fn is_spelling_of(name: &str, canonical: &HeaderName) -> bool {
+    let canonical = canonical.as_str();
+    let base = name
+        .strip_suffix("-bin")
+        .or_else(|| name.strip_suffix("_bin"))
+        .unwrap_or(name);
+    base.len() == canonical.len()
+        && base
+            .bytes()
+            .zip(canonical.bytes())
+            .all(|(sent, ours)| sent == ours || (sent == b'_' && ours == b'-'))
+}
 
 /// Whether `name` is an identity header in any spelling: `x_user_id`, `x-user-id-bin`…
 pub fn is_identity_header(name: &str) -> bool {
@@ -40,29 +53,26 @@ pub fn is_identity_header(name: &str) -> bool {
     if bytes.len() < 9 || bytes[0] != b'x' || (bytes[1] != b'-' && bytes[1] != b'_') {
         return false;
     }
-    let base = name
-        .strip_suffix("-bin")
-        .or_else(|| name.strip_suffix("_bin"))
-        .unwrap_or(name);
-    IDENTITY_HEADERS.iter().any(|identity| {
-        base.len() == identity.len()
-            && base
-                .bytes()
-                .zip(identity.bytes())
-                .all(|(sent, ours)| sent == ours || (sent == b'_' && ours == b'-'))
-    })
+    IDENTITY_HEADERS
+        .iter()
+        .any(|identity| is_spelling_of(name, identity))
+}
+
+/// Removes every header `matches` names. Allocates only when there is one.
+pub fn strip_matching(headers: &mut HeaderMap, matches: impl Fn(&str) -> bool) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| matches(name.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
 }
 
 /// Removes every caller-sent identity header. Allocates only when there is one.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_identity_header(name.as_str()))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+    strip_matching(headers, is_identity_header);
 }
 
 /// Removes from request trailers what a caller may not hand the app there: identity
@@ -109,7 +119,19 @@ pub struct Principal {
     pub tenant_id: Option<String>,
     pub roles: Vec<String>,
     pub api_key_name: Option<String>,
-    headers: [Option<HeaderValue>; 4],
+    /// The JWT provider that verified the token, by its configured `name`: a user id
+    /// means something only together with its issuer.
+    pub provider: Option<Arc<str>>,
+    headers: IdentityValues,
+}
+
+/// The identity headers' values, built once per identity.
+#[derive(Clone, Debug, Default)]
+struct IdentityValues {
+    user_id: Option<HeaderValue>,
+    tenant_id: Option<HeaderValue>,
+    roles: Option<HeaderValue>,
+    api_key_name: Option<HeaderValue>,
 }
 
 /// Where the identity values came from (the claims a JWT provider maps, or the fields of
@@ -130,78 +152,85 @@ impl Sources<'static> {
     };
 }
 
+/// An identity value that cannot be handed to the app: which source, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadIdentity(pub String);
+
+/// The values a principal is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Claims {
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub roles: Vec<String>,
+    pub api_key_name: Option<String>,
+    pub provider: Option<Arc<str>>,
+}
+
 impl Principal {
-    /// Builds a principal; refused if a value cannot travel as a header (control
-    /// characters, say) or would smuggle something into one (see [`Principal::from_sources`]).
-    pub fn new(
+    /// Builds a principal whose values come from the identity's own fields.
+    pub fn new(method: AuthMethod, claims: Claims) -> Result<Principal, BadIdentity> {
+        Principal::from_sources(Sources::FIELDS, method, claims)
+    }
+
+    /// Builds a principal from values taken from `sources`, refusing an empty user or
+    /// tenant id (the app would see an id that names nobody), a role that is empty or
+    /// holds `,` or whitespace (`x-user-roles` is comma-separated, so `viewer,admin`
+    /// would read as two roles), and any value that cannot be sent as metadata; the
+    /// error names the source.
+    pub fn from_sources(
+        sources: Sources<'_>,
         method: AuthMethod,
-        user_id: Option<String>,
-        tenant_id: Option<String>,
-        roles: Vec<String>,
-        api_key_name: Option<String>,
-    ) -> Result<Principal, Refusal> {
-        Principal::from_sources(
-            Sources::FIELDS,
-            method,
+        claims: Claims,
+    ) -> Result<Principal, BadIdentity> {
+        let Claims {
             user_id,
             tenant_id,
             roles,
             api_key_name,
-        )
-    }
-
-    /// Builds a principal from values taken from `sources`, refusing with
-    /// UNAUTHENTICATED and a message naming the source: an empty user or tenant id (the
-    /// app would see an id that names nobody), a role that is empty or holds `,` or
-    /// whitespace (`x-user-roles` is comma-separated, so `viewer,admin` would read as
-    /// two roles), and any value that cannot be sent as metadata.
-    pub fn from_sources(
-        sources: Sources<'_>,
-        method: AuthMethod,
-        user_id: Option<String>,
-        tenant_id: Option<String>,
-        roles: Vec<String>,
-        api_key_name: Option<String>,
-    ) -> Result<Principal, Refusal> {
-        let bad = |message: String| Refusal::unauthenticated(Reason::BadClaim, message);
+            provider,
+        } = claims;
         for (source, value) in [(sources.user_id, &user_id), (sources.tenant_id, &tenant_id)] {
             if value
                 .as_deref()
                 .is_some_and(|value| value.trim().is_empty())
             {
-                return Err(bad(format!("claim {source} is empty")));
+                return Err(BadIdentity(format!("claim {source} is empty")));
             }
         }
         if roles
             .iter()
             .any(|role| role.is_empty() || role.contains(|c: char| c == ',' || c.is_whitespace()))
         {
-            return Err(bad(format!(
+            return Err(BadIdentity(format!(
                 "claim {}: a role is empty or contains ',' or whitespace",
                 sources.roles
             )));
         }
-        let value = |source: &str, text: &Option<String>| -> Result<Option<HeaderValue>, Refusal> {
-            text.as_deref()
-                .map(|text| {
-                    HeaderValue::from_str(text)
-                        .map_err(|_| bad(format!("claim {source} cannot be sent as metadata")))
-                })
-                .transpose()
-        };
+        let value =
+            |source: &str, text: &Option<String>| -> Result<Option<HeaderValue>, BadIdentity> {
+                text.as_deref()
+                    .map(|text| {
+                        HeaderValue::from_str(text).map_err(|_| {
+                            BadIdentity(format!("claim {source} cannot be sent as metadata"))
+                        })
+                    })
+                    .transpose()
+            };
         let joined = (!roles.is_empty()).then(|| roles.join(","));
-        let headers = [
-            value(sources.user_id, &user_id)?,
-            value(sources.tenant_id, &tenant_id)?,
-            value(sources.roles, &joined)?,
-            value("api key name", &api_key_name)?,
-        ];
+        let headers = IdentityValues {
+            user_id: value(sources.user_id, &user_id)?,
+            tenant_id: value(sources.tenant_id, &tenant_id)?,
+            roles: value(sources.roles, &joined)?,
+            api_key_name: value("api key name", &api_key_name)?,
+        };
         Ok(Principal {
             method,
             user_id,
             tenant_id,
             roles,
             api_key_name,
+            provider,
             headers,
         })
     }
@@ -226,14 +255,20 @@ impl Principal {
             tenant_id: None,
             roles: Vec::new(),
             api_key_name: None,
-            headers: Default::default(),
+            provider: None,
+            headers: IdentityValues::default(),
         }
     }
 
     /// Sets the verified identity headers (after [`strip_identity_headers`]).
     pub fn inject(&self, headers: &mut HeaderMap, client_cert: Option<&HeaderValue>) {
-        let names = [X_USER_ID, X_TENANT_ID, X_USER_ROLES, X_API_KEY_NAME];
-        for (name, value) in names.into_iter().zip(&self.headers) {
+        let values = [
+            (X_USER_ID, &self.headers.user_id),
+            (X_TENANT_ID, &self.headers.tenant_id),
+            (X_USER_ROLES, &self.headers.roles),
+            (X_API_KEY_NAME, &self.headers.api_key_name),
+        ];
+        for (name, value) in values {
             if let Some(value) = value {
                 headers.insert(name, value.clone());
             }
@@ -242,106 +277,6 @@ impl Principal {
         if let Some(client_cert) = client_cert {
             headers.insert(X_FORWARDED_CLIENT_CERT, client_cert.clone());
         }
-    }
-}
-
-/// What Auth decided, put in the response's extensions for the layers above it.
-#[derive(Clone, Debug)]
-pub struct AuthOutcome {
-    /// How the caller authenticated, or tried to.
-    pub method: AuthMethod,
-    /// The verified caller, when admitted.
-    pub principal: Option<Arc<Principal>>,
-    /// The reason of a refusal.
-    pub refusal: Option<&'static str>,
-    /// `authorization.dry_run`: the part of the policy that would have refused this
-    /// admitted call.
-    pub would_refuse: Option<DecidingRule>,
-}
-
-/// The part of the authorization policy that decided a call: a rule, by its index in
-/// `authorization.rules`, or `authorization.default` when no rule matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecidingRule {
-    Rule(usize),
-    Default,
-}
-
-impl std::fmt::Display for DecidingRule {
-    /// `0`, `1`… or `default`, as the access log writes it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecidingRule::Rule(index) => write!(f, "{index}"),
-            DecidingRule::Default => f.write_str("default"),
-        }
-    }
-}
-
-/// Why a call was refused: the status, a message that says why without revealing any
-/// secret, and the reason from gatehouse's one table (its lower-case [`Reason::label`] in
-/// logs and metrics, its UPPER_SNAKE name in the status details).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: Code,
-    pub message: Cow<'static, str>,
-    pub reason: Reason,
-    /// The part of the authorization policy that refused, for the status details.
-    pub rule: Option<DecidingRule>,
-}
-
-impl Refusal {
-    pub fn unauthenticated(reason: Reason, message: impl Into<Cow<'static, str>>) -> Refusal {
-        debug_assert_eq!(reason.code(), Code::Unauthenticated, "{reason:?}");
-        Refusal {
-            code: Code::Unauthenticated,
-            message: message.into(),
-            reason,
-            rule: None,
-        }
-    }
-
-    pub fn permission_denied(reason: Reason, message: impl Into<Cow<'static, str>>) -> Refusal {
-        debug_assert_eq!(reason.code(), Code::PermissionDenied, "{reason:?}");
-        Refusal {
-            code: Code::PermissionDenied,
-            message: message.into(),
-            reason,
-            rule: None,
-        }
-    }
-
-    /// Names the rule (or the default) that refused, in the status details.
-    pub fn by(mut self, rule: DecidingRule) -> Refusal {
-        self.rule = Some(rule);
-        self
-    }
-
-    /// A `:path` outside gRPC's `/Service/Method` grammar: refused before authentication
-    /// and never forwarded (see [`grpc::is_method_path`]).
-    pub fn invalid_method_path() -> Refusal {
-        Refusal {
-            code: Code::Unimplemented,
-            message: Cow::Borrowed("not a gRPC method path: expected /Service/Method"),
-            reason: Reason::InvalidMethodPath,
-            rule: None,
-        }
-    }
-
-    /// The status the caller receives; `method` is the call's path when it is one.
-    pub fn status(&self, method: Option<&str>) -> grpc::Status {
-        let mut status = grpc::Status::new(self.reason, self.message.clone());
-        if let Some(method) = method {
-            status = status.with("method", method);
-        }
-        if let Some(rule) = self.rule {
-            status = status.with("rule", rule.to_string());
-        }
-        status
-    }
-
-    /// The refusal as a trailers-only response (see [`grpc::Status::response`]).
-    pub fn response<B: Default>(&self, method: Option<&str>) -> Response<B> {
-        self.status(method).response()
     }
 }
 
@@ -389,10 +324,12 @@ mod tests {
 
         let principal = Principal::new(
             AuthMethod::Jwt,
-            Some("u1".into()),
-            Some("acme".into()),
-            vec!["a".into(), "b".into()],
-            None,
+            Claims {
+                user_id: Some("u1".into()),
+                tenant_id: Some("acme".into()),
+                roles: vec!["a".into(), "b".into()],
+                ..Claims::default()
+            },
         )
         .unwrap();
         principal.inject(&mut headers, None);
@@ -426,10 +363,12 @@ mod tests {
             Principal::from_sources(
                 sources,
                 AuthMethod::Jwt,
-                Some(user.into()),
-                Some(tenant.into()),
-                roles.iter().map(|role| role.to_string()).collect(),
-                None,
+                Claims {
+                    user_id: Some(user.into()),
+                    tenant_id: Some(tenant.into()),
+                    roles: roles.iter().map(|role| role.to_string()).collect(),
+                    ..Claims::default()
+                },
             )
         };
         let table = [
@@ -454,49 +393,9 @@ mod tests {
             ),
         ];
         for (built, message) in table {
-            let refusal = built.unwrap_err();
-            assert_eq!(refusal.code, Code::Unauthenticated);
-            assert_eq!(refusal.message, message);
+            assert_eq!(built.unwrap_err().0, message);
         }
         let principal = build("u1", "acme", &["viewer", "admin"]).unwrap();
         assert_eq!(principal.roles, ["viewer", "admin"]);
-    }
-
-    #[test]
-    fn refuses_identity_values_that_cannot_be_headers() {
-        let refusal = Principal::new(
-            AuthMethod::Jwt,
-            Some("evil\nvalue".into()),
-            None,
-            vec![],
-            None,
-        )
-        .unwrap_err();
-        assert_eq!(refusal.code, Code::Unauthenticated);
-    }
-
-    #[test]
-    fn a_refusal_carries_its_reason_rule_and_method_in_the_details() {
-        let refusal = Refusal::permission_denied(Reason::DeniedByRule, "permission denied")
-            .by(DecidingRule::Rule(2));
-        let status = refusal.status(Some("/pkg.Svc/Get"));
-        assert_eq!(status.code(), Code::PermissionDenied);
-        assert_eq!(status.reason(), Reason::DeniedByRule);
-        let expected = grpc::Status::new(Reason::DeniedByRule, "permission denied")
-            .with("method", "/pkg.Svc/Get")
-            .with("rule", "2");
-        assert_eq!(status, expected);
-        // The log and metric name stays what it was.
-        assert_eq!(refusal.reason.label(), "rule_denied");
-
-        let invalid = Refusal::invalid_method_path().status(None);
-        assert_eq!(
-            invalid,
-            grpc::Status::new(
-                Reason::InvalidMethodPath,
-                "not a gRPC method path: expected /Service/Method"
-            )
-        );
-        assert_eq!(invalid.code(), Code::Unimplemented);
     }
 }
