@@ -18,14 +18,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Readiness;
-use crate::listener::Listener;
+use crate::inbound::{self, Forward};
 use crate::metrics::Metrics;
 use crate::reload::Current;
-use crate::server::{MemoryBudget, Server};
+use crate::serve::{Listener, MemoryBudget, Server, Socket};
+use crate::telemetry;
 use crate::telemetry::Tracing;
 use crate::tls::ReloadableTls;
-use crate::upstream::{Forward, Upstream};
-use crate::{middleware, telemetry};
+use crate::upstream::Upstream;
 use load::{MIB, detected_memory_problem, memory_limit};
 use reload::Reloader;
 use signals::Signals;
@@ -225,14 +225,18 @@ async fn serve(
     ));
     let forward = Forward::new(upstream.clone());
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
-    let chain = middleware::build(
-        tracing.clone(),
-        metrics.clone(),
-        authenticator.clone(),
-        &config.limits.per_identity,
-        outbound
-            .as_ref()
-            .and_then(crate::outbound::Destinations::contexts),
+    let abort_inbound = tokio_util::sync::CancellationToken::new();
+    let chain = inbound::build(
+        inbound::Parts {
+            tracing: tracing.clone(),
+            metrics: metrics.clone(),
+            authenticator: authenticator.clone(),
+            per_identity: config.limits.per_identity.clone(),
+            contexts: outbound
+                .as_ref()
+                .and_then(crate::outbound::Destinations::contexts),
+            abort: abort_inbound.clone(),
+        },
         forward,
     );
     let server = Server::new(&config.limits, chain, metrics.clone());
@@ -242,7 +246,13 @@ async fn serve(
         reloadable
     });
     readiness.set_tls(tls.clone());
-    let listener = Listener::new(tcp, tls.clone(), server, &config.limits, metrics.clone());
+    let listener = Listener::new(
+        Socket::Tcp(tcp),
+        tls.clone(),
+        server,
+        &config.limits,
+        metrics.clone(),
+    );
     Reloader {
         path: path.to_owned(),
         running: config.clone(),
@@ -267,9 +277,10 @@ async fn serve(
         }
         None => None,
     };
-    let (stop_outbound, outbound_stopped) = watch::channel(false);
+    // Cancelled when the drain stops accepting, on every listener at once.
+    let stop_accepting = tokio_util::sync::CancellationToken::new();
     let abort_outbound = tokio_util::sync::CancellationToken::new();
-    let (outbound_bound, mut outbound_task) = match (outbound, outbound_socket) {
+    let (outbound_bound, outbound_task) = match (outbound, outbound_socket) {
         (Some(destinations), Some(socket)) => {
             destinations.spawn_watchers(metrics.clone());
             let chain = crate::outbound::build(
@@ -279,13 +290,9 @@ async fn serve(
                 abort_outbound.clone(),
             );
             let bound = socket.describe();
-            let task = tokio::spawn(crate::outbound::listen::serve(
-                socket,
-                chain,
-                config.limits.clone(),
-                outbound_stopped,
-                config.limits.drain_timeout.get(),
-            ));
+            let server = Server::new(&config.limits, chain, metrics.clone());
+            let listener = Listener::for_the_app(socket, server, &config.limits, metrics.clone());
+            let task = tokio::spawn(listener.run(stop_accepting.clone()));
             (Some(bound), Some(task))
         }
         _ => (None, None),
@@ -302,8 +309,7 @@ async fn serve(
         "listening"
     );
 
-    let (stop, stopped) = watch::channel(false);
-    let accepting = tokio::spawn(listener.run(stopped));
+    let accepting = tokio::spawn(listener.run(stop_accepting.clone()));
     let signal = signals.next().await;
     readiness.draining.store(true, Ordering::SeqCst);
     let drain_delay = config.limits.drain_delay.get();
@@ -317,17 +323,20 @@ async fn serve(
         () = tokio::time::sleep(drain_delay) => None,
         signal = signals.next() => Some(signal),
     };
-    let _ = stop.send(true);
-    let _ = stop_outbound.send(true);
+    stop_accepting.cancel();
     let drain = accepting.await.map_err(StartError::AcceptLoop)?;
+    let outbound_drain = match outbound_task {
+        Some(task) => Some(task.await.map_err(StartError::AcceptLoop)?),
+        None => None,
+    };
     tracing::info!("stopped accepting; GOAWAY sent, waiting for calls in flight");
 
     let drain_timeout = config.limits.drain_timeout.get();
     // The app's own outbound calls drain alongside the calls into it.
     let everything = async {
         drain.finished().await;
-        if let Some(outbound) = outbound_task.take() {
-            let _ = outbound.await;
+        if let Some(outbound) = &outbound_drain {
+            outbound.finished().await;
         }
     };
     let second_signal = match second_signal {
@@ -348,7 +357,7 @@ async fn serve(
     }
     // Calls still open end with UNAVAILABLE rather than a dropped connection; give those
     // answers a moment to reach the callers.
-    upstream.abort_open_calls();
+    abort_inbound.cancel();
     abort_outbound.cancel();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished()).await;
     let _ = stop_admin.send(true);
@@ -357,11 +366,8 @@ async fn serve(
 }
 
 /// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.
-async fn bind_outbound(
-    section: &crate::config::Outbound,
-) -> Result<crate::outbound::listen::Socket, StartError> {
+async fn bind_outbound(section: &crate::config::Outbound) -> Result<Socket, StartError> {
     use crate::config::OutboundListen;
-    use crate::outbound::listen::Socket;
     let listen = section.listen().map_err(StartError::OutboundListen)?;
     let cannot = |source| StartError::Listen {
         field: "outbound.listen",

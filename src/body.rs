@@ -25,15 +25,15 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 mod credentials;
 
 use credentials::Credentials;
 pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch};
 
-use crate::grpc::{self, Reason};
+use crate::grpc::{self, Deadline};
 use crate::identity::strip_request_trailers;
 
 /// The caller's request body, streamed to the app as it arrives, or a body gatehouse
@@ -123,6 +123,8 @@ impl Body for RequestBody {
 /// A response body: empty, or the app's body being forwarded.
 pub struct ResponseBody {
     kind: Kind,
+    /// Call-scoped resources, dropped with the body (see [`ResponseBody::hold`]).
+    held: Vec<Box<dyn Send + Sync>>,
 }
 
 enum Kind {
@@ -139,29 +141,54 @@ struct Forwarded {
     inner: Option<Streamed>,
     /// Only calls admitted with a token or an API key pay for it.
     credentials: Option<Box<Credentials>>,
-    /// Boxed because `Sleep` is not `Unpin`; only calls with a `grpc-timeout` pay for it.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// Fires when gatehouse stops waiting for open calls at the end of a drain.
-    abort: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set by the Deadline layer: the call's deadline and the drain's end.
+    ends: Option<Box<Ends>>,
+}
+
+/// What ends a forwarded call on gatehouse's own account while the app is answering:
+/// its deadline (boxed because `Sleep` is not `Unpin`) and the end of a drain that ran
+/// out of time.
+pub struct Ends {
+    pub deadline: Option<(Pin<Box<Sleep>>, Deadline)>,
+    /// Who is answering, as the deadline's status names it; `None`: the app.
+    pub who: Option<Arc<str>>,
+    pub abort: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl ResponseBody {
     /// A body with no frames, for trailers-only responses.
     pub fn empty() -> Self {
-        ResponseBody { kind: Kind::Empty }
+        ResponseBody {
+            kind: Kind::Empty,
+            held: Vec::new(),
+        }
     }
 
-    /// The app's response body, ended with `DEADLINE_EXCEEDED` if `deadline` passes first.
-    /// The app's response body, ended with `UNAVAILABLE` if `abort` fires first.
-    pub fn forwarded(inner: Streamed, deadline: Option<Instant>, abort: CancellationToken) -> Self {
+    /// The app's response body, streamed as it arrives.
+    pub fn forwarded(inner: Streamed) -> Self {
         ResponseBody {
             kind: Kind::Forwarded(Forwarded {
                 inner: Some(inner),
                 credentials: None,
-                deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-                abort: Box::pin(abort.cancelled_owned()),
+                ends: None,
             }),
+            held: Vec::new(),
         }
+    }
+
+    /// Ends the call with `DEADLINE_EXCEEDED` or `UNAVAILABLE` if `ends` fires before the
+    /// app's answer has ended. A trailers-only response has nothing left to end.
+    pub fn end_by(&mut self, ends: Box<Ends>) {
+        if let Kind::Forwarded(forwarded) = &mut self.kind {
+            forwarded.ends = Some(ends);
+        }
+    }
+
+    /// Keeps `guard` until the call ends: a call-scoped resource (a limit slot, a
+    /// context handle) is given back exactly when the response body is finished or
+    /// reset.
+    pub fn hold(&mut self, guard: impl Send + Sync + 'static) {
+        self.held.push(Box::new(guard));
     }
 
     /// Ends the call when `watch` fires, after the last whole message the app sent. A
@@ -171,8 +198,12 @@ impl ResponseBody {
             return;
         };
         // A grpc-timeout that ends the call first makes the expiry timer pointless.
-        if let Some(deadline) = &forwarded.deadline {
-            watch.forget_expiry_after(deadline.deadline());
+        if let Some((sleep, _)) = forwarded
+            .ends
+            .as_ref()
+            .and_then(|ends| ends.deadline.as_ref())
+        {
+            watch.forget_expiry_after(sleep.deadline());
         }
         if watch.is_idle() {
             return;
@@ -196,24 +227,11 @@ impl Forwarded {
             let closing = self.credentials.take().and_then(|c| c.closing);
             return Poll::Ready(closing.map(|end| Ok(status_trailers(&end.status()))));
         };
-        if self.abort.as_mut().poll(cx).is_ready() {
-            self.inner = None;
-            self.credentials = None;
-            return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
-                Reason::ShuttingDown,
-                "gatehouse is shutting down: the drain timeout ended this call",
-            )))));
-        }
-        if let Some(deadline) = self.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
+        if let Some(status) = self.ends.as_mut().and_then(|ends| ends.poll_end(cx)) {
             // Dropping the app's body resets its stream: the app sees the cancellation.
             self.inner = None;
             self.credentials = None;
-            return Poll::Ready(Some(Ok(status_trailers(&grpc::Status::new(
-                Reason::Deadline,
-                "deadline exceeded: grpc-timeout ran out while the app was answering",
-            )))));
+            return Poll::Ready(Some(Ok(status_trailers(&status))));
         }
         if let Some(credentials) = self.credentials.as_mut()
             && credentials.closing.is_none()
@@ -247,6 +265,21 @@ impl Forwarded {
                 Poll::Ready(None)
             }
         }
+    }
+}
+
+impl Ends {
+    /// The status that ends the call, once the drain or the deadline has fired.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<grpc::Status> {
+        if self.abort.as_mut().poll(cx).is_ready() {
+            return Some(grpc::Status::shutting_down());
+        }
+        let (sleep, deadline) = self.deadline.as_mut()?;
+        sleep
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+            .then(|| deadline.exceeded(self.who.as_deref().unwrap_or("the app"), true))
     }
 }
 
@@ -313,6 +346,8 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
+    use tokio_util::sync::CancellationToken;
+
     use super::credentials::Framing;
     use super::*;
     use crate::grpc::Code;
@@ -362,11 +397,7 @@ mod tests {
             frames,
             dropped: dropped.clone(),
         };
-        let body = ResponseBody::forwarded(
-            http_body_util::combinators::UnsyncBoxBody::new(app),
-            None,
-            CancellationToken::new(),
-        );
+        let body = ResponseBody::forwarded(http_body_util::combinators::UnsyncBoxBody::new(app));
         (body, send, dropped)
     }
 

@@ -7,15 +7,17 @@
 //! and the reason in `grpc-status-details-bin`) and never a bare HTTP error that gRPC
 //! clients misreport.
 
-use std::time::Duration;
-
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
+pub mod deadline;
 pub mod details;
+pub mod failure;
 
+pub use deadline::{Deadline, encode_timeout, parse_timeout};
 pub use details::{GRPC_STATUS_DETAILS, Reason, Status};
+pub use failure::{Far, code_for_reset, stream_failure};
 
 /// `grpc-status`: the call's status code, in trailers or in a trailers-only response.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -143,6 +145,11 @@ pub fn encode_message(message: &str) -> HeaderValue {
     HeaderValue::try_from(encoded).expect("percent-encoded text is visible ASCII")
 }
 
+/// The outbound destination a call was routed to, in its request's extensions: the
+/// statuses gatehouse generates for the call name it.
+#[derive(Clone, Debug)]
+pub struct Destination(pub std::sync::Arc<str>);
+
 /// In the extensions of a response that gatehouse generated without the app (a refusal,
 /// an app that cannot be reached), so telemetry can tell it from the app's own answers.
 #[derive(Clone, Copy, Debug)]
@@ -189,55 +196,6 @@ fn is_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
-}
-
-/// Parses a `grpc-timeout` value: one to eight digits and a unit (`H`, `M`, `S`, `m`,
-/// `u`, `n`). A malformed value is `None`, and the call then runs without a deadline of
-/// gatehouse's own, as gRPC servers treat it.
-pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
-    let bytes = value.as_bytes();
-    let (&unit, digits) = bytes.split_last()?;
-    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let amount = digits
-        .iter()
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    match unit {
-        b'H' => Some(Duration::from_secs(amount * 3600)),
-        b'M' => Some(Duration::from_secs(amount * 60)),
-        b'S' => Some(Duration::from_secs(amount)),
-        b'm' => Some(Duration::from_millis(amount)),
-        b'u' => Some(Duration::from_micros(amount)),
-        b'n' => Some(Duration::from_nanos(amount)),
-        _ => None,
-    }
-}
-
-/// Writes a `grpc-timeout` value: milliseconds while they fit the eight digits the
-/// specification allows, whole seconds (rounded up) beyond that, hours at the very most.
-pub fn encode_timeout(timeout: Duration) -> HeaderValue {
-    let millis = timeout.as_millis();
-    let text = if millis <= 99_999_999 {
-        format!("{}m", millis.max(1))
-    } else if timeout.as_secs() < 99_999_999 {
-        format!("{}S", timeout.as_secs() + 1)
-    } else {
-        format!("{}H", (timeout.as_secs() / 3600 + 1).min(99_999_999))
-    };
-    HeaderValue::try_from(text).expect("digits and a unit are a valid header value")
-}
-
-/// The gRPC status a caller should see when an HTTP/2 stream to the app was reset with
-/// `reason`, following the gRPC HTTP/2 protocol mapping.
-pub fn code_for_reset(reason: h2::Reason) -> Code {
-    match reason {
-        h2::Reason::REFUSED_STREAM => Code::Unavailable,
-        h2::Reason::CANCEL => Code::Cancelled,
-        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-        _ => Code::Internal,
-    }
 }
 
 #[cfg(test)]
@@ -327,47 +285,6 @@ mod tests {
         ];
         for (path, expected) in table {
             assert_eq!(is_method_path(path), expected, "{path:?}");
-        }
-    }
-
-    #[test]
-    fn parses_grpc_timeout_units() {
-        let cases = [
-            ("1H", Some(Duration::from_secs(3600))),
-            ("2M", Some(Duration::from_secs(120))),
-            ("3S", Some(Duration::from_secs(3))),
-            ("250m", Some(Duration::from_millis(250))),
-            ("99999999u", Some(Duration::from_micros(99_999_999))),
-            ("7n", Some(Duration::from_nanos(7))),
-            ("123456789m", None),
-            ("m", None),
-            ("10x", None),
-            ("-1S", None),
-            ("", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(
-                parse_timeout(&HeaderValue::from_static(text)),
-                expected,
-                "{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn encodes_timeouts_within_eight_digits_and_round_trips_them() {
-        let table = [
-            (Duration::from_millis(250), "250m"),
-            (Duration::from_micros(10), "1m"),
-            (Duration::from_secs(10), "10000m"),
-            (Duration::from_millis(99_999_999), "99999999m"),
-            (Duration::from_millis(100_000_000), "100001S"),
-            (Duration::from_secs(400_000_000), "111112H"),
-        ];
-        for (timeout, expected) in table {
-            let value = encode_timeout(timeout);
-            assert_eq!(value, expected, "{timeout:?}");
-            assert!(parse_timeout(&value).unwrap() >= timeout, "{timeout:?}");
         }
     }
 }

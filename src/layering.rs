@@ -10,11 +10,11 @@ const TIERS: [&str; 7] = [
     "grpc grpc::* trace_context sha256 reload clock",
     "config config::* metrics identity call_context",
     "tls tls::* body body::* telemetry cli",
-    "server pool pool::* upstream auth auth::jwks auth::jwks::* auth::api_key auth::jwt \
-     auth::policy auth::token auth::binding auth::outcome",
-    "middleware middleware::* outbound outbound::*",
-    "listener admin",
-    "app app::* main lib layering",
+    "serve serve::* pool pool::* upstream limits limits::* auth auth::jwks auth::jwks::* \
+     auth::api_key auth::jwt auth::policy auth::token auth::binding auth::outcome",
+    "layers layers::*",
+    "inbound inbound::* outbound outbound::*",
+    "admin app app::* main lib layering",
 ];
 
 /// A module's tier: its own entry, else the nearest `ancestor::*` above it.

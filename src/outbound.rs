@@ -7,50 +7,46 @@
 //! ```text
 //! app ──h2c──▶ outbound listener (loopback / unix:) ──mTLS, HTTP/2──▶ destination
 //!                │
-//!                ├─ Recovery ▶ Record (CLIENT span, access log, grpc_client_*)
-//!                ├─ route: host of :authority → destination, else UNIMPLEMENTED
-//!                ├─ credentials: strip identity headers, keys and call-context handles,
-//!                │  then relay / key / none / context (the inbound call's token)
-//!                ├─ deadline: min(app's grpc-timeout, destination timeout, and under
-//!                │  context the inbound call's remaining deadline), re-encoded
-//!                └─ endpoint: TLS chain + identity checked in the handshake
+//!                ├─ Recovery     a panic becomes INTERNAL for that one call
+//!                ├─ Route        host of :authority → destination (and its timeout)
+//!                ├─ Record       CLIENT span, access log, grpc_client_* metrics
+//!                ├─ Credentials  strip identity headers, keys and call-context handles,
+//!                │               then relay / key / none / context (the inbound token)
+//!                ├─ Deadline     min(app's grpc-timeout, destination timeout, inbound
+//!                │               call's deadline), sent on as grpc-timeout
+//!                └─ Endpoint     TLS chain + identity checked in the handshake; a call
+//!                                routed nowhere is refused UNKNOWN_DESTINATION here
 //! ```
 //!
-//! [`build`] assembles the chain in one place, as `middleware::build` does inbound.
+//! [`build`] assembles the chain in one place, as `inbound::build` does inbound.
 
 pub mod credentials;
 pub mod endpoint;
-pub mod listen;
 pub mod record;
 pub mod route;
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use tokio::time::Instant;
+use http::uri::Authority;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 
-use crate::body::{RequestBody, ResponseBody};
 use crate::call_context::CallContexts;
 use crate::config::{self, Problem};
-use crate::grpc::{self, Reason};
+use crate::layers::deadline::{DeadlineLayer, DeadlineService};
+use crate::layers::observe::{Observe, ObserveLayer};
+use crate::layers::recovery::{Recovery, RecoveryLayer};
 use crate::metrics::Metrics;
-use crate::middleware::recovery::{Recovery, RecoveryLayer};
 use crate::telemetry::Tracing;
 use crate::tls::ClientTls;
-use credentials::Credentials;
-use endpoint::Endpoint;
-use record::{Record, RecordLayer, Routed};
+use credentials::{Credential, Credentials, CredentialsLayer};
+use endpoint::{Endpoint, Endpoints};
+use record::OutboundRecord;
+use route::{Route, RouteLayer};
 
 /// The assembled outbound chain, outermost layer first.
-pub type Chain = Recovery<Record<Dispatch>>;
+pub type Chain = Recovery<Route<Observe<Credentials<DeadlineService<Endpoint>>, OutboundRecord>>>;
 
 /// Builds the outbound chain around the destinations.
 pub fn build(
@@ -62,15 +58,18 @@ pub fn build(
     ServiceBuilder::new()
         // Outermost, so a panic anywhere below becomes INTERNAL for that one call.
         .layer(RecoveryLayer::new())
-        // Every answered call is logged, counted and traced, refusals included; it
-        // continues the app's trace with a CLIENT span and hands that span on as the
-        // destination's parent.
-        .layer(RecordLayer::new(tracing, metrics))
-        // Routing, strip-then-set credentials, the deadline and the mTLS exchange.
-        .service(Dispatch {
-            destinations,
-            abort,
-        })
+        // The destination first, so what is recorded names it.
+        .layer(RouteLayer::new(destinations.clone()))
+        // Every call is logged, counted and traced, refusals included; it continues the
+        // app's trace with a CLIENT span and hands that span on as the destination's
+        // parent.
+        .layer(ObserveLayer::new(OutboundRecord::new(tracing, metrics)))
+        // Strip, then set: nothing the app sent speaks for anyone once this is done.
+        .layer(CredentialsLayer)
+        // The shortest of the deadlines that apply, enforced here and told to the
+        // destination, so a call never outlives any of them.
+        .layer(DeadlineLayer::new(abort).tell_peer())
+        .service(Endpoint::new(destinations))
 }
 
 /// Every configured destination, with its credential and connection.
@@ -85,11 +84,11 @@ pub struct Destinations {
 /// One destination the app may call.
 pub struct Destination {
     pub name: Arc<str>,
-    credentials: Credentials,
+    credential: Credential,
     timeout: Duration,
     /// `:authority` sent to the destination: its server name and port.
     authority: Authority,
-    endpoint: Endpoint,
+    endpoints: Endpoints,
 }
 
 impl Destinations {
@@ -120,12 +119,12 @@ impl Destinations {
         let mut entries = Vec::new();
         for (i, destination) in outbound.destinations.iter().enumerate() {
             let field = format!("outbound.destinations[{i}]");
-            let credentials = match Credentials::load(
+            let credential = match Credential::load(
                 destination,
                 &format!("{field}.credentials"),
                 contexts.as_ref(),
             ) {
-                Ok(credentials) => credentials,
+                Ok(credential) => credential,
                 Err(problem) => {
                     problems.push(problem);
                     continue;
@@ -152,10 +151,10 @@ impl Destinations {
             let name: Arc<str> = Arc::from(destination.name.as_str());
             entries.push(Arc::new(Destination {
                 name: name.clone(),
-                credentials,
+                credential,
                 timeout: destination.timeout.get(),
                 authority,
-                endpoint: Endpoint::new(
+                endpoints: Endpoints::new(
                     name,
                     destination.address.clone(),
                     server_name,
@@ -179,7 +178,7 @@ impl Destinations {
     pub fn spawn_watchers(&self, metrics: Arc<Metrics>) {
         self.tls.spawn_watcher(metrics);
         for destination in &self.entries {
-            if let Credentials::ApiKey(file) = &destination.credentials {
+            if let Credential::ApiKey(file) = &destination.credential {
                 file.spawn_watcher();
             }
         }
@@ -191,132 +190,13 @@ impl Destinations {
         self.contexts.clone()
     }
 
-    fn find(&self, host: &str) -> Option<&Arc<Destination>> {
+    /// The destination named `host` (ASCII case-insensitively).
+    pub fn find(&self, host: &str) -> Option<&Arc<Destination>> {
         route::find(&self.entries, |d| &d.name, host)
     }
-}
 
-impl Destination {
-    /// Strip-then-set, the deadline, and the exchange; every failure a gRPC status.
-    async fn call(
-        &self,
-        mut request: Request<RequestBody>,
-        abort: CancellationToken,
-    ) -> (Response<ResponseBody>, Option<Arc<str>>) {
-        // Shares the path's bytes, for the details of a status gatehouse answers with.
-        let called = request.uri().clone();
-        let status_for = |status: grpc::Status| {
-            status
-                .with("method", called.path())
-                .with("destination", &*self.name)
-                .response()
-        };
-        let inbound_deadline = match self.credentials.apply(request.headers_mut()) {
-            Ok(deadline) => deadline,
-            Err(refusal) => return (status_for(refusal.status(None)), None),
-        };
-        // The shorter of the app's deadline and the destination's (and under `context`
-        // what is left of the inbound call's), so a call never outlives any of them; the
-        // destination is told what is left.
-        let mut timeout = request
-            .headers()
-            .get(grpc::GRPC_TIMEOUT)
-            .and_then(grpc::parse_timeout)
-            .map_or(self.timeout, |app| app.min(self.timeout));
-        if let Some(at) = inbound_deadline {
-            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
-        }
-        let deadline = Instant::now() + timeout;
-        let headers = request.headers_mut();
-        headers.insert(grpc::GRPC_TIMEOUT, grpc::encode_timeout(timeout));
-        headers.remove(http::header::HOST);
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTPS);
-        parts.authority = Some(self.authority.clone());
-        match Uri::from_parts(parts) {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => {
-                return (
-                    status_for(grpc::Status::new(
-                        Reason::Internal,
-                        "cannot address the destination",
-                    )),
-                    None,
-                );
-            }
-        }
-        // Dropping the exchange (deadline, shutdown) resets the destination's stream.
-        let exchange = tokio::select! {
-            result = self.endpoint.send(request) => result,
-            () = tokio::time::sleep_until(deadline) => {
-                let message = format!(
-                    "deadline exceeded: {timeout:?} ran out before {} answered",
-                    self.name
-                );
-                return (status_for(grpc::Status::new(Reason::Deadline, message)), None);
-            }
-            () = abort.cancelled() => {
-                return (status_for(grpc::Status::new(
-                    Reason::ShuttingDown,
-                    "gatehouse is shutting down: the drain timeout ended this call",
-                )), None);
-            }
-        };
-        match exchange {
-            Ok((response, peer)) => {
-                let name = self.name.clone();
-                let body = move |body: crate::pool::ResponseStream| {
-                    use http_body_util::BodyExt as _;
-                    // A failure mid-stream ends the call with the status it maps to.
-                    let streamed = body
-                        .map_err(move |error| endpoint::stream_status(&name, &error))
-                        .boxed_unsync();
-                    ResponseBody::forwarded(streamed, Some(deadline), abort)
-                };
-                (response.map(body), Some(peer))
-            }
-            Err(failure) => {
-                tracing::debug!(destination = %self.name, error = %failure, "outbound call failed");
-                (status_for(failure.status()), None)
-            }
-        }
-    }
-}
-
-/// The innermost outbound service: finds the destination and makes the call.
-#[derive(Clone)]
-pub struct Dispatch {
-    destinations: Arc<Destinations>,
-    /// Cancelled when the drain gives up on open calls: they end with UNAVAILABLE.
-    abort: CancellationToken,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
-
-impl Service<Request<RequestBody>> for Dispatch {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let destinations = self.destinations.clone();
-        let abort = self.abort.clone();
-        Box::pin(async move {
-            let host = route::authority_host(request.uri(), request.headers());
-            let Some(destination) = host.and_then(|host| destinations.find(host)).cloned() else {
-                let known: Vec<&str> = destinations.names.iter().map(|n| &**n).collect();
-                return Ok(route::unknown_destination(host, &known));
-            };
-            let (mut response, peer) = destination.call(request, abort).await;
-            response.extensions_mut().insert(Routed {
-                destination: destination.name.clone(),
-                peer,
-            });
-            Ok(response)
-        })
+    /// Every destination's name, for the refusal of a call that names none.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
     }
 }

@@ -8,22 +8,17 @@
 //! body into the app's stream and the app's response body back, each under HTTP/2 flow
 //! control, so a slow reader on one side back-pressures the writer on the other.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
-use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{self, Target};
-use crate::grpc::{self, Code, Reason};
+use crate::grpc::{self, Code, Far, Reason};
 use crate::metrics::Metrics;
 use crate::pool::{self, Pool, ResponseStream};
 
@@ -33,8 +28,6 @@ pub struct Upstream {
     /// Used for `:authority` when the caller sent none.
     authority: Authority,
     metrics: Arc<Metrics>,
-    /// Cancelled when the drain gives up on open calls: they end with UNAVAILABLE.
-    abort: tokio_util::sync::CancellationToken,
 }
 
 /// Connection-specific headers, which HTTP/2 forbids and a proxy must not pass on.
@@ -70,17 +63,12 @@ impl Upstream {
             pool: Pool::new(target, settings),
             authority,
             metrics,
-            abort: tokio_util::sync::CancellationToken::new(),
         }
     }
 
-    /// Forwards one call and turns every failure into a gRPC status response.
+    /// Forwards one call and turns every failure into a gRPC status response. The
+    /// call's deadline and the drain's end are the Deadline layer's, above.
     pub async fn forward(&self, mut request: Request<RequestBody>) -> Response<ResponseBody> {
-        let deadline = request
-            .headers()
-            .get(grpc::GRPC_TIMEOUT)
-            .and_then(grpc::parse_timeout)
-            .and_then(|timeout| Instant::now().checked_add(timeout));
         if let Err(message) = self.prepare(&mut request) {
             return grpc::Status::new(Reason::Internal, message)
                 .with("method", request.uri().path())
@@ -88,52 +76,19 @@ impl Upstream {
         }
         // Shares the path's bytes: no copy unless the call fails here.
         let uri = request.uri().clone();
-        let exchange = async {
-            let deadline = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // Dropping the exchange (deadline, abort) resets the app's stream.
-            tokio::select! {
-                result = self.send(request) => Ok(result),
-                () = deadline => {
-                    self.metrics.upstream_error("deadline");
-                    Err(grpc::Status::new(
-                        Reason::Deadline,
-                        "deadline exceeded: grpc-timeout ran out before the app answered",
-                    ))
-                }
-                () = self.abort.cancelled() => Err(grpc::Status::new(
-                    Reason::ShuttingDown,
-                    "gatehouse is shutting down: the drain timeout ended this call",
-                )),
-            }
-        };
-        let result = match exchange.await {
-            Ok(result) => result,
-            Err(status) => return status.with("method", uri.path()).response(),
-        };
-        match result {
+        match self.send(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = body
-                    .map_err(|error| status_for_error(&error, "while streaming the response"))
+                    .map_err(|error| {
+                        grpc::stream_failure(&error, Far::App, "while streaming the response")
+                    })
                     .boxed_unsync();
-                Response::from_parts(
-                    parts,
-                    ResponseBody::forwarded(body, deadline, self.abort.clone()),
-                )
+                Response::from_parts(parts, ResponseBody::forwarded(body))
             }
             Err(status) => status.with("method", uri.path()).response(),
         }
-    }
-
-    /// Ends every open call with `UNAVAILABLE` (the end of a drain that timed out).
-    pub fn abort_open_calls(&self) {
-        self.abort.cancel();
     }
 
     /// Whether the app answers: `grpc.health.v1.Health/Check` says SERVING, or the app
@@ -227,7 +182,7 @@ impl Upstream {
                 pool::Error::QueueTimeout { .. } => ("queue_timeout", Reason::AppQueueTimeout),
                 pool::Error::Stream(stream) => {
                     self.metrics.upstream_error("request");
-                    return status_for_error(stream, "before the app answered");
+                    return grpc::stream_failure(stream, Far::App, "before the app answered");
                 }
             };
             self.metrics.upstream_error(kind);
@@ -243,51 +198,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     if headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
-    }
-}
-
-/// The status a caller sees for a failure talking to the app, and why.
-pub fn status_for_error(error: &h2::Error, when: &str) -> grpc::Status {
-    if error.is_reset()
-        && error.is_remote()
-        && let Some(reason) = error.reason()
-    {
-        return grpc::Status::reset(
-            Reason::AppResetStream,
-            reason,
-            format!("the app reset the stream {when}: {reason}"),
-        );
-    }
-    grpc::Status::new(
-        Reason::AppUnavailable,
-        format!("connection to the app lost {when}: {error}"),
-    )
-}
-
-/// The innermost service of the chain: forwards the call to the app.
-#[derive(Clone)]
-pub struct Forward {
-    upstream: Arc<Upstream>,
-}
-
-impl Forward {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
-        Forward { upstream }
-    }
-}
-
-impl tower::Service<Request<RequestBody>> for Forward {
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let upstream = self.upstream.clone();
-        Box::pin(async move { Ok(upstream.forward(request).await) })
     }
 }
 

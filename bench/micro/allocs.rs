@@ -21,11 +21,12 @@ use bytes::Bytes;
 use gatehouse::auth::Authenticator;
 use gatehouse::body::RequestBody;
 use gatehouse::config::Config;
+use gatehouse::inbound::Forward;
 use gatehouse::metrics::Metrics;
 use gatehouse::reload::Current;
 use gatehouse::telemetry::{Logfmt, Tracing};
 use gatehouse::tls::{ConnectionInfo, PeerIdentity};
-use gatehouse::upstream::{Forward, Upstream};
+use gatehouse::upstream::Upstream;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::CertificateDer;
@@ -187,12 +188,15 @@ fn main() {
             &config.limits,
             metrics.clone(),
         ));
-        let mut chain = gatehouse::middleware::build(
-            Arc::new(Tracing::propagate_only(config.telemetry.sample_ratio)),
-            metrics,
-            Arc::new(Current::new(Arc::new(authenticator))),
-            &config.limits.per_identity,
-            None,
+        let mut chain = gatehouse::inbound::build(
+            gatehouse::inbound::Parts {
+                tracing: Arc::new(Tracing::propagate_only(config.telemetry.sample_ratio)),
+                metrics,
+                authenticator: Arc::new(Current::new(Arc::new(authenticator))),
+                per_identity: config.limits.per_identity.clone(),
+                contexts: None,
+                abort: tokio_util::sync::CancellationToken::new(),
+            },
             Forward::new(upstream),
         );
         let body = grpc_frame(PAYLOAD);

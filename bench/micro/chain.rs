@@ -15,9 +15,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use gatehouse::body::{RequestBody, ResponseBody};
 use gatehouse::grpc::{Code, GRPC_STATUS};
+use gatehouse::inbound::logging::AccessLog;
+use gatehouse::inbound::metrics::CallCounter;
+use gatehouse::layers::observe::ObserveLayer;
 use gatehouse::metrics::Metrics;
-use gatehouse::middleware::logging::LoggingLayer;
-use gatehouse::middleware::metrics::MetricsLayer;
 use gatehouse::telemetry::{Logfmt, Tracing};
 use http::Request;
 use http_body_util::BodyExt;
@@ -61,8 +62,8 @@ fn layers(c: &mut Criterion) {
 
     let mut bare = app();
     let tracing = Arc::new(Tracing::propagate_only(1.0));
-    let mut observed =
-        LoggingLayer::new(tracing).layer(MetricsLayer::new(Arc::new(Metrics::new())).layer(app()));
+    let mut observed = ObserveLayer::new(AccessLog::new(tracing))
+        .layer(ObserveLayer::new(CallCounter::new(Arc::new(Metrics::new()))).layer(app()));
 
     let mut group = c.benchmark_group("chain");
     group.bench_function("bare", |b| {

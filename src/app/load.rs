@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Limits, Problem};
-use crate::server::MemoryBudget;
+use crate::serve::MemoryBudget;
 use crate::tls;
 
 /// Parses, validates and reads every file the configuration names, reporting all

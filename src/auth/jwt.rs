@@ -297,12 +297,11 @@ impl JwtVerifier {
 }
 
 /// How long a call may wait for a key set fetch: [`MAX_KEY_WAIT`], or less when the
-/// caller's `grpc-timeout` is shorter.
-pub fn key_wait(headers: &http::HeaderMap) -> Duration {
-    headers
-        .get(crate::grpc::GRPC_TIMEOUT)
-        .and_then(crate::grpc::parse_timeout)
-        .map_or(MAX_KEY_WAIT, |timeout| timeout.min(MAX_KEY_WAIT))
+/// call's deadline is sooner.
+pub fn key_wait(deadline: Option<crate::grpc::Deadline>) -> Duration {
+    deadline.map_or(MAX_KEY_WAIT, |deadline| {
+        deadline.remaining().min(MAX_KEY_WAIT)
+    })
 }
 
 /// Whether an unreadable header at least names an `alg`, one gatehouse does not

@@ -189,6 +189,7 @@ impl Authenticator {
         if let Err(refusal) = self.policy.admit_peer(peer) {
             return Admission::refused(AuthMethod::None, refusal);
         }
+        let deadline = crate::grpc::Deadline::of(&request.extensions);
         let path = request.uri.path();
         let headers = &mut request.headers;
 
@@ -246,7 +247,7 @@ impl Authenticator {
             ),
             (Presented::One((jwt, value)), Presented::Absent) => {
                 // A token whose key is being fetched waits no longer than the caller would.
-                let key_wait = jwt::key_wait(headers);
+                let key_wait = jwt::key_wait(deadline);
                 let credited = verify_token(jwt, value, key_wait, peer).await;
                 match self.authorize(credited, &call, headers) {
                     Ok(admitted) => Admission::Jwt(admitted),
@@ -317,6 +318,7 @@ impl Authenticator {
             principal: credited.principal,
             would_refuse,
             lifetime: call.expire_open_calls.then_some(credited.lifetime),
+            bearer: credited.bearer,
         })
     }
 }
@@ -361,11 +363,15 @@ pub struct Admitted {
     pub would_refuse: Option<DecidingRule>,
     /// What ends the credential, unless `auth.expire_open_calls` is false.
     pub lifetime: Option<Lifetime>,
+    /// The `authorization` value of a verified bearer token, as the caller sent it.
+    pub bearer: Option<HeaderValue>,
 }
 
 /// What a verified credential says, before the policy has had its say.
 struct Credited {
     principal: Arc<Principal>,
+    /// The verified `authorization` value (a JWT only).
+    bearer: Option<HeaderValue>,
     /// The `authorization` value to hand the app, when the provider forwards tokens.
     forward: Option<HeaderValue>,
     lifetime: Lifetime,
@@ -401,6 +407,7 @@ async fn verify_token(
             expires: unix_time(verified.expires_at).map(|at| (at, CredentialsEnd::TokenExpired)),
             revoked: None,
         },
+        bearer: Some(value.clone()),
         forward: verified.forward_token.then_some(value),
     })
 }
@@ -409,6 +416,7 @@ fn authenticate_key(store: &ApiKeyStore, key: &HeaderValue) -> Result<Credited, 
     let matched = store.authenticate(key.as_bytes())?;
     Ok(Credited {
         principal: matched.principal,
+        bearer: None,
         forward: None,
         lifetime: Lifetime {
             expires: matched

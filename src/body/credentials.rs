@@ -109,6 +109,12 @@ impl CredentialsWatch {
         self.ended.clone()
     }
 
+    /// Records why the credentials ended in `ended` (the call's facts) from now on.
+    pub fn recording_into(mut self, ended: &CredentialsEnded) -> CredentialsWatch {
+        self.ended = ended.clone();
+        self
+    }
+
     /// Nothing to watch: no expiry and no revocation signal.
     pub fn is_idle(&self) -> bool {
         self.expiry.is_none() && self.revoked.is_none()

@@ -11,25 +11,126 @@
 //! stripped from every call whatever the credential: they mean something only inside
 //! this pod. Under `context` the handle is first resolved to the inbound call's token.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue};
-
+use http::{HeaderMap, HeaderValue, Request, Response};
 use tokio::time::Instant;
+use tower::{Layer, Service};
 
+use super::route::Routed;
 use crate::auth::outcome::Refusal;
+use crate::body::{RequestBody, ResponseBody};
 use crate::call_context::{self as context, CallContexts};
 use crate::clock::unix_now;
 use crate::config::{self, Problem};
-use crate::grpc::{Code, Reason};
+use crate::grpc::{Code, Deadline, Reason};
 use crate::identity::{X_API_KEY, is_spelling_of, strip_identity_headers, strip_matching};
 use crate::reload::Current;
 
+/// Applies the routed destination's credential to each call (see the module
+/// documentation); a call routed nowhere is only stripped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CredentialsLayer;
+
+impl<S> Layer<S> for CredentialsLayer {
+    type Service = Credentials<S>;
+
+    fn layer(&self, inner: S) -> Credentials<S> {
+        Credentials { inner }
+    }
+}
+
+/// See [`CredentialsLayer`].
+#[derive(Clone)]
+pub struct Credentials<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<RequestBody>> for Credentials<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Infallible>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = CredentialsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let destination = match request.extensions().get::<Routed>() {
+            Some(Routed::To(destination)) => destination.clone(),
+            _ => {
+                strip(request.headers_mut());
+                return CredentialsFuture::Sent {
+                    call: self.inner.call(request),
+                };
+            }
+        };
+        match destination.credential.apply(request.headers_mut()) {
+            Ok(inbound) => {
+                if let Some(at) = inbound {
+                    Deadline::shorten(request.extensions_mut(), at, "the inbound call's deadline");
+                }
+                CredentialsFuture::Sent {
+                    call: self.inner.call(request),
+                }
+            }
+            Err(refusal) => {
+                let status = refusal
+                    .status(None)
+                    .about(request.uri(), Some(&destination.name));
+                CredentialsFuture::Refused {
+                    response: Some(status.response()),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Credentials`] answers with: the call sent on, or refused here.
+    #[project = CredentialsProjection]
+    pub enum CredentialsFuture<F> {
+        Sent { #[pin] call: F },
+        Refused { response: Option<Response<ResponseBody>> },
+    }
+}
+
+impl<F> Future for CredentialsFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CredentialsProjection::Sent { call } => call.poll(cx),
+            CredentialsProjection::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("CredentialsFuture polled after completion"))),
+        }
+    }
+}
+
+/// Removes what the app may not send out, whatever the destination: handles, identity
+/// headers and API keys.
+fn strip(headers: &mut HeaderMap) {
+    context::strip_handles(headers);
+    strip_identity_headers(headers);
+    strip_api_keys(headers);
+}
+
 /// A destination's credential, ready to attach.
-pub enum Credentials {
+pub enum Credential {
     /// The app's bearer token, forwarded when it names `audience` and has not expired.
     Relay { audience: String },
     /// Nothing but the pod's certificate.
@@ -47,29 +148,29 @@ pub enum Credentials {
 /// The refusal's message when a handle is missing, unknown or past its grace.
 const NO_CALL_CONTEXT: &str = "NO_CALL_CONTEXT: no live call context: this destination uses credentials: context, so the call must carry the gatehouse-ctx baggage member (or x-gatehouse-ctx) of an inbound call that is open or ended less than outbound.context_grace ago";
 
-impl Credentials {
+impl Credential {
     /// Reads what the config names; problems are reported on `field`. `contexts` is the
     /// table `credentials: context` resolves handles in.
     pub fn load(
         destination: &config::Destination,
         field: &str,
         contexts: Option<&Arc<CallContexts>>,
-    ) -> Result<Credentials, Problem> {
+    ) -> Result<Credential, Problem> {
         match &destination.credentials {
-            config::Credentials::Relay => Ok(Credentials::Relay {
+            config::Credentials::Relay => Ok(Credential::Relay {
                 audience: destination.audience.clone().unwrap_or_default(),
             }),
-            config::Credentials::None => Ok(Credentials::None),
+            config::Credentials::None => Ok(Credential::None),
             config::Credentials::ApiKeyFile(path) => {
                 let key = read_key(path)
                     .map_err(|message| Problem::new(format!("{field}.api_key_file"), message))?;
-                Ok(Credentials::ApiKey(Arc::new(ApiKeyFile {
+                Ok(Credential::ApiKey(Arc::new(ApiKeyFile {
                     path: path.clone(),
                     key: Current::new(Arc::new(key)),
                 })))
             }
             config::Credentials::Context => match contexts {
-                Some(contexts) => Ok(Credentials::Context {
+                Some(contexts) => Ok(Credential::Context {
                     audience: destination.audience.clone().unwrap_or_default(),
                     contexts: contexts.clone(),
                 }),
@@ -83,26 +184,24 @@ impl Credentials {
     /// serves, which it must not outlive (`context` only).
     pub fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Instant>, Refusal> {
         let handle = match self {
-            Credentials::Context { .. } => context::sent_handle(headers),
+            Credential::Context { .. } => context::sent_handle(headers),
             _ => None,
         };
-        context::strip_handles(headers);
-        strip_identity_headers(headers);
-        strip_api_keys(headers);
+        strip(headers);
         match self {
-            Credentials::Relay { audience } => {
+            Credential::Relay { audience } => {
                 check_relayed_token(headers, audience, unix_now()).map(|()| None)
             }
-            Credentials::None => {
+            Credential::None => {
                 headers.remove(AUTHORIZATION);
                 Ok(None)
             }
-            Credentials::ApiKey(file) => {
+            Credential::ApiKey(file) => {
                 headers.remove(AUTHORIZATION);
                 headers.insert(X_API_KEY, file.key.get().as_ref().clone());
                 Ok(None)
             }
-            Credentials::Context { audience, contexts } => {
+            Credential::Context { audience, contexts } => {
                 // Whatever the app sent is replaced: only the handle speaks for the user.
                 headers.remove(AUTHORIZATION);
                 let call = handle
@@ -280,10 +379,10 @@ mod tests {
         headers.insert("x_user_id-bin", HeaderValue::from_static("Zm9yZ2Vk"));
         headers.insert("x-api-key", HeaderValue::from_static("app-held"));
         headers.insert("x_api_key", HeaderValue::from_static("app-held"));
-        let credentials = Credentials::Relay {
+        let credential = Credential::Relay {
             audience: "identity-service".to_owned(),
         };
-        credentials.apply(&mut headers).map(|_| headers)
+        credential.apply(&mut headers).map(|_| headers)
     }
 
     #[test]
@@ -343,28 +442,28 @@ mod tests {
             path.display()
         ))
         .unwrap();
-        let credentials = Credentials::load(&destination, "d", None).unwrap();
+        let credential = Credential::load(&destination, "d", None).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("app-held"));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x.y.z"));
-        credentials.apply(&mut headers).unwrap();
+        credential.apply(&mut headers).unwrap();
         assert_eq!(headers.get_all("x-api-key").iter().count(), 1);
         assert_eq!(headers["x-api-key"], "service-key");
         assert!(headers.get(AUTHORIZATION).is_none());
 
         std::fs::write(&path, "rotated").unwrap();
-        let Credentials::ApiKey(file) = &credentials else {
+        let Credential::ApiKey(file) = &credential else {
             unreachable!("loaded from api_key_file")
         };
         file.reload();
-        credentials.apply(&mut headers).unwrap();
+        credential.apply(&mut headers).unwrap();
         assert_eq!(headers["x-api-key"], "rotated");
     }
 
     #[test]
     fn context_attaches_the_inbound_calls_token_and_strips_the_handle() {
         let contexts = Arc::new(CallContexts::new(std::time::Duration::from_secs(5), 8));
-        let credentials = Credentials::Context {
+        let credential = Credential::Context {
             audience: "identity-service".to_owned(),
             contexts: contexts.clone(),
         };
@@ -378,21 +477,21 @@ mod tests {
             AUTHORIZATION,
             HeaderValue::from_static("Bearer app.own.token"),
         );
-        assert_eq!(credentials.apply(&mut headers).unwrap(), Some(later));
+        assert_eq!(credential.apply(&mut headers).unwrap(), Some(later));
         assert_eq!(headers.get(AUTHORIZATION), Some(&user));
         assert_eq!(headers["baggage"], "a=1");
 
         // Another destination's credential still strips a handle the app sent.
         let mut headers = HeaderMap::new();
         headers.insert(context::X_GATEHOUSE_CTX, handle.clone());
-        Credentials::None.apply(&mut headers).unwrap();
+        Credential::None.apply(&mut headers).unwrap();
         assert!(headers.is_empty(), "{headers:?}");
 
         let refused = |token: HeaderValue, deadline| {
             let (_open, handle) = contexts.mint(token, deadline).unwrap();
             let mut headers = HeaderMap::new();
             headers.insert(context::X_GATEHOUSE_CTX, handle);
-            let refusal = credentials.apply(&mut headers).unwrap_err();
+            let refusal = credential.apply(&mut headers).unwrap_err();
             (refusal.code, refusal.reason)
         };
         let past = Instant::now().checked_sub(std::time::Duration::from_millis(1));
@@ -413,7 +512,7 @@ mod tests {
             context::X_GATEHOUSE_CTX,
             HeaderValue::from_static("0123456789abcdef0123456789abcdef"),
         );
-        let refusal = credentials.apply(&mut headers).unwrap_err();
+        let refusal = credential.apply(&mut headers).unwrap_err();
         assert_eq!(refusal.reason, Reason::NoCallContext);
         assert!(headers.get(AUTHORIZATION).is_none());
     }

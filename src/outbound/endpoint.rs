@@ -13,18 +13,27 @@
 //! server name), it verified but is not the service the app asked for
 //! (`IDENTITY_MISMATCH`), or no address answered at all (`NO_ENDPOINT`).
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::uri::Scheme;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use super::route::{self, Routed};
+use super::{Destination, Destinations};
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::{PeerPattern, Target};
-use crate::grpc::{self, Reason};
+use crate::grpc::{self, Far, Reason};
+use crate::layers::observe::CallFacts;
 use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream};
 use crate::tls::{ClientTls, IdentityMismatch};
 
@@ -91,24 +100,94 @@ impl Failure {
     }
 }
 
-/// The status for a destination's stream that failed: its reset reason mapped as the
-/// gRPC HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
-pub fn stream_status(destination: &str, error: &h2::Error) -> grpc::Status {
-    match error
-        .reason()
-        .filter(|_| error.is_remote() && error.is_reset())
-    {
-        Some(reason) => grpc::Status::reset(
-            Reason::DestinationResetStream,
-            reason,
-            format!("{destination} reset the stream: {reason}"),
-        ),
-        None => grpc::Status::new(
-            Reason::DestinationUnavailable,
-            format!("connection to {destination} lost: {error}"),
-        ),
+/// The innermost outbound service: points each call at its destination and sends it
+/// over that destination's connections; a call routed nowhere is refused here, with
+/// UNIMPLEMENTED naming the destinations there are.
+#[derive(Clone)]
+pub struct Endpoint {
+    destinations: Arc<Destinations>,
+}
+
+impl Endpoint {
+    pub fn new(destinations: Arc<Destinations>) -> Self {
+        Endpoint { destinations }
     }
-    .with("destination", destination)
+}
+
+impl tower::Service<Request<RequestBody>> for Endpoint {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        match request.extensions().get::<Routed>() {
+            Some(Routed::To(destination)) => {
+                let destination = destination.clone();
+                Box::pin(async move { Ok(send(&destination, request).await) })
+            }
+            Some(Routed::Nowhere(host)) => Box::pin(std::future::ready(Ok(
+                route::unknown_destination(host.as_deref(), self.destinations.names()),
+            ))),
+            None => Box::pin(std::future::ready(Ok(route::unknown_destination(
+                None,
+                self.destinations.names(),
+            )))),
+        }
+    }
+}
+
+/// Points `request` at `destination` (`https`, its server name and port as
+/// `:authority`) and sends it; every failure a gRPC status naming the destination.
+async fn send(
+    destination: &Destination,
+    mut request: Request<RequestBody>,
+) -> Response<ResponseBody> {
+    let called = request.uri().clone();
+    let status_for =
+        |status: grpc::Status| status.about(&called, Some(&destination.name)).response();
+    request.headers_mut().remove(http::header::HOST);
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = Some(destination.authority.clone());
+    match Uri::from_parts(parts) {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            return status_for(grpc::Status::new(
+                Reason::Internal,
+                "cannot address the destination",
+            ));
+        }
+    }
+    let facts = CallFacts::in_request(&request).cloned();
+    match destination.endpoints.send(request).await {
+        Ok((response, peer)) => {
+            if let Some(facts) = facts {
+                facts.set_peer(peer);
+            }
+            let name = destination.name.clone();
+            response.map(move |body| {
+                // A failure mid-stream ends the call with the status it maps to.
+                let streamed = body
+                    .map_err(move |error| {
+                        grpc::stream_failure(
+                            &error,
+                            Far::Destination(&name),
+                            "while streaming the response",
+                        )
+                    })
+                    .boxed_unsync();
+                ResponseBody::forwarded(streamed)
+            })
+        }
+        Err(failure) => {
+            tracing::debug!(destination = %destination.name, error = %failure, "outbound call failed");
+            status_for(failure.status())
+        }
+    }
 }
 
 /// Connections per endpoint while none of their streams is stalled (the pool opens more,
@@ -164,8 +243,8 @@ impl Connect for TlsConnector {
     }
 }
 
-/// Connections to one destination.
-pub struct Endpoint {
+/// Connections to one destination: a pool per address its name resolves to.
+pub struct Endpoints {
     destination: Arc<str>,
     address: String,
     server_name: ServerName<'static>,
@@ -276,7 +355,7 @@ impl Slots {
     }
 }
 
-impl Endpoint {
+impl Endpoints {
     pub fn new(
         destination: Arc<str>,
         address: String,
@@ -284,7 +363,7 @@ impl Endpoint {
         identities: Arc<[PeerPattern]>,
         tls: Arc<ClientTls>,
     ) -> Self {
-        Endpoint {
+        Endpoints {
             destination,
             address,
             server_name,
@@ -457,7 +536,11 @@ impl Endpoint {
             }
             pool::Error::Stream(error) => Failure::Stream {
                 destination: self.destination.clone(),
-                status: stream_status(&self.destination, &error),
+                status: grpc::stream_failure(
+                    &error,
+                    Far::Destination(&self.destination),
+                    "before it answered",
+                ),
             },
         }
     }
@@ -584,7 +667,7 @@ mod tests {
         (address, count, task)
     }
 
-    async fn call(endpoint: &Endpoint) -> Result<(), Failure> {
+    async fn call(endpoint: &Endpoints) -> Result<(), Failure> {
         let request = Request::post("https://dest.test/a.B/C")
             .body(RequestBody::local(bytes::Bytes::new()))
             .expect("a valid request");
@@ -610,7 +693,7 @@ mod tests {
         for last in [2, 3, 4] {
             servers.push(server([127, 0, 0, last], server_config.clone()).await);
         }
-        let mut endpoint = Endpoint::new(
+        let mut endpoint = Endpoints::new(
             Arc::from("dest"),
             "dest.test:443".to_owned(),
             ServerName::try_from("localhost").unwrap(),

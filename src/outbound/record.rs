@@ -1,91 +1,96 @@
 //! Record: what every outbound call leaves behind. A CLIENT span that continues the
 //! app's `traceparent` and is handed on as the destination's parent, so the destination's
 //! gatehouse continues the same trace; `grpc_client_*` metrics with a `destination`
-//! label; one access-log line `msg=outbound`. The status is read where gRPC puts it, at
-//! the end of the response, through the same [`Watched`] body the inbound layers use.
+//! label; one access-log line `msg=outbound`. It is an observer (see
+//! [`crate::layers::observe`]) below Route, so the destination is known when the call
+//! starts; the server that answered is in the call's facts when it ends.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-use http::{Request, Response, Uri};
-use tower::{Layer, Service};
+use http::{Request, Uri};
 
+use super::route::Routed;
 use crate::body::RequestBody;
-use crate::grpc::{self, Code};
-use crate::metrics::Metrics;
-use crate::middleware::watch::{Completion, Outcome, Pending, Watched};
+use crate::layers::observe::{CallFacts, CallRecord, Observer};
+use crate::layers::watch::{Completion, Outcome};
+use crate::metrics::{ClientMethodMetrics, Metrics};
 use crate::telemetry::{CallSpan, Tracing, capped};
 use crate::trace_context::TraceContext;
 
-/// Put in a response's extensions by the dispatcher: where the call went.
-#[derive(Clone, Debug)]
-pub struct Routed {
-    pub destination: Arc<str>,
-    /// The verified identity of the server that answered, when one did.
-    pub peer: Option<Arc<str>>,
-}
-
-/// Wraps a service in [`Record`].
+/// What Record does for each outbound call.
 #[derive(Clone)]
-pub struct RecordLayer {
+pub struct OutboundRecord {
     tracing: Arc<Tracing>,
     metrics: Arc<Metrics>,
 }
 
-impl RecordLayer {
+impl OutboundRecord {
     pub fn new(tracing: Arc<Tracing>, metrics: Arc<Metrics>) -> Self {
-        RecordLayer { tracing, metrics }
+        OutboundRecord { tracing, metrics }
     }
 }
 
-impl<S> Layer<S> for RecordLayer {
-    type Service = Record<S>;
+impl Observer for OutboundRecord {
+    type Record = ClientRecord;
 
-    fn layer(&self, inner: S) -> Record<S> {
-        Record {
-            inner,
+    fn start(&self, request: &mut Request<RequestBody>) -> ClientRecord {
+        // The CLIENT span: a child of the app's span, and the parent the destination sees.
+        let context = TraceContext::from_headers(request.headers(), self.tracing.sample_ratio);
+        context.inject(request.headers_mut());
+        let destination = request
+            .extensions()
+            .get::<Routed>()
+            .and_then(Routed::destination)
+            .cloned();
+        // Only routed calls name their method: an unknown authority is counted as
+        // `other`, so made-up names cannot grow the label set.
+        let method = match &destination {
+            Some(destination) => self
+                .metrics
+                .client_method(destination, request.uri().path()),
+            None => self.metrics.client_method("unknown", "other"),
+        };
+        method.started.inc();
+        ClientRecord {
             tracing: self.tracing.clone(),
             metrics: self.metrics.clone(),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            uri: request.uri().clone(),
+            context,
+            destination,
+            method,
+            facts: CallFacts::of(request),
         }
     }
 }
 
-/// See the module documentation.
-#[derive(Clone)]
-pub struct Record<S> {
-    inner: S,
-    tracing: Arc<Tracing>,
-    metrics: Arc<Metrics>,
-}
-
 /// The log line, metrics and span of one call, completed when it ends.
-pub struct CallRecord {
+pub struct ClientRecord {
     tracing: Arc<Tracing>,
     metrics: Arc<Metrics>,
     started: Instant,
     started_at: SystemTime,
     uri: Uri,
     context: TraceContext,
-    routed: Option<Routed>,
-    method: Option<Arc<crate::metrics::ClientMethodMetrics>>,
+    destination: Option<Arc<str>>,
+    method: Arc<ClientMethodMetrics>,
+    facts: Arc<CallFacts>,
 }
 
-impl Completion for CallRecord {
+impl CallRecord for ClientRecord {}
+
+impl Completion for ClientRecord {
     fn complete(self, outcome: Outcome) {
         let duration = self.started.elapsed();
-        let destination = self.routed.as_ref().map(|r| &*r.destination);
-        let peer = self.routed.as_ref().and_then(|r| r.peer.as_deref());
-        if let Some(method) = &self.method {
-            self.metrics
-                .client_handled(method, outcome.code, duration.as_secs_f64());
-        }
+        let destination = self.destination.as_deref().unwrap_or("unknown");
+        let peer = self.facts.peer();
+        self.metrics
+            .client_handled(&self.method, outcome.code, duration.as_secs_f64());
         tracing::info!(
             target: "gatehouse::access",
-            destination = destination.unwrap_or("unknown"),
+            destination,
             method = capped(self.uri.path()),
             grpc_code = outcome.code.as_str(),
             duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
@@ -106,69 +111,10 @@ impl Completion for CallRecord {
                     peer,
                     remote: None,
                 },
-                destination.unwrap_or("unknown"),
+                destination,
                 // No server answered: gatehouse refused or failed the call itself.
                 peer.is_none(),
             );
         }
-    }
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
-
-impl<S, B> Service<Request<RequestBody>> for Record<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-{
-    type Response = Response<Watched<B, CallRecord>>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
-        // The CLIENT span: a child of the app's span, and the parent the destination sees.
-        let context = TraceContext::from_headers(request.headers(), self.tracing.sample_ratio);
-        context.inject(request.headers_mut());
-        let metrics = self.metrics.clone();
-        let mut pending = Pending::new(CallRecord {
-            tracing: self.tracing.clone(),
-            metrics: metrics.clone(),
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            uri: request.uri().clone(),
-            context,
-            routed: None,
-            method: None,
-        });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            if let Some(record) = pending.get_mut() {
-                let routed = response.extensions().get::<Routed>().cloned();
-                // Only routed calls name their method: an unknown authority is counted
-                // as `other`, so made-up names cannot grow the label set.
-                let method = match &routed {
-                    Some(routed) => metrics.client_method(&routed.destination, record.uri.path()),
-                    None => metrics.client_method("unknown", "other"),
-                };
-                method.started.inc();
-                record.method = Some(method);
-                record.routed = routed;
-            }
-            let header_code = response
-                .headers()
-                .get(grpc::GRPC_STATUS)
-                .map(Code::from_header);
-            Ok(response.map(|body| Watched::new(body, pending, header_code)))
-        })
     }
 }

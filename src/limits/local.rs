@@ -1,110 +1,30 @@
-//! Limits: what one identity may take of the app. An identity (the SPIFFE ID, user or
-//! API key name that Auth verified; for a public method, the caller's connection) may
-//! have at most `limits.per_identity.max_concurrent_calls` calls open and, when
-//! `calls_per_second` is set, start at most that many a second (a token bucket holding
-//! one second's worth). A call over either is answered RESOURCE_EXHAUSTED without
-//! reaching the app, counted in `gatehouse_limit_refusals_total{limit}` and logged.
+//! The per-pod limits of one identity: at most `limits.per_identity.max_concurrent_calls`
+//! calls open and, when `calls_per_second` is set, at most that many started a second
+//! (a token bucket holding one second's worth). An identity is the SPIFFE ID, user or
+//! API key name that Auth verified; for a public method, the caller's connection.
 //!
-//! It sits after Auth because it needs the identity Auth decided, which Auth leaves in
-//! the request's extensions. The per-identity table is bounded: an identity's entry is
-//! removed once it has no call open and its bucket is full again, and entries left with
-//! a refilling bucket are swept as the table grows, so the table holds the identities
-//! with calls open or started within the last second, and no more.
-//!
-//! ```no_run
-//! # fn example(forward: gatehouse::upstream::Forward) {
-//! use std::sync::Arc;
-//! use gatehouse::config::PerIdentity;
-//! use gatehouse::metrics::Metrics;
-//! use gatehouse::middleware::limits::LimitsLayer;
-//! use tower::Layer;
-//! let limits = PerIdentity { max_concurrent_calls: 64, calls_per_second: 100 };
-//! let service = LimitsLayer::new(&limits, Arc::new(Metrics::new())).layer(forward);
-//! # }
-//! ```
+//! The table is bounded: an identity's entry is removed once it has no call open and its
+//! bucket is full again, and entries left with a refilling bucket are swept as the table
+//! grows, so the table holds the identities with calls open or started within the last
+//! second, and no more.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
-use tower::{Layer, Service};
-
 use crate::auth::outcome::AuthOutcome;
-use crate::body::{RequestBody, ResponseBody};
 use crate::config::PerIdentity;
-use crate::grpc::{self, Reason};
 use crate::identity::AuthMethod;
-use crate::metrics::Metrics;
-use crate::server::HeldForCall;
 use crate::tls::ConnectionInfo;
 
 /// Below this many entries the table is never swept.
 const SWEEP_FLOOR: usize = 64;
-/// Caller-controlled text (a user id, a key name, a method) in a log line, at most.
+/// Caller-controlled text (a user id, a key name) in a log line, at most.
 const LOGGED_CHARS: usize = 128;
-
-/// Wraps a service in [`Limits`].
-#[derive(Clone)]
-pub struct LimitsLayer {
-    table: Arc<Table>,
-    metrics: Arc<Metrics>,
-}
-
-impl LimitsLayer {
-    pub fn new(limits: &PerIdentity, metrics: Arc<Metrics>) -> Self {
-        let max = limits.max_concurrent_calls;
-        let rate = limits.calls_per_second;
-        LimitsLayer {
-            table: Arc::new(Table {
-                max_concurrent_calls: max,
-                calls_per_second: rate,
-                concurrency_message: format!(
-                    "CONCURRENCY_LIMIT: this caller already has {max} calls open \
-                     (limits.per_identity.max_concurrent_calls)"
-                ),
-                rate_message: format!(
-                    "RATE_LIMITED: this caller started more than {rate} calls in the last second \
-                     (limits.per_identity.calls_per_second)"
-                ),
-                entries: Mutex::new(Entries {
-                    map: HashMap::new(),
-                    sweep_at: SWEEP_FLOOR,
-                }),
-            }),
-            metrics,
-        }
-    }
-}
-
-impl<S> Layer<S> for LimitsLayer {
-    type Service = Limits<S>;
-
-    fn layer(&self, inner: S) -> Limits<S> {
-        Limits {
-            inner,
-            table: self.table.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// See the module documentation.
-#[derive(Clone)]
-pub struct Limits<S> {
-    inner: S,
-    table: Arc<Table>,
-    metrics: Arc<Metrics>,
-}
 
 /// Who a call is counted against.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-enum Identity {
+pub enum Identity {
     User(Box<str>),
     ApiKey(Box<str>),
     Peer(Box<str>),
@@ -114,7 +34,7 @@ enum Identity {
 
 impl Identity {
     /// The identity of a call Auth admitted.
-    fn of(outcome: Option<&AuthOutcome>, connection: Option<&ConnectionInfo>) -> Identity {
+    pub fn of(outcome: Option<&AuthOutcome>, connection: Option<&ConnectionInfo>) -> Identity {
         let principal = outcome.and_then(AuthOutcome::principal);
         if let Some(principal) = principal {
             match principal.method {
@@ -141,7 +61,7 @@ impl Identity {
         Identity::Connection(connection.map_or(0, |c| c.id))
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let (kind, name) = match self {
             Identity::User(name) => ("user", name),
             Identity::ApiKey(name) => ("api_key", name),
@@ -153,14 +73,14 @@ impl Identity {
 }
 
 /// At most [`LOGGED_CHARS`] characters of `text`.
-fn truncated(text: &str) -> &str {
+pub fn truncated(text: &str) -> &str {
     match text.char_indices().nth(LOGGED_CHARS) {
         Some((at, _)) => &text[..at],
         None => text,
     }
 }
 
-struct Table {
+pub struct Table {
     max_concurrent_calls: u32,
     calls_per_second: u32,
     concurrency_message: String,
@@ -183,13 +103,13 @@ struct Entry {
 
 /// Which limit refused a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Exceeded {
+pub enum Exceeded {
     Concurrency,
     Rate,
 }
 
 impl Exceeded {
-    fn limit(self) -> &'static str {
+    pub fn limit(self) -> &'static str {
         match self {
             Exceeded::Concurrency => "max_concurrent_calls",
             Exceeded::Rate => "calls_per_second",
@@ -198,6 +118,36 @@ impl Exceeded {
 }
 
 impl Table {
+    /// The table for `limits`; empty until calls come.
+    pub fn new(limits: &PerIdentity) -> Table {
+        let max = limits.max_concurrent_calls;
+        let rate = limits.calls_per_second;
+        Table {
+            max_concurrent_calls: max,
+            calls_per_second: rate,
+            concurrency_message: format!(
+                "CONCURRENCY_LIMIT: this caller already has {max} calls open \
+                 (limits.per_identity.max_concurrent_calls)"
+            ),
+            rate_message: format!(
+                "RATE_LIMITED: this caller started more than {rate} calls in the last second \
+                 (limits.per_identity.calls_per_second)"
+            ),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                sweep_at: SWEEP_FLOOR,
+            }),
+        }
+    }
+
+    /// The message of a refusal for `exceeded`.
+    pub fn message(&self, exceeded: Exceeded) -> &str {
+        match exceeded {
+            Exceeded::Concurrency => &self.concurrency_message,
+            Exceeded::Rate => &self.rate_message,
+        }
+    }
+
     fn capacity(&self) -> f64 {
         f64::from(self.calls_per_second)
     }
@@ -214,7 +164,7 @@ impl Table {
     }
 
     /// A call slot for `identity`, or the limit it is over.
-    fn admit(self: &Arc<Self>, identity: Identity) -> Result<CallSlot, (Exceeded, Identity)> {
+    pub fn admit(self: &Arc<Self>, identity: Identity) -> Result<CallSlot, (Exceeded, Identity)> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if !entries.map.contains_key(&identity) && entries.map.len() >= entries.sweep_at {
@@ -272,7 +222,7 @@ impl Table {
 }
 
 /// One open call of an identity; given back when the call's response ends.
-struct CallSlot {
+pub struct CallSlot {
     table: Arc<Table>,
     identity: Identity,
 }
@@ -283,115 +233,15 @@ impl Drop for CallSlot {
     }
 }
 
-/// Second of the last refusal logged at INFO: at most one a second, so a caller hammering
-/// its limit cannot flood the log (the metric counts every one).
-static LAST_REFUSAL_LOG: AtomicU64 = AtomicU64::new(0);
-
-fn log_refusal(identity: &Identity, exceeded: Exceeded, method: &str) {
-    let now = crate::clock::unix_now();
-    let identity = identity.describe();
-    let method = truncated(method);
-    let limit = exceeded.limit();
-    if LAST_REFUSAL_LOG.swap(now, Ordering::Relaxed) != now {
-        tracing::info!(identity, limit, method, "call refused: per-identity limit");
-    } else {
-        tracing::debug!(identity, limit, method, "call refused: per-identity limit");
-    }
-}
-
-impl<S> Service<Request<RequestBody>> for Limits<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<ResponseBody>;
-    type Error = Infallible;
-    type Future = LimitsFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let identity = Identity::of(
-            request.extensions().get::<AuthOutcome>(),
-            request
-                .extensions()
-                .get::<Arc<ConnectionInfo>>()
-                .map(Arc::as_ref),
-        );
-        let slot = match self.table.admit(identity) {
-            Ok(slot) => slot,
-            Err((exceeded, identity)) => {
-                self.metrics.limit_refusal(exceeded.limit());
-                log_refusal(&identity, exceeded, request.uri().path());
-                let (reason, message) = match exceeded {
-                    Exceeded::Concurrency => {
-                        (Reason::ConcurrencyLimit, &self.table.concurrency_message)
-                    }
-                    Exceeded::Rate => (Reason::RateLimited, &self.table.rate_message),
-                };
-                let response = grpc::Status::new(reason, message.clone())
-                    .with("method", request.uri().path())
-                    .with("limit", exceeded.limit())
-                    .response();
-                return LimitsFuture::Refused {
-                    response: std::future::ready(Ok(response)),
-                };
-            }
-        };
-        LimitsFuture::Admitted {
-            call: self.inner.call(request),
-            slot: Some(slot),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// What [`Limits`] answers with: a named future rather than a boxed one, which
-    /// saves an allocation on every call.
-    #[project = LimitsProjection]
-    pub enum LimitsFuture<F> {
-        Refused { response: std::future::Ready<Result<Response<ResponseBody>, Infallible>> },
-        Admitted { #[pin] call: F, slot: Option<CallSlot> },
-    }
-}
-
-impl<F> Future for LimitsFuture<F>
-where
-    F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
-{
-    type Output = Result<Response<ResponseBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            LimitsProjection::Refused { response } => Pin::new(response).poll(cx),
-            LimitsProjection::Admitted { call, slot } => {
-                let mut response = std::task::ready!(call.poll(cx))?;
-                // The server keeps the slot with the response body until it is sent or
-                // reset.
-                if let Some(slot) = slot.take() {
-                    response.extensions_mut().insert(HeldForCall::new(slot));
-                }
-                Poll::Ready(Ok(response))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn table(max_concurrent_calls: u32, calls_per_second: u32) -> Arc<Table> {
-        LimitsLayer::new(
-            &PerIdentity {
-                max_concurrent_calls,
-                calls_per_second,
-            },
-            Arc::new(Metrics::new()),
-        )
-        .table
+        Arc::new(Table::new(&PerIdentity {
+            max_concurrent_calls,
+            calls_per_second,
+        }))
     }
 
     fn user(name: &str) -> Identity {

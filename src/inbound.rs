@@ -6,64 +6,85 @@
 //! layer's refusals, not by back-pressure inside the chain.
 
 pub mod auth;
+pub mod context;
+pub mod forward;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
-pub mod recovery;
-pub mod watch;
 
 use std::sync::Arc;
 
 use http::Request;
+use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder};
 
 use crate::auth::Authenticator;
 use crate::body::RequestBody;
+use crate::call_context::CallContexts;
 use crate::config::PerIdentity;
+use crate::layers::deadline::{DeadlineLayer, DeadlineService};
+use crate::layers::observe::ObserveLayer;
+use crate::layers::recovery::{Recovery, RecoveryLayer};
 use crate::reload::Current;
 use crate::telemetry::Tracing;
-use crate::upstream::Forward;
 use auth::{Auth, AuthLayer};
+use context::{ContextLayer, ContextService};
+pub use forward::Forward;
 use limits::{Limits, LimitsLayer};
-use logging::{Logging, LoggingLayer};
-use metrics::{Metrics, MetricsLayer};
-use recovery::{Recovery, RecoveryLayer};
+use logging::{AccessLog, Logging};
+use metrics::{CallCounter, Metrics};
 
 /// The assembled chain, outermost layer first, around `App`: [`Forward`] in gatehouse,
 /// a stand-in for the app in tests.
-pub type Chain<App = Forward> = Recovery<Logging<Metrics<Auth<Limits<App>>>>>;
+pub type Chain<App = Forward> =
+    Recovery<Logging<Metrics<Auth<Limits<ContextService<DeadlineService<App>>>>>>>;
 
 /// What the chain answers with.
 pub type ChainResponse = <Chain as Service<Request<RequestBody>>>::Response;
 
+/// What the inbound chain is built from, besides the app.
+pub struct Parts {
+    pub tracing: Arc<Tracing>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub authenticator: Arc<Current<Authenticator>>,
+    pub per_identity: PerIdentity,
+    /// Where call contexts live, when an outbound destination uses `context`.
+    pub contexts: Option<Arc<CallContexts>>,
+    /// Cancelled when a drain gives up on the calls still open.
+    pub abort: CancellationToken,
+}
+
 /// Builds the chain around `app`, the service that forwards calls to the app.
-pub fn build<App>(
-    tracing: Arc<Tracing>,
-    metrics: Arc<crate::metrics::Metrics>,
-    authenticator: Arc<Current<Authenticator>>,
-    per_identity: &PerIdentity,
-    contexts: Option<Arc<crate::call_context::CallContexts>>,
-    app: App,
-) -> Chain<App> {
+pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
+    let Parts {
+        tracing,
+        metrics,
+        authenticator,
+        per_identity,
+        contexts,
+        abort,
+    } = parts;
     ServiceBuilder::new()
         // Outermost, so that a panic anywhere below it, forwarding included, becomes an
         // INTERNAL status for that one call while the process keeps serving.
         .layer(RecoveryLayer::new())
         // Next, so every call that is answered is logged and traced, refusals included,
         // and its time covers everything gatehouse does for it.
-        .layer(LoggingLayer::new(tracing))
+        .layer(ObserveLayer::new(AccessLog::new(tracing)))
         // Counts what Logging logs; above Auth so refusals are counted too.
-        .layer(MetricsLayer::new(metrics.clone()))
-        // Last before forwarding: every layer above sees (and counts) refusals too, and
-        // nothing reaches the app without a path in gRPC's grammar, having been stripped
+        .layer(ObserveLayer::new(CallCounter::new(metrics.clone())))
+        // Nothing reaches the app without a path in gRPC's grammar, having been stripped
         // of forged identity headers and credentials, and admitted.
-        // It also gives admitted calls their call-context handle when outbound
-        // destinations use `credentials: context`.
-        .layer(AuthLayer::new(authenticator).with_contexts(contexts, metrics.clone()))
+        .layer(AuthLayer::new(authenticator).keeping_bearer(contexts.is_some()))
         // After Auth, whose verdict names the identity a call counts against; refused
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget.
-        .layer(LimitsLayer::new(per_identity, metrics))
+        .layer(LimitsLayer::new(&per_identity, metrics.clone()))
+        // Only calls that will reach the app get a handle for their outbound calls.
+        .layer(ContextLayer::new(contexts, metrics))
+        // Innermost but forwarding: the deadline covers the wait for a stream to the app
+        // and the whole answer, and a drain that runs out of time ends what is left.
+        .layer(DeadlineLayer::new(abort))
         .service(app)
 }
 
@@ -150,11 +171,14 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let app = App::default();
         let chain = build(
-            Arc::new(Tracing::propagate_only(0.0)),
-            metrics.clone(),
-            Arc::new(Current::new(Arc::new(authenticator))),
-            &config.limits.per_identity,
-            None,
+            Parts {
+                tracing: Arc::new(Tracing::propagate_only(0.0)),
+                metrics: metrics.clone(),
+                authenticator: Arc::new(Current::new(Arc::new(authenticator))),
+                per_identity: config.limits.per_identity.clone(),
+                contexts: None,
+                abort: CancellationToken::new(),
+            },
             app.clone(),
         );
         Harness {
@@ -217,14 +241,27 @@ mod tests {
         }
     }
 
-    /// A log that tests can read: what the chain logs while `logged` is alive on this
-    /// thread.
+    /// A log that tests can read: what the chain logs on this thread while the guard
+    /// `capture` returns is alive. One global subscriber writes each thread's events to
+    /// that thread's log, if it has one: a subscriber per test (`set_default`) can miss
+    /// events when another thread's test registers the same callsite first.
     #[derive(Clone, Default)]
     struct Log(Arc<Mutex<Vec<u8>>>);
 
-    impl std::io::Write for Log {
+    thread_local! {
+        static SINK: std::cell::RefCell<Option<Log>> = const { std::cell::RefCell::new(None) };
+    }
+
+    /// Writes to the current thread's log, or nowhere.
+    struct ThreadSink;
+
+    impl std::io::Write for ThreadSink {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            SINK.with_borrow(|sink| {
+                if let Some(log) = sink {
+                    log.0.lock().unwrap().extend_from_slice(bytes);
+                }
+            });
             Ok(bytes.len())
         }
 
@@ -233,15 +270,29 @@ mod tests {
         }
     }
 
+    /// Stops capturing when dropped.
+    struct Capturing;
+
+    impl Drop for Capturing {
+        fn drop(&mut self) {
+            SINK.set(None);
+        }
+    }
+
     impl Log {
-        fn capture(&self) -> tracing::subscriber::DefaultGuard {
-            let log = self.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .event_format(crate::telemetry::Logfmt)
-                .with_writer(move || log.clone())
-                .with_max_level(tracing::Level::WARN)
-                .finish();
-            tracing::subscriber::set_default(subscriber)
+        fn capture(&self) -> Capturing {
+            static INSTALLED: std::sync::Once = std::sync::Once::new();
+            INSTALLED.call_once(|| {
+                let subscriber = tracing_subscriber::fmt()
+                    .event_format(crate::telemetry::Logfmt)
+                    .with_writer(|| ThreadSink)
+                    .with_max_level(tracing::Level::WARN)
+                    .finish();
+                tracing::subscriber::set_global_default(subscriber)
+                    .expect("the only global subscriber of the unit tests");
+            });
+            SINK.set(Some(self.clone()));
+            Capturing
         }
 
         fn text(&self) -> String {

@@ -38,7 +38,6 @@ use crate::body::RequestBody;
 use crate::config::Limits;
 use crate::grpc;
 use crate::metrics::Metrics;
-use crate::pool;
 use crate::tls::ConnectionInfo;
 
 /// How many streams a client may open and reset before the server has accepted them,
@@ -69,95 +68,6 @@ pub const CALLER_STREAM_WINDOW: u32 = 256 * 1024;
 pub const CALLER_CONNECTION_WINDOW: u32 = 2 * CALLER_STREAM_WINDOW;
 /// Response bytes queued per caller stream beyond what the caller's window takes.
 pub const CALLER_SEND_BUFFER: usize = 64 * 1024;
-/// What an open connection costs besides the data it may make gatehouse hold: TLS
-/// record buffers, HTTP/2 state (HPACK tables, frame buffer), the task. Measured: 60 KiB
-/// per idle TLS connection (docs/deploy.md).
-pub const CONNECTION_COST: u64 = 64 * 1024;
-/// What an open call costs besides its headers: stream state on both sides, the
-/// middleware's records, the forwarding task. Its headers are counted three times (as
-/// received, as decoded, as sent on): 6,159 open calls with 12 KB of headers cost 41 KiB
-/// each.
-pub const CALL_COST: u64 = 8 * 1024;
-/// What gatehouse needs with no connection open (a release build idles under 8 MiB):
-/// runtime, configuration, key caches, metrics, log buffers.
-pub const BASE_COST: u64 = 16 * 1024 * 1024;
-/// What one open stream to the app can make gatehouse hold: its receive window (response
-/// data the caller is not taking) and the request bytes kept until the app answers, so a
-/// call the app refused unprocessed can be sent again.
-pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_LIMIT as u64;
-
-/// Something a layer must hold for as long as its call is open (a per-identity call
-/// slot, say). Put in a response's extensions, it is moved to the response body the
-/// server sends and dropped when that body is finished or reset.
-#[derive(Clone)]
-pub struct HeldForCall {
-    _held: Arc<dyn std::any::Any + Send + Sync>,
-}
-
-impl HeldForCall {
-    pub fn new(held: impl Send + Sync + 'static) -> Self {
-        HeldForCall {
-            _held: Arc::new(held),
-        }
-    }
-}
-
-/// The most memory gatehouse can need under its limits: every connection open with
-/// every call it may open, each connection holding as much request data as its receive
-/// window allows and one frame being read, plus what gatehouse needs anyway, the span
-/// export queue and what every stream to the app may hold. Printed by `gatehouse check` and checked
-/// against the memory limit; docs/deploy.md states the formula.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryBudget {
-    /// Bytes one connection can cost, its calls included.
-    pub per_connection: u64,
-    pub connections: u64,
-    /// Bytes that do not grow with connections.
-    pub fixed: u64,
-    pub total: u64,
-}
-
-impl MemoryBudget {
-    pub fn of(limits: &Limits) -> MemoryBudget {
-        let headers = u64::from(limits.max_header_list_size);
-        // One frame being decoded: at most a header list, or a DATA frame (16 KiB).
-        let frame = headers.max(16 * 1024);
-        let per_call = CALL_COST + 3 * headers;
-        let per_connection = CONNECTION_COST
-            + u64::from(CALLER_CONNECTION_WINDOW)
-            + frame
-            + u64::from(limits.max_concurrent_streams) * per_call;
-        let connections = limits.max_connections as u64;
-        // Streams to the app: as many as callers can open, but never more than the pool
-        // puts on its connections.
-        let upstream_streams = (connections * u64::from(limits.max_concurrent_streams))
-            .min((limits.upstream_connections * pool::STREAMS_PER_CONNECTION) as u64);
-        let fixed = BASE_COST
-            + upstream_streams * UPSTREAM_STREAM_COST
-            + crate::telemetry::SPAN_QUEUE_BYTES as u64;
-        MemoryBudget {
-            per_connection,
-            connections,
-            fixed,
-            total: fixed.saturating_add(connections.saturating_mul(per_connection)),
-        }
-    }
-}
-
-impl std::fmt::Display for MemoryBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const MIB: u64 = 1024 * 1024;
-        write!(
-            f,
-            "{} MiB ({} connections x {} KiB + {} MiB)",
-            self.total.div_ceil(MIB),
-            self.connections,
-            self.per_connection.div_ceil(1024),
-            self.fixed.div_ceil(MIB)
-        )
-    }
-}
-
 /// The HTTP/2 server settings every listener uses: `limits`, plus the flood guards that
 /// are never disabled.
 pub fn http2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
@@ -266,7 +176,6 @@ impl Activity {
         self.changed.notify_waiters();
         OpenCall {
             activity: self.clone(),
-            held: None,
         }
     }
 
@@ -290,8 +199,6 @@ impl Activity {
 /// One open call; closed when its response body is dropped (sent, or reset).
 pub struct OpenCall {
     activity: Arc<Activity>,
-    /// What the chain holds until the call ends (see [`HeldForCall`]).
-    held: Option<HeldForCall>,
 }
 
 impl Drop for OpenCall {
@@ -478,6 +385,12 @@ impl<S: ChainService> hyper::service::Service<Request<Incoming>> for Door<S> {
             };
         }
         let mut request = request.map(RequestBody::new);
+        // The deadline runs from when the request arrived, read once for every layer.
+        if let Some(deadline) =
+            grpc::Deadline::from_headers(request.headers(), tokio::time::Instant::now())
+        {
+            request.extensions_mut().insert(deadline);
+        }
         request.extensions_mut().insert(self.info.clone());
         // Every layer is always ready, so calling a clone directly is sound.
         DoorFuture::Call {
@@ -510,9 +423,8 @@ where
         match self.project() {
             DoorFutureProjection::NotGrpc { answer } => answer.as_mut().poll(cx),
             DoorFutureProjection::Call { call, open } => {
-                let mut response = std::task::ready!(call.poll(cx))?;
-                let mut open = open.take().expect("DoorFuture polled after completion");
-                open.held = response.extensions_mut().remove::<HeldForCall>();
+                let response = std::task::ready!(call.poll(cx))?;
+                let open = open.take().expect("DoorFuture polled after completion");
                 Poll::Ready(Ok(response.map(|body| CallBody {
                     inner: DoorBody::Call { body },
                     open,

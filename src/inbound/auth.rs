@@ -1,21 +1,19 @@
 //! Auth: refuses paths outside gRPC's `/Service/Method` grammar, strips caller-sent
-//! identity headers from every request, then admits the call (credentials, peer
-//! allow-list, authorization rules) and sets the verified identity, or answers with the
-//! refusal's gRPC status without calling the app.
+//! identity headers and call-context handles from every request, then admits the call
+//! (credentials, peer allow-list, authorization rules) and sets the verified identity, or
+//! answers with the refusal's gRPC status without calling the app. Either way the
+//! decision is written into the call's facts, for the layers above that log and count
+//! it and the one below that counts the call against its identity.
 //!
 //! A call admitted with a token or an API key is then watched until it ends: when the
 //! token expires or the key is revoked first, the call ends with UNAUTHENTICATED (see
 //! [`CredentialsWatch`]), whether the app has answered yet or not.
 //!
-//! With a call-context table (a destination uses `credentials: context`), an admitted
-//! call with a verified bearer token also gets a handle in `baggage`, alive while the
-//! call is open and for the grace after; caller-sent handles never reach the app.
-//!
 //! ```no_run
-//! # async fn example(config: gatehouse::config::Config, forward: gatehouse::upstream::Forward) {
+//! # async fn example(config: gatehouse::config::Config, forward: gatehouse::inbound::Forward) {
 //! use std::sync::Arc;
 //! use gatehouse::auth::Authenticator;
-//! use gatehouse::middleware::auth::AuthLayer;
+//! use gatehouse::inbound::auth::AuthLayer;
 //! use tower::Layer;
 //! use gatehouse::reload::Current;
 //! let authenticator = Arc::new(Authenticator::build(&config).expect("valid auth config"));
@@ -29,33 +27,28 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::AUTHORIZATION;
-use http::{Request, Response};
-use tokio::time::Instant;
+use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-use crate::auth::outcome::{AuthOutcome, DecidingRule, Refusal};
+use crate::auth::outcome::{AuthOutcome, Refusal};
 use crate::auth::{Admission, Authenticator};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
-use crate::call_context::{self as context, CallContexts};
+use crate::call_context;
 use crate::grpc;
 use crate::identity::{AuthMethod, Principal, strip_identity_headers};
-use crate::metrics::Metrics;
+use crate::layers::observe::CallFacts;
 use crate::reload::Current;
-use crate::server::HeldForCall;
+
+/// The bearer token Auth verified, in the request's extensions for the Context layer
+/// below when it hands out call-context handles.
+#[derive(Clone)]
+pub struct VerifiedBearer(pub HeaderValue);
 
 /// Wraps a service in [`Auth`].
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Current<Authenticator>>,
-    contexts: Option<Contexts>,
-}
-
-/// Where admitted calls get their handles, and what counts a full table.
-#[derive(Clone)]
-struct Contexts {
-    table: Arc<CallContexts>,
-    metrics: Arc<Metrics>,
+    keep_bearer: bool,
 }
 
 impl AuthLayer {
@@ -63,17 +56,13 @@ impl AuthLayer {
     pub fn new(authenticator: Arc<Current<Authenticator>>) -> Self {
         AuthLayer {
             authenticator,
-            contexts: None,
+            keep_bearer: false,
         }
     }
 
-    /// Gives admitted calls with a verified bearer token a handle in `table`.
-    pub fn with_contexts(
-        mut self,
-        table: Option<Arc<CallContexts>>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        self.contexts = table.map(|table| Contexts { table, metrics });
+    /// Hands each verified bearer token down as a [`VerifiedBearer`], for call contexts.
+    pub fn keeping_bearer(mut self, keep: bool) -> Self {
+        self.keep_bearer = keep;
         self
     }
 }
@@ -85,7 +74,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             authenticator: self.authenticator.clone(),
-            contexts: self.contexts.clone(),
+            keep_bearer: self.keep_bearer,
         }
     }
 }
@@ -95,7 +84,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     authenticator: Arc<Current<Authenticator>>,
-    contexts: Option<Contexts>,
+    keep_bearer: bool,
 }
 
 impl<S> Service<Request<RequestBody>> for Auth<S>
@@ -114,7 +103,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
+        let facts = CallFacts::of(&mut request);
         // Before anything else: rules, logs and the app must all see the one path the
         // grammar allows, so a path that an app server could decode or normalise into
         // another method never gets as far as authentication. The refusal's outcome makes
@@ -126,29 +116,16 @@ where
         if !valid_path {
             let refusal = Refusal::invalid_method_path();
             tracing::debug!(reason = refusal.reason.label(), "call refused");
+            facts.set_auth(refused(AuthMethod::None, &refusal));
             // No method in the details: this path names none.
-            let mut response = refusal.response(None);
-            response
-                .extensions_mut()
-                .insert(refused(AuthMethod::None, &refusal));
-            return Box::pin(std::future::ready(Ok(response)));
+            return Box::pin(std::future::ready(Ok(refusal.response(None))));
         }
         let (mut parts, body) = request.into_parts();
         // Strip first, on every path: refused, public and authenticated alike.
         strip_identity_headers(&mut parts.headers);
-        context::strip_handles(&mut parts.headers);
-        // Read before admission, which may take `authorization` away from the app.
-        let presented = self.contexts.as_ref().and_then(|_| {
-            let token = parts.headers.get(AUTHORIZATION)?.clone();
-            let deadline = parts
-                .headers
-                .get(grpc::GRPC_TIMEOUT)
-                .and_then(grpc::parse_timeout)
-                .map(|timeout| Instant::now() + timeout);
-            Some((token, deadline))
-        });
-        let contexts = self.contexts.clone();
+        call_context::strip_handles(&mut parts.headers);
         let authenticator = self.authenticator.get();
+        let keep_bearer = self.keep_bearer;
         // The inner service is always ready; take the ready one and leave a clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -156,71 +133,68 @@ where
         // future has no name, so a named future would have to box that instead.
         Box::pin(async move {
             let admission = authenticator.admit(&mut parts).await;
-            let with_token = matches!(admission, Admission::Jwt(_));
-            let (outcome, lifetime) = match admission {
-                Admission::Public => (admitted(Principal::anonymous(AuthMethod::None), None), None),
+            let (outcome, lifetime, bearer) = match admission {
+                Admission::Public => (admitted(Principal::anonymous(AuthMethod::None)), None, None),
                 Admission::Certificate {
                     principal,
                     would_refuse,
-                } => (admitted(principal, would_refuse), None),
-                Admission::Jwt(call) | Admission::ApiKey(call) => {
-                    (admitted(call.principal, call.would_refuse), call.lifetime)
-                }
+                } => (
+                    AuthOutcome::Admitted {
+                        principal,
+                        would_refuse,
+                    },
+                    None,
+                    None,
+                ),
+                Admission::Jwt(call) => (
+                    AuthOutcome::Admitted {
+                        principal: call.principal,
+                        would_refuse: call.would_refuse,
+                    },
+                    call.lifetime,
+                    call.bearer,
+                ),
+                Admission::ApiKey(call) => (
+                    AuthOutcome::Admitted {
+                        principal: call.principal,
+                        would_refuse: call.would_refuse,
+                    },
+                    call.lifetime,
+                    None,
+                ),
                 Admission::Refused { attempted, refusal } => {
                     tracing::debug!(
                         method = parts.uri.path(),
                         reason = refusal.reason.label(),
                         "call refused"
                     );
-                    let mut response = refusal.response(Some(parts.uri.path()));
-                    response
-                        .extensions_mut()
-                        .insert(refused(attempted, &refusal));
-                    return Ok(response);
+                    facts.set_auth(refused(attempted, &refusal));
+                    return Ok(refusal.response(Some(parts.uri.path())));
                 }
             };
-            // Limits, below, counts the call against the identity decided here.
-            parts.extensions.insert(outcome.clone());
-            let open = match (contexts, presented) {
-                (Some(contexts), Some((token, deadline))) if with_token => {
-                    mint(&contexts, &mut parts.headers, token, deadline)
-                }
-                _ => None,
-            };
+            facts.set_auth(outcome);
+            if keep_bearer && let Some(bearer) = bearer {
+                parts.extensions.insert(VerifiedBearer(bearer));
+            }
             let call = inner.call(Request::from_parts(parts, body));
             let watch = lifetime
-                .map(|lifetime| CredentialsWatch::new(lifetime.expires, lifetime.revoked))
+                .map(|lifetime| {
+                    CredentialsWatch::new(lifetime.expires, lifetime.revoked)
+                        .recording_into(facts.credentials_ended())
+                })
                 .filter(|watch| !watch.is_idle());
-            let mut response = match watch {
-                None => call.await?,
-                Some(watch) => until_credentials_end(call, watch).await?,
-            };
-            if let Some(open) = open {
-                // Limits, below, holds a slot for every call it lets through to the app; a
-                // call it refused never showed the app its handle, so the handle goes at
-                // once and refused calls cannot fill the table.
-                match response.extensions_mut().remove::<HeldForCall>() {
-                    Some(below) => {
-                        // The server holds these until the call's stream ends; the
-                        // handle's grace starts then.
-                        response
-                            .extensions_mut()
-                            .insert(HeldForCall::new((below, open)));
-                    }
-                    None => open.forget(),
-                }
+            match watch {
+                None => call.await,
+                Some(watch) => until_credentials_end(call, watch).await,
             }
-            response.extensions_mut().insert(outcome);
-            Ok(response)
         })
     }
 }
 
-/// What the layers above learn of an admitted call.
-fn admitted(principal: Arc<Principal>, would_refuse: Option<DecidingRule>) -> AuthOutcome {
+fn admitted(principal: Arc<Principal>) -> AuthOutcome {
     AuthOutcome::Admitted {
         principal,
-        would_refuse,
+        would_refuse: None,
     }
 }
 
@@ -242,7 +216,6 @@ async fn until_credentials_end<F>(
 where
     F: Future<Output = Result<Response<ResponseBody>, Infallible>>,
 {
-    let ended = watch.ended();
     let mut call = std::pin::pin!(call);
     let answered = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = call.as_mut().poll(cx) {
@@ -251,40 +224,13 @@ where
         watch.poll_end(cx).map(Err)
     })
     .await;
-    let mut response = match answered {
+    match answered {
         Ok(response) => {
             let mut response = response?;
             response.body_mut().end_when(watch);
-            response
+            Ok(response)
         }
-        Err(end) => end.status().response(),
-    };
-    response.extensions_mut().insert(ended);
-    Ok(response)
-}
-
-/// Gives the call its handle in `baggage`; a full table (counted) or a failed random
-/// generator leaves the call without one rather than refusing it.
-fn mint(
-    contexts: &Contexts,
-    headers: &mut http::HeaderMap,
-    token: http::HeaderValue,
-    deadline: Option<Instant>,
-) -> Option<context::OpenCall> {
-    match contexts.table.mint(token, deadline) {
-        Ok((open, handle)) => {
-            context::set_handle(headers, &handle);
-            Some(open)
-        }
-        Err(context::MintError::Full) => {
-            contexts.metrics.limit_refusal("context_max_handles");
-            tracing::debug!("call admitted without a call context: the table is full");
-            None
-        }
-        Err(error) => {
-            tracing::warn!(%error, "call admitted without a call context");
-            None
-        }
+        Err(end) => Ok(end.status().response()),
     }
 }
 
@@ -316,20 +262,19 @@ mod tests {
             }
         });
         let mut auth = AuthLayer::new(Arc::new(Current::new(authenticator))).layer(app);
-        let call = |path: &str| {
-            Request::post(path)
-                .body(RequestBody::local(bytes::Bytes::new()))
-                .unwrap()
-        };
         for path in [
             "/pkg.Svc/%47et",
             "/pkg.Svc/Get/",
             "/pkg.Svc/./Get",
             "/pkg.Svc/Get?x",
         ] {
-            let response = auth.call(call(path)).await.unwrap();
+            let mut request = Request::post(path)
+                .body(RequestBody::local(bytes::Bytes::new()))
+                .unwrap();
+            let facts = CallFacts::of(&mut request);
+            let response = auth.call(request).await.unwrap();
             assert_eq!(response.headers()[GRPC_STATUS], "12", "{path}");
-            let outcome = response.extensions().get::<AuthOutcome>().unwrap();
+            let outcome = facts.auth().expect("an outcome");
             assert_eq!(outcome.refusal(), Some("invalid_method_path"), "{path}");
         }
         assert_eq!(
@@ -337,7 +282,10 @@ mod tests {
             0,
             "a refused path was forwarded"
         );
-        let response = auth.call(call("/pkg.Svc/Get")).await.unwrap();
+        let request = Request::post("/pkg.Svc/Get")
+            .body(RequestBody::local(bytes::Bytes::new()))
+            .unwrap();
+        let response = auth.call(request).await.unwrap();
         assert_eq!(response.headers()[GRPC_STATUS], "0");
         assert_eq!(called.load(Ordering::SeqCst), 1);
     }

@@ -1,0 +1,113 @@
+//! One table from HTTP/2 failures to the statuses a caller sees, for both directions:
+//! a reset keeps the code gRPC's HTTP/2 mapping gives its reason, and a lost connection
+//! is UNAVAILABLE; and the statuses of a call gatehouse itself ends as it shuts down.
+
+use super::{Code, Reason, Status};
+
+/// Who is on the far side of the stream that failed.
+#[derive(Clone, Copy, Debug)]
+pub enum Far<'a> {
+    /// The app behind this gatehouse.
+    App,
+    /// An outbound destination, by name.
+    Destination(&'a str),
+}
+
+/// The status for a stream to the app or a destination that failed `when` ("before the
+/// app answered", "while streaming the response"): its reset reason mapped as the gRPC
+/// HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
+pub fn stream_failure(error: &h2::Error, far: Far<'_>, when: &str) -> Status {
+    let (who, reset, lost) = match far {
+        Far::App => ("the app", Reason::AppResetStream, Reason::AppUnavailable),
+        Far::Destination(name) => (
+            name,
+            Reason::DestinationResetStream,
+            Reason::DestinationUnavailable,
+        ),
+    };
+    let status = match error
+        .reason()
+        .filter(|_| error.is_remote() && error.is_reset())
+    {
+        Some(reason) => Status::reset(
+            reset,
+            reason,
+            format!("{who} reset the stream {when}: {reason}"),
+        ),
+        None => Status::new(lost, format!("connection to {who} lost {when}: {error}")),
+    };
+    match far {
+        Far::App => status,
+        Far::Destination(name) => status.with("destination", name),
+    }
+}
+
+/// The gRPC status a caller should see when an HTTP/2 stream was reset with `reason`,
+/// following the gRPC HTTP/2 protocol mapping.
+pub fn code_for_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
+}
+
+impl Status {
+    /// Names the call in the details: its method and, outbound, its destination.
+    pub fn about(self, uri: &http::Uri, destination: Option<&str>) -> Status {
+        let status = self.with("method", uri.path());
+        match destination {
+            Some(destination) => status.with("destination", destination),
+            None => status,
+        }
+    }
+
+    /// A call still open when the drain timeout ran out.
+    pub fn shutting_down() -> Status {
+        Status::new(
+            Reason::ShuttingDown,
+            "gatehouse is shutting down: the drain timeout ended this call",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_unavailable_naming_who_was_lost() {
+        let error = h2::Error::from(h2::Reason::INTERNAL_ERROR);
+        let app = stream_failure(&error, Far::App, "before the app answered");
+        assert_eq!(app.code(), Code::Unavailable);
+        assert_eq!(app.reason(), Reason::AppUnavailable);
+        assert!(
+            app.message()
+                .starts_with("connection to the app lost before the app answered: "),
+            "{}",
+            app.message()
+        );
+        let far = stream_failure(&error, Far::Destination("audit"), "while streaming");
+        assert_eq!(far.reason(), Reason::DestinationUnavailable);
+        assert!(
+            far.message()
+                .starts_with("connection to audit lost while streaming")
+        );
+    }
+
+    #[test]
+    fn resets_map_to_the_codes_of_grpcs_http2_mapping() {
+        assert_eq!(
+            code_for_reset(h2::Reason::REFUSED_STREAM),
+            Code::Unavailable
+        );
+        assert_eq!(code_for_reset(h2::Reason::CANCEL), Code::Cancelled);
+        assert_eq!(
+            code_for_reset(h2::Reason::ENHANCE_YOUR_CALM),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code_for_reset(h2::Reason::PROTOCOL_ERROR), Code::Internal);
+    }
+}
