@@ -31,7 +31,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::auth::outcome::{AuthOutcome, Refusal};
-use crate::auth::{Admission, Authenticator};
+use crate::auth::{Admission, Authenticator, Lifetime};
 use crate::body::{CredentialsWatch, RequestBody, ResponseBody};
 use crate::call_context;
 use crate::grpc;
@@ -132,37 +132,10 @@ where
         // Boxed rather than named: admission awaits the token verifier, an async fn whose
         // future has no name, so a named future would have to box that instead.
         Box::pin(async move {
-            let admission = authenticator.admit(&mut parts).await;
-            let (outcome, lifetime, bearer) = match admission {
-                Admission::Public => (admitted(Principal::anonymous(AuthMethod::None)), None, None),
-                Admission::Certificate {
-                    principal,
-                    would_refuse,
-                } => (
-                    AuthOutcome::Admitted {
-                        principal,
-                        would_refuse,
-                    },
-                    None,
-                    None,
-                ),
-                Admission::Jwt(call) => (
-                    AuthOutcome::Admitted {
-                        principal: call.principal,
-                        would_refuse: call.would_refuse,
-                    },
-                    call.lifetime,
-                    call.bearer,
-                ),
-                Admission::ApiKey(call) => (
-                    AuthOutcome::Admitted {
-                        principal: call.principal,
-                        would_refuse: call.would_refuse,
-                    },
-                    call.lifetime,
-                    None,
-                ),
-                Admission::Refused { attempted, refusal } => {
+            let (outcome, lifetime, bearer) = match admitted(authenticator.admit(&mut parts).await)
+            {
+                Ok(admitted) => admitted,
+                Err((attempted, refusal)) => {
                     tracing::debug!(
                         method = parts.uri.path(),
                         reason = refusal.reason.label(),
@@ -191,11 +164,43 @@ where
     }
 }
 
-fn admitted(principal: Arc<Principal>) -> AuthOutcome {
-    AuthOutcome::Admitted {
-        principal,
-        would_refuse: None,
-    }
+/// An admitted call as the layers around Auth see it: the outcome they log and count,
+/// what ends the call's credentials, and the verified bearer token.
+type Let = (AuthOutcome, Option<Lifetime>, Option<HeaderValue>);
+
+/// What an admission means for the layers around Auth, or the refusal and how the caller
+/// tried to authenticate.
+fn admitted(admission: Admission) -> Result<Let, (AuthMethod, Refusal)> {
+    Ok(match admission {
+        Admission::Public => (
+            AuthOutcome::Admitted {
+                principal: Principal::anonymous(AuthMethod::None),
+                would_refuse: None,
+            },
+            None,
+            None,
+        ),
+        Admission::Certificate {
+            principal,
+            would_refuse,
+        } => (
+            AuthOutcome::Admitted {
+                principal,
+                would_refuse,
+            },
+            None,
+            None,
+        ),
+        Admission::Jwt(call) | Admission::ApiKey(call) => (
+            AuthOutcome::Admitted {
+                principal: call.principal,
+                would_refuse: call.would_refuse,
+            },
+            call.lifetime,
+            call.bearer,
+        ),
+        Admission::Refused { attempted, refusal } => return Err((attempted, refusal)),
+    })
 }
 
 /// What the layers above learn of a refused call.
