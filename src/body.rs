@@ -30,7 +30,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 mod credentials;
 
-use credentials::Credentials;
+use credentials::WatchedAnswer;
 pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch};
 
 use crate::grpc::{self, Deadline};
@@ -140,7 +140,7 @@ struct Forwarded {
     /// `None` once the stream has ended, by the app or by gatehouse.
     inner: Option<Streamed>,
     /// Only calls admitted with a token or an API key pay for it.
-    credentials: Option<Box<Credentials>>,
+    credentials: Option<Box<WatchedAnswer>>,
     /// Set by the Deadline layer: the call's deadline and the drain's end.
     ends: Option<Box<Ends>>,
 }
@@ -208,7 +208,7 @@ impl ResponseBody {
         if watch.is_idle() {
             return;
         }
-        forwarded.credentials = Some(Box::new(Credentials::new(watch)));
+        forwarded.credentials = Some(Box::new(WatchedAnswer::new(watch)));
     }
 }
 

@@ -2,21 +2,20 @@
 //! the services writing any security code.
 //!
 //! It runs next to an application container, terminates TLS (in production mutual TLS),
-//! and hands the application plain HTTP/2 gRPC over a local connection:
+//! and hands the application plain HTTP/2 gRPC over a local connection. Inbound and
+//! outbound are two instances of one shape: the same accept loop and HTTP/2 server
+//! ([`serve`]), the same shared layers ([`layers`]), and one `build()` per direction
+//! that reads top to bottom in the order a call meets its layers.
 //!
 //! ```text
 //! caller ──mTLS, HTTP/2──▶ gatehouse :12018 ──h2c──▶ app 127.0.0.1:50051
 //!                           │
-//!                           ├─ listener: bounded connections, handshake timeout
-//!                           ├─ tls: verify the client certificate, keep its identity
-//!                           ├─ server: HTTP/2 with explicit limits; non-gRPC gets 415
-//!                           ├─ middleware: Recovery ▶ … ▶ forward (outermost first)
+//!                           ├─ serve: bounded connections, TLS and greeting deadline,
+//!                           │  HTTP/2 with explicit limits; non-gRPC gets 415
+//!                           ├─ inbound::build:
+//!                           │    Recovery ▶ Logging ▶ Metrics ▶ Auth ▶ Limits ▶ Context ▶ Deadline ▶ Forward
 //!                           └─ upstream: pooled h2c connections, bodies streamed both ways
 //! ```
-//!
-//! The data flow names the modules: [`listener`] accepts, [`tls`] verifies, [`server`]
-//! speaks HTTP/2, [`middleware`] assembles the chain, [`upstream`] forwards; [`grpc`]
-//! holds the wire vocabulary and builds every refusal, [`body`] carries responses back.
 //!
 //! The app's own calls out of the pod take the mirror path, when `outbound` is
 //! configured ([`outbound`]):
@@ -24,8 +23,9 @@
 //! ```text
 //! app ──h2c──▶ gatehouse 127.0.0.1:15001 ──mTLS, HTTP/2──▶ destination's gatehouse
 //!               │
-//!               ├─ outbound::listen: loopback or unix: only, same HTTP/2 limits
-//!               ├─ outbound::build: Recovery ▶ Record ▶ route ▶ credentials ▶ deadline
+//!               ├─ serve: loopback or unix: only, the same HTTP/2 server
+//!               ├─ outbound::build:
+//!               │    Recovery ▶ Route ▶ Record ▶ Credentials ▶ Deadline ▶ Endpoint
 //!               └─ outbound::endpoint: client certificate, server identity checked in TLS
 //! ```
 //!
@@ -37,19 +37,27 @@
 //! and `super::` paths and fails on any that points up or closes a loop.
 //!
 //! ```text
-//! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock
-//! tier 1  data         config · metrics · auth::principal · call_context
+//! tier 0  vocabulary   grpc (codes, Status, reasons, details, Deadline, the HTTP/2-error
+//!                      table) · trace_context · sha256 · reload (Current<T>, poll) · clock
+//! tier 1  data         config · metrics · identity (Principal, the identity header
+//!                      table) · call_context
 //! tier 2  connection   tls · body · telemetry · cli
-//! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
-//! tier 4  the chains   middleware::{watch, recovery, logging, metrics, limits, auth} → middleware::build
-//!                      outbound::{route, credentials, record, endpoint, listen} → outbound::build
-//! tier 5  processes    listener · admin
-//! tier 6  wiring       app::{load, reload, signals} → app · main
+//! tier 3  stages       serve (accept, connection, server, budget) · pool · upstream ·
+//!                      auth · limits (the per-identity table)
+//! tier 4  layers       layers (recovery, watch, observe, deadline)
+//! tier 5  the chains   inbound::build · outbound::build
+//! tier 6  processes    admin · app → main
 //! ```
+//!
+//! Call-scoped resources (a limit slot, a call-context handle) ride the response body,
+//! which is dropped exactly when the call ends; what the layers below learn about a call
+//! (how Auth decided, which server answered) they write into the call's facts, which the
+//! observing layers read when it ends. Nothing travels back up a chain in extensions.
 //!
 //! One way to do each thing: a value swapped on reload is a [`reload::Current`], a file
 //! watched for change goes through [`reload::poll`], "now" in seconds is
-//! [`clock::unix_now`], and the process's signals are installed once, in `app`.
+//! [`clock::unix_now`], `grpc-timeout` is read once into a [`grpc::Deadline`], and the
+//! process's signals are installed once, in `app`.
 //!
 //! # Non-goals
 //!

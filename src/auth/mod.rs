@@ -38,11 +38,12 @@ const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
 /// The configured authentication and authorization.
 pub struct Authenticator {
     /// `None`: no `auth` section, the client certificate is the only credential.
-    credentials: Option<Credentials>,
+    credentials: Option<Verifiers>,
     policy: Policy,
 }
 
-struct Credentials {
+/// What checks the credentials a caller presents.
+struct Verifiers {
     public: Vec<MethodPattern>,
     jwt: Option<JwtVerifier>,
     api_keys: Option<Arc<ApiKeyStore>>,
@@ -108,7 +109,7 @@ impl Authenticator {
             return Err(problems);
         }
         Ok(Authenticator {
-            credentials: Some(Credentials {
+            credentials: Some(Verifiers {
                 public,
                 jwt,
                 api_keys,

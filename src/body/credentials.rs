@@ -156,7 +156,7 @@ impl CredentialsWatch {
 
 /// A forwarded call's credentials watch, and where the app's response stands in gRPC's
 /// message framing so that the call ends between messages.
-pub(super) struct Credentials {
+pub(super) struct WatchedAnswer {
     pub(super) watch: CredentialsWatch,
     pub(super) framing: Framing,
     /// The credentials ended in the middle of a message: it is finished first.
@@ -209,9 +209,9 @@ impl Framing {
     }
 }
 
-impl Credentials {
-    pub(super) fn new(watch: CredentialsWatch) -> Credentials {
-        Credentials {
+impl WatchedAnswer {
+    pub(super) fn new(watch: CredentialsWatch) -> WatchedAnswer {
+        WatchedAnswer {
             watch,
             framing: Framing::default(),
             closing: None,

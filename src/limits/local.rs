@@ -72,7 +72,7 @@ impl Identity {
     }
 }
 
-/// At most [`LOGGED_CHARS`] characters of `text`.
+/// At most `LOGGED_CHARS` (128) characters of `text`.
 pub fn truncated(text: &str) -> &str {
     match text.char_indices().nth(LOGGED_CHARS) {
         Some((at, _)) => &text[..at],
