@@ -92,10 +92,12 @@ impl Body for RequestBody {
         }
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| match frame.into_trailers() {
-                // Identity headers are gatehouse's to set, in trailers as in headers, and
-                // credentials there would reach the app unverified.
+                // Identity headers and call-context handles are gatehouse's to set, in
+                // trailers as in headers, and credentials there would reach the app
+                // unverified.
                 Ok(mut trailers) => {
                     strip_request_trailers(&mut trailers);
+                    crate::call_context::strip_handles(&mut trailers);
                     Frame::trailers(trailers)
                 }
                 Err(frame) => frame,

@@ -222,15 +222,29 @@ pub fn sent_handle(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// Removes every handle from `headers`: `x-gatehouse-ctx` and the `gatehouse-ctx` member
-/// of `baggage`; the rest of the baggage is kept as sent. Allocates only when there is
-/// a handle to remove.
+/// Whether a baggage member's key names the handle in any spelling a reader might
+/// accept: percent-decoded (OpenTelemetry's JavaScript propagator decodes keys), trimmed
+/// and in any case.
+fn names_handle(member: &str) -> bool {
+    let key = member.split_once('=').map_or(member, |(key, _)| key);
+    let key = percent_encoding::percent_decode_str(key.trim()).decode_utf8_lossy();
+    key.trim().eq_ignore_ascii_case(BAGGAGE_MEMBER)
+}
+
+/// Removes every handle from `headers` (request headers or trailers): `x-gatehouse-ctx`
+/// in every spelling (`x_gatehouse_ctx`, `-bin`), and each `baggage` member whose key
+/// reads as `gatehouse-ctx` ([`names_handle`]); the rest of the baggage is kept as sent.
+/// Allocates only when there is a handle to remove.
 pub fn strip_handles(headers: &mut HeaderMap) {
-    headers.remove(&X_GATEHOUSE_CTX);
-    let carries_handle = headers
-        .get_all(&BAGGAGE)
-        .iter()
-        .any(|value| memchr_str(value.as_bytes(), BAGGAGE_MEMBER.as_bytes()));
+    let spelled = |name: &str| crate::identity::is_spelling_of(name, &X_GATEHOUSE_CTX);
+    if headers.keys().any(|name| spelled(name.as_str())) {
+        crate::identity::strip_matching(headers, spelled);
+    }
+    let carries_handle = headers.get_all(&BAGGAGE).iter().any(|value| {
+        String::from_utf8_lossy(value.as_bytes())
+            .split(',')
+            .any(names_handle)
+    });
     if !carries_handle {
         return;
     }
@@ -240,10 +254,7 @@ pub fn strip_handles(headers: &mut HeaderMap) {
         .flat_map(|value| {
             String::from_utf8_lossy(value.as_bytes())
                 .split(',')
-                .filter(|member| {
-                    let key = member.split_once('=').map_or(*member, |(key, _)| key);
-                    key.trim() != BAGGAGE_MEMBER
-                })
+                .filter(|member| !names_handle(member))
                 .map(|member| member.trim().to_owned())
                 .filter(|member| !member.is_empty())
                 .collect::<Vec<_>>()
@@ -278,12 +289,6 @@ pub fn set_handle(headers: &mut HeaderMap, handle: &HeaderValue) {
         value.set_sensitive(true);
         headers.insert(BAGGAGE, value);
     }
-}
-
-fn memchr_str(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[cfg(test)]
@@ -393,6 +398,23 @@ mod tests {
         assert!(only.get(&BAGGAGE).is_none(), "{only:?}");
         set_handle(&mut only, &HeaderValue::from_static("0123"));
         assert_eq!(only[&BAGGAGE], "gatehouse-ctx=0123");
+    }
+
+    #[test]
+    fn strips_handles_in_every_spelling_a_reader_might_accept() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            BAGGAGE,
+            HeaderValue::from_static("gatehouse%2Dctx=a, GATEHOUSE-CTX=b,%67atehouse-ctx=c, k=v"),
+        );
+        headers.insert("x_gatehouse_ctx", HeaderValue::from_static("d"));
+        headers.insert("x-gatehouse-ctx-bin", HeaderValue::from_static("ZQ"));
+        headers.insert("x-other", HeaderValue::from_static("kept"));
+        strip_handles(&mut headers);
+        assert_eq!(headers[&BAGGAGE], "k=v");
+        assert!(headers.get("x_gatehouse_ctx").is_none());
+        assert!(headers.get("x-gatehouse-ctx-bin").is_none());
+        assert_eq!(headers["x-other"], "kept");
     }
 
     #[test]

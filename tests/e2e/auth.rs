@@ -30,7 +30,7 @@ const OPS_KEY: &str = "ops-key-0123456789";
 const FILE_KEY: &str = "file-key-0123456789";
 
 pub fn hash(key: &str) -> String {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let output = std::process::Command::new(crate::support::binary())
         .arg("hash-key")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

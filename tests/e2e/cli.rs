@@ -11,7 +11,7 @@ fn write(dir: &std::path::Path, text: &str) -> String {
 
 #[test]
 fn check_accepts_the_quick_start_config() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let output = std::process::Command::new(crate::support::binary())
         .args(["check", "--config", "config/dev.yaml"])
         .current_dir(repo())
         .output()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::auth::collect_with_trailers;
 use crate::observability::{Collector, hex};
 use crate::outbound::{DEST_ID, Fixture, app_client, bearer, entry, genuine, values};
 use crate::support::pb::*;
@@ -181,6 +182,84 @@ async fn call_out_until(
             Err(status) => panic!("unexpected refusal: {status:?}"),
         }
     }
+}
+
+/// Every `baggage` member the app saw whose key a reader could take for the handle's:
+/// percent-decoded, trimmed, in any case.
+fn handle_like_members(seen: &[(String, String)]) -> Vec<String> {
+    values(seen, "baggage")
+        .iter()
+        .flat_map(|value| value.split(','))
+        .filter(|member| {
+            let key = member
+                .split_once('=')
+                .map_or(*member, |(key, _)| key)
+                .trim();
+            let key = key
+                .replace("%2D", "-")
+                .replace("%2d", "-")
+                .replace("%67", "g");
+            key.eq_ignore_ascii_case("gatehouse-ctx")
+        })
+        .map(|member| member.trim().to_owned())
+        .collect()
+}
+
+/// A caller cannot smuggle a handle to the app under another spelling (a percent-encoded
+/// or re-cased baggage key, which OpenTelemetry's JavaScript propagator decodes; an
+/// underscore header) or in request trailers: the app sees gatehouse's handle only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_in_other_spellings_or_in_trailers_never_reach_the_app() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, _outbound) = source(&fixture, app.addr, b.addr, "", "");
+    let token = fixture.users.token("alice", "acme", &["reader"]);
+
+    let forged = "0123456789abcdef0123456789abcdef";
+    let smuggled = format!(
+        "userId=carol,gatehouse%2Dctx={forged}, GATEHOUSE-CTX={forged},%67atehouse-ctx={forged}"
+    );
+    let seen = seen_by_source_app(
+        a.addr,
+        &token,
+        &[("baggage", &smuggled), ("x_gatehouse_ctx", forged)],
+        None,
+    )
+    .await;
+    let members = handle_like_members(&seen);
+    assert_eq!(members.len(), 1, "only gatehouse's own handle: {seen:?}");
+    assert!(!members[0].contains(forged), "{members:?}");
+    assert!(members[0].starts_with("gatehouse-ctx="), "{members:?}");
+    assert!(
+        values(&seen, "baggage")[0].contains("userId=carol"),
+        "{seen:?}"
+    );
+    assert!(values(&seen, "x_gatehouse_ctx").is_empty(), "{seen:?}");
+
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-gatehouse-ctx", forged.parse().unwrap());
+    trailers.insert(
+        "baggage",
+        format!("gatehouse-ctx={forged}").parse().unwrap(),
+    );
+    trailers.insert("x-custom-trailer", "kept".parse().unwrap());
+    let reply = collect_with_trailers(a.addr, &token, trailers).await;
+    let trailers: Vec<(String, String)> = reply
+        .trailers
+        .into_iter()
+        .map(|entry| (entry.key, entry.value))
+        .collect();
+    assert_eq!(
+        values(&trailers, "x-custom-trailer"),
+        ["kept"],
+        "{trailers:?}"
+    );
+    assert!(
+        values(&trailers, "x-gatehouse-ctx").is_empty(),
+        "{trailers:?}"
+    );
+    assert!(handle_like_members(&trailers).is_empty(), "{trailers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,7 +158,7 @@ fn dev_yaml(app: std::net::SocketAddr) -> String {
 /// A token for alice of tenant acme with `roles`, minted by `gatehouse token` with the
 /// development key, as the README does.
 fn minted_token(roles: &str) -> String {
-    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let minted = std::process::Command::new(crate::support::binary())
         .current_dir(repo())
         .args([
             "token",

@@ -11,6 +11,12 @@ use std::time::Duration;
 
 use super::PATIENCE;
 
+/// The gatehouse binary under test: the one this build made, or `GATEHOUSE_BIN` (to run
+/// the suite, or one test, against another build, such as an earlier release).
+pub fn binary() -> String {
+    std::env::var("GATEHOUSE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gatehouse").to_owned())
+}
+
 /// The gatehouse binary, running as a child process.
 pub struct Gatehouse {
     pub addr: SocketAddr,
@@ -39,7 +45,7 @@ impl Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.yaml");
         std::fs::write(&path, config).unwrap();
-        let binary = env!("CARGO_BIN_EXE_gatehouse");
+        let binary = binary();
         let mut command = match fd_limit {
             None => Command::new(binary),
             Some(files) => {
@@ -214,10 +220,7 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
 
 /// Runs the gatehouse binary with `args` and returns its output.
 pub fn gatehouse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(binary()).args(args).output().unwrap()
 }
 
 pub fn stdout(output: &Output) -> String {
