@@ -281,6 +281,13 @@ fn read_key(path: &Path) -> Result<HeaderValue, String> {
 /// may not hold the issuer's keys, and the destination checks it anyway.
 fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<(), Refusal> {
     const MISSING: &str = "no bearer token to relay: this destination uses credentials: relay, so the call needs the user's authorization: Bearer token";
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        // Which one the destination reads would be its guess; neither leaves the pod.
+        return Err(Refusal::unauthenticated(
+            Reason::AmbiguousCredentials,
+            "more than one authorization header: send one bearer token",
+        ));
+    }
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Refusal::unauthenticated(
             Reason::MissingCredentials,

@@ -555,6 +555,17 @@ async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
         assert_eq!(info.reason, why);
         assert_eq!(info.metadata["destination"], "identity-service");
     }
+    // Two tokens: which one counts would be the destination's guess, so neither leaves.
+    let mut twice = forged_inspect(Some(&fixture.users.token("alice", "acme", &[])));
+    let second = fixture.users.token("mallory", "acme", &["admin"]);
+    twice
+        .metadata_mut()
+        .append("authorization", format!("Bearer {second}").parse().unwrap());
+    let status = client.inspect(twice).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "AMBIGUOUS_CREDENTIALS");
+    assert_eq!(info.metadata["destination"], "identity-service");
     assert_eq!(app.observed().calls(), 0, "the destination saw no call");
     assert!(!b.output().contains("msg=request"), "{}", b.output());
 }
