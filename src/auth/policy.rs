@@ -141,7 +141,9 @@ impl Policy {
             .rules
             .iter()
             .enumerate()
-            .find(|(_, rule)| any_matches(&rule.methods, path))
+            // In any case: an app server that looks methods up case-insensitively would
+            // run the rule's method for a path that differs only by case.
+            .find(|(_, rule)| rule.methods.iter().any(|m| m.matches_any_case(path)))
         else {
             return match self.default {
                 DefaultDecision::Allow => Ok(()),

@@ -35,7 +35,7 @@ impl MethodPattern {
         Err(InvalidMethodPattern(pattern.to_owned()))
     }
 
-    /// Whether the pattern matches `path`, a path already in gRPC's grammar.
+    /// Whether the pattern matches `path`, a path already in gRPC's grammar, exactly.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             MethodPattern::Any => true,
@@ -43,6 +43,21 @@ impl MethodPattern {
                 path.starts_with(prefix.as_str()) && !path[prefix.len()..].contains('/')
             }
             MethodPattern::Exact(exact) => path == exact,
+        }
+    }
+
+    /// Whether the pattern matches `path` in any ASCII case: how authorization rules
+    /// match, because some app servers look methods up case-insensitively and would run
+    /// `/demo.Svc/Admin` for `/demo.svc/admin`; a rule must decide both.
+    pub fn matches_any_case(&self, path: &str) -> bool {
+        match self {
+            MethodPattern::Any => true,
+            MethodPattern::Service(prefix) => {
+                path.get(..prefix.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+                    && !path[prefix.len()..].contains('/')
+            }
+            MethodPattern::Exact(exact) => path.eq_ignore_ascii_case(exact),
         }
     }
 }
@@ -68,6 +83,20 @@ mod tests {
         assert!(exact.matches("/pkg.Svc/Get"));
         assert!(!exact.matches("/pkg.Svc/GetAll"));
         assert!(MethodPattern::parse("*").unwrap().matches("/anything/At"));
+    }
+
+    #[test]
+    fn rules_match_paths_that_differ_only_by_case() {
+        let service = MethodPattern::parse("/demo.Svc/*").unwrap();
+        assert!(!service.matches("/demo.svc/Admin"));
+        assert!(service.matches_any_case("/demo.svc/Admin"));
+        assert!(service.matches_any_case("/DEMO.SVC/admin"));
+        assert!(!service.matches_any_case("/demo.svcx/Admin"));
+        assert!(!service.matches_any_case("/demo"));
+        let exact = MethodPattern::parse("/demo.Svc/Admin").unwrap();
+        assert!(!exact.matches("/demo.svc/admin"));
+        assert!(exact.matches_any_case("/demo.svc/admin"));
+        assert!(!exact.matches_any_case("/demo.svc/admins"));
     }
 
     #[test]

@@ -124,6 +124,49 @@ async fn raw_call(
 
 const NOT_A_METHOD_PATH: &str = "not a gRPC method path: expected /Service/Method";
 
+/// An app server that looks methods up case-insensitively would run a rule's method for
+/// a path spelled in another case; the rule decides those paths too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_decides_paths_that_differ_from_its_method_only_by_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::generate("cases", Algorithm::RS256);
+    let app = ProbeApp::start().await;
+    let config = config_with_admin(app.addr)
+        + &format!(
+            "auth:\n  jwt:\n    providers:\n{}authorization:\n  default: allow\n  rules:\n    - methods: [/probe.v1.Probe/Fail]\n      allow_roles: [admin]\n",
+            provider(dir.path(), "cases", &issuer, "")
+        );
+    let gatehouse = Gatehouse::start(&config);
+    let mut sender = raw_connection(gatehouse.addr).await;
+    let viewer = issuer.token("bob", "acme", &["viewer"]);
+    let admin_token = issuer.token("root", "acme", &["admin"]);
+    for path in [
+        "/probe.v1.probe/fail",
+        "/PROBE.V1.PROBE/FAIL",
+        "/probe.v1.Probe/fail",
+    ] {
+        let (code, _, reason) = raw_call(&mut sender, path, Some(&viewer)).await;
+        assert_eq!(
+            (code.as_str(), reason.as_str()),
+            ("7", "PERMISSION_DENIED_BY_RULE"),
+            "{path}"
+        );
+    }
+    assert!(
+        app.paths().is_empty(),
+        "a re-cased path reached the app: {:?}",
+        app.paths()
+    );
+    // The rule still lets through whom it allows, in whatever case they spell it.
+    assert_eq!(
+        raw_call(&mut sender, "/probe.v1.probe/fail", Some(&admin_token))
+            .await
+            .0,
+        "0"
+    );
+    assert_eq!(app.paths(), ["/probe.v1.probe/fail"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_outside_the_grpc_grammar_are_refused_unimplemented_and_never_forwarded() {
     let dir = tempfile::tempdir().unwrap();
