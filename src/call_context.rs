@@ -147,7 +147,7 @@ impl CallContexts {
     }
 
     fn end(&self, handle: u128) {
-        let expires = Instant::now() + self.grace;
+        let expires = crate::clock::instant_after(self.grace);
         let mut table = self.lock();
         if let Some(entry) = table.entries.get_mut(&handle) {
             entry.expires = Some(expires);

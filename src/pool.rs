@@ -60,7 +60,6 @@ use h2::Reason;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
@@ -311,7 +310,7 @@ impl Pool {
     /// A stream slot: on a connection with room and no starved stream, on a new
     /// connection, on any connection with room, or after a bounded wait.
     async fn acquire(&self) -> Result<Lease, Error> {
-        let deadline = Instant::now() + self.settings.queue_timeout;
+        let deadline = crate::clock::instant_after(self.settings.queue_timeout);
         let mut queued = None;
         loop {
             let changed = self.changed.notified();

@@ -69,11 +69,22 @@ impl Duration {
     }
 }
 
-/// A duration that is not a whole number followed by `ms`, `s`, `m` or `h`, or that
-/// overflows.
+/// The longest duration any setting takes: ten years. Anything longer is a mistake (a
+/// timeout nothing would wait out), and arithmetic on clock readings stays far from
+/// overflowing with it.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(87_600 * 3600);
+
+/// A duration that is not a whole number followed by `ms`, `s`, `m` or `h`, or that is
+/// longer than [`MAX_DURATION`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\"")]
-pub struct InvalidDuration(String);
+pub enum InvalidDuration {
+    #[error(
+        "invalid duration {0:?}: write a whole number and a unit (ms, s, m, h), like \"250ms\""
+    )]
+    Syntax(String),
+    #[error("duration {0:?} is longer than 87600h (ten years), the longest any setting takes")]
+    TooLong(String),
+}
 
 // Hand-written rather than humantime: humantime also takes `10d`, `1.5s` and `1h 30m`,
 // which gatehouse refuses, and words its errors differently.
@@ -81,7 +92,7 @@ impl FromStr for Duration {
     type Err = InvalidDuration;
 
     fn from_str(text: &str) -> Result<Self, InvalidDuration> {
-        let invalid = || InvalidDuration(text.to_owned());
+        let invalid = || InvalidDuration::Syntax(text.to_owned());
         let split = text
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(invalid)?;
@@ -94,6 +105,9 @@ impl FromStr for Duration {
             "h" => std::time::Duration::from_secs(amount.checked_mul(3600).ok_or_else(invalid)?),
             _ => return Err(invalid()),
         };
+        if duration > MAX_DURATION {
+            return Err(InvalidDuration::TooLong(text.to_owned()));
+        }
         Ok(Duration(duration))
     }
 }
@@ -216,6 +230,11 @@ mod tests {
             "invalid duration \"5 s\": write a whole number and a unit (ms, s, m, h), like \"250ms\""
         );
         assert!("18446744073709551615h".parse::<Duration>().is_err());
+        assert_eq!("87600h".parse(), Ok(Duration::from_secs(87_600 * 3600)));
+        assert_eq!(
+            "87601h".parse::<Duration>().unwrap_err().to_string(),
+            "duration \"87601h\" is longer than 87600h (ten years), the longest any setting takes"
+        );
         assert_eq!("64MiB".parse(), Ok(ByteSize(64 << 20)));
         assert_eq!("1 KB".parse(), Ok(ByteSize(1000)));
         assert_eq!(

@@ -181,9 +181,7 @@ impl<S: ChainService> Listener<S> {
             };
             let connection = Connection {
                 // One deadline from here to the caller's first SETTINGS, TLS included.
-                greeting_deadline: Instant::now()
-                    .checked_add(self.limits.handshake_timeout.get())
-                    .unwrap_or_else(far_future),
+                greeting_deadline: crate::clock::instant_after(self.limits.handshake_timeout.get()),
                 remote_addr,
                 tls: self.tls.clone(),
                 server: self.server.clone(),
@@ -201,11 +199,6 @@ impl<S: ChainService> Listener<S> {
             });
         }
     }
-}
-
-/// A time no deadline reaches: about thirty years from now.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365 * 30)
 }
 
 struct Connection<S> {

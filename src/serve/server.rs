@@ -309,7 +309,7 @@ where
     B: Body + Unpin,
 {
     use bytes::Buf as _;
-    let deadline = tokio::time::Instant::now() + time;
+    let deadline = crate::clock::instant_after(time);
     let mut read = 0usize;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {

@@ -1,6 +1,7 @@
 //! `gatehouse check` and `gatehouse run` start-up: exit codes and messages that name
 //! the file and the field.
 
+use crate::support::pb::*;
 use crate::support::*;
 
 fn write(dir: &std::path::Path, text: &str) -> String {
@@ -42,6 +43,60 @@ fn check_reports_every_problem_with_file_and_field_and_exits_64() {
     assert!(
         errors.contains(&format!("{path}: upstream.address:")),
         "{errors}"
+    );
+}
+
+#[test]
+fn check_refuses_durations_longer_than_ten_years_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DevConfig::new("127.0.0.1:50051".parse().unwrap())
+        .limit("handshake_timeout", "5124095576030431h")
+        .yaml();
+    let path = write(dir.path(), &config);
+    let output = gatehouse(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(64), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains(
+            "limits.handshake_timeout: duration \"5124095576030431h\" is longer than 87600h"
+        ),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// The longest durations `check` accepts are durations gatehouse can serve with: no
+/// arithmetic on them overflows when connections and calls come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_with_every_timeout_at_the_longest_duration_check_accepts() {
+    let app = App::start().await;
+    let mut config = DevConfig::new(app.addr);
+    for key in [
+        "handshake_timeout",
+        "keepalive_interval",
+        "keepalive_timeout",
+        "idle_timeout",
+        "max_connection_age",
+        "upstream_queue_timeout",
+        "drain_timeout",
+    ] {
+        config = config.limit(key, "87600h");
+    }
+    let gatehouse = Gatehouse::start(&config.yaml());
+    for _ in 0..3 {
+        let reply = client(gatehouse.addr)
+            .await
+            .echo(EchoRequest {
+                message: "long timeouts".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("the call went through");
+        assert_eq!(reply.into_inner().message, "long timeouts");
+    }
+    assert!(
+        !gatehouse.output().contains("panicked"),
+        "{}",
+        gatehouse.output()
     );
 }
 
