@@ -74,6 +74,12 @@ pub const STREAM_WINDOW: u32 = 128 * 1024;
 pub const STREAMS_PER_CONNECTION: usize = 100;
 /// Send capacity a stream reserves at a time (request direction), in bytes.
 pub const SEND_CHUNK: usize = 64 * 1024;
+/// The largest header list (response headers, or trailers) gatehouse reads from a
+/// target, decoded, advertised in SETTINGS and enforced by h2: an answer over it is
+/// refused and its stream reset, so a misbehaving app or destination cannot make
+/// gatehouse hold more than this per stream (h2's default is 16 MiB). Four times the
+/// default for callers' requests: answers carry trailers and error details.
+pub const RESPONSE_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Request bytes kept per call until the target has answered, so a call the target
 /// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
 /// not retried.

@@ -164,6 +164,9 @@ reasons! {
     /// Outbound `credentials: context`: the call carries no handle, or one that names no
     /// inbound call open or ended less than `outbound.context_grace` ago.
     NoCallContext => "NO_CALL_CONTEXT", "no_call_context", Unauthenticated;
+    /// The app's or the destination's response headers or trailers were larger than
+    /// gatehouse reads (`pool::RESPONSE_HEADER_LIST_SIZE`); the peer's stream is reset.
+    ResponseHeadersTooLarge => "RESPONSE_HEADERS_TOO_LARGE", "response_headers_too_large", Internal;
     /// gatehouse is shutting down and the drain timeout ended the call.
     ShuttingDown => "SHUTTING_DOWN", "shutting_down", Unavailable;
     /// A bug in gatehouse (a panic, a request it could not forward); it keeps serving.

@@ -25,6 +25,16 @@ pub fn stream_failure(error: &h2::Error, far: Far<'_>, when: &str) -> Status {
             Reason::DestinationUnavailable,
         ),
     };
+    if headers_too_large(error) {
+        let status = Status::new(
+            Reason::ResponseHeadersTooLarge,
+            format!("{who} answered with headers or trailers larger than gatehouse reads {when}"),
+        );
+        return match far {
+            Far::App => status,
+            Far::Destination(name) => status.with("destination", name),
+        };
+    }
     let status = match error
         .reason()
         .filter(|_| error.is_remote() && error.is_reset())
@@ -40,6 +50,26 @@ pub fn stream_failure(error: &h2::Error, far: Far<'_>, when: &str) -> Status {
         Far::App => status,
         Far::Destination(name) => status.with("destination", name),
     }
+}
+
+/// Whether h2 refused the peer's header block for its size: an answer over the
+/// connection's `max_header_list_size` has its stream reset by h2 itself with
+/// REFUSED_STREAM (no other local reset carries that reason), and a block spread over
+/// more CONTINUATION frames than that size allows, or far over it, closes the connection
+/// with ENHANCE_YOUR_CALM and one of two debug strings (vendor/check pins the h2 that
+/// writes them).
+fn headers_too_large(error: &h2::Error) -> bool {
+    if error.is_remote() {
+        return false;
+    }
+    if error.is_reset() && error.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return true;
+    }
+    error.is_go_away()
+        && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        && ["too_many_continuations", "header_list_way_too_large"]
+            .iter()
+            .any(|debug| error.to_string().contains(debug))
 }
 
 /// The gRPC status a caller should see when an HTTP/2 stream was reset with `reason`,

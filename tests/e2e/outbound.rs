@@ -709,6 +709,11 @@ struct RawDestination {
 
 impl RawDestination {
     async fn start() -> RawDestination {
+        RawDestination::answering_with(0).await
+    }
+
+    /// A destination whose every answer carries `padding` bytes of extra headers.
+    async fn answering_with(padding: usize) -> RawDestination {
         let cert = genuine();
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -740,10 +745,16 @@ impl RawDestination {
                     let service = hyper::service::service_fn(
                         move |request: http::Request<hyper::body::Incoming>| {
                             recorded.lock().unwrap().push(request.headers().clone());
-                            async {
-                                let response = http::Response::builder()
+                            async move {
+                                let mut response = http::Response::builder()
                                     .header("content-type", "application/grpc")
-                                    .header("grpc-status", "0")
+                                    .header("grpc-status", "0");
+                                const PIECE: usize = 16 * 1024;
+                                for i in 0..padding / PIECE {
+                                    response = response
+                                        .header(format!("x-padding-{i}"), "p".repeat(PIECE));
+                                }
+                                let response = response
                                     .body(http_body_util::Empty::<bytes::Bytes>::new())
                                     .unwrap();
                                 Ok::<_, std::convert::Infallible>(response)
@@ -769,6 +780,47 @@ impl RawDestination {
             .cloned()
             .expect("a request arrived")
     }
+}
+
+/// A destination that passes the identity check but answers each call with 15 MiB of
+/// headers cannot make gatehouse hold them: each answer is refused at 64 KiB, the app
+/// gets INTERNAL saying why, and gatehouse's memory stays where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_answering_with_huge_headers_cannot_grow_gatehouse() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let raw = RawDestination::answering_with(15 << 20).await;
+    let (a, outbound) = fixture.source(app.addr, &[entry("raw", raw.addr, DEST_ID, "none")], "");
+    let before = rss_kib(a.pid());
+    let calls = (0..10).map(|_| async move {
+        app_client(outbound, "raw")
+            .await
+            .inspect(InspectRequest {})
+            .await
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let peak = peak_rss_kib(a.pid());
+    assert!(
+        peak < before + 32 * 1024,
+        "10 answers of 15 MiB of headers took gatehouse from {before} KiB to a peak of {peak} KiB"
+    );
+    for answer in answers {
+        let status = answer.expect_err("no answer with 15 MiB of headers gets through");
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        let info = error_info(&status);
+        assert_eq!(info.reason, "RESPONSE_HEADERS_TOO_LARGE");
+        assert_eq!(info.metadata["destination"], "raw");
+    }
+    assert_eq!(
+        raw.seen.lock().unwrap().len(),
+        10,
+        "every call reached the destination"
+    );
+    let peak = peak_rss_kib(a.pid());
+    assert!(
+        peak < before + 32 * 1024,
+        "10 answers of 15 MiB of headers took gatehouse from {before} KiB to a peak of {peak} KiB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
