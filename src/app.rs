@@ -231,7 +231,7 @@ async fn serve(
             tracing: tracing.clone(),
             metrics: metrics.clone(),
             authenticator: authenticator.clone(),
-            per_identity: config.limits.per_identity.clone(),
+            limits: config.limits.clone(),
             contexts: outbound
                 .as_ref()
                 .and_then(crate::outbound::Destinations::contexts),

@@ -35,7 +35,7 @@ pub use api_keys::{ApiKey, ApiKeys, ApiKeysFile, validate_api_keys};
 pub use auth::Auth;
 pub use authorization::{Authorization, DefaultDecision, Rule};
 pub use jwt::{AlgorithmError, ClaimNames, Family, Jwt, JwtProvider, MAX_LEEWAY, parse_algorithms};
-pub use limits::{Limits, PerIdentity};
+pub use limits::{Limits, PerIdentity, PublicCalls};
 pub use listen::{ClientAuth, Listen, Tls};
 pub use method::{InvalidMethodPattern, MethodPattern};
 pub use outbound::{ClientTls, Credentials, Destination, ListenError, Outbound, OutboundListen};

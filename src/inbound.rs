@@ -21,7 +21,7 @@ use tower::{Service, ServiceBuilder};
 use crate::auth::Authenticator;
 use crate::body::RequestBody;
 use crate::call_context::CallContexts;
-use crate::config::PerIdentity;
+use crate::config::Limits as LimitSettings;
 use crate::layers::deadline::{DeadlineLayer, DeadlineService};
 use crate::layers::observe::ObserveLayer;
 use crate::layers::recovery::{Recovery, RecoveryLayer};
@@ -47,7 +47,7 @@ pub struct Parts {
     pub tracing: Arc<Tracing>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub authenticator: Arc<Current<Authenticator>>,
-    pub per_identity: PerIdentity,
+    pub limits: LimitSettings,
     /// Where call contexts live, when an outbound destination uses `context`.
     pub contexts: Option<Arc<CallContexts>>,
     /// Cancelled when a drain gives up on the calls still open.
@@ -60,7 +60,7 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         tracing,
         metrics,
         authenticator,
-        per_identity,
+        limits,
         contexts,
         abort,
     } = parts;
@@ -79,7 +79,7 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         // After Auth, whose verdict names the identity a call counts against; refused
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget.
-        .layer(LimitsLayer::new(&per_identity, metrics.clone()))
+        .layer(LimitsLayer::new(&limits, metrics.clone()))
         // Only calls that will reach the app get a handle for their outbound calls.
         .layer(ContextLayer::new(contexts, metrics))
         // Innermost but forwarding: the deadline covers the wait for a stream to the app
@@ -175,7 +175,7 @@ mod tests {
                 tracing: Arc::new(Tracing::propagate_only(0.0)),
                 metrics: metrics.clone(),
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
-                per_identity: config.limits.per_identity.clone(),
+                limits: config.limits.clone(),
                 contexts: None,
                 abort: CancellationToken::new(),
             },

@@ -25,6 +25,10 @@ use crate::pool::{self, Pool, ResponseStream};
 /// The connections to the app.
 pub struct Upstream {
     pool: Pool,
+    /// A connection of its own for gatehouse's own calls to the app (the readiness
+    /// probe's health check), so callers holding every stream of `pool` cannot make the
+    /// pod look unready.
+    probes: Pool,
     /// Used for `:authority` when the caller sent none.
     authority: Authority,
     metrics: Arc<Metrics>,
@@ -59,7 +63,14 @@ impl Upstream {
             queue: limits.upstream_queue,
             queue_timeout: limits.upstream_queue_timeout.get(),
         };
+        let probe_settings = pool::Settings {
+            connections: 1,
+            queue: 4,
+            queue_timeout: Duration::from_secs(2),
+            ..settings.clone()
+        };
         Upstream {
+            probes: Pool::new(target.clone(), probe_settings),
             pool: Pool::new(target, settings),
             authority,
             metrics,
@@ -108,8 +119,11 @@ impl Upstream {
         let checked = async {
             // A check is idempotent, so one sent on a connection that had just died
             // (the app restarted) is sent again: the answer is about the app now.
-            let response = match self.pool.send(request()?).await {
-                Err(pool::Error::Stream(error)) if error.is_io() => self.send(request()?).await,
+            let response = match self.probes.send(request()?).await {
+                Err(pool::Error::Stream(error)) if error.is_io() => {
+                    let again = self.probes.send(request()?).await;
+                    self.map_failure(again)
+                }
                 sent => self.map_failure(sent),
             }
             .map_err(|status| status.message().to_owned())?;

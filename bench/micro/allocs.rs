@@ -193,7 +193,7 @@ fn main() {
                 tracing: Arc::new(Tracing::propagate_only(config.telemetry.sample_ratio)),
                 metrics,
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
-                per_identity: config.limits.per_identity.clone(),
+                limits: config.limits.clone(),
                 contexts: None,
                 abort: tokio_util::sync::CancellationToken::new(),
             },

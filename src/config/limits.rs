@@ -45,6 +45,8 @@ pub struct Limits {
     pub upstream_queue_timeout: Duration,
     /// What one identity may take of the app.
     pub per_identity: PerIdentity,
+    /// The share of the app's streams that calls needing no credentials may take.
+    pub public_calls: PublicCalls,
     /// The memory gatehouse may use, checked against the worst case its limits allow;
     /// absent: the cgroup's `memory.max`, when there is one.
     pub memory_limit: Option<ByteSize>,
@@ -55,6 +57,27 @@ impl Limits {
     pub fn connections_per_client(&self) -> usize {
         self.max_connections_per_client
             .unwrap_or(self.max_connections.div_ceil(4))
+            .max(1)
+    }
+
+    /// Streams to the app at most: what the pool puts on its connections.
+    pub fn app_streams(&self) -> u32 {
+        u32::try_from(self.upstream_connections.saturating_mul(100)).unwrap_or(u32::MAX)
+    }
+
+    /// `public_calls.max_concurrent_calls`, or its default: a tenth of the app's streams.
+    pub fn public_calls_share(&self) -> u32 {
+        self.public_calls
+            .max_concurrent_calls
+            .unwrap_or(self.app_streams() / 10)
+            .max(1)
+    }
+
+    /// `public_calls.per_client`, or its default: a quarter of the share.
+    pub fn public_calls_per_client(&self) -> u32 {
+        self.public_calls
+            .per_client
+            .unwrap_or(self.public_calls_share() / 4)
             .max(1)
     }
 
@@ -77,6 +100,20 @@ impl Limits {
             limits.max_connections_per_client.map(|n| n as u64),
         )];
         for (field, value) in optional {
+            if value == Some(0) {
+                problems.push(Problem::new(field, "must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            (
+                "limits.public_calls.max_concurrent_calls",
+                limits.public_calls.max_concurrent_calls,
+            ),
+            (
+                "limits.public_calls.per_client",
+                limits.public_calls.per_client,
+            ),
+        ] {
             if value == Some(0) {
                 problems.push(Problem::new(field, "must be at least 1"));
             }
@@ -128,6 +165,22 @@ pub struct PerIdentity {
     pub calls_per_second: u32,
 }
 
+/// `limits.public_calls`: calls that need no credentials (`auth.public_methods`, and
+/// callers without a certificate where it is optional and no `auth` is configured) are
+/// counted per client address or client certificate, and all together may hold only a
+/// share of the app's streams, so anonymous callers cannot take the streams that
+/// authenticated calls (and the readiness of the pod) need.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicCalls {
+    /// Such calls open at once, from every client; absent: a tenth of the app's streams
+    /// (`upstream_connections` x 100).
+    pub max_concurrent_calls: Option<u32>,
+    /// Such calls open at once from one client address or certificate; absent: a
+    /// quarter of `max_concurrent_calls`.
+    pub per_client: Option<u32>,
+}
+
 impl Default for PerIdentity {
     fn default() -> Self {
         PerIdentity {
@@ -152,6 +205,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             max_connection_age: None,
             per_identity: PerIdentity::default(),
+            public_calls: PublicCalls::default(),
             memory_limit: None,
             upstream_connections: 4,
             upstream_queue: 256,

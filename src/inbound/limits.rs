@@ -9,11 +9,14 @@
 //! ```no_run
 //! # fn example(forward: gatehouse::inbound::Forward) {
 //! use std::sync::Arc;
-//! use gatehouse::config::PerIdentity;
+//! use gatehouse::config::{Limits, PerIdentity};
 //! use gatehouse::metrics::Metrics;
 //! use gatehouse::inbound::limits::LimitsLayer;
 //! use tower::Layer;
-//! let limits = PerIdentity { max_concurrent_calls: 64, calls_per_second: 100 };
+//! let limits = Limits {
+//!     per_identity: PerIdentity { max_concurrent_calls: 64, calls_per_second: 100 },
+//!     ..Limits::default()
+//! };
 //! let service = LimitsLayer::new(&limits, Arc::new(Metrics::new())).layer(forward);
 //! # }
 //! ```
@@ -29,7 +32,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::PerIdentity;
+use crate::config::Limits as Settings;
 use crate::grpc::{self, Reason};
 use crate::layers::observe::CallFacts;
 use crate::limits::local::{CallSlot, Exceeded, Identity, Table, truncated};
@@ -44,7 +47,7 @@ pub struct LimitsLayer {
 }
 
 impl LimitsLayer {
-    pub fn new(limits: &PerIdentity, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: &Settings, metrics: Arc<Metrics>) -> Self {
         LimitsLayer {
             table: Arc::new(Table::new(limits)),
             metrics,
@@ -115,8 +118,10 @@ where
                 self.metrics.limit_refusal(exceeded.limit());
                 log_refusal(&identity, exceeded, request.uri().path());
                 let reason = match exceeded {
-                    Exceeded::Concurrency => Reason::ConcurrencyLimit,
                     Exceeded::Rate => Reason::RateLimited,
+                    Exceeded::Concurrency | Exceeded::PublicPerClient | Exceeded::PublicShare => {
+                        Reason::ConcurrencyLimit
+                    }
                 };
                 let response = grpc::Status::new(reason, self.table.message(exceeded).to_owned())
                     .with("method", request.uri().path())

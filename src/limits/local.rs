@@ -1,7 +1,13 @@
 //! The per-pod limits of one identity: at most `limits.per_identity.max_concurrent_calls`
 //! calls open and, when `calls_per_second` is set, at most that many started a second
-//! (a token bucket holding one second's worth). An identity is the SPIFFE ID, user or
-//! API key name that Auth verified; for a public method, the caller's connection.
+//! (a token bucket holding one second's worth). An identity is what Auth verified: a
+//! user together with the provider that vouched for it, an API key's name, or a client
+//! certificate by the kind of name it carries.
+//!
+//! Calls that need no credentials (public methods, and callers without one where the
+//! certificate is optional) get a bounded share of the app's streams instead:
+//! `limits.public_calls.max_concurrent_calls` all together, `per_client` from one client
+//! address or client certificate, however many connections it opens.
 //!
 //! The table is bounded: an identity's entry is removed once it has no call open and its
 //! bucket is full again, and entries left with a refilling bucket are swept as the table
@@ -13,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::auth::outcome::AuthOutcome;
-use crate::config::PerIdentity;
+use crate::config::Limits;
 use crate::identity::AuthMethod;
 use crate::tls::ConnectionInfo;
 
@@ -25,18 +31,25 @@ const LOGGED_CHARS: usize = 128;
 /// Who a call is counted against.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Identity {
-    User(Box<str>),
+    /// A JWT's subject, with the provider that verified it: `sub=alice` from a partner's
+    /// issuer is not the corporate alice.
+    User {
+        provider: Arc<str>,
+        subject: Box<str>,
+    },
     ApiKey(Box<str>),
+    /// A client certificate, by [`crate::tls::PeerIdentity::key`].
     Peer(Box<str>),
-    /// A caller without a verified name: one per connection.
-    Connection(u64),
+    /// A call that needed no credentials, by client certificate when it showed one, else
+    /// by the client's address.
+    Public(Box<str>),
 }
 
 impl Identity {
     /// The identity of a call Auth admitted.
     pub fn of(outcome: Option<&AuthOutcome>, connection: Option<&ConnectionInfo>) -> Identity {
-        let principal = outcome.and_then(AuthOutcome::principal);
-        if let Some(principal) = principal {
+        let peer = connection.and_then(|c| c.peer.as_ref());
+        if let Some(principal) = outcome.and_then(AuthOutcome::principal) {
             match principal.method {
                 AuthMethod::ApiKey => {
                     if let Some(name) = &principal.api_key_name {
@@ -45,30 +58,42 @@ impl Identity {
                 }
                 AuthMethod::Jwt => {
                     if let Some(user) = &principal.user_id {
-                        return Identity::User(user.as_str().into());
+                        return Identity::User {
+                            provider: principal.provider.clone().unwrap_or_else(|| Arc::from("")),
+                            subject: user.as_str().into(),
+                        };
                     }
                 }
-                AuthMethod::Mtls | AuthMethod::None => {}
-            }
-            // A public method is counted per connection even when a certificate was
-            // shown, so anonymous calls cannot use up the certificate holder's share.
-            if principal.method != AuthMethod::None
-                && let Some(peer) = connection.and_then(|c| c.peer.as_ref())
-            {
-                return Identity::Peer(peer.name().into());
+                AuthMethod::Mtls => {
+                    if let Some(peer) = peer {
+                        return Identity::Peer(peer.key().into());
+                    }
+                }
+                AuthMethod::None => {}
             }
         }
-        Identity::Connection(connection.map_or(0, |c| c.id))
+        Identity::Public(match (peer, connection) {
+            (Some(peer), _) => peer.key().into(),
+            (None, Some(connection)) => {
+                format!("ip:{}", connection.remote_addr.ip().to_canonical()).into()
+            }
+            (None, None) => "ip:unknown".into(),
+        })
+    }
+
+    fn is_public(&self) -> bool {
+        matches!(self, Identity::Public(_))
     }
 
     pub fn describe(&self) -> String {
-        let (kind, name) = match self {
-            Identity::User(name) => ("user", name),
-            Identity::ApiKey(name) => ("api_key", name),
-            Identity::Peer(name) => ("peer", name),
-            Identity::Connection(id) => return format!("connection:{id}"),
-        };
-        format!("{kind}:{}", truncated(name))
+        match self {
+            Identity::User { provider, subject } => {
+                format!("user:{}/{}", truncated(provider), truncated(subject))
+            }
+            Identity::ApiKey(name) => format!("api_key:{}", truncated(name)),
+            Identity::Peer(key) => format!("peer:{}", truncated(key)),
+            Identity::Public(client) => format!("public:{}", truncated(client)),
+        }
     }
 }
 
@@ -83,8 +108,9 @@ pub fn truncated(text: &str) -> &str {
 pub struct Table {
     max_concurrent_calls: u32,
     calls_per_second: u32,
-    concurrency_message: String,
-    rate_message: String,
+    public_share: u32,
+    public_per_client: u32,
+    messages: [String; 4],
     entries: Mutex<Entries>,
 }
 
@@ -92,6 +118,8 @@ struct Entries {
     map: HashMap<Identity, Entry>,
     /// The table is swept when it reaches this size.
     sweep_at: usize,
+    /// Public calls open, from every client.
+    public_open: u32,
 }
 
 struct Entry {
@@ -106,46 +134,66 @@ struct Entry {
 pub enum Exceeded {
     Concurrency,
     Rate,
+    /// One client's public calls.
+    PublicPerClient,
+    /// Every client's public calls together.
+    PublicShare,
 }
 
 impl Exceeded {
+    /// The limit's name, as `gatehouse_limit_refusals_total{limit}` and the status
+    /// details name it.
     pub fn limit(self) -> &'static str {
         match self {
             Exceeded::Concurrency => "max_concurrent_calls",
             Exceeded::Rate => "calls_per_second",
+            Exceeded::PublicPerClient => "public_calls.per_client",
+            Exceeded::PublicShare => "public_calls.max_concurrent_calls",
         }
     }
 }
 
 impl Table {
     /// The table for `limits`; empty until calls come.
-    pub fn new(limits: &PerIdentity) -> Table {
-        let max = limits.max_concurrent_calls;
-        let rate = limits.calls_per_second;
+    pub fn new(limits: &Limits) -> Table {
+        let max = limits.per_identity.max_concurrent_calls;
+        let rate = limits.per_identity.calls_per_second;
+        let share = limits.public_calls_share();
+        let per_client = limits.public_calls_per_client();
         Table {
             max_concurrent_calls: max,
             calls_per_second: rate,
-            concurrency_message: format!(
-                "CONCURRENCY_LIMIT: this caller already has {max} calls open \
-                 (limits.per_identity.max_concurrent_calls)"
-            ),
-            rate_message: format!(
-                "RATE_LIMITED: this caller started more than {rate} calls in the last second \
-                 (limits.per_identity.calls_per_second)"
-            ),
+            public_share: share,
+            public_per_client: per_client,
+            messages: [
+                format!(
+                    "CONCURRENCY_LIMIT: this caller already has {max} calls open \
+                     (limits.per_identity.max_concurrent_calls)"
+                ),
+                format!(
+                    "RATE_LIMITED: this caller started more than {rate} calls in the last second \
+                     (limits.per_identity.calls_per_second)"
+                ),
+                format!(
+                    "CONCURRENCY_LIMIT: this client already has {per_client} calls open that \
+                     need no credentials (limits.public_calls.per_client)"
+                ),
+                format!(
+                    "CONCURRENCY_LIMIT: calls that need no credentials already hold their \
+                     {share} of the app's streams (limits.public_calls.max_concurrent_calls)"
+                ),
+            ],
             entries: Mutex::new(Entries {
                 map: HashMap::new(),
                 sweep_at: SWEEP_FLOOR,
+                public_open: 0,
             }),
         }
     }
 
     /// The message of a refusal for `exceeded`.
     pub fn message(&self, exceeded: Exceeded) -> &str {
-        match exceeded {
-            Exceeded::Concurrency => &self.concurrency_message,
-            Exceeded::Rate => &self.rate_message,
-        }
+        &self.messages[exceeded as usize]
     }
 
     fn capacity(&self) -> f64 {
@@ -167,6 +215,10 @@ impl Table {
     pub fn admit(self: &Arc<Self>, identity: Identity) -> Result<CallSlot, (Exceeded, Identity)> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let public = identity.is_public();
+        if public && entries.public_open >= self.public_share {
+            return Err((Exceeded::PublicShare, identity));
+        }
         if !entries.map.contains_key(&identity) && entries.map.len() >= entries.sweep_at {
             self.sweep(&mut entries, now);
         }
@@ -179,13 +231,21 @@ impl Table {
         if self.calls_per_second > 0 && entry.tokens < 1.0 {
             return Err((Exceeded::Rate, identity));
         }
-        if entry.open >= self.max_concurrent_calls {
-            return Err((Exceeded::Concurrency, identity));
+        let (most, exceeded) = if public {
+            (self.public_per_client, Exceeded::PublicPerClient)
+        } else {
+            (self.max_concurrent_calls, Exceeded::Concurrency)
+        };
+        if entry.open >= most {
+            return Err((exceeded, identity));
         }
         if self.calls_per_second > 0 {
             entry.tokens -= 1.0;
         }
         entry.open += 1;
+        if public {
+            entries.public_open += 1;
+        }
         Ok(CallSlot {
             table: self.clone(),
             identity,
@@ -202,6 +262,9 @@ impl Table {
 
     fn release(&self, identity: &Identity) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if identity.is_public() {
+            entries.public_open = entries.public_open.saturating_sub(1);
+        }
         let Some(entry) = entries.map.get_mut(identity) else {
             return;
         };
@@ -237,15 +300,23 @@ impl Drop for CallSlot {
 mod tests {
     use super::*;
 
+    use crate::config::PerIdentity;
+
     fn table(max_concurrent_calls: u32, calls_per_second: u32) -> Arc<Table> {
-        Arc::new(Table::new(&PerIdentity {
-            max_concurrent_calls,
-            calls_per_second,
+        Arc::new(Table::new(&Limits {
+            per_identity: PerIdentity {
+                max_concurrent_calls,
+                calls_per_second,
+            },
+            ..Limits::default()
         }))
     }
 
     fn user(name: &str) -> Identity {
-        Identity::User(name.into())
+        Identity::User {
+            provider: Arc::from("corp"),
+            subject: name.into(),
+        }
     }
 
     #[test]
@@ -288,14 +359,24 @@ mod tests {
     fn the_table_forgets_identities_with_nothing_open_and_a_full_bucket() {
         let table = table(10, 0);
         for i in 0..10_000 {
-            drop(table.admit(Identity::Connection(i)).ok().unwrap());
+            drop(
+                table
+                    .admit(Identity::Public(format!("ip:{i}").into()))
+                    .ok()
+                    .unwrap(),
+            );
         }
         assert_eq!(table.len(), 0);
 
         // One call a second: each bucket refills a second after its call.
         let table = self::table(10, 1);
         for i in 0..1_000 {
-            drop(table.admit(Identity::Connection(i)).ok().unwrap());
+            drop(
+                table
+                    .admit(Identity::Public(format!("ip:{i}").into()))
+                    .ok()
+                    .unwrap(),
+            );
         }
         // Each bucket is still refilling, so the entries stay until a second has passed.
         assert!(table.len() > SWEEP_FLOOR, "{} entries", table.len());
@@ -307,7 +388,12 @@ mod tests {
         }
         // New identities trigger a sweep before the table doubles, which drops them all.
         let swept = (0..2_000).any(|i| {
-            drop(table.admit(Identity::Connection(2_000 + i)).ok().unwrap());
+            drop(
+                table
+                    .admit(Identity::Public(format!("ip:{}", 2_000 + i).into()))
+                    .ok()
+                    .unwrap(),
+            );
             table.len() < 500
         });
         assert!(swept, "{} entries never swept", table.len());

@@ -273,16 +273,14 @@ impl<S: ChainService> Connection<S> {
         };
         // One certificate's share, wherever its connections come from.
         let _peer_slot = match (&peer, &self.clients) {
-            (Some(peer), Some(clients)) => {
-                match clients.take(ClientKey::Peer(peer.name().into())) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        self.metrics.limit_refusal("max_connections_per_client");
-                        tracing::debug!(remote = %remote_addr, peer = peer.name(), "connection closed: limits.max_connections_per_client reached for its certificate");
-                        return;
-                    }
+            (Some(peer), Some(clients)) => match clients.take(ClientKey::Peer(peer.key().into())) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.metrics.limit_refusal("max_connections_per_client");
+                    tracing::debug!(remote = %remote_addr, peer = peer.name(), "connection closed: limits.max_connections_per_client reached for its certificate");
+                    return;
                 }
-            }
+            },
             _ => None,
         };
         let info = ConnectionInfo::new(remote_addr, peer);

@@ -72,6 +72,23 @@ impl PeerIdentity {
             .find(|uri| uri.starts_with("spiffe://"))
     }
 
+    /// What this peer counts as for per-client limits, with the kind of name it is: its
+    /// SPIFFE ID or first URI SAN (`uri:`), else its first DNS SAN (`dns:`), else, for a
+    /// certificate without SANs, its subject CN (`cn:`), else its fingerprint
+    /// (`sha256:`). A common name can then never pass for a URI SAN it spells out.
+    pub fn key(&self) -> String {
+        if let Some(uri) = self.spiffe_id().or(self.uris.first().map(String::as_str)) {
+            return format!("uri:{uri}");
+        }
+        if let Some(dns) = self.dns_names.first() {
+            return format!("dns:{dns}");
+        }
+        match &self.common_name {
+            Some(cn) => format!("cn:{cn}"),
+            None => format!("sha256:{}", self.sha256),
+        }
+    }
+
     /// The one name to show for this peer in logs: SPIFFE ID, else first URI or DNS SAN,
     /// else the common name, else the fingerprint.
     pub fn name(&self) -> &str {

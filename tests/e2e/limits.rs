@@ -657,13 +657,13 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
             ])
             .yaml()
     };
-    std::fs::write(&path, config("256MiB")).unwrap();
+    std::fs::write(&path, config("320MiB")).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(
-            "worst-case memory: 233 MiB (128 connections x 1104 KiB + 95 MiB), \
-             limit 256 MiB (limits.memory_limit)"
+            "worst-case memory: 258 MiB (128 connections x 1104 KiB + 120 MiB), \
+             limit 320 MiB (limits.memory_limit)"
         ),
         "{}",
         stdout(&output)
@@ -674,7 +674,7 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(64));
     let errors = stderr(&output);
     assert!(
-        errors.contains("limits: worst-case memory 233 MiB")
+        errors.contains("limits: worst-case memory 258 MiB")
             && errors.contains("exceeds the memory limit of 100 MiB (limits.memory_limit)")
             && errors.contains("limits.max_connections"),
         "{errors}"
@@ -710,12 +710,23 @@ async fn a_connection_that_never_greets_is_dropped_when_its_idle_timeout_fires()
     until_metric(&gatehouse, "gatehouse_connections", 0.0).await;
 }
 
+/// Public calls count against their client, by certificate when it showed one: a second
+/// connection brings no new share, another certificate has its own, and an
+/// authenticated identity on the same connection is not touched by it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_calls_count_against_their_connection() {
+async fn public_calls_count_against_their_client_not_their_connection() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let app = App::start().await;
-    let gatehouse = Gatehouse::start(&keyed_config(app.addr, "{ max_concurrent_calls: 2 }"));
+    let config = DevConfig::new(app.addr)
+        .admin()
+        .only_limits(&[("public_calls", "{ per_client: 2 }")])
+        .yaml()
+        + &format!(
+            "auth:\n  api_keys:\n    keys:\n      - {{ name: a, sha256: \"{}\" }}\n",
+            hash(KEY_A)
+        );
+    let gatehouse = Gatehouse::start(&config);
     let watch = |channel: tonic::transport::Channel| async move {
         let mut stream = HealthClient::new(channel)
             .watch(HealthCheckRequest::default())
@@ -736,7 +747,7 @@ async fn public_calls_count_against_their_connection() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert_eq!(reason(&refused), "CONCURRENCY_LIMIT");
     assert!(
-        refused.message().contains("CONCURRENCY_LIMIT"),
+        refused.message().contains("limits.public_calls.per_client"),
         "{}",
         refused.message()
     );
@@ -744,9 +755,253 @@ async fn public_calls_count_against_their_connection() {
     echo_as(&mut DemoClient::new(first), KEY_A)
         .await
         .expect("identity a served on the same connection");
-    // Another connection's public calls have their own share too.
+    // Another connection with the same certificate brings no new share...
     let second = channel(gatehouse.addr, Some(Identity::gateway()))
         .await
         .unwrap();
-    watch(second).await.expect("a watch on another connection");
+    let refused = watch(second).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // ...another certificate has its own.
+    let other = channel(
+        gatehouse.addr,
+        Some(Identity::dev("client-compliance-scanner")),
+    )
+    .await
+    .unwrap();
+    watch(other)
+        .await
+        .expect("a watch with another certificate");
+}
+
+/// The public Watch streams that one connection from `from` (no certificate, no
+/// credentials) asked for: the ones gatehouse let through to the app
+/// (held open, never read), and the reasons of the ones it refused.
+async fn watch_streams(
+    from: &str,
+    to: SocketAddr,
+    count: usize,
+) -> (Vec<h2::RecvStream>, Vec<String>) {
+    let tcp = connect_from(from, to).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(client_tls(None))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        let request = http::Request::post("https://localhost/grpc.health.v1.Health/Watch")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let (answer, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap();
+        answers.push(answer);
+    }
+    let (mut held, mut refused) = (Vec::new(), Vec::new());
+    for answer in answers {
+        let response = tokio::time::timeout(PATIENCE, answer)
+            .await
+            .expect("an answer")
+            .expect("a response");
+        match response.headers().get("grpc-status") {
+            // Trailers-only: gatehouse (or the app) refused it.
+            Some(_) => refused.push(error_info_in(response.headers()).reason),
+            None => held.push(response.into_body()),
+        }
+    }
+    (held, refused)
+}
+
+/// Calls that need no credentials get a bounded share of the app's streams, counted per
+/// client address, not per connection: eight addresses asking for 800 Health/Watch
+/// streams get the share (40 of the app's 400 streams, at most 10 each), and a JWT
+/// caller and the readiness probe are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_streams_get_a_bounded_share_and_leave_the_app_to_everyone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = crate::support::issuers::Issuer::generate("fair", jsonwebtoken::Algorithm::ES256);
+    let app = App::start().await;
+    // Callers need no certificate: anonymous clients are told apart by their address.
+    let config = DevConfig::new(app.addr)
+        .admin()
+        .client_auth("optional")
+        .yaml()
+        + &format!(
+            "auth:\n  jwt:\n    providers:\n{}",
+            crate::support::issuers::provider(dir.path(), "fair", &issuer, "")
+        );
+    let gatehouse = Gatehouse::start(&config);
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    for address in 2..10 {
+        for _ in 0..2 {
+            let (open, no) = watch_streams(&format!("127.0.0.{address}"), gatehouse.addr, 50).await;
+            assert!(
+                open.len() <= 10,
+                "127.0.0.{address} held {} streams",
+                open.len()
+            );
+            held.extend(open);
+            refused.extend(no);
+        }
+    }
+    assert_eq!(held.len(), 40, "the public share of 400 app streams");
+    assert_eq!(refused.len(), 760);
+    assert!(
+        refused.iter().all(|reason| reason == "CONCURRENCY_LIMIT"),
+        "{refused:?}"
+    );
+
+    // Meanwhile an authenticated caller is answered at once, and the pod stays ready.
+    let token = issuer.token("alice", "acme", &[]);
+    let mut request = tonic::Request::new(EchoRequest {
+        message: "served".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.set_timeout(Duration::from_secs(3));
+    let reply = client(gatehouse.addr).await.echo(request).await;
+    assert_eq!(
+        reply.expect("the JWT call was served").into_inner().message,
+        "served"
+    );
+    let (status, body) = get(admin(&gatehouse), "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let scrape = scrape_metrics(&gatehouse).await;
+    assert!(
+        scrape.contains(r#"gatehouse_limit_refusals_total{limit="public_calls.per_client"}"#)
+            && scrape.contains(
+                r#"gatehouse_limit_refusals_total{limit="public_calls.max_concurrent_calls"}"#
+            ),
+        "{scrape}"
+    );
+    drop(held);
+}
+
+/// A demo client with the gateway's certificate, connecting from loopback address `from`.
+async fn client_from(
+    from: &'static str,
+    to: SocketAddr,
+    identity: Identity,
+) -> DemoClient<tonic::transport::Channel> {
+    let identity = Arc::new(identity);
+    let channel = Endpoint::from_shared(format!("http://{to}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let identity = identity.clone();
+            async move {
+                let tcp = connect_from(from, to).await?;
+                tokio_rustls::TlsConnector::from(client_tls(Some(&identity)))
+                    .connect(
+                        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                        tcp,
+                    )
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("a connection");
+    DemoClient::new(channel)
+}
+
+/// Per-identity limits tell users apart by who vouched for them: a partner issuer's
+/// `sub=alice` holding her whole allowance leaves the corporate alice hers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_limits_are_keyed_by_the_issuer_that_vouched_for_her() {
+    use crate::support::issuers::{Issuer, provider};
+    let dir = tempfile::tempdir().unwrap();
+    let corporate = Issuer::generate("corp", jsonwebtoken::Algorithm::ES256);
+    let partner = Issuer::generate("partner", jsonwebtoken::Algorithm::ES256);
+    let app = App::start().await;
+    let config = DevConfig::new(app.addr)
+        .limit("per_identity", "{ max_concurrent_calls: 1 }")
+        .yaml()
+        + &format!(
+            "auth:\n  jwt:\n    providers:\n{}{}",
+            provider(dir.path(), "corp", &corporate, ""),
+            provider(dir.path(), "partner", &partner, "")
+        );
+    let gatehouse = Gatehouse::start(&config);
+
+    // The partner's alice holds her one call open...
+    let hold = crate::auth::with_token(
+        WaitRequest { millis: 600_000 },
+        &partner.token("alice", "acme", &[]),
+    );
+    let mut partner_client = client(gatehouse.addr).await;
+    let held = tokio::spawn(async move { partner_client.wait(hold).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await,
+        "the partner's call is open at the app"
+    );
+    // ...so her next one is over her limit...
+    let again =
+        crate::auth::with_token(EchoRequest::default(), &partner.token("alice", "acme", &[]));
+    let status = client(gatehouse.addr).await.echo(again).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // ...but the corporate alice's is not.
+    let corporate_call = crate::auth::with_token(
+        EchoRequest {
+            message: "corporate".into(),
+            ..Default::default()
+        },
+        &corporate.token("alice", "acme", &[]),
+    );
+    let reply = client(gatehouse.addr).await.echo(corporate_call).await;
+    assert_eq!(
+        reply
+            .expect("the corporate alice is served")
+            .into_inner()
+            .message,
+        "corporate"
+    );
+    held.abort();
+}
+
+/// One connection per certificate identity: a certificate whose only name is the CN
+/// `spiffe://dev.gatehouse/ns/default/sa/gateway` is not the gateway's certificate (whose
+/// SPIFFE ID is its URI SAN) and cannot take the gateway's connection slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_common_name_cannot_take_the_slot_of_the_uri_san_it_spells_out() {
+    let app = App::start().await;
+    let config = DevConfig::new(app.addr)
+        .limit("max_connections_per_client", "1")
+        .yaml();
+    let gatehouse = Gatehouse::start(&config);
+    let impostor =
+        broken::client_with_names("spiffe://dev.gatehouse/ns/default/sa/gateway", vec![]);
+    let mut impostor = client_from("127.0.0.2", gatehouse.addr, impostor).await;
+    impostor
+        .echo(EchoRequest::default())
+        .await
+        .expect("the impostor's own connection serves it");
+    let mut gateway = client_from("127.0.0.3", gatehouse.addr, Identity::gateway()).await;
+    let reply = gateway
+        .echo(EchoRequest {
+            message: "the gateway".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        reply
+            .expect("the gateway has its own slot")
+            .into_inner()
+            .message,
+        "the gateway"
+    );
 }
