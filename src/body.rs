@@ -17,6 +17,7 @@
 //! last whole gRPC message the app sent, and the app's stream is reset.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,6 +156,8 @@ pub struct Ends {
     /// Who is answering, as the deadline's status names it; `None`: the app.
     pub who: Option<Arc<str>>,
     pub abort: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Outbound under a call context: the end of the inbound call it serves.
+    pub inbound: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl ResponseBody {
@@ -275,6 +278,11 @@ impl Ends {
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<grpc::Status> {
         if self.abort.as_mut().poll(cx).is_ready() {
             return Some(grpc::Status::shutting_down());
+        }
+        if let Some(inbound) = self.inbound.as_mut()
+            && inbound.as_mut().poll(cx).is_ready()
+        {
+            return Some(grpc::Status::inbound_call_ended());
         }
         let (sleep, deadline) = self.deadline.as_mut()?;
         sleep

@@ -5,48 +5,92 @@
 //! handed to the app as the W3C `baggage` member `gatehouse-ctx=<32 hex>`, which
 //! OpenTelemetry-instrumented apps copy to their outgoing calls by themselves. Outbound,
 //! `credentials: context` looks the handle up here and attaches that call's token, under
-//! the remaining deadline of that call.
+//! the remaining deadline of that call, and ends the outbound call when the inbound one
+//! ends.
 //!
 //! A handle is only a pointer into this process's memory: minted by gatehouse (callers'
 //! copies are stripped first), accepted only on the outbound listener, stripped before any
-//! call leaves the pod, and never logged. The table is bounded; when it is full a new call
-//! simply gets no handle, so a flood of calls cannot evict the handles of calls in flight.
+//! call leaves the pod, and never logged.
+//!
+//! # Bounds
+//!
+//! What one caller can make the table hold is bounded three ways. An entry keeps only the
+//! bearer token, rebuilt from its trimmed form, so padding around a token costs nothing
+//! here. One identity holds at most [`Bounds::per_owner`] entries, calls in their grace
+//! included: past that its oldest ended entry makes room, and a call of an identity whose
+//! every entry is open gets no handle. The whole table holds at most [`Bounds::handles`]
+//! entries and [`Bounds::bytes`] of tokens: when full, the oldest ended entries (anyone's)
+//! make room first, and only a table full of open calls refuses a new one. So no caller
+//! can evict another's open call, and one caller's ended calls can only shorten its own
+//! grace.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The baggage member that carries a handle.
 pub const BAGGAGE_MEMBER: &str = "gatehouse-ctx";
 /// The plain header an app may use instead of baggage.
 pub const X_GATEHOUSE_CTX: HeaderName = HeaderName::from_static("x-gatehouse-ctx");
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+/// The longest token an entry keeps: the verifier's cap on tokens (8 KiB) and `Bearer `.
+pub const MAX_STORED_TOKEN: usize = 8 * 1024 + 7;
+/// What an entry costs besides its token: the map slot, the order sets, the end signal.
+pub const ENTRY_COST: usize = 256;
 
-/// Every live handle, bounded in number.
+/// How much the table may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Entries at most, open calls and calls in their grace.
+    pub handles: usize,
+    /// Token bytes at most.
+    pub bytes: usize,
+    /// Entries of one identity at most.
+    pub per_owner: usize,
+}
+
+/// Every live handle.
 pub struct CallContexts {
     grace: Duration,
-    capacity: usize,
+    bounds: Bounds,
     table: Mutex<Table>,
 }
 
+#[derive(Default)]
 struct Table {
     entries: HashMap<u128, Entry>,
     /// Ended calls in the order their grace runs out; the grace is the same for all, so
-    /// the front is always the next to go.
+    /// the first is always the next to go.
+    ended: BTreeSet<(Instant, u128)>,
+    owners: HashMap<u64, Owner>,
+    bytes: usize,
+}
+
+/// One identity's entries.
+#[derive(Default)]
+struct Owner {
+    open: usize,
+    /// Its ended calls, oldest first.
     ended: VecDeque<(Instant, u128)>,
 }
 
 struct Entry {
-    /// The inbound `authorization` value exactly as verified; sensitive, so HPACK and
-    /// debug output never hold it.
+    /// `Bearer <token>`, rebuilt from the verified token; sensitive, so HPACK and debug
+    /// output never hold it.
     token: HeaderValue,
     /// From the inbound call's `grpc-timeout`.
     deadline: Option<Instant>,
     /// Set when the inbound call ends: the handle resolves until then.
     expires: Option<Instant>,
+    owner: u64,
+    /// Cancelled when the inbound call ends.
+    ended: CancellationToken,
 }
 
 /// What a live handle resolves to.
@@ -54,68 +98,105 @@ struct Entry {
 pub struct CallContext {
     pub token: HeaderValue,
     pub deadline: Option<Instant>,
+    /// When a call made under the handle must end.
+    pub ends: CallEnd,
+}
+
+/// When an outbound call made under a handle ends: with its inbound call, or, for one
+/// made in the grace after it, when the grace runs out. It never outlives the call it
+/// serves by more than that.
+#[derive(Clone, Debug)]
+pub enum CallEnd {
+    /// The inbound call is open; cancelled when it ends.
+    With(CancellationToken),
+    /// The inbound call has ended; its grace runs out then.
+    At(Instant),
+}
+
+impl CallEnd {
+    /// Resolves when the outbound call must end.
+    pub fn reached(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match self {
+            CallEnd::With(token) => Box::pin(token.cancelled_owned()),
+            CallEnd::At(at) => Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
 }
 
 /// Why no handle was minted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MintError {
-    /// `outbound.context_max_handles` handles are alive.
-    #[error("the call context table is full")]
+    /// `outbound.context_max_handles` handles or `context_max_bytes` of tokens are held
+    /// by open calls.
+    #[error("the call context table is full of open calls")]
     Full,
+    /// The identity's `outbound.context_max_handles_per_identity` handles all belong to
+    /// open calls.
+    #[error("this identity's calls hold all the call contexts it may have")]
+    OwnerFull,
+    /// Not a bearer token gatehouse would keep.
+    #[error("not a bearer token of at most 8 KiB")]
+    NotBearer,
     /// The system random generator failed.
     #[error("the random generator failed")]
     Random,
 }
 
 impl CallContexts {
-    /// A table of at most `capacity` handles, each living `grace` past its call.
-    pub fn new(grace: Duration, capacity: usize) -> CallContexts {
+    /// A table within `bounds`, each handle living `grace` past its call.
+    pub fn new(grace: Duration, bounds: Bounds) -> CallContexts {
         CallContexts {
             grace,
-            capacity,
-            table: Mutex::new(Table {
-                entries: HashMap::new(),
-                ended: VecDeque::new(),
-            }),
+            bounds,
+            table: Mutex::new(Table::default()),
         }
     }
 
-    /// Gives a new inbound call a handle; it resolves while the returned [`OpenCall`] is
+    /// The most memory the table can take: entries and their tokens.
+    pub fn budget(bounds: &Bounds) -> u64 {
+        (bounds.handles as u64).saturating_mul(ENTRY_COST as u64) + bounds.bytes as u64
+    }
+
+    /// Gives a new inbound call of `owner` (a key of its identity) a handle for its
+    /// verified `authorization` value; it resolves while the returned [`OpenCall`] is
     /// held and for `grace` after it is dropped. The `HeaderValue` is the handle in hex.
     pub fn mint(
         self: &Arc<Self>,
-        token: HeaderValue,
+        owner: u64,
+        authorization: &HeaderValue,
         deadline: Option<Instant>,
     ) -> Result<(OpenCall, HeaderValue), MintError> {
-        self.mint_at(token, deadline, Instant::now())
+        self.mint_at(owner, authorization, deadline, Instant::now())
     }
 
     fn mint_at(
         self: &Arc<Self>,
-        token: HeaderValue,
+        owner: u64,
+        authorization: &HeaderValue,
         deadline: Option<Instant>,
         now: Instant,
     ) -> Result<(OpenCall, HeaderValue), MintError> {
+        let token = bearer(authorization).ok_or(MintError::NotBearer)?;
         let mut bytes = [0u8; 16];
         aws_lc_rs::rand::fill(&mut bytes).map_err(|_| MintError::Random)?;
         let handle = u128::from_be_bytes(bytes);
-        let mut token = token;
-        token.set_sensitive(true);
         let mut table = self.lock();
         table.expire(now);
-        if table.entries.len() >= self.capacity {
-            return Err(MintError::Full);
-        }
+        table.make_room(&self.bounds, owner, token.len())?;
         if table.entries.contains_key(&handle) {
             // 2^-128 per live handle: treat it as the generator failing, never overwrite.
             return Err(MintError::Random);
         }
+        table.bytes += token.len();
+        table.owners.entry(owner).or_default().open += 1;
         table.entries.insert(
             handle,
             Entry {
                 token,
                 deadline,
                 expires: None,
+                owner,
+                ended: CancellationToken::new(),
             },
         );
         drop(table);
@@ -143,48 +224,133 @@ impl CallContexts {
         table.entries.get(&handle).map(|entry| CallContext {
             token: entry.token.clone(),
             deadline: entry.deadline,
+            ends: match entry.expires {
+                None => CallEnd::With(entry.ended.clone()),
+                Some(at) => CallEnd::At(at),
+            },
         })
     }
 
     fn end(&self, handle: u128) {
         let expires = crate::clock::instant_after(self.grace);
         let mut table = self.lock();
-        if let Some(entry) = table.entries.get_mut(&handle) {
-            entry.expires = Some(expires);
-            table.ended.push_back((expires, handle));
-        }
+        let Some(entry) = table.entries.get_mut(&handle) else {
+            return;
+        };
+        entry.expires = Some(expires);
+        entry.ended.cancel();
+        let owner = entry.owner;
+        table.ended.insert((expires, handle));
+        let state = table.owners.entry(owner).or_default();
+        state.open = state.open.saturating_sub(1);
+        state.ended.push_back((expires, handle));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         // The table holds no invariant a panic elsewhere could break halfway.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let table = self.lock();
+        (table.entries.len(), table.bytes)
+    }
+}
+
+/// `Bearer <token>` from an `authorization` value, the token trimmed: what an entry keeps.
+fn bearer(authorization: &HeaderValue) -> Option<HeaderValue> {
+    let value = authorization.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = token.trim_ascii();
+    if token.is_empty() || token.len() + 7 > MAX_STORED_TOKEN {
+        return None;
+    }
+    let mut kept = Vec::with_capacity(7 + token.len());
+    kept.extend_from_slice(b"Bearer ");
+    kept.extend_from_slice(token);
+    let mut kept = HeaderValue::from_bytes(&kept).ok()?;
+    kept.set_sensitive(true);
+    Some(kept)
 }
 
 impl Table {
+    /// Removes the entries whose grace has run out.
     fn expire(&mut self, now: Instant) {
-        while let Some(&(at, handle)) = self.ended.front() {
+        while let Some(&(at, handle)) = self.ended.first() {
             if at > now {
                 break;
             }
-            self.ended.pop_front();
-            self.entries.remove(&handle);
+            self.remove_ended(at, handle);
         }
+    }
+
+    /// Removes one ended entry from the map and both orders.
+    fn remove_ended(&mut self, at: Instant, handle: u128) {
+        self.ended.remove(&(at, handle));
+        if let Some(entry) = self.entries.remove(&handle) {
+            self.bytes -= entry.token.len();
+            if let Some(owner) = self.owners.get_mut(&entry.owner) {
+                owner.ended.retain(|&(_, ended)| ended != handle);
+                if owner.open == 0 && owner.ended.is_empty() {
+                    self.owners.remove(&entry.owner);
+                }
+            }
+        }
+    }
+
+    /// Makes room for one more entry of `owner` with a token of `token` bytes, evicting
+    /// ended entries (the owner's own first when it is at its bound, then anyone's oldest);
+    /// refuses when only open calls hold what is needed.
+    fn make_room(&mut self, bounds: &Bounds, owner: u64, token: usize) -> Result<(), MintError> {
+        loop {
+            let state = self.owners.get(&owner);
+            let owned = state.map_or(0, |s| s.open + s.ended.len());
+            if owned < bounds.per_owner {
+                break;
+            }
+            match state.and_then(|s| s.ended.front().copied()) {
+                Some((at, handle)) => self.remove_ended(at, handle),
+                None => return Err(MintError::OwnerFull),
+            }
+        }
+        while self.entries.len() >= bounds.handles || self.bytes + token > bounds.bytes {
+            match self.ended.first().copied() {
+                Some((at, handle)) => self.remove_ended(at, handle),
+                None => return Err(MintError::Full),
+            }
+        }
+        Ok(())
     }
 }
 
 /// An inbound call's hold on its handle; dropping it (the call ended, or its caller went
-/// away) starts the grace.
+/// away) starts the grace and ends the outbound calls made under it.
 pub struct OpenCall {
     contexts: Arc<CallContexts>,
     handle: u128,
 }
 
 impl OpenCall {
-    /// Removes the handle at once, with no grace: for a call the app never saw (refused
-    /// below the layer that minted it), so refused calls cannot fill the table.
+    /// Removes the handle at once, with no grace: for a call the app never saw, so such
+    /// calls cannot fill the table.
     pub fn forget(self) {
-        self.contexts.lock().entries.remove(&self.handle);
+        {
+            let mut table = self.contexts.lock();
+            if let Some(entry) = table.entries.remove(&self.handle) {
+                entry.ended.cancel();
+                table.bytes -= entry.token.len();
+                if let Some(owner) = table.owners.get_mut(&entry.owner) {
+                    owner.open = owner.open.saturating_sub(1);
+                    if owner.open == 0 && owner.ended.is_empty() {
+                        table.owners.remove(&entry.owner);
+                    }
+                }
+            }
+        }
         // Drop then finds no entry and queues nothing.
     }
 }
@@ -305,12 +471,30 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    fn table(handles: usize, bytes: usize, per_owner: usize) -> Arc<CallContexts> {
+        Arc::new(CallContexts::new(
+            60 * SECOND,
+            Bounds {
+                handles,
+                bytes,
+                per_owner,
+            },
+        ))
+    }
+
     #[test]
     fn a_handle_lives_while_its_call_is_open_and_for_grace_after() {
-        let contexts = Arc::new(CallContexts::new(5 * SECOND, 10));
+        let contexts = Arc::new(CallContexts::new(
+            5 * SECOND,
+            Bounds {
+                handles: 10,
+                bytes: 1 << 20,
+                per_owner: 10,
+            },
+        ));
         let start = Instant::now();
         let deadline = Some(start + 30 * SECOND);
-        let (open, handle) = contexts.mint(token(), deadline).unwrap();
+        let (open, handle) = contexts.mint(1, &token(), deadline).unwrap();
         assert_eq!(hex(&handle).len(), 32);
         // Open far beyond the grace: still live.
         let context = contexts
@@ -319,20 +503,29 @@ mod tests {
         assert_eq!(context.token, token());
         assert!(context.token.is_sensitive());
         assert_eq!(context.deadline, deadline);
+        let CallEnd::With(ended) = context.ends else {
+            panic!("an open call's calls end with it")
+        };
+        assert!(!ended.is_cancelled());
         let before_end = Instant::now();
         drop(open);
         let after_end = Instant::now();
+        assert!(ended.is_cancelled(), "calls made under it end with it");
         let within = contexts.resolve_at(hex(&handle), before_end + 4 * SECOND);
-        assert!(within.is_some(), "within the grace");
+        assert!(
+            matches!(within.map(|c| c.ends), Some(CallEnd::At(_))),
+            "within the grace, a call made now ends when the grace does"
+        );
         let over = contexts.resolve_at(hex(&handle), after_end + 5 * SECOND);
         assert!(over.is_none(), "grace over");
-        assert!(contexts.lock().entries.is_empty());
+        assert_eq!(contexts.held(), (0, 0));
+        assert!(contexts.lock().owners.is_empty());
     }
 
     #[test]
     fn made_up_and_malformed_handles_resolve_to_nothing() {
-        let contexts = Arc::new(CallContexts::new(Duration::from_secs(5), 10));
-        let (_open, handle) = contexts.mint(token(), None).unwrap();
+        let contexts = table(10, 1 << 20, 10);
+        let (_open, handle) = contexts.mint(1, &token(), None).unwrap();
         for made_up in [
             "00000000000000000000000000000000",
             "zz",
@@ -344,30 +537,98 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_new_handles_and_keeps_the_live_ones() {
-        let contexts = Arc::new(CallContexts::new(60 * SECOND, 2));
-        let (first, a) = contexts.mint(token(), None).unwrap();
-        let (_second, b) = contexts.mint(token(), None).unwrap();
-        assert_eq!(contexts.mint(token(), None).err(), Some(MintError::Full));
-        assert!(contexts.resolve(hex(&a)).is_some());
-        assert!(contexts.resolve(hex(&b)).is_some());
-        // A call in its grace still counts; once the grace is over its slot is free.
+    fn a_full_table_makes_room_from_ended_calls_and_never_evicts_an_open_one() {
+        let contexts = table(2, 1 << 20, 10);
+        let (first, a) = contexts.mint(1, &token(), None).unwrap();
+        let (_second, b) = contexts.mint(2, &token(), None).unwrap();
+        assert_eq!(
+            contexts.mint(3, &token(), None).err(),
+            Some(MintError::Full),
+            "two open calls fill it"
+        );
+        // A call in its grace gives way to a new open one.
         drop(first);
-        assert_eq!(contexts.mint(token(), None).err(), Some(MintError::Full));
-        let later = Instant::now() + 61 * SECOND;
-        assert!(contexts.mint_at(token(), None, later).is_ok());
-        assert!(contexts.resolve_at(hex(&b), later).is_some());
+        let (_third, c) = contexts.mint(3, &token(), None).unwrap();
+        assert!(
+            contexts.resolve(hex(&a)).is_none(),
+            "the ended call made room"
+        );
+        assert!(contexts.resolve(hex(&b)).is_some());
+        assert!(contexts.resolve(hex(&c)).is_some());
+    }
+
+    #[test]
+    fn one_identity_holds_its_share_and_its_ended_calls_give_way_first() {
+        let contexts = table(100, 1 << 20, 3);
+        let mut open: Vec<_> = (0..3)
+            .map(|_| contexts.mint(7, &token(), None).unwrap())
+            .collect();
+        assert_eq!(
+            contexts.mint(7, &token(), None).err(),
+            Some(MintError::OwnerFull),
+            "every one of its entries is an open call"
+        );
+        assert!(
+            contexts.mint(8, &token(), None).is_ok(),
+            "another identity is served"
+        );
+        // Ended calls: its own oldest makes room, however fast it calls.
+        let (oldest, oldest_handle) = open.remove(0);
+        drop(oldest);
+        let (newest, _) = contexts.mint(7, &token(), None).unwrap();
+        assert!(contexts.resolve(hex(&oldest_handle)).is_none());
+        open.push((newest, HeaderValue::from_static("")));
+        for (call, _) in open.drain(..) {
+            drop(call);
+        }
+        for _ in 0..1_000 {
+            drop(contexts.mint(7, &token(), None).unwrap());
+        }
+        let table = contexts.lock();
+        let owner = &table.owners[&7];
+        assert_eq!(
+            owner.open + owner.ended.len(),
+            3,
+            "never more than its share"
+        );
+    }
+
+    #[test]
+    fn an_entry_keeps_the_trimmed_token_and_the_table_its_bytes() {
+        let contexts = table(100, 64, 100);
+        let padded = format!("Bearer {}a.b.c{}", " ".repeat(15_000), " ".repeat(100));
+        let padded = HeaderValue::try_from(padded).unwrap();
+        let (_call, handle) = contexts.mint(1, &padded, None).unwrap();
+        assert_eq!(
+            contexts.resolve(hex(&handle)).unwrap().token,
+            "Bearer a.b.c"
+        );
+        assert_eq!(contexts.held(), (1, 12));
+        let long = HeaderValue::try_from(format!("Bearer {}", "t".repeat(50))).unwrap();
+        assert_eq!(
+            contexts.mint(2, &long, None).err(),
+            Some(MintError::Full),
+            "64 bytes of tokens at most"
+        );
+        let oversize = HeaderValue::try_from(format!("Bearer {}", "t".repeat(9_000))).unwrap();
+        assert_eq!(
+            contexts.mint(2, &oversize, None).err(),
+            Some(MintError::NotBearer)
+        );
     }
 
     #[test]
     fn a_forgotten_handle_frees_its_slot_at_once() {
-        let contexts = Arc::new(CallContexts::new(60 * SECOND, 1));
-        let (open, handle) = contexts.mint(token(), None).unwrap();
-        assert_eq!(contexts.mint(token(), None).err(), Some(MintError::Full));
+        let contexts = table(1, 1 << 20, 10);
+        let (open, handle) = contexts.mint(1, &token(), None).unwrap();
+        assert_eq!(
+            contexts.mint(1, &token(), None).err(),
+            Some(MintError::Full)
+        );
         open.forget();
         assert!(contexts.resolve(hex(&handle)).is_none());
         assert!(contexts.lock().ended.is_empty());
-        assert!(contexts.mint(token(), None).is_ok());
+        assert!(contexts.mint(1, &token(), None).is_ok());
     }
 
     #[test]

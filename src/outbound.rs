@@ -101,13 +101,8 @@ impl Destinations {
         };
         let mut problems = Vec::new();
         let contexts = outbound.uses_context().then(|| {
-            let capacity = outbound.context_max_handles.unwrap_or_else(|| {
-                config
-                    .limits
-                    .max_connections
-                    .saturating_mul(config.limits.max_concurrent_streams as usize)
-            });
-            Arc::new(CallContexts::new(outbound.context_grace.get(), capacity))
+            let bounds = outbound.context_bounds(&config.limits);
+            Arc::new(CallContexts::new(outbound.context_grace.get(), bounds))
         });
         let tls = match ClientTls::load(&outbound.client_tls.resolved(&config.tls)) {
             Ok(tls) => Some(Arc::new(tls)),

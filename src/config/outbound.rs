@@ -26,9 +26,18 @@ pub struct Outbound {
     #[serde(default = "Outbound::default_context_grace")]
     pub context_grace: Duration,
     /// `credentials: context`: the most handles alive at once (open calls and calls in
-    /// their grace); default `limits.max_connections` × `limits.max_concurrent_streams`.
-    /// When full, new calls get no handle rather than evicting a live one.
+    /// their grace); default the most inbound calls that can be open
+    /// (`limits.max_connections` × `limits.max_concurrent_streams`), at most 65,536.
+    /// When full, the oldest ended calls make room; a table full of open calls gives new
+    /// calls no handle rather than evicting a live one.
     pub context_max_handles: Option<usize>,
+    /// `credentials: context`: bytes of bearer tokens the table keeps at most (tokens
+    /// are kept trimmed, at most 8 KiB each); default 16 MiB.
+    pub context_max_bytes: Option<crate::config::ByteSize>,
+    /// `credentials: context`: handles one identity holds at most, calls in their grace
+    /// included; past it its own oldest ended calls make room. Default twice
+    /// `limits.per_identity.max_concurrent_calls`.
+    pub context_max_handles_per_identity: Option<usize>,
 }
 
 /// `outbound.client_tls`: any file left out is taken from `tls`.
@@ -62,6 +71,22 @@ pub enum OutboundListen {
 impl Outbound {
     fn default_context_grace() -> Duration {
         Duration::from_secs(5)
+    }
+
+    /// How much the call-context table may hold, defaults filled in.
+    pub fn context_bounds(&self, limits: &crate::config::Limits) -> crate::call_context::Bounds {
+        let open_calls = limits
+            .max_connections
+            .saturating_mul(limits.max_concurrent_streams as usize);
+        crate::call_context::Bounds {
+            handles: self.context_max_handles.unwrap_or(open_calls.min(65_536)),
+            bytes: self.context_max_bytes.map_or(16 << 20, |size| {
+                usize::try_from(size.0).unwrap_or(usize::MAX)
+            }),
+            per_owner: self
+                .context_max_handles_per_identity
+                .unwrap_or((limits.per_identity.max_concurrent_calls as usize).saturating_mul(2)),
+        }
     }
 
     /// Whether any destination takes its credential from the inbound call.
@@ -114,6 +139,21 @@ impl Outbound {
             problems.push(Problem::new(
                 "outbound.context_max_handles",
                 "must be at least 1 (leave it out for max_connections × max_concurrent_streams)",
+            ));
+        }
+        if self.context_max_handles_per_identity == Some(0) {
+            problems.push(Problem::new(
+                "outbound.context_max_handles_per_identity",
+                "must be at least 1 (leave it out for twice limits.per_identity.max_concurrent_calls)",
+            ));
+        }
+        if self
+            .context_max_bytes
+            .is_some_and(|size| size.0 < crate::call_context::MAX_STORED_TOKEN as u64)
+        {
+            problems.push(Problem::new(
+                "outbound.context_max_bytes",
+                "must hold at least one token (8 KiB)",
             ));
         }
         if self.destinations.is_empty() {

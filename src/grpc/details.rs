@@ -167,6 +167,10 @@ reasons! {
     /// The app's or the destination's response headers or trailers were larger than
     /// gatehouse reads (`pool::RESPONSE_HEADER_LIST_SIZE`); the peer's stream is reset.
     ResponseHeadersTooLarge => "RESPONSE_HEADERS_TOO_LARGE", "response_headers_too_large", Internal;
+    /// Outbound `credentials: context`: the inbound call this call serves has ended (or,
+    /// for a call made in the grace after it, the grace has run out); the destination's
+    /// stream is reset.
+    InboundCallEnded => "INBOUND_CALL_ENDED", "inbound_call_ended", Cancelled;
     /// gatehouse is shutting down and the drain timeout ended the call.
     ShuttingDown => "SHUTTING_DOWN", "shutting_down", Unavailable;
     /// A bug in gatehouse (a panic, a request it could not forward); it keeps serving.

@@ -94,6 +94,14 @@ impl Status {
         }
     }
 
+    /// An outbound call whose inbound call (under `credentials: context`) has ended.
+    pub fn inbound_call_ended() -> Status {
+        Status::new(
+            Reason::InboundCallEnded,
+            "the inbound call this call serves has ended, so this call ends too",
+        )
+    }
+
     /// A call still open when the drain timeout ran out.
     pub fn shutting_down() -> Status {
         Status::new(

@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,19 +23,29 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::call_context::{self, CallContexts, MintError, OpenCall};
 use crate::grpc::{self, Deadline};
 use crate::inbound::auth::VerifiedBearer;
+use crate::layers::observe::CallFacts;
+use crate::limits::local::Identity;
 use crate::metrics::Metrics;
+use crate::tls::ConnectionInfo;
 
 /// Wraps a service in [`ContextService`].
 #[derive(Clone)]
 pub struct ContextLayer {
     table: Option<Arc<CallContexts>>,
     metrics: Arc<Metrics>,
+    /// Keys identities for the table's per-identity bound; seeded at random, so no
+    /// caller can choose a name that lands on another's key.
+    owners: RandomState,
 }
 
 impl ContextLayer {
     /// `table`: where handles live; `None` when no destination uses `context`.
     pub fn new(table: Option<Arc<CallContexts>>, metrics: Arc<Metrics>) -> Self {
-        ContextLayer { table, metrics }
+        ContextLayer {
+            table,
+            metrics,
+            owners: RandomState::new(),
+        }
     }
 }
 
@@ -46,6 +57,7 @@ impl<S> Layer<S> for ContextLayer {
             inner,
             table: self.table.clone(),
             metrics: self.metrics.clone(),
+            owners: self.owners.clone(),
         }
     }
 }
@@ -56,6 +68,7 @@ pub struct ContextService<S> {
     inner: S,
     table: Option<Arc<CallContexts>>,
     metrics: Arc<Metrics>,
+    owners: RandomState,
 }
 
 impl<S> Service<Request<RequestBody>> for ContextService<S>
@@ -71,19 +84,24 @@ where
     }
 
     fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
-        let open = match (
-            &self.table,
-            request.extensions_mut().remove::<VerifiedBearer>(),
-        ) {
+        let bearer = request.extensions_mut().remove::<VerifiedBearer>();
+        let open = match (&self.table, bearer) {
             (Some(table), Some(bearer)) => {
-                let deadline = Deadline::of(request.extensions());
-                mint(
-                    table,
-                    &self.metrics,
-                    request.headers_mut(),
-                    bearer.0,
-                    deadline,
-                )
+                // The identity Limits counted the call against, for the table's bound on
+                // one identity's handles.
+                let identity = Identity::of(
+                    CallFacts::in_request(&request).and_then(|facts| facts.auth()),
+                    request
+                        .extensions()
+                        .get::<Arc<ConnectionInfo>>()
+                        .map(Arc::as_ref),
+                );
+                let handle = Handle {
+                    owner: self.owners.hash_one(&identity),
+                    authorization: &bearer.0,
+                    deadline: Deadline::of(request.extensions()),
+                };
+                mint(table, &self.metrics, request.headers_mut(), handle)
             }
             _ => None,
         };
@@ -124,28 +142,43 @@ where
     }
 }
 
-/// Gives the call its handle in `baggage`; a full table (counted) or a failed random
-/// generator leaves the call without one rather than refusing it.
+/// What a handle is minted for.
+struct Handle<'a> {
+    owner: u64,
+    authorization: &'a HeaderValue,
+    deadline: Option<Deadline>,
+}
+
+/// Gives the call its handle in `baggage`; a full table or an identity at its bound
+/// (both counted), or a failed random generator, leave the call without one rather than
+/// refusing it.
 fn mint(
     table: &Arc<CallContexts>,
     metrics: &Metrics,
     headers: &mut HeaderMap,
-    token: HeaderValue,
-    deadline: Option<Deadline>,
+    handle: Handle<'_>,
 ) -> Option<OpenCall> {
-    match table.mint(token, deadline.map(|deadline| deadline.at)) {
+    let minted = table.mint(
+        handle.owner,
+        handle.authorization,
+        handle.deadline.map(|deadline| deadline.at),
+    );
+    let (limit, why) = match minted {
         Ok((open, handle)) => {
             call_context::set_handle(headers, &handle);
-            Some(open)
+            return Some(open);
         }
-        Err(MintError::Full) => {
-            metrics.limit_refusal("context_max_handles");
-            tracing::debug!("call admitted without a call context: the table is full");
-            None
-        }
+        Err(MintError::Full) => ("context_max_handles", "the table is full of open calls"),
+        Err(MintError::OwnerFull) => (
+            "context_max_handles_per_identity",
+            "its identity's open calls hold every handle it may have",
+        ),
         Err(error) => {
             tracing::warn!(%error, "call admitted without a call context");
-            None
+            return None;
         }
-    }
+    };
+    metrics.limit_refusal(limit);
+    tracing::debug!(why, "call admitted without a call context");
+    None
 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 use crate::body::{Ends, RequestBody, ResponseBody};
+use crate::call_context::CallEnd;
 use crate::grpc::{self, Deadline};
 
 /// Wraps a service in [`DeadlineService`].
@@ -103,6 +104,11 @@ where
             .get::<grpc::Destination>()
             .map(|destination| destination.0.clone());
         let uri = request.uri().clone();
+        // Outbound under a call context: the call ends with the inbound call it serves.
+        let inbound = request
+            .extensions_mut()
+            .remove::<CallEnd>()
+            .map(CallEnd::reached);
         DeadlineFuture {
             call: self.inner.call(request),
             ends: Some(Box::new(Ends {
@@ -110,6 +116,7 @@ where
                     .map(|deadline| (Box::pin(tokio::time::sleep_until(deadline.at)), deadline)),
                 who,
                 abort: Box::pin(self.abort.clone().cancelled_owned()),
+                inbound,
             })),
             uri,
         }
@@ -148,8 +155,14 @@ where
             .ends
             .as_mut()
             .expect("DeadlineFuture polled after completion");
+        let inbound_ended = ends
+            .inbound
+            .as_mut()
+            .is_some_and(|inbound| inbound.as_mut().poll(cx).is_ready());
         let status = if ends.abort.as_mut().poll(cx).is_ready() {
             grpc::Status::shutting_down()
+        } else if inbound_ended {
+            grpc::Status::inbound_call_ended()
         } else if let Some((sleep, deadline)) = ends.deadline.as_mut()
             && poll_sleep(sleep, cx)
         {

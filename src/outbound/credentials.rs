@@ -27,7 +27,7 @@ use tower::{Layer, Service};
 use super::route::Routed;
 use crate::auth::outcome::Refusal;
 use crate::body::{RequestBody, ResponseBody};
-use crate::call_context::{self as context, CallContexts};
+use crate::call_context::{self as context, CallContext, CallContexts};
 use crate::clock::unix_now;
 use crate::config::{self, Problem};
 use crate::grpc::{Code, Deadline, Reason};
@@ -76,9 +76,14 @@ where
             }
         };
         match destination.credential.apply(request.headers_mut()) {
-            Ok(inbound) => {
-                if let Some(at) = inbound {
-                    Deadline::shorten(request.extensions_mut(), at, "the inbound call's deadline");
+            Ok(serves) => {
+                if let Some(inbound) = serves {
+                    let extensions = request.extensions_mut();
+                    if let Some(at) = inbound.deadline {
+                        Deadline::shorten(extensions, at, "the inbound call's deadline");
+                    }
+                    // The Deadline layer below ends the call when the inbound one ends.
+                    extensions.insert(inbound.ends);
                 }
                 CredentialsFuture::Sent {
                     call: self.inner.call(request),
@@ -180,9 +185,9 @@ impl Credential {
     }
 
     /// Strips what the app may not send out, then attaches this credential. A refusal
-    /// means nothing is sent. `Ok` carries the deadline of the inbound call this one
-    /// serves, which it must not outlive (`context` only).
-    pub fn apply(&self, headers: &mut HeaderMap) -> Result<Option<Instant>, Refusal> {
+    /// means nothing is sent. `Ok` carries, under `context`, the inbound call this one
+    /// serves: its deadline and its end, neither of which the call may outlive.
+    pub fn apply(&self, headers: &mut HeaderMap) -> Result<Option<CallContext>, Refusal> {
         let handle = match self {
             Credential::Context { .. } => context::sent_handle(headers),
             _ => None,
@@ -217,9 +222,9 @@ impl Credential {
                         rule: None,
                     });
                 }
-                headers.insert(AUTHORIZATION, call.token);
+                headers.insert(AUTHORIZATION, call.token.clone());
                 check_relayed_token(headers, audience, unix_now())?;
-                Ok(call.deadline)
+                Ok(Some(call))
             }
         }
     }
@@ -469,14 +474,21 @@ mod tests {
 
     #[test]
     fn context_attaches_the_inbound_calls_token_and_strips_the_handle() {
-        let contexts = Arc::new(CallContexts::new(std::time::Duration::from_secs(5), 8));
+        let contexts = Arc::new(CallContexts::new(
+            std::time::Duration::from_secs(5),
+            context::Bounds {
+                handles: 8,
+                bytes: 1 << 20,
+                per_owner: 8,
+            },
+        ));
         let credential = Credential::Context {
             audience: "identity-service".to_owned(),
             contexts: contexts.clone(),
         };
         let user = token(serde_json::json!({"exp": unix_now() + 60, "aud": "identity-service"}));
         let later = Instant::now() + std::time::Duration::from_secs(30);
-        let (_open, handle) = contexts.mint(user.clone(), Some(later)).unwrap();
+        let (open, handle) = contexts.mint(1, &user, Some(later)).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("baggage", HeaderValue::from_static("a=1"));
         context::set_handle(&mut headers, &handle);
@@ -484,9 +496,21 @@ mod tests {
             AUTHORIZATION,
             HeaderValue::from_static("Bearer app.own.token"),
         );
-        assert_eq!(credential.apply(&mut headers).unwrap(), Some(later));
+        let serves = credential
+            .apply(&mut headers)
+            .unwrap()
+            .expect("the inbound call");
+        assert_eq!(serves.deadline, Some(later));
         assert_eq!(headers.get(AUTHORIZATION), Some(&user));
         assert_eq!(headers["baggage"], "a=1");
+        let context::CallEnd::With(ends) = serves.ends else {
+            panic!("the inbound call is open")
+        };
+        drop(open);
+        assert!(
+            ends.is_cancelled(),
+            "the call out ends when the inbound call does"
+        );
 
         // Another destination's credential still strips a handle the app sent.
         let mut headers = HeaderMap::new();
@@ -495,7 +519,7 @@ mod tests {
         assert!(headers.is_empty(), "{headers:?}");
 
         let refused = |token: HeaderValue, deadline| {
-            let (_open, handle) = contexts.mint(token, deadline).unwrap();
+            let (_open, handle) = contexts.mint(2, &token, deadline).unwrap();
             let mut headers = HeaderMap::new();
             headers.insert(context::X_GATEHOUSE_CTX, handle);
             let refusal = credential.apply(&mut headers).unwrap_err();

@@ -439,29 +439,113 @@ async fn a_call_out_after_the_inbound_deadline_is_deadline_exceeded() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 }
 
+/// An app that holds every call open, answering headers and then nothing until its
+/// caller goes away, and hands the test the handle each call carried: what the app of a
+/// long inbound call knows.
+struct HoldingApp {
+    addr: SocketAddr,
+    handles: tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+}
+
+impl HoldingApp {
+    async fn start() -> HoldingApp {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let sender = sender.clone();
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let seen: Vec<(String, String)> = request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                            .collect();
+                        let _ = sender.send(handles(&seen).pop());
+                        async {
+                            let never = futures_util::stream::pending::<
+                                Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                            >();
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(http_body_util::StreamBody::new(never))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        HoldingApp {
+            addr,
+            handles: received,
+        }
+    }
+
+    /// The handle of the next call that reaches the app (`None`: it carried none).
+    async fn next_handle(&mut self) -> Option<String> {
+        tokio::time::timeout(PATIENCE, self.handles.recv())
+            .await
+            .expect("a call reached the app")
+            .expect("the app is up")
+    }
+}
+
+/// An inbound call of `token` to `a` that stays open (its app holds it) until the task is
+/// aborted, which cancels it.
+fn open_inbound_call(a: SocketAddr, token: &str) -> tokio::task::JoinHandle<()> {
+    let token = token.to_owned();
+    tokio::spawn(async move {
+        let mut request = tonic::Request::new(CountdownRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", bearer(&token));
+        let mut client = client(a).await;
+        if let Ok(answer) = client.countdown(request).await {
+            let mut stream = answer.into_inner();
+            while let Ok(Some(_)) = stream.message().await {}
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_table_gives_new_calls_no_handle_and_keeps_the_live_ones() {
+async fn a_table_full_of_open_calls_gives_new_calls_no_handle_and_keeps_the_live_ones() {
     let fixture = Fixture::new();
     let app = App::start().await;
+    let mut holding = HoldingApp::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = source(
         &fixture,
-        app.addr,
+        holding.addr,
         b.addr,
         "  context_grace: 60s\n  context_max_handles: 1\n",
         ", admin_address: 127.0.0.1:0",
     );
     let token = fixture.users.token("alice", "acme", &[]);
-    let first = seen_by_source_app(a.addr, &token, &[], None).await;
-    let handle = handles(&first).pop().expect("the first call gets a handle");
+    let alice = open_inbound_call(a.addr, &token);
+    let handle = holding
+        .next_handle()
+        .await
+        .expect("alice's call has a handle");
 
-    // The table is full (the first call is in its grace): later calls are served, with
-    // no handle, and counted.
+    // The table is full of an open call: later calls are served, with no handle, and
+    // counted.
     let mallory = fixture.users.token("mallory", "evil", &[]);
+    let mut mallorys = Vec::new();
     for _ in 0..3 {
-        let seen = seen_by_source_app(a.addr, &mallory, &[], None).await;
-        assert_eq!(values(&seen, "x-user-id"), ["mallory"]);
-        assert!(handles(&seen).is_empty(), "{seen:?}");
+        mallorys.push(open_inbound_call(a.addr, &mallory));
+        assert_eq!(
+            holding.next_handle().await,
+            None,
+            "an open call was evicted"
+        );
     }
     let metrics = scrape_metrics(&a).await;
     assert!(
@@ -472,8 +556,106 @@ async fn a_full_table_gives_new_calls_no_handle_and_keeps_the_live_ones() {
     let mut client = app_client(outbound, "identity-service").await;
     let at_destination = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
         .await
-        .expect("the first call's handle still resolves");
+        .expect("the open call's handle still resolves");
     assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
+    alice.abort();
+    for call in mallorys {
+        call.abort();
+    }
+}
+
+/// A caller making call after short call cannot keep the table full: calls in their
+/// grace give way to new ones (an identity's own first), so another user's call still
+/// gets its handle, and padding around a token is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_calls_cannot_fill_the_table_or_its_memory() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = source(
+        &fixture,
+        app.addr,
+        b.addr,
+        "  context_grace: 60s\n  context_max_handles: 64\n  context_max_handles_per_identity: 16\n",
+        ", admin_address: 127.0.0.1:0",
+    );
+    // 15 KB of padding before a valid token, on every call.
+    let mallory = fixture.users.token("mallory", "evil", &[]);
+    let padded = format!("{}{mallory}", " ".repeat(15_000));
+    let before = rss_kib(a.pid());
+    let calls = (0..8).map(|_| {
+        let padded = padded.clone();
+        async move {
+            let mut client = client(a.addr).await;
+            for _ in 0..100 {
+                let mut request = tonic::Request::new(EchoRequest::default());
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {padded}").parse().unwrap());
+                client
+                    .echo(request)
+                    .await
+                    .expect("mallory's call is served");
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    let grown = rss_kib(a.pid()).saturating_sub(before);
+    // 800 calls in their grace, 15 KB each, would be 12 MB.
+    assert!(grown < 6 * 1024, "the table grew gatehouse by {grown} KiB");
+
+    let alice = fixture.users.token("alice", "acme", &[]);
+    let seen = seen_by_source_app(a.addr, &alice, &[], None).await;
+    let handle = handles(&seen).pop().expect("alice gets a handle");
+    let mut client = app_client(outbound, "identity-service").await;
+    let at_destination = call_out(&mut client, &[("x-gatehouse-ctx", &handle)])
+        .await
+        .expect("alice's handle resolves");
+    assert_eq!(values(&at_destination, "x-user-id"), ["alice"]);
+}
+
+/// An outbound call made under a handle ends when the inbound call it serves ends: it
+/// never outlives the call it serves (DESIGN §10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_out_ends_when_the_inbound_call_it_serves_ends() {
+    let fixture = Fixture::new();
+    let app = App::start().await;
+    let mut holding = HoldingApp::start().await;
+    let b = fixture.destination("dest", &genuine(), app.addr, "");
+    let (a, outbound) = source(&fixture, holding.addr, b.addr, "", "");
+    let token = fixture.users.token("alice", "acme", &[]);
+    let inbound = open_inbound_call(a.addr, &token);
+    let handle = holding.next_handle().await.expect("a handle");
+
+    // The app's call out under the handle: a wait at the destination, with a deadline
+    // far beyond this test.
+    let mut client = app_client(outbound, "identity-service").await;
+    let mut wait = tonic::Request::new(WaitRequest { millis: 600_000 });
+    wait.metadata_mut()
+        .insert("x-gatehouse-ctx", handle.parse().unwrap());
+    let out = tokio::spawn(async move { client.wait(wait).await });
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() >= 1)
+            .await,
+        "the call out reached the destination's app"
+    );
+
+    // The inbound call ends (its caller went away): the call out ends with it.
+    inbound.abort();
+    let status = tokio::time::timeout(Duration::from_secs(5), out)
+        .await
+        .expect("the call out ended within 5 s of the inbound call")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+    assert_eq!(reason(&status), "INBOUND_CALL_ENDED");
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.cancelled() >= 1)
+            .await,
+        "the destination's handler was cancelled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
