@@ -489,12 +489,47 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        self.render_as(Exposition::OpenMetrics)
+    }
+
+    /// The exposition in `format`.
+    pub fn render_as(&self, format: Exposition) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        match format {
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        }
+        .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The two text formats Prometheus scrapes: the same series, written differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0 (`# EOF` at the end, counters typed without `_total`), what
+    /// Prometheus asks for first.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for every scraper and tool that does
+    /// not ask for OpenMetrics (`promtool check metrics` reads only this one).
+    PrometheusText,
+}
+
+impl Exposition {
+    /// The `Content-Type` that names the format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            }
+        }
     }
 }
 

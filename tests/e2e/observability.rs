@@ -96,6 +96,69 @@ async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
     assert_eq!(status, 200);
 }
 
+/// What Prometheus 2.x sends when it scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let mut client = client(gatehouse.addr).await;
+    client.echo(with_key(EchoRequest::default())).await.unwrap();
+    client.inspect(InspectRequest {}).await.unwrap_err();
+    let admin = admin(&gatehouse);
+
+    let (status, content_type, openmetrics) =
+        get_accepting(admin, "/metrics", Some(PROMETHEUS_ACCEPT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    assert!(openmetrics.contains("# TYPE grpc_server_started counter\n"));
+
+    let (status, content_type, text) = get_accepting(admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(text.contains("# TYPE grpc_server_started_total counter\n"));
+    for series in [
+        r#"grpc_server_started_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo"}"#,
+        r#"gatehouse_auth_total{method="none",result="refused",reason="missing_credentials"}"#,
+    ] {
+        assert_eq!(sample(&openmetrics, series), Some(1.0), "{series}");
+        assert_eq!(sample(&text, series), Some(1.0), "{series}");
+    }
+
+    // promtool lints a scrape as Prometheus reads it: names, types, help, suffixes.
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut promtool = promtool()
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        promtool.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        stdout(&checked),
+        stderr(&checked)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_made_up_method_names_leaves_the_labels_bounded() {
     let app = App::start().await;
