@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The modules of each tier, lowest first; `name::*` places everything below `name` too.
 const TIERS: [&str; 7] = [
-    "grpc grpc::* trace_context sha256 reload clock",
+    "grpc grpc::* trace_context sha256 reload clock version",
     "config config::* metrics auth::principal call_context",
     "tls tls::* body body::* telemetry cli",
     "server pool pool::* upstream auth auth::jwks auth::jwks::* auth::api_key auth::jwt \

@@ -37,7 +37,7 @@
 //! and `super::` paths and fails on any that points up or closes a loop.
 //!
 //! ```text
-//! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock
+//! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock · version
 //! tier 1  data         config · metrics · auth::principal · call_context
 //! tier 2  connection   tls · body · telemetry · cli
 //! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
@@ -85,3 +85,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;
+pub mod version;

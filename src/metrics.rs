@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::grpc::Code;
@@ -260,6 +261,14 @@ impl Metrics {
             "gatehouse_non_grpc_requests",
             "Requests that were not gRPC, answered with HTTP 415",
             not_grpc.clone(),
+        );
+        registry.register(
+            "gatehouse_build",
+            "The gatehouse version and the commit it was built from (value 1)",
+            Info::new(vec![
+                ("version", crate::version::VERSION),
+                ("commit", crate::version::COMMIT),
+            ]),
         );
         Metrics {
             registry,

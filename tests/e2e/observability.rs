@@ -123,9 +123,15 @@ async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
     assert!(!text.contains("# EOF"), "{text}");
     assert!(text.contains("# TYPE grpc_server_started_total counter\n"));
+    let build_info = format!(
+        r#"gatehouse_build_info{{version="{}",commit="{}"}}"#,
+        env!("CARGO_PKG_VERSION"),
+        crate::cli::checkout_commit()
+    );
     for series in [
         r#"grpc_server_started_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo"}"#,
         r#"gatehouse_auth_total{method="none",result="refused",reason="missing_credentials"}"#,
+        &build_info,
     ] {
         assert_eq!(sample(&openmetrics, series), Some(1.0), "{series}");
         assert_eq!(sample(&text, series), Some(1.0), "{series}");
