@@ -240,6 +240,66 @@ async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
     );
 }
 
+/// The keys of a logfmt line, in order (values may be quoted and hold spaces).
+fn logfmt_keys(line: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut rest = line;
+    while let Some((key, value)) = rest.split_once('=') {
+        keys.push(key.trim().to_owned());
+        rest = match value.strip_prefix('"') {
+            // Past the closing quote (escaped quotes inside are skipped).
+            Some(quoted) => {
+                let mut end = 0;
+                let bytes = quoted.as_bytes();
+                while bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                &quoted[end + 1..]
+            }
+            None => value.split_once(' ').map_or("", |(_, rest)| rest),
+        };
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
+    let app = App::start().await;
+    let logfmt = Gatehouse::start(&config(app.addr, None));
+    let json = Gatehouse::start(
+        &config(app.addr, None).replace("telemetry: { ", "telemetry: { log_format: json, "),
+    );
+    for gatehouse in [&logfmt, &json] {
+        let mut client = client(gatehouse.addr).await;
+        client.inspect(with_key(InspectRequest {})).await.unwrap();
+    }
+    let logfmt_line = logfmt.wait_for_line(&["msg=request", "grpc_code=OK"]).await;
+    let json_line = json
+        .wait_for_line(&[r#""msg":"request""#, r#""grpc_code":"OK""#])
+        .await;
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json_line).expect("one JSON object a line");
+    let mut json_keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut logfmt_keys = logfmt_keys(&logfmt_line);
+    json_keys.sort_unstable();
+    logfmt_keys.sort_unstable();
+    assert_eq!(json_keys, logfmt_keys, "{json_line}\n{logfmt_line}");
+    for key in ["ts", "level", "msg", "duration_ms", "method", "trace_id"] {
+        assert!(object.contains_key(key), "no {key} in {json_line}");
+    }
+    assert_eq!(object["level"], "INFO");
+    let duration = object["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!(duration > 0.0, "{json_line}");
+    assert_eq!(object["bytes_in"], serde_json::json!(5));
+    assert_eq!(object["user_id"], "svc-user");
+    // Every line is JSON, the start-up lines too.
+    for line in json.output().lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect(line);
+    }
+}
+
 /// An OTLP/gRPC trace receiver.
 #[derive(Clone, Default)]
 pub struct Collector {
