@@ -127,6 +127,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     dry_run_refusals: Family<DryRunLabels, Counter>,
     limit_refusals: Family<LimitLabels, Counter>,
+    spans_dropped: Family<ReasonLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
     /// Requests that were not gRPC (answered with HTTP 415).
@@ -175,6 +176,7 @@ impl Metrics {
         let reloads = Family::default();
         let dry_run_refusals = Family::default();
         let limit_refusals = Family::default();
+        let spans_dropped = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let not_grpc = Counter::default();
@@ -248,6 +250,11 @@ impl Metrics {
             limit_refusals.clone(),
         );
         registry.register(
+            "gatehouse_spans_dropped",
+            "Spans not exported, by reason: queue_full (the export queue or its byte budget was full), rate_limited (spans of calls answered here, past their rate) or export_failed (the collector refused or could not be reached)",
+            spans_dropped.clone(),
+        );
+        registry.register(
             "gatehouse_connections",
             "Open client connections",
             connections.clone(),
@@ -282,6 +289,7 @@ impl Metrics {
             reloads,
             dry_run_refusals,
             limit_refusals,
+            spans_dropped,
             connections,
             in_flight,
             not_grpc,
@@ -496,6 +504,13 @@ impl Metrics {
         self.limit_refusals
             .get_or_create(&LimitLabels { limit })
             .inc();
+    }
+
+    /// The counter of spans dropped for `reason` (`queue_full`, `rate_limited`,
+    /// `export_failed`), to be kept by the exporter.
+    pub fn spans_dropped(&self, reason: &'static str) -> Counter {
+        self.spans_dropped
+            .get_or_create_owned(&ReasonLabels { reason })
     }
 
     /// The OpenMetrics text exposition.

@@ -5,9 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
+mod export;
 mod logs;
 
+pub use export::problems as export_problems;
 pub use logs::{Json, LogLevel, Logfmt, init_logging};
+
+use crate::config::Telemetry;
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// Characters of one caller-controlled field (method, user, tenant, peer) in a log line
 /// or span, at most.
@@ -58,8 +64,19 @@ pub struct Tracing {
     queue: Option<tokio::sync::mpsc::Sender<SpanMessage>>,
     /// Estimated bytes of the spans queued or being exported.
     queued_bytes: Arc<AtomicUsize>,
-    dropped: std::sync::atomic::AtomicU64,
+    dropped: Drops,
     refused: RateGate,
+}
+
+/// Spans dropped, by reason: `gatehouse_spans_dropped_total{reason}`.
+#[derive(Clone, Default)]
+struct Drops {
+    /// The queue or its byte budget was full.
+    queue_full: Counter,
+    /// Spans of calls answered here, past [`REFUSED_SPANS_PER_SECOND`].
+    rate_limited: Counter,
+    /// In a batch the collector refused or could not be sent.
+    export_failed: Counter,
 }
 
 /// Lets at most `per_second` events through in each wall-clock second.
@@ -108,26 +125,28 @@ impl Tracing {
         }
     }
 
-    /// Exports spans over OTLP/gRPC to `endpoint` from a background task (which needs
-    /// the runtime: call from inside it).
+    /// Exports spans over OTLP/gRPC to `endpoint` (`telemetry.otlp_endpoint`) from a
+    /// background task (which needs the runtime: call from inside it), counting the spans
+    /// it drops in `metrics`.
     pub fn exporting(
         endpoint: &str,
-        service_name: &str,
-        sample_ratio: f64,
+        telemetry: &Telemetry,
+        metrics: &Metrics,
     ) -> Result<Tracing, String> {
-        use opentelemetry_otlp::WithExportConfig;
         use opentelemetry_sdk::trace::SpanExporter as _;
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|error| format!("telemetry.otlp_endpoint {endpoint}: {error}"))?;
-        exporter.set_resource(
-            &opentelemetry_sdk::Resource::builder_empty()
-                .with_service_name(service_name.to_owned())
-                .build(),
-        );
+        let (resource, ignored) = export::resource(telemetry.service_name.as_deref(), |name| {
+            std::env::var(name).ok()
+        });
+        if let Some(reason) = ignored {
+            tracing::warn!(%reason, "resource attributes from the environment");
+        }
+        let exporter = export::exporter(endpoint, telemetry, resource)?;
+        let dropped = Drops {
+            queue_full: metrics.spans_dropped("queue_full"),
+            rate_limited: metrics.spans_dropped("rate_limited"),
+            export_failed: metrics.spans_dropped("export_failed"),
+        };
+        let export_failed = dropped.export_failed.clone();
         let (queue, mut spans) = tokio::sync::mpsc::channel(SPAN_QUEUE);
         let endpoint = endpoint.to_owned();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
@@ -155,9 +174,11 @@ impl Tracing {
                         Err(_) => break,
                     }
                 }
+                let spans_in_batch = batch.len() as u64;
                 if !batch.is_empty()
                     && let Err(error) = exporter.export(std::mem::take(&mut batch)).await
                 {
+                    export_failed.inc_by(spans_in_batch);
                     let quiet = last_failure_logged
                         .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
                     if !quiet {
@@ -174,10 +195,10 @@ impl Tracing {
             }
         });
         Ok(Tracing {
-            sample_ratio,
+            sample_ratio: telemetry.sample_ratio,
             queue: Some(queue),
             queued_bytes,
-            dropped: Default::default(),
+            dropped,
             refused: RateGate::default(),
         })
     }
@@ -191,7 +212,7 @@ impl Tracing {
             return;
         };
         if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.rate_limited.inc();
             return;
         }
         let span = span_data(call);
@@ -203,7 +224,7 @@ impl Tracing {
                 .is_err()
         {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.queue_full.inc();
         }
     }
 
@@ -214,7 +235,7 @@ impl Tracing {
             return;
         };
         if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.rate_limited.inc();
             return;
         }
         let mut span = span_data(call);
@@ -231,14 +252,14 @@ impl Tracing {
                 .is_err()
         {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.queue_full.inc();
         }
     }
 
     /// Spans dropped because the export queue was full, or past the rate for calls
     /// gatehouse answered itself.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.queue_full.get() + self.dropped.rate_limited.get()
     }
 
     /// Estimated bytes of the spans waiting for export.
