@@ -124,6 +124,7 @@ pub struct Metrics {
     tls_errors: Family<ReasonLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
     cert_expiry: Family<FileLabels, Gauge>,
+    cert_not_before: Family<FileLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     dry_run_refusals: Family<DryRunLabels, Counter>,
     limit_refusals: Family<LimitLabels, Counter>,
@@ -173,6 +174,7 @@ impl Metrics {
         let tls_errors = Family::default();
         let upstream_errors = Family::default();
         let cert_expiry = Family::default();
+        let cert_not_before = Family::default();
         let reloads = Family::default();
         let dry_run_refusals = Family::default();
         let limit_refusals = Family::default();
@@ -235,6 +237,11 @@ impl Metrics {
             cert_expiry.clone(),
         );
         registry.register(
+            "gatehouse_cert_not_before_timestamp_seconds",
+            "When the first certificate in each file became valid (Unix time): with the expiry, its lifetime",
+            cert_not_before.clone(),
+        );
+        registry.register(
             "gatehouse_config_reloads",
             "Reloads of certificates and configuration, by result",
             reloads.clone(),
@@ -286,6 +293,7 @@ impl Metrics {
             tls_errors,
             upstream_errors,
             cert_expiry,
+            cert_not_before,
             reloads,
             dry_run_refusals,
             limit_refusals,
@@ -486,12 +494,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cert_expiry(&self, file: &std::path::Path, not_after: i64) {
-        self.cert_expiry
-            .get_or_create(&FileLabels {
-                file: file.display().to_string(),
-            })
-            .set(not_after);
+    /// Records the validity of the first certificate in `file`: when it expires, and
+    /// when it began, so an alert can speak of the share of its lifetime left.
+    pub fn cert_validity(&self, file: &std::path::Path, not_before: i64, not_after: i64) {
+        let labels = FileLabels {
+            file: file.display().to_string(),
+        };
+        self.cert_not_before.get_or_create(&labels).set(not_before);
+        self.cert_expiry.get_or_create(&labels).set(not_after);
     }
 
     /// Counts a reload: `success` or `failure`.
