@@ -58,7 +58,11 @@
 //! - Load balancing across many backends inbound: there is one app, on loopback or a
 //!   Unix socket.
 //! - HTTP/1.1, gRPC-Web and WebSockets: callers speak HTTP/2 gRPC.
-//! - A control plane: one YAML file is the whole configuration.
+//! - A control plane or a service mesh: one YAML file is the whole configuration, and
+//!   nothing intercepts traffic the app did not send to gatehouse.
+//! - An edge API gateway: no login flows, no quota plans.
+//! - A certificate authority: certificates come from cert-manager, SPIRE or another CA,
+//!   as files.
 
 #![forbid(unsafe_code)]
 
