@@ -126,6 +126,30 @@ fn alert_rules_pass_promtool_and_their_scenarios() {
     assert!(stdout(&tested).contains("SUCCESS"), "{}", stdout(&tested));
 }
 
+/// A client that does not speak TLS, and an HTTP/2 request that is not gRPC.
+async fn not_tls_and_not_grpc(addr: std::net::SocketAddr) {
+    // A client that does not speak TLS.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let _ = plain.read_to_end(&mut Vec::new()).await;
+
+    // An HTTP/2 request that is not gRPC.
+    let tls = tls_connect(addr, Some(&Identity::gateway())).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Echo")
+        .header("content-type", "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(request).await.unwrap().status(), 415);
+}
+
 /// A scrape in which every family gatehouse has carries samples (prometheus-client
 /// leaves empty ones out): calls allowed, over their rate and under a dry-run rule, a
 /// failed handshake, a non-gRPC request, an outbound call, a reload, spans, the app gone.
@@ -169,30 +193,7 @@ outbound:
     }
     assert!(over_rate, "20 calls in a row never passed 1 a second");
 
-    // A client that does not speak TLS.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut plain = tokio::net::TcpStream::connect(gatehouse.addr)
-        .await
-        .unwrap();
-    plain.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let _ = plain.read_to_end(&mut Vec::new()).await;
-
-    // An HTTP/2 request that is not gRPC.
-    let tls = tls_connect(gatehouse.addr, Some(&Identity::gateway()))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Echo")
-        .header("content-type", "application/json")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    assert_eq!(sender.send_request(request).await.unwrap().status(), 415);
+    not_tls_and_not_grpc(gatehouse.addr).await;
 
     // An outbound call to a destination that does not answer.
     let output = gatehouse.output();
