@@ -1,7 +1,9 @@
 //! The admin server (HTTP/1.1 on `telemetry.admin_address`), for Prometheus and
 //! Kubernetes:
 //!
-//! - `GET /metrics`: the Prometheus text exposition.
+//! - `GET /metrics`: the metrics, as OpenMetrics when the scraper's `Accept` asks for it
+//!   (Prometheus does), else in the classic Prometheus text format; the `Content-Type`
+//!   names the format written.
 //! - `GET /healthz`: 200 while the process runs (liveness: restart only if this fails).
 //! - `GET /readyz`: 200 when gatehouse can serve calls, else 503 with one reason per
 //!   line: the listener is not up yet, gatehouse is draining after SIGTERM, a remote
@@ -24,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::metrics::Metrics;
+use crate::metrics::{Exposition, Metrics};
 use crate::reload::Current;
 use crate::tls::ReloadableTls;
 use crate::upstream::Upstream;
@@ -174,11 +176,14 @@ async fn answer(
         );
     }
     match request.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        "/metrics" => {
+            let format = exposition(request.headers().get(http::header::ACCEPT));
+            text(
+                StatusCode::OK,
+                format.content_type(),
+                metrics.render_as(format),
+            )
+        }
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let problems = readiness.problems().await;
@@ -200,10 +205,89 @@ async fn answer(
     }
 }
 
+/// The format a scraper asks for in `Accept`: the acceptable range with the highest
+/// quality (the first of equals), as Prometheus's Go client negotiates. OpenMetrics is
+/// written only when asked for by name; anything else, or no `Accept`, gets the classic
+/// text format every scraper reads.
+fn exposition(accept: Option<&http::HeaderValue>) -> Exposition {
+    let Some(accept) = accept.and_then(|value| value.to_str().ok()) else {
+        return Exposition::PrometheusText;
+    };
+    let mut best: Option<(f32, Exposition)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let (mut quality, mut version) = (1.0_f32, None);
+        for parameter in parts {
+            match parameter.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                Some((key, value)) if key.eq_ignore_ascii_case("q") => {
+                    quality = value.parse().unwrap_or(0.0);
+                }
+                Some((key, value)) if key.eq_ignore_ascii_case("version") => {
+                    version = Some(value.trim_matches('"'));
+                }
+                _ => {}
+            }
+        }
+        let format = match (media.as_str(), version) {
+            ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
+                Exposition::OpenMetrics
+            }
+            ("text/plain", None | Some("0.0.4")) | ("text/*" | "*/*", _) => {
+                Exposition::PrometheusText
+            }
+            _ => continue,
+        };
+        if quality > 0.0 && best.is_none_or(|(best, _)| quality > best) {
+            best = Some((quality, format));
+        }
+    }
+    best.map_or(Exposition::PrometheusText, |(_, format)| format)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn metrics_are_written_in_the_format_the_scraper_asks_for() {
+        let cases = [
+            // Prometheus 2 and 3.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Exposition::OpenMetrics,
+            ),
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1",
+                ),
+                Exposition::OpenMetrics,
+            ),
+            // The classic format preferred, or OpenMetrics refused.
+            (
+                Some("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5"),
+                Exposition::PrometheusText,
+            ),
+            (
+                Some("application/openmetrics-text;q=0, */*"),
+                Exposition::PrometheusText,
+            ),
+            // A version we do not write is not chosen.
+            (
+                Some("application/openmetrics-text;version=2.0.0"),
+                Exposition::PrometheusText,
+            ),
+            (Some("*/*"), Exposition::PrometheusText),
+            (None, Exposition::PrometheusText),
+        ];
+        for (accept, expected) in cases {
+            let value = accept.map(http::HeaderValue::from_static);
+            assert_eq!(exposition(value.as_ref()), expected, "Accept: {accept:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_flood_of_probes_asks_once_per_period() {

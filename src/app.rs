@@ -210,8 +210,7 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
         Some(endpoint) => {
-            Tracing::exporting(endpoint, &telemetry.service_name, telemetry.sample_ratio)
-                .map_err(StartError::Tracing)?
+            Tracing::exporting(endpoint, telemetry, &metrics).map_err(StartError::Tracing)?
         }
         None => Tracing::propagate_only(telemetry.sample_ratio),
     });

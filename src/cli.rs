@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 /// gatehouse: the sidecar that terminates mTLS in front of a gRPC app and forwards calls
 /// to it over plaintext HTTP/2.
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about)]
+#[command(name = "gatehouse", version = crate::version::describe(), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

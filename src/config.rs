@@ -274,7 +274,7 @@ limits: { max_connections: 0, max_header_list_size: 10, max_connections_per_clie
                 "upstream.connect_timeout: must be longer than 0s",
                 r#"telemetry.log_level: "loud" is not a level: use off, error, warn, info, debug or trace, optionally per module (info,gatehouse::upstream=debug)"#,
                 "telemetry.sample_ratio: a share between 0.0 and 1.0",
-                r#"telemetry.otlp_endpoint: "grpc://x": write http://host:4317"#,
+                r#"telemetry.otlp_endpoint: "grpc://x": write http://host:4317, or https://host:4317 for TLS"#,
                 "limits.max_connections_per_client: must be at least 1",
                 "limits.per_identity.max_concurrent_calls: must be at least 1",
                 "limits.max_connections: must be at least 1",

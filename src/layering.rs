@@ -7,9 +7,9 @@ use std::path::Path;
 
 /// The modules of each tier, lowest first; `name::*` places everything below `name` too.
 const TIERS: [&str; 7] = [
-    "grpc grpc::* trace_context sha256 reload clock",
+    "grpc grpc::* trace_context sha256 reload clock version",
     "config config::* metrics identity call_context",
-    "tls tls::* body body::* telemetry cli",
+    "tls tls::* body body::* telemetry telemetry::* cli",
     "serve serve::* pool pool::* upstream limits limits::* auth auth::jwks auth::jwks::* \
      auth::api_key auth::jwt auth::policy auth::token auth::binding auth::outcome",
     "layers layers::*",

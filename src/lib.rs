@@ -38,7 +38,8 @@
 //!
 //! ```text
 //! tier 0  vocabulary   grpc (codes, Status, reasons, details, Deadline, the HTTP/2-error
-//!                      table) · trace_context · sha256 · reload (Current<T>, poll) · clock
+//!                      table) · trace_context · sha256 · reload (Current<T>, poll) · clock ·
+//!                      version
 //! tier 1  data         config · metrics · identity (Principal, the identity header
 //!                      table) · call_context
 //! tier 2  connection   tls · body · telemetry · cli
@@ -66,7 +67,11 @@
 //! - Load balancing across many backends inbound: there is one app, on loopback or a
 //!   Unix socket.
 //! - HTTP/1.1, gRPC-Web and WebSockets: callers speak HTTP/2 gRPC.
-//! - A control plane: one YAML file is the whole configuration.
+//! - A control plane or a service mesh: one YAML file is the whole configuration, and
+//!   nothing intercepts traffic the app did not send to gatehouse.
+//! - An edge API gateway: no login flows, no quota plans.
+//! - A certificate authority: certificates come from cert-manager, SPIRE or another CA,
+//!   as files.
 
 #![forbid(unsafe_code)]
 
@@ -95,3 +100,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;
+pub mod version;

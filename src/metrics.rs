@@ -16,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::grpc::Code;
@@ -123,9 +124,11 @@ pub struct Metrics {
     tls_errors: Family<ReasonLabels, Counter>,
     upstream_errors: Family<KindLabels, Counter>,
     cert_expiry: Family<FileLabels, Gauge>,
+    cert_not_before: Family<FileLabels, Gauge>,
     reloads: Family<ResultLabels, Counter>,
     dry_run_refusals: Family<DryRunLabels, Counter>,
     limit_refusals: Family<LimitLabels, Counter>,
+    spans_dropped: Family<ReasonLabels, Counter>,
     pub connections: Gauge,
     pub in_flight: Gauge,
     /// Requests that were not gRPC (answered with HTTP 415).
@@ -171,9 +174,11 @@ impl Metrics {
         let tls_errors = Family::default();
         let upstream_errors = Family::default();
         let cert_expiry = Family::default();
+        let cert_not_before = Family::default();
         let reloads = Family::default();
         let dry_run_refusals = Family::default();
         let limit_refusals = Family::default();
+        let spans_dropped = Family::default();
         let connections = Gauge::default();
         let in_flight = Gauge::default();
         let not_grpc = Counter::default();
@@ -232,6 +237,11 @@ impl Metrics {
             cert_expiry.clone(),
         );
         registry.register(
+            "gatehouse_cert_not_before_timestamp_seconds",
+            "When the first certificate in each file became valid (Unix time): with the expiry, its lifetime",
+            cert_not_before.clone(),
+        );
+        registry.register(
             "gatehouse_config_reloads",
             "Reloads of certificates and configuration, by result",
             reloads.clone(),
@@ -245,6 +255,11 @@ impl Metrics {
             "gatehouse_limit_refusals",
             "Connections and calls refused because a limit was reached, by the limit's name",
             limit_refusals.clone(),
+        );
+        registry.register(
+            "gatehouse_spans_dropped",
+            "Spans not exported, by reason: queue_full (the export queue or its byte budget was full), rate_limited (spans of calls answered here, past their rate) or export_failed (the collector refused or could not be reached)",
+            spans_dropped.clone(),
         );
         registry.register(
             "gatehouse_connections",
@@ -261,6 +276,14 @@ impl Metrics {
             "Requests that were not gRPC, answered with HTTP 415",
             not_grpc.clone(),
         );
+        registry.register(
+            "gatehouse_build",
+            "The gatehouse version and the commit it was built from (value 1)",
+            Info::new(vec![
+                ("version", crate::version::VERSION),
+                ("commit", crate::version::COMMIT),
+            ]),
+        );
         Metrics {
             registry,
             started,
@@ -270,9 +293,11 @@ impl Metrics {
             tls_errors,
             upstream_errors,
             cert_expiry,
+            cert_not_before,
             reloads,
             dry_run_refusals,
             limit_refusals,
+            spans_dropped,
             connections,
             in_flight,
             not_grpc,
@@ -469,12 +494,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cert_expiry(&self, file: &std::path::Path, not_after: i64) {
-        self.cert_expiry
-            .get_or_create(&FileLabels {
-                file: file.display().to_string(),
-            })
-            .set(not_after);
+    /// Records the validity of the first certificate in `file`: when it expires, and
+    /// when it began, so an alert can speak of the share of its lifetime left.
+    pub fn cert_validity(&self, file: &std::path::Path, not_before: i64, not_after: i64) {
+        let labels = FileLabels {
+            file: file.display().to_string(),
+        };
+        self.cert_not_before.get_or_create(&labels).set(not_before);
+        self.cert_expiry.get_or_create(&labels).set(not_after);
     }
 
     /// Counts a reload: `success` or `failure`.
@@ -489,12 +516,54 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The counter of spans dropped for `reason` (`queue_full`, `rate_limited`,
+    /// `export_failed`), to be kept by the exporter.
+    pub fn spans_dropped(&self, reason: &'static str) -> Counter {
+        self.spans_dropped
+            .get_or_create_owned(&ReasonLabels { reason })
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        self.render_as(Exposition::OpenMetrics)
+    }
+
+    /// The exposition in `format`.
+    pub fn render_as(&self, format: Exposition) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        match format {
+            Exposition::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        }
+        .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The two text formats Prometheus scrapes: the same series, written differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0 (`# EOF` at the end, counters typed without `_total`), what
+    /// Prometheus asks for first.
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for every scraper and tool that does
+    /// not ask for OpenMetrics (`promtool check metrics` reads only this one).
+    PrometheusText,
+}
+
+impl Exposition {
+    /// The `Content-Type` that names the format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::PrometheusText => {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            }
+        }
     }
 }
 

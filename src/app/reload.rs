@@ -117,6 +117,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         running.telemetry.otlp_endpoint != new.telemetry.otlp_endpoint,
     );
     check(
+        "telemetry.otlp_ca_file",
+        running.telemetry.otlp_ca_file != new.telemetry.otlp_ca_file,
+    );
+    check(
         "telemetry.service_name",
         running.telemetry.service_name != new.telemetry.service_name,
     );

@@ -96,7 +96,7 @@ impl Completion for AccessRecord {
                     .map_or(self.uri.path(), |path| path.as_str())
             ),
             grpc_code = outcome.code.as_str(),
-            duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
+            duration_ms = duration.as_secs_f64() * 1000.0,
             user_id = principal.and_then(|p| p.user_id.as_deref()).map(capped),
             tenant_id = principal.and_then(|p| p.tenant_id.as_deref()).map(capped),
             api_key = principal.and_then(|p| p.api_key_name.as_deref()),

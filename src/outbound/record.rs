@@ -93,7 +93,7 @@ impl Completion for ClientRecord {
             destination,
             method = capped(self.uri.path()),
             grpc_code = outcome.code.as_str(),
-            duration_ms = %format_args!("{:.3}", duration.as_secs_f64() * 1000.0),
+            duration_ms = duration.as_secs_f64() * 1000.0,
             peer,
             trace_id = %format_args!("{:032x}", self.context.trace_id),
             bytes_out = outcome.bytes_out,

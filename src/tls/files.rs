@@ -123,9 +123,13 @@ pub(super) fn fingerprint<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Opti
     context.finish().as_ref().try_into().ok()
 }
 
-/// `notAfter` of the first certificate in a PEM file, as Unix time.
-pub(super) fn first_not_after(path: &Path) -> Option<i64> {
+/// `notBefore` and `notAfter` of the first certificate in a PEM file, as Unix time.
+pub(super) fn first_validity(path: &Path) -> Option<(i64, i64)> {
     let der = load_certs(path).ok()?.into_iter().next()?;
     let (_, cert) = X509Certificate::from_der(&der).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }

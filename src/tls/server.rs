@@ -8,7 +8,7 @@ use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
 use super::RELOAD_POLL;
-use super::files::{self, Material, first_not_after, key_problem, read_material};
+use super::files::{self, Material, first_validity, key_problem, read_material};
 use crate::config::{self, ClientAuth, Problem};
 use crate::reload::Current;
 
@@ -141,10 +141,10 @@ impl ReloadableTls {
     fn record_expiry(&self, tls: &config::Tls) {
         for (path, serving) in [(&tls.cert_file, true), (&tls.ca_file, false)] {
             let Some(path) = path else { continue };
-            let Some(not_after) = first_not_after(path) else {
+            let Some((not_before, not_after)) = first_validity(path) else {
                 continue;
             };
-            self.metrics.cert_expiry(path, not_after);
+            self.metrics.cert_validity(path, not_before, not_after);
             if serving {
                 self.serving_not_after
                     .store(not_after, std::sync::atomic::Ordering::Relaxed);

@@ -18,6 +18,7 @@ mod isolation;
 mod keys;
 mod limits;
 mod long_streams;
+mod monitoring;
 mod observability;
 mod operations;
 mod outbound;

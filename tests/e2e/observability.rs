@@ -96,6 +96,75 @@ async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
     assert_eq!(status, 200);
 }
 
+/// What Prometheus 2.x sends when it scrapes.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config(app.addr, None));
+    let mut client = client(gatehouse.addr).await;
+    client.echo(with_key(EchoRequest::default())).await.unwrap();
+    client.inspect(InspectRequest {}).await.unwrap_err();
+    let admin = admin(&gatehouse);
+
+    let (status, content_type, openmetrics) =
+        get_accepting(admin, "/metrics", Some(PROMETHEUS_ACCEPT)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    assert!(openmetrics.contains("# TYPE grpc_server_started counter\n"));
+
+    let (status, content_type, text) = get_accepting(admin, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(text.contains("# TYPE grpc_server_started_total counter\n"));
+    let build_info = format!(
+        r#"gatehouse_build_info{{version="{}",commit="{}"}}"#,
+        env!("CARGO_PKG_VERSION"),
+        crate::cli::checkout_commit()
+    );
+    for series in [
+        r#"grpc_server_started_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo"}"#,
+        r#"gatehouse_auth_total{method="none",result="refused",reason="missing_credentials"}"#,
+        &build_info,
+    ] {
+        assert_eq!(sample(&openmetrics, series), Some(1.0), "{series}");
+        assert_eq!(sample(&text, series), Some(1.0), "{series}");
+    }
+
+    // promtool lints a scrape as Prometheus reads it: names, types, help, suffixes.
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut promtool = promtool()
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        promtool.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        stdout(&checked),
+        stderr(&checked)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_made_up_method_names_leaves_the_labels_bounded() {
     let app = App::start().await;
@@ -171,10 +240,72 @@ async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
     );
 }
 
+/// The keys of a logfmt line, in order (values may be quoted and hold spaces).
+fn logfmt_keys(line: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut rest = line;
+    while let Some((key, value)) = rest.split_once('=') {
+        keys.push(key.trim().to_owned());
+        rest = match value.strip_prefix('"') {
+            // Past the closing quote (escaped quotes inside are skipped).
+            Some(quoted) => {
+                let mut end = 0;
+                let bytes = quoted.as_bytes();
+                while bytes[end] != b'"' {
+                    end += if bytes[end] == b'\\' { 2 } else { 1 };
+                }
+                &quoted[end + 1..]
+            }
+            None => value.split_once(' ').map_or("", |(_, rest)| rest),
+        };
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
+    let app = App::start().await;
+    let logfmt = Gatehouse::start(&config(app.addr, None));
+    let json = Gatehouse::start(
+        &config(app.addr, None).replace("telemetry: { ", "telemetry: { log_format: json, "),
+    );
+    for gatehouse in [&logfmt, &json] {
+        let mut client = client(gatehouse.addr).await;
+        client.inspect(with_key(InspectRequest {})).await.unwrap();
+    }
+    let logfmt_line = logfmt.wait_for_line(&["msg=request", "grpc_code=OK"]).await;
+    let json_line = json
+        .wait_for_line(&[r#""msg":"request""#, r#""grpc_code":"OK""#])
+        .await;
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json_line).expect("one JSON object a line");
+    let mut json_keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut logfmt_keys = logfmt_keys(&logfmt_line);
+    json_keys.sort_unstable();
+    logfmt_keys.sort_unstable();
+    assert_eq!(json_keys, logfmt_keys, "{json_line}\n{logfmt_line}");
+    for key in ["ts", "level", "msg", "duration_ms", "method", "trace_id"] {
+        assert!(object.contains_key(key), "no {key} in {json_line}");
+    }
+    assert_eq!(object["level"], "INFO");
+    let duration = object["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!(duration > 0.0, "{json_line}");
+    assert_eq!(object["bytes_in"], serde_json::json!(5));
+    assert_eq!(object["user_id"], "svc-user");
+    // Every line is JSON, the start-up lines too.
+    for line in json.output().lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect(line);
+    }
+}
+
 /// An OTLP/gRPC trace receiver.
 #[derive(Clone, Default)]
 pub struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
+    /// The resource attributes of every export request, as `key=value`.
+    resources: Arc<Mutex<Vec<Vec<String>>>>,
     changed: Arc<Notify>,
     stall: bool,
 }
@@ -188,9 +319,22 @@ impl TraceService for Collector {
         if self.stall {
             std::future::pending::<()>().await;
         }
-        let spans = request
-            .into_inner()
-            .resource_spans
+        let resource_spans = request.into_inner().resource_spans;
+        for resource_span in &resource_spans {
+            let attributes = resource_span
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .map(
+                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(AnyValue::StringValue(value)) => format!("{}={value}", kv.key),
+                        other => format!("{}={other:?}", kv.key),
+                    },
+                )
+                .collect();
+            self.resources.lock().unwrap().push(attributes);
+        }
+        let spans = resource_spans
             .into_iter()
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans);
@@ -215,6 +359,43 @@ impl Collector {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         (collector, addr)
+    }
+
+    /// A receiver behind TLS with the development server certificate (for `localhost`,
+    /// `127.0.0.1` and `::1`, from the development CA).
+    pub async fn start_tls() -> (Collector, SocketAddr) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(dev_cert("server.crt")).unwrap(),
+            std::fs::read(dev_cert("server.key")).unwrap(),
+        );
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (collector, addr)
+    }
+
+    /// Waits (bounded) for any span, and returns the resource it was exported with.
+    pub async fn first_resource(&self) -> Vec<String> {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                if let Some(resource) = self.resources.lock().unwrap().first() {
+                    return resource.clone();
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("a span was exported")
     }
 
     pub async fn span(&self, span_id: &[u8]) -> Span {
@@ -365,6 +546,118 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
         attribute(&span, "rpc.grpc.status_code"),
         Some(AnyValue::IntValue(16))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_over_https_naming_the_pod_from_the_otel_environment() {
+    let (collector, collector_addr) = Collector::start_tls().await;
+    let app = App::start().await;
+    let mut config = DevConfig::new(app.addr).admin();
+    config.otlp_endpoint = Some(format!("https://127.0.0.1:{}", collector_addr.port()));
+    let yaml = config.yaml().replace(
+        "service_name: gatehouse-test",
+        &format!(
+            "service_name: gatehouse-test, otlp_ca_file: {}",
+            dev_cert("ca.crt").display()
+        ),
+    );
+
+    // `check` and `run` agree: the https endpoint and its CA check, and run exports.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let checked = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(0), "{}", stderr(&checked));
+
+    let gatehouse = Gatehouse::start_with_env(
+        &yaml,
+        &[
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "k8s.pod.name=identity-7d9f-x2x,k8s.namespace.name=prod,service.name=overridden",
+            ),
+            // The config's service_name is explicit: it wins over the environment.
+            ("OTEL_SERVICE_NAME", "overridden-too"),
+        ],
+    );
+    let mut client = client(gatehouse.addr).await;
+    let (_, parent, _) =
+        traceparent_seen_by_app(&mut client, tonic::Request::new(InspectRequest {})).await;
+    let span = collector.span(&hex(&parent)).await;
+    assert_eq!(span.name, "gatehouse.demo.v1.Demo/Inspect");
+    let mut resource = collector.first_resource().await;
+    resource.sort();
+    assert_eq!(
+        resource,
+        [
+            "k8s.namespace.name=prod",
+            "k8s.pod.name=identity-7d9f-x2x",
+            "service.name=gatehouse-test",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_whose_certificate_is_not_trusted_gets_no_spans_and_they_are_counted() {
+    let (collector, collector_addr) = Collector::start_tls().await;
+    let app = App::start().await;
+    let mut config = DevConfig::new(app.addr).admin();
+    // No otlp_ca_file: only the public web roots are trusted, not the development CA.
+    config.otlp_endpoint = Some(format!("https://127.0.0.1:{}", collector_addr.port()));
+    let gatehouse = Gatehouse::start(&config.yaml());
+    let mut client = client(gatehouse.addr).await;
+    client.inspect(InspectRequest {}).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let series = r#"gatehouse_spans_dropped_total{reason="export_failed"}"#;
+    loop {
+        let scrape = scrape_metrics(&gatehouse).await;
+        if sample(&scrape, series).is_some_and(|dropped| dropped >= 1.0) {
+            assert_eq!(
+                sample(
+                    &scrape,
+                    r#"gatehouse_spans_dropped_total{reason="queue_full"}"#
+                ),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(collector.spans.lock().unwrap().is_empty());
+    gatehouse
+        .wait_for_line(&["span export failed", "endpoint=https://127.0.0.1"])
+        .await;
+}
+
+#[test]
+fn check_and_run_refuse_a_collector_ca_that_cannot_be_read() {
+    let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());
+    config.otlp_endpoint = Some("https://otel-collector:4317".to_owned());
+    let yaml = config.yaml().replace(
+        "service_name: gatehouse-test",
+        "service_name: gatehouse-test, otlp_ca_file: /nonexistent/collector-ca.crt",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let path = path.to_str().unwrap();
+    for command in ["check", "run"] {
+        let output = gatehouse(&[command, "--config", path]);
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{command}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(&format!(
+                "{path}: telemetry.otlp_ca_file: no such file: /nonexistent/collector-ca.crt"
+            )),
+            "{command}: {}",
+            stderr(&output)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

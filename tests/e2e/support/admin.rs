@@ -19,20 +19,54 @@ pub fn admin(gatehouse: &Gatehouse) -> SocketAddr {
 
 /// `GET path` over HTTP/1.1: status and body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = get_accepting(addr, path, None).await;
+    (status, body)
+}
+
+/// `GET path` over HTTP/1.1 with an `Accept` header when given: status, content type
+/// and body.
+pub async fn get_accepting(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+) -> (u16, String, String) {
     use http_body_util::{BodyExt, Empty};
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(connection);
-    let request = http::Request::get(path)
-        .header("host", addr.to_string())
-        .body(Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let mut request = http::Request::get(path).header("host", addr.to_string());
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let request = request.body(Empty::<bytes::Bytes>::new()).unwrap();
     let response = sender.send_request(request).await.unwrap();
     let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+/// promtool, unpacked by `tests/tools.sh` into `.tools/` (or named by `$PROMTOOL`).
+pub fn promtool() -> std::process::Command {
+    let path = std::env::var_os("PROMTOOL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| super::repo().join(".tools/prometheus/usr/bin/promtool"));
+    assert!(
+        path.exists(),
+        "promtool not found at {}: run `bash tests/run`, which installs it",
+        path.display()
+    );
+    std::process::Command::new(path)
 }
 
 /// Waits (bounded) until the scrape has `line`, and returns the scrape.

@@ -120,6 +120,23 @@ pub mod broken {
     /// A serving certificate for localhost and 127.0.0.1 signed by the development CA,
     /// valid until `not_after` (year, month, day): (certificate PEM, key PEM).
     pub fn server_certificate(name: &str, not_after: (i32, u8, u8)) -> Identity {
+        let mut params = server_params(name);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        signed_by_dev_ca(params)
+    }
+
+    /// A serving certificate like [`server_certificate`], valid from `not_before` to
+    /// `not_after` (whole seconds since the Unix epoch): a mesh's short-lived ones.
+    pub fn server_certificate_between(name: &str, not_before: u64, not_after: u64) -> Identity {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let mut params = server_params(name);
+        params.not_before = at(not_before).into();
+        params.not_after = at(not_after).into();
+        signed_by_dev_ca(params)
+    }
+
+    fn server_params(name: &str) -> CertificateParams {
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params
             .subject_alt_names
@@ -127,9 +144,7 @@ pub mod broken {
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
-        signed_by_dev_ca(params)
+        params
     }
 
     /// A new CA (certificate PEM) that signs nothing gatehouse's clients hold.

@@ -75,7 +75,7 @@ impl Gatehouse {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // Recorded before announced, so the line is in `output()` once start returns.
                 collected.lock().unwrap().push(line.clone());
-                if line.contains("msg=listening") {
+                if line.contains("msg=listening") || line.contains(r#""msg":"listening""#) {
                     let _ = found.send(line);
                 }
             }
@@ -205,8 +205,20 @@ fn matches(line: &str, needles: &[&str]) -> bool {
     needles.iter().all(|needle| line.contains(needle))
 }
 
-/// The value of `key=` in a logfmt line.
+/// The value of `key=` in a logfmt line, or of `"key":` in a JSON line (a value
+/// without escapes).
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    if line.starts_with('{') {
+        let start = line
+            .find(&format!(r#""{key}":"#))
+            .map(|at| at + key.len() + 3)
+            .expect("field present");
+        let rest = &line[start..];
+        return match rest.strip_prefix('"') {
+            Some(quoted) => &quoted[..quoted.find('"').unwrap()],
+            None => &rest[..rest.find([',', '}']).unwrap()],
+        };
+    }
     let start = line
         .find(&format!(" {key}="))
         .map(|at| at + key.len() + 2)
