@@ -119,15 +119,74 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true.
+/// Connections the admin server holds at most, from every client.
+pub const ADMIN_CONNECTIONS: usize = 256;
+/// Connections the admin server holds at most from one client address, so one client
+/// filling the others' slots cannot fail the kubelet's probes.
+pub const ADMIN_CONNECTIONS_PER_ADDRESS: usize = 16;
+/// How long a connection may take to send its request.
+const ADMIN_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open admin connections, in all and per client address.
+#[derive(Default)]
+struct Slots {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+/// One admin connection's place in [`Slots`], given back when dropped.
+struct Slot {
+    slots: Arc<Slots>,
+    address: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, address: std::net::IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let here = open.entry(address).or_insert(0);
+        if *here >= ADMIN_CONNECTIONS_PER_ADDRESS
+            || self.total.load(Ordering::SeqCst) >= ADMIN_CONNECTIONS
+        {
+            if *here == 0 {
+                open.remove(&address);
+            }
+            return None;
+        }
+        *here += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
+        Some(Slot {
+            slots: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(here) = open.get_mut(&self.address) {
+            *here -= 1;
+            if *here == 0 {
+                open.remove(&self.address);
+            }
+        }
+        self.slots.total.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves the admin endpoints until `shutdown` turns true: one request per connection,
+/// which has [`ADMIN_REQUEST_TIME`] to arrive, and at most [`ADMIN_CONNECTIONS`]
+/// connections ([`ADMIN_CONNECTIONS_PER_ADDRESS`] from one address); more are closed at
+/// accept and counted in `gatehouse_limit_refusals_total{limit="admin_connections"}`.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Slots::default());
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -138,20 +197,28 @@ pub async fn serve(
             },
             () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
         };
+        let Some(slot) = slots.take(remote.ip().to_canonical()) else {
+            metrics.limit_refusal("admin_connections");
+            continue;
+        };
         let metrics = metrics.clone();
         let readiness = readiness.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     let readiness = readiness.clone();
                     async move { Ok::<_, Infallible>(answer(&request, &metrics, &readiness).await) }
                 });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+                .header_read_timeout(ADMIN_REQUEST_TIME)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), service);
+            // A client that sends its request and then reads nothing cannot hold the
+            // slot either.
+            let _ = tokio::time::timeout(ADMIN_REQUEST_TIME * 2, connection).await;
         });
     }
 }

@@ -87,6 +87,13 @@ impl Policy {
 
     /// `tls.allowed_peers`: which certificates may call at all.
     pub fn admit_peer(&self, peer: Option<&PeerIdentity>) -> Result<(), Refusal> {
+        // A connection can outlive its certificate; the identity it stated cannot.
+        if peer.is_some_and(PeerIdentity::expired) {
+            return Err(Refusal::unauthenticated(
+                Reason::PeerCertificateExpired,
+                "the client certificate of this connection has expired: reconnect with a current one",
+            ));
+        }
         if self.allowed_peers.is_empty() {
             return Ok(());
         }

@@ -115,6 +115,9 @@ reasons! {
     /// The API key left `keys_file` or the configuration while a call it admitted was
     /// open (`auth.expire_open_calls`); the call ends with this status.
     KeyRevoked => "KEY_REVOKED", "key_revoked", Unauthenticated;
+    /// The connection's client certificate passed its `notAfter` while the connection
+    /// was open.
+    PeerCertificateExpired => "PEER_CERTIFICATE_EXPIRED", "peer_certificate_expired", Unauthenticated;
     /// The client certificate is not in `tls.allowed_peers`.
     PeerNotAllowed => "PEER_NOT_ALLOWED", "peer_not_allowed", PermissionDenied;
     /// An authorization rule matched the method and does not allow the caller.

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
@@ -50,6 +51,7 @@ pub(super) async fn run_http2<S: ChainService, I>(
         seen: 0,
         greeted: Some(greeted_tx),
     };
+    let certificate_not_after = info.peer.as_ref().and_then(|peer| peer.not_after);
     let connection = server.serve(io, info, activity.clone());
     tokio::pin!(connection);
     let late = tokio::time::sleep_until(greeting.deadline);
@@ -66,6 +68,23 @@ pub(super) async fn run_http2<S: ChainService, I>(
     tokio::pin!(age);
     let idle = activity.idle_for(limits.idle_timeout.get());
     tokio::pin!(idle);
+    let flooded = activity.flooded();
+    tokio::pin!(flooded);
+    // The identity a client certificate states ends with it: GOAWAY then, and Auth
+    // refuses any call that still arrives.
+    let certificate_ends = async {
+        match certificate_not_after {
+            Some(not_after) => {
+                let left = not_after.saturating_sub(crate::clock::unix_now());
+                tokio::time::sleep_until(crate::clock::instant_after(Duration::from_secs(
+                    left.saturating_add(1),
+                )))
+                .await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(certificate_ends);
     let mut closing = false;
     let served = loop {
         tokio::select! {
@@ -87,6 +106,13 @@ pub(super) async fn run_http2<S: ChainService, I>(
             () = shutdown.cancelled(), if !closing => {}
             () = &mut age, if !closing => tracing::debug!(remote = %remote_addr, "limits.max_connection_age reached"),
             () = &mut idle, if !closing => tracing::debug!(remote = %remote_addr, "limits.idle_timeout reached"),
+            () = &mut certificate_ends, if !closing => {
+                tracing::info!(remote = %remote_addr, "connection closed: its client certificate has expired");
+            }
+            () = &mut flooded, if !closing => {
+                greeting.metrics.limit_refusal("caller_resets");
+                tracing::info!(remote = %remote_addr, "connection closed: the caller abandoned calls faster than gatehouse relays resets to the app");
+            }
         }
         if !greeted {
             // GOAWAY cannot be sent before the preface; dropping is the only way out.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -163,11 +163,39 @@ pub struct Door<S> {
     metrics: Arc<Metrics>,
 }
 
-/// How many calls are open on a connection, to close connections that idle.
+/// How many calls are open on a connection (to close connections that idle), and how
+/// fast its caller abandons calls (to close one that floods the app with resets).
 #[derive(Debug, Default)]
 pub struct Activity {
     open: AtomicUsize,
     changed: Notify,
+    /// Calls the caller abandoned before their answer ended, each of which costs the app
+    /// a reset stream: a bucket of [`CALLER_RESETS_BURST`] refilled at
+    /// [`CALLER_RESETS_PER_SECOND`].
+    resets: std::sync::Mutex<ResetBudget>,
+    /// Set, and told, when the caller has abandoned calls faster than the budget.
+    flooding: Notify,
+    flooded: std::sync::atomic::AtomicBool,
+}
+
+/// Calls a caller may abandon in a burst before its connection is closed.
+pub const CALLER_RESETS_BURST: f64 = 200.0;
+/// Calls a caller may abandon per second, sustained.
+pub const CALLER_RESETS_PER_SECOND: f64 = 50.0;
+
+#[derive(Debug)]
+struct ResetBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl Default for ResetBudget {
+    fn default() -> Self {
+        ResetBudget {
+            tokens: CALLER_RESETS_BURST,
+            refilled: std::time::Instant::now(),
+        }
+    }
 }
 
 impl Activity {
@@ -176,6 +204,36 @@ impl Activity {
         self.changed.notify_waiters();
         OpenCall {
             activity: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// A call ended before its answer did: the caller reset it, so the app's stream is
+    /// reset too. A connection whose caller does this faster than the budget is told to
+    /// close, so one caller cannot make gatehouse relay a reset flood to the app.
+    fn abandoned(&self) {
+        let mut budget = self.resets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let elapsed = now.saturating_duration_since(budget.refilled).as_secs_f64();
+        budget.tokens =
+            (budget.tokens + elapsed * CALLER_RESETS_PER_SECOND).min(CALLER_RESETS_BURST);
+        budget.refilled = now;
+        budget.tokens -= 1.0;
+        if budget.tokens < 0.0 && !self.flooded.swap(true, Ordering::SeqCst) {
+            self.flooding.notify_waiters();
+        }
+    }
+
+    /// Resolves once the caller has abandoned calls faster than its budget.
+    pub async fn flooded(&self) {
+        loop {
+            let told = self.flooding.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            if self.flooded.load(Ordering::SeqCst) {
+                return;
+            }
+            told.await;
         }
     }
 
@@ -199,10 +257,15 @@ impl Activity {
 /// One open call; closed when its response body is dropped (sent, or reset).
 pub struct OpenCall {
     activity: Arc<Activity>,
+    /// The answer was sent to its end: dropping it then is no reset.
+    finished: bool,
 }
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
+        if !self.finished {
+            self.activity.abandoned();
+        }
         self.activity.open.fetch_sub(1, Ordering::SeqCst);
         self.activity.changed.notify_waiters();
     }
@@ -225,7 +288,15 @@ impl<B: Body> Body for CallBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if frame
+            .as_ref()
+            .is_none_or(|frame| frame.as_ref().is_ok_and(Frame::is_trailers))
+        {
+            this.open.finished = true;
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -234,6 +305,14 @@ impl<B: Body> Body for CallBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B: Body> CallBody<B> {
+    fn new(inner: B, mut open: OpenCall) -> Self {
+        // A trailers-only answer is sent whole with its headers; hyper never polls it.
+        open.finished = inner.is_end_stream();
+        CallBody { inner, open }
     }
 }
 
@@ -380,7 +459,7 @@ impl<S: ChainService> hyper::service::Service<Request<Incoming>> for Door<S> {
                         status = 415,
                         "not a gRPC request"
                     );
-                    Ok(not_grpc_response().map(|inner| CallBody { inner, open }))
+                    Ok(not_grpc_response().map(|inner| CallBody::new(inner, open)))
                 }),
             };
         }
@@ -416,6 +495,7 @@ pin_project_lite::pin_project! {
 impl<F, B> Future for DoorFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, Infallible>>,
+    B: Body<Data = Bytes, Error = Infallible>,
 {
     type Output = Result<Response<CallBody<DoorBody<B>>>, Infallible>;
 
@@ -425,10 +505,9 @@ where
             DoorFutureProjection::Call { call, open } => {
                 let response = std::task::ready!(call.poll(cx))?;
                 let open = open.take().expect("DoorFuture polled after completion");
-                Poll::Ready(Ok(response.map(|body| CallBody {
-                    inner: DoorBody::Call { body },
-                    open,
-                })))
+                Poll::Ready(Ok(
+                    response.map(|body| CallBody::new(DoorBody::Call { body }, open))
+                ))
             }
         }
     }

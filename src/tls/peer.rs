@@ -25,6 +25,9 @@ pub struct PeerIdentity {
     pub subject: String,
     /// Lowercase hex SHA-256 of the certificate's DER encoding.
     pub sha256: String,
+    /// The certificate's `notAfter`, in seconds since the Unix epoch: the identity it
+    /// states means nothing after it, however long the connection lasts.
+    pub not_after: Option<u64>,
 }
 
 impl PeerIdentity {
@@ -41,6 +44,7 @@ impl PeerIdentity {
                 .and_then(|cn| cn.as_str().ok())
                 .map(str::to_owned),
             sha256: to_hex(&sha256(der)),
+            not_after: Some(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0)),
             ..PeerIdentity::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -53,6 +57,12 @@ impl PeerIdentity {
             }
         }
         Ok(identity)
+    }
+
+    /// Whether the certificate's validity has ended.
+    pub fn expired(&self) -> bool {
+        self.not_after
+            .is_some_and(|not_after| crate::clock::unix_now() > not_after)
     }
 
     /// The names the configured peer patterns match against.
@@ -194,6 +204,7 @@ mod tests {
             common_name: Some("b".into()),
             subject: "CN=b,O=x".into(),
             sha256: "ab".repeat(32),
+            not_after: None,
         };
         let value = forwarded_client_cert(&peer).unwrap();
         assert_eq!(

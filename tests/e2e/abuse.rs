@@ -386,3 +386,124 @@ async fn ten_thousand_small_messages_reach_a_slow_reader() {
     assert_eq!(received, 10_000);
     assert_unharmed(&gatehouse, &app).await;
 }
+
+/// A caller that starts calls and resets each once the app is working on it would have
+/// gatehouse relay one reset to the app per call, forever. Past a budget (a burst of 200,
+/// then 50 a second) its connection is closed instead: the app sees a bounded number of
+/// resets however many the caller sends, and others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_resetting_call_after_call_is_cut_off_before_the_app_sees_them_all() {
+    let (app, gatehouse) = setup().await;
+    let tls = tls_connect(gatehouse.addr, Some(&Identity::gateway()))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let countdown = grpc_message(&CountdownRequest {
+        count: 1_000,
+        interval_millis: 1_000,
+        ..Default::default()
+    });
+    let mut sent = 0;
+    let mut client = Some(client);
+    while sent < 2_000 {
+        let Some(ready) = client.take() else { break };
+        let Ok(mut ready) = ready.ready().await else {
+            break;
+        };
+        let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Countdown")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let Ok((answer, mut body)) = ready.send_request(request, false) else {
+            break;
+        };
+        if body.send_data(countdown.clone(), true).is_err() {
+            break;
+        }
+        // Reset only once the app is at work on it: its answer's headers are here.
+        match tokio::time::timeout(PATIENCE, answer).await {
+            // Dropping the answer and the request's stream resets the call.
+            Ok(Ok(response)) => drop((response, body)),
+            _ => break,
+        }
+        sent += 1;
+        client = Some(ready);
+    }
+    assert!(
+        tokio::time::timeout(PATIENCE, connection).await.is_ok(),
+        "gatehouse kept the connection open after {sent} abandoned calls"
+    );
+    assert!(
+        sent < 400,
+        "{sent} calls abandoned before the connection was closed"
+    );
+    let cancelled = app.observed().cancelled();
+    assert!(
+        (200..400).contains(&cancelled),
+        "the app saw {cancelled} resets for {sent} abandoned calls"
+    );
+    gatehouse
+        .wait_for_line(&["the caller abandoned calls faster"])
+        .await;
+    assert_unharmed(&gatehouse, &app).await;
+}
+
+/// A connection cannot outlast the certificate it was opened with: at its `notAfter`
+/// gatehouse sends GOAWAY, and a call that still arrives is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_when_its_client_certificate_does() {
+    let (_app, gatehouse) = setup().await;
+    let short_lived = broken::client_expiring_in(std::time::Duration::from_secs(3));
+    let mut caller = DemoClient::new(
+        channel(gatehouse.addr, Some(short_lived))
+            .await
+            .expect("a connection while the certificate is valid"),
+    );
+    caller
+        .echo(EchoRequest::default())
+        .await
+        .expect("served while the certificate is valid");
+    gatehouse
+        .wait_for_line(&["connection closed: its client certificate has expired"])
+        .await;
+    let status = caller.echo(EchoRequest::default()).await.unwrap_err();
+    assert_ne!(status.code(), tonic::Code::Ok, "{status:?}");
+}
+
+/// One client opening connection after connection to the admin port cannot hold them
+/// all, or keep the kubelet's probe out: past 16 from one address they are closed at
+/// accept, and /readyz answers another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_admin_port_are_bounded_and_probes_still_answered() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config_with_admin(app.addr));
+    let admin = admin(&gatehouse);
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(admin).await.unwrap());
+    }
+    // Read what each got: the held ones nothing yet, the others an immediate close.
+    let mut closed = 0;
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 84, "16 of the 100 idle connections held");
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let scrape = scrape_metrics(&gatehouse).await;
+    assert!(
+        scrape.contains(r#"gatehouse_limit_refusals_total{limit="admin_connections"} 84"#),
+        "{scrape}"
+    );
+}

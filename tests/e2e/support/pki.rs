@@ -164,6 +164,15 @@ pub mod broken {
         signed_by_dev_ca(params)
     }
 
+    /// Signed by the trusted development CA, valid from a minute ago until `left` from now.
+    pub fn client_expiring_in(left: std::time::Duration) -> Identity {
+        let mut params = client_params("short-lived");
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(60)).into();
+        params.not_after = (now + left).into();
+        signed_by_dev_ca(params)
+    }
+
     /// Signed by the trusted development CA, but only for server authentication.
     pub fn server_only_usage() -> Identity {
         let mut params = client_params("wrong-usage");
