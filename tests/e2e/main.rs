@@ -23,4 +23,5 @@ mod operations;
 mod outbound;
 mod refusals;
 mod shutdown;
+mod spiffe;
 mod upstream_failures;
