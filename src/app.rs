@@ -26,7 +26,7 @@ use crate::telemetry::Tracing;
 use crate::tls::ReloadableTls;
 use crate::upstream::{Forward, Upstream};
 use crate::{middleware, telemetry};
-use load::{MIB, detected_memory_problem, memory_limit};
+use load::{MIB, detected_memory_problem, memory_limit, sized_limits};
 use reload::Reloader;
 use signals::Signals;
 
@@ -50,6 +50,9 @@ pub fn check(path: &Path) -> ExitCode {
         eprintln!("{}: {problem}", path.display());
         return ExitCode::from(EXIT_USAGE);
     }
+    for warning in loaded.config.warnings() {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     println!("ok");
     println!(
         "worst-case memory: {}{}",
@@ -59,6 +62,9 @@ pub fn check(path: &Path) -> ExitCode {
             None => String::new(),
         }
     );
+    if let Some(sized) = sized_limits(limits) {
+        println!("{sized}");
+    }
     ExitCode::SUCCESS
 }
 
@@ -112,6 +118,12 @@ pub fn run(path: &Path) -> ExitCode {
     let log_level = Arc::new(telemetry::init_logging(&loaded.config.telemetry));
     if let Some(problem) = detected_memory_problem(&loaded.config.limits) {
         tracing::warn!(%problem, "the limits allow more memory than the cgroup gives");
+    }
+    if let Some(sized) = sized_limits(&loaded.config.limits) {
+        tracing::info!(limits = sized, "limits left out of the file were sized");
+    }
+    for warning in loaded.config.warnings() {
+        tracing::warn!(%warning, "configuration warning");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

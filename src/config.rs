@@ -35,7 +35,7 @@ pub use api_keys::{ApiKey, ApiKeys, ApiKeysFile, validate_api_keys};
 pub use auth::Auth;
 pub use authorization::{Authorization, DefaultDecision, Rule};
 pub use jwt::{AlgorithmError, ClaimNames, Family, Jwt, JwtProvider, MAX_LEEWAY, parse_algorithms};
-pub use limits::{Limits, PerIdentity};
+pub use limits::{Limits, PerIdentity, UNKNOWN_MEMORY, Written};
 pub use listen::{ClientAuth, Listen, Tls};
 pub use method::{InvalidMethodPattern, MethodPattern};
 pub use outbound::{ClientTls, Credentials, Destination, ListenError, Outbound, OutboundListen};
@@ -84,7 +84,10 @@ impl Config {
             })
         });
         match result {
-            Ok(config) => Ok(config),
+            Ok(mut config) => {
+                config.limits.written = limits::Written::in_file(text);
+                Ok(config)
+            }
             Err(error) => {
                 let (path, message) =
                     tracked.unwrap_or_else(|| (".".to_owned(), error.to_string()));
@@ -139,6 +142,25 @@ impl Config {
         }
         self.limits.validate(&mut problems);
         problems
+    }
+}
+
+impl Config {
+    /// What `check` warns about without refusing: settings that are valid, and useful
+    /// on a developer's machine, but leave the app open to whoever reaches the pod.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        let address = self.listen.address;
+        if !self.tls.enabled && !address.ip().is_loopback() && self.auth.is_none() {
+            warnings.push(Problem::new(
+                "tls.enabled",
+                format!(
+                    "false, listen.address {address} is not a loopback address and there is \
+                     no auth section: anyone who reaches the port calls the app unauthenticated"
+                ),
+            ));
+        }
+        warnings
     }
 }
 
@@ -206,6 +228,34 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(config.telemetry.log_format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn warns_about_an_open_plaintext_listener_off_loopback_only() {
+        let open = "
+listen: { address: 0.0.0.0:12018 }
+tls: { enabled: false }
+upstream: { address: 127.0.0.1:50051 }
+";
+        let config = Config::from_yaml(open).unwrap();
+        assert_eq!(config.validate(), vec![], "a warning, not a problem");
+        let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "tls.enabled: false, listen.address 0.0.0.0:12018 is not a loopback address and \
+              there is no auth section: anyone who reaches the port calls the app unauthenticated"
+            ]
+        );
+        for safe in [
+            open.replace("0.0.0.0", "127.0.0.1"),
+            open.replace("0.0.0.0:12018", "\"[::1]:12018\""),
+            format!("{open}auth: {{ api_keys: {{ keys: [] }} }}\n"),
+            MINIMAL.replace("127.0.0.1:12018", "0.0.0.0:12018"),
+        ] {
+            let config = Config::from_yaml(&safe).unwrap();
+            assert_eq!(config.warnings(), vec![], "{safe}");
+        }
     }
 
     #[test]
