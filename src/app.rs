@@ -1,13 +1,15 @@
 //! Wires the parts together: configuration, TLS, the connection to the app, the
 //! middleware chain, the listener, and shutdown on SIGTERM / SIGINT. Reading the
-//! configuration is [`load`]; SIGHUP reload and the signals themselves live beside it
-//! (`app/reload.rs`, `app/signals.rs`).
+//! configuration is [`load`]; SIGHUP reload, the signals themselves, and waiting for
+//! certificate files a mesh agent writes after start live beside it (`app/reload.rs`,
+//! `app/signals.rs`, `app/wait.rs`).
 
 mod load;
 mod reload;
 mod signals;
+mod wait;
 
-pub use load::{Loaded, load};
+pub use load::{Loaded, load, load_waiting};
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -106,9 +108,10 @@ pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
     }
 }
 
-/// `gatehouse run`: serves until a signal, drains, and exits.
+/// `gatehouse run`: serves until a signal, drains, and exits. Certificate files that do
+/// not exist yet are waited for (`app/wait.rs`) instead of refused.
 pub fn run(path: &Path) -> ExitCode {
-    let loaded = match load(path) {
+    let loaded = match load_waiting(path) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
@@ -186,39 +189,9 @@ async fn serve(
         tls,
         authenticator,
         outbound,
+        waiting_for,
     } = loaded;
     let telemetry = &config.telemetry;
-    let address = config.listen.address;
-    let tcp = TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Listen {
-            field: "listen.address",
-            address: address.to_string(),
-            source,
-        })?;
-    let bound = tcp
-        .local_addr()
-        .map_err(|source| StartError::LocalAddress { address, source })?;
-    let admin = match telemetry.admin_address {
-        Some(admin) => {
-            Some(
-                TcpListener::bind(admin)
-                    .await
-                    .map_err(|source| StartError::Listen {
-                        field: "telemetry.admin_address",
-                        address: admin.to_string(),
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
-
-    let outbound_socket = match (&outbound, &config.outbound) {
-        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
-        _ => None,
-    };
-
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
         Some(endpoint) => {
@@ -235,8 +208,47 @@ async fn serve(
         &config.limits,
         metrics.clone(),
     ));
-    let forward = Forward::new(upstream.clone());
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
+    // The admin port comes first: while TLS files are awaited, /readyz says which.
+    let (admin_bound, stop_admin) = start_admin(telemetry, &metrics, &readiness).await?;
+    let (tls, outbound) = if waiting_for.is_empty() {
+        (tls, outbound)
+    } else {
+        match wait::tls_material_when_ready(
+            &config,
+            waiting_for,
+            &readiness,
+            admin_bound,
+            &mut signals,
+        )
+        .await
+        {
+            Some(material) => (material.tls, material.outbound),
+            None => {
+                let _ = stop_admin.send(true);
+                tracing.flush(std::time::Duration::from_secs(2)).await;
+                return Ok(());
+            }
+        }
+    };
+
+    let address = config.listen.address;
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen {
+            field: "listen.address",
+            address: address.to_string(),
+            source,
+        })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| StartError::LocalAddress { address, source })?;
+    let outbound_socket = match (&outbound, &config.outbound) {
+        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
+        _ => None,
+    };
+
+    let forward = Forward::new(upstream.clone());
     let chain = middleware::build(
         tracing.clone(),
         metrics.clone(),
@@ -265,20 +277,6 @@ async fn serve(
     }
     .spawn(hangups);
 
-    let (stop_admin, admin_stopped) = watch::channel(false);
-    let admin_bound = match admin {
-        Some(admin) => {
-            let admin_bound = admin.local_addr().ok();
-            tokio::spawn(crate::admin::serve(
-                admin,
-                metrics.clone(),
-                readiness.clone(),
-                admin_stopped,
-            ));
-            admin_bound
-        }
-        None => None,
-    };
     let (stop_outbound, outbound_stopped) = watch::channel(false);
     let abort_outbound = tokio_util::sync::CancellationToken::new();
     let (outbound_bound, mut outbound_task) = match (outbound, outbound_socket) {
@@ -366,6 +364,34 @@ async fn serve(
     let _ = stop_admin.send(true);
     tracing.flush(std::time::Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Binds `telemetry.admin_address`, when set, and serves the admin endpoints on it until
+/// the returned sender says stop.
+async fn start_admin(
+    telemetry: &crate::config::Telemetry,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+) -> Result<(Option<std::net::SocketAddr>, watch::Sender<bool>), StartError> {
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let Some(address) = telemetry.admin_address else {
+        return Ok((None, stop_admin));
+    };
+    let admin = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen {
+            field: "telemetry.admin_address",
+            address: address.to_string(),
+            source,
+        })?;
+    let bound = admin.local_addr().ok();
+    tokio::spawn(crate::admin::serve(
+        admin,
+        metrics.clone(),
+        readiness.clone(),
+        admin_stopped,
+    ));
+    Ok((bound, stop_admin))
 }
 
 /// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.

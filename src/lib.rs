@@ -44,7 +44,7 @@
 //! tier 4  the chains   middleware::{watch, recovery, logging, metrics, limits, auth} → middleware::build
 //!                      outbound::{route, credentials, record, endpoint, listen} → outbound::build
 //! tier 5  processes    listener · admin
-//! tier 6  wiring       app::{load, reload, signals} → app · main
+//! tier 6  wiring       app::{load, reload, signals, wait} → app · main
 //! ```
 //!
 //! One way to do each thing: a value swapped on reload is a [`reload::Current`], a file

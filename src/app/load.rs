@@ -11,8 +11,19 @@ use crate::server::MemoryBudget;
 use crate::tls;
 
 /// Parses, validates and reads every file the configuration names, reporting all
-/// problems at once.
+/// problems at once: what `check` prints and what a reload swaps in.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    load_with(path, false)
+}
+
+/// [`load`] for `gatehouse run`: certificate, key and CA files that do not exist yet are
+/// not problems but [`Loaded::waiting_for`], so the process can wait for a mesh agent
+/// to write them. Every other problem still refuses the configuration.
+pub fn load_waiting(path: &Path) -> Result<Loaded, ConfigError> {
+    load_with(path, true)
+}
+
+fn load_with(path: &Path, wait: bool) -> Result<Loaded, ConfigError> {
     let mut config = Config::read(path)?;
     size_limits(&mut config.limits);
     let invalid = |problems| ConfigError::Invalid {
@@ -25,11 +36,22 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     {
         problems.push(problem);
     }
+    let waiting_for = if wait {
+        tls::missing_files(&config)
+    } else {
+        Vec::new()
+    };
+    // A file being waited for is not a problem; anything else the TLS loaders report is.
+    let not_waited = |more: Vec<Problem>| -> Vec<Problem> {
+        more.into_iter()
+            .filter(|problem| !waiting_for.iter().any(|file| file.field == problem.field))
+            .collect()
+    };
     let tls = if config.tls.enabled {
         match tls::server_config(&config.tls) {
             Ok(tls) => Some(tls),
             Err(more) => {
-                merge(&mut problems, more);
+                merge(&mut problems, not_waited(more));
                 None
             }
         }
@@ -48,7 +70,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         match crate::outbound::Destinations::load(&config) {
             Ok(outbound) => outbound,
             Err(more) => {
-                merge(&mut problems, more);
+                merge(&mut problems, not_waited(more));
                 None
             }
         }
@@ -61,9 +83,39 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             tls,
             authenticator,
             outbound,
+            waiting_for,
         }),
         _ => Err(invalid(problems)),
     }
+}
+
+/// Reads the TLS material of a configuration that loaded while [waiting](load_waiting)
+/// for it: the serving configuration and the outbound destinations (whose client
+/// certificate is TLS material too). Every problem, a file still missing included.
+pub(super) fn tls_material(config: &Config) -> Result<TlsMaterial, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let tls = if config.tls.enabled {
+        tls::server_config(&config.tls)
+            .map_err(|more| problems.extend(more))
+            .ok()
+    } else {
+        None
+    };
+    let outbound = crate::outbound::Destinations::load(config)
+        .map_err(|more| merge(&mut problems, more))
+        .ok()
+        .flatten();
+    if problems.is_empty() {
+        Ok(TlsMaterial { tls, outbound })
+    } else {
+        Err(problems)
+    }
+}
+
+/// What [`tls_material`] reads.
+pub(super) struct TlsMaterial {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub outbound: Option<crate::outbound::Destinations>,
 }
 
 pub(super) const MIB: u64 = 1024 * 1024;
@@ -175,6 +227,10 @@ pub struct Loaded {
     pub authenticator: Authenticator,
     /// The `outbound` destinations, when configured.
     pub outbound: Option<crate::outbound::Destinations>,
+    /// From [`load_waiting`]: the TLS files that do not exist yet, each on its field.
+    /// While any is missing, `tls` and `outbound` are not read ([`tls_material`] reads
+    /// them once the files are there).
+    pub waiting_for: Vec<Problem>,
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by

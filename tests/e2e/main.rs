@@ -16,6 +16,7 @@ mod grpcurl;
 mod hardening;
 mod isolation;
 mod keys;
+mod late_files;
 mod limits;
 mod long_streams;
 mod observability;
