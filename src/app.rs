@@ -111,6 +111,8 @@ pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
 /// `gatehouse run`: serves until a signal, drains, and exits. Certificate files that do
 /// not exist yet are waited for (`app/wait.rs`) instead of refused.
 pub fn run(path: &Path) -> ExitCode {
+    // Taken before the file is read, so a change made meanwhile is applied, not missed.
+    let loaded_from = reload::fingerprint(path);
     let loaded = match load_waiting(path) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -138,7 +140,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(serve(path, loaded, log_level));
+    let result = runtime.block_on(serve(path, loaded, loaded_from, log_level));
     // Calls cut off by the drain timeout must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -178,6 +180,7 @@ enum StartError {
 async fn serve(
     path: &Path,
     loaded: Loaded,
+    loaded_from: Option<crate::sha256::Digest>,
     log_level: Arc<telemetry::LogLevel>,
 ) -> Result<(), StartError> {
     let Signals {
@@ -274,6 +277,7 @@ async fn serve(
         tls: tls.clone(),
         log_level,
         metrics: metrics.clone(),
+        loaded_from,
     }
     .spawn(hangups);
 

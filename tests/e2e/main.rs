@@ -8,6 +8,7 @@ mod abuse;
 mod auth;
 mod beyond;
 mod cli;
+mod config_changes;
 mod conformance;
 mod context;
 mod expiry;
