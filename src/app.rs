@@ -94,6 +94,30 @@ pub fn hash_key() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `gatehouse inject`: Kubernetes YAML from standard input to standard output, with
+/// gatehouse added as a native sidecar.
+pub fn inject(args: &crate::cli::InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("inject: cannot read standard input: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match crate::inject::inject(&input, args) {
+        Ok(output) => match std::io::stdout().write_all(output.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("inject: cannot write standard output: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Err(error) => {
+            eprintln!("inject: {error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// `gatehouse token`: prints a freshly signed development JWT.
 pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
     match crate::auth::token::mint(args) {

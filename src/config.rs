@@ -190,20 +190,47 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_example_config_parses_and_validates() {
+    fn the_container_config_is_the_configmaps_and_validates() {
         #[derive(serde::Deserialize)]
         struct ConfigMap {
             data: std::collections::HashMap<String, String>,
         }
+        let shipped = include_str!("../deploy/gatehouse.yaml");
         let manifest = include_str!("../deploy/kubernetes/configmap.yaml");
         let config_map: ConfigMap = serde_saphyr::from_str(manifest).expect("a ConfigMap");
-        let config = Config::from_yaml(&config_map.data["gatehouse.yaml"])
-            .expect("the embedded config parses");
+        assert_eq!(
+            config_map.data["gatehouse.yaml"], shipped,
+            "deploy/kubernetes/configmap.yaml carries deploy/gatehouse.yaml as it is"
+        );
+        let config = Config::from_yaml(shipped).expect("the container config parses");
         assert_eq!(config.validate(), vec![]);
-        let outbound = config
-            .outbound
-            .expect("the manifest shows the outbound listener");
-        assert_eq!(outbound.destinations[0].name, "audit-service");
+        assert_eq!(config.warnings(), vec![]);
+        // Paths in the pod layout of deploy/kubernetes/deployment.yaml.
+        let cert = config.tls.cert_file.expect("a certificate");
+        assert!(
+            cert.starts_with("/etc/gatehouse/certs/"),
+            "{}",
+            cert.display()
+        );
+
+        // The sections shown commented out are valid as they are once uncommented.
+        let mut uncommented = String::new();
+        let mut inside = false;
+        for line in shipped.lines() {
+            match line.strip_prefix("# ") {
+                Some(rest) if rest == "auth:" || rest == "outbound:" => inside = true,
+                _ if line == "#" => inside = false,
+                _ => {}
+            }
+            if inside && let Some(rest) = line.strip_prefix("# ") {
+                uncommented += rest;
+                uncommented += "\n";
+            }
+        }
+        assert!(uncommented.contains("keys_file"), "{uncommented}");
+        assert!(uncommented.contains("audit-service"), "{uncommented}");
+        let config = Config::from_yaml(&format!("{shipped}{uncommented}")).expect("parses");
+        assert_eq!(config.validate(), vec![]);
     }
 
     #[test]

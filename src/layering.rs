@@ -9,7 +9,7 @@ use std::path::Path;
 const TIERS: [&str; 7] = [
     "grpc grpc::* trace_context sha256 reload clock",
     "config config::* metrics auth::principal call_context",
-    "tls tls::* body body::* telemetry cli",
+    "tls tls::* body body::* telemetry cli inject inject::*",
     "server pool pool::* upstream auth auth::jwks auth::jwks::* auth::api_key auth::jwt \
      auth::policy auth::token auth::binding",
     "middleware middleware::* outbound outbound::*",

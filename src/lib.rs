@@ -39,7 +39,7 @@
 //! ```text
 //! tier 0  vocabulary   grpc · trace_context · sha256 · reload (Current<T>, poll) · clock
 //! tier 1  data         config · metrics · auth::principal · call_context
-//! tier 2  connection   tls · body · telemetry · cli
+//! tier 2  connection   tls · body · telemetry · cli · inject (Kubernetes YAML in, with the sidecar out)
 //! tier 3  stages       server · pool · upstream · auth::{jwks, api_key, jwt, policy, token, binding}
 //! tier 4  the chains   middleware::{watch, recovery, logging, metrics, limits, auth} → middleware::build
 //!                      outbound::{route, credentials, record, endpoint, listen} → outbound::build
@@ -71,6 +71,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod inject;
 #[cfg(test)]
 mod layering;
 pub mod listener;

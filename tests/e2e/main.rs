@@ -15,6 +15,7 @@ mod expiry;
 mod forwarding;
 mod grpcurl;
 mod hardening;
+mod inject;
 mod isolation;
 mod keys;
 mod late_files;
