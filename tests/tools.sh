@@ -7,7 +7,9 @@
 #   Kubernetes schemas it bundles;
 #   grpc-go-app ($GRPC_GO_APP), a second real app behind gatehouse: a grpc-go 1.33 server
 #   built from tests/apps/grpc-go against Debian's golang-google-grpc-dev in GOPATH mode,
-#   so no Go module proxy is needed (the Debian packages are installed when missing).
+#   so no Go module proxy is needed (the Debian packages are installed when missing);
+#   podman, runc and catatonit (Debian packages), for the image and pod tests in
+#   tests/pods/run.
 
 gatehouse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gatehouse_tools="$gatehouse_root/.tools"
@@ -49,6 +51,20 @@ if [ ! -x "$GRPC_GO_APP" ] || [ "$gatehouse_root/tests/apps/grpc-go/main.go" -nt
   # GOPATH mode: the imports resolve in Debian's source tree, nothing is downloaded.
   (cd "$gatehouse_root" && env GO111MODULE=off GOFLAGS= GOPATH="$gatehouse_gopath" \
     GOCACHE="$gatehouse_tools/go-cache" go build -o "$GRPC_GO_APP" ./tests/apps/grpc-go) >&2
+fi
+# podman and runc run the image and the pod (tests/pods/run); kube play builds its pods'
+# infra image from catatonit. curl and openssl look at what the pod serves.
+gatehouse_debs=()
+for tool in podman:podman runc:runc catatonit:catatonit curl:curl openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || gatehouse_debs+=("${tool#*:}")
+done
+if [ "${#gatehouse_debs[@]}" -gt 0 ]; then
+  echo "installing ${gatehouse_debs[*]} (Debian packages)" >&2
+  gatehouse_sudo=()
+  [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)
+  "${gatehouse_sudo[@]}" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${gatehouse_sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${gatehouse_debs[@]}" >/dev/null
 fi
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
 "$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; return 1; }
