@@ -69,6 +69,35 @@ async fn run_waits_with_its_listener_closed_for_certificate_files_and_then_serve
         stderr(&output)
     );
 
+    // Missing files are all `run` waits for: with any other problem it exits 64 at once.
+    let broken = format!("{config}limits: {{ max_connections: 0 }}\n")
+        .replace("limits: { drain_timeout: 10s }\n", "");
+    std::fs::write(&path, &broken).unwrap();
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("run waited instead of refusing limits.max_connections");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(64));
+    let mut errors = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut errors).unwrap();
+    assert!(
+        errors.contains("limits.max_connections: must be at least 1"),
+        "{errors}"
+    );
+
     let mut gatehouse = Gatehouse::start_until(&config, "waiting for TLS files before listening");
     let waiting = gatehouse
         .wait_for_line(&["waiting for TLS files before listening"])
