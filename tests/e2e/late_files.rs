@@ -54,9 +54,9 @@ async fn run_waits_with_its_listener_closed_for_certificate_files_and_then_serve
         certs.join("ca.crt"),
     );
     let listen = free_port().await;
-    let mut config = DevConfig::new(app.addr).admin().tls_files(&cert, &key, &ca);
-    config.listen = listen.to_string();
-    let config = config.yaml();
+    let mut dev = DevConfig::new(app.addr).admin().tls_files(&cert, &key, &ca);
+    dev.listen = listen.to_string();
+    let config = dev.yaml();
 
     // `check` still refuses the files that are not there.
     let path = dir.path().join("check.yaml");
@@ -70,8 +70,7 @@ async fn run_waits_with_its_listener_closed_for_certificate_files_and_then_serve
     );
 
     // Missing files are all `run` waits for: with any other problem it exits 64 at once.
-    let broken = format!("{config}limits: {{ max_connections: 0 }}\n")
-        .replace("limits: { drain_timeout: 10s }\n", "");
+    let broken = dev.only_limits(&[("max_connections", "0")]).yaml();
     std::fs::write(&path, &broken).unwrap();
     let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "--config", path.to_str().unwrap()])
