@@ -1,8 +1,8 @@
 //! Wires the parts together: configuration, TLS, the connection to the app, the
 //! middleware chain, the listener, and shutdown on SIGTERM / SIGINT. Reading the
-//! configuration is [`load`]; SIGHUP reload, the signals themselves, and waiting for
-//! certificate files a mesh agent writes after start live beside it (`app/reload.rs`,
-//! `app/signals.rs`, `app/wait.rs`).
+//! configuration is [`load`]; reload (on a change of the file, or SIGHUP), the signals
+//! themselves, and waiting for certificate files written after start live beside it
+//! (`app/reload.rs`, `app/signals.rs`, `app/wait.rs`).
 
 mod load;
 mod reload;

@@ -17,8 +17,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// [`load`] for `gatehouse run`: certificate, key and CA files that do not exist yet are
-/// not problems but [`Loaded::waiting_for`], so the process can wait for a mesh agent
-/// to write them. Every other problem still refuses the configuration.
+/// not problems but [`Loaded::waiting_for`], so the process can wait for a certificate
+/// sidecar to write them. Every other problem still refuses the configuration.
 pub fn load_waiting(path: &Path) -> Result<Loaded, ConfigError> {
     load_with(path, true)
 }

@@ -1,5 +1,5 @@
-//! Waiting for the certificate, key and CA files a mesh agent (spiffe-helper, a CSI
-//! driver) writes after the container has started. Until every file exists and loads,
+//! Waiting for the certificate, key and CA files that a certificate sidecar
+//! (spiffe-helper) or a CSI driver writes after the container has started. Until every file exists and loads,
 //! no listener is bound, so callers are refused at connect rather than in a handshake
 //! gatehouse cannot complete, and `/readyz` names each file and what is wrong with it.
 //! The files are polled like every other watched file ([`crate::reload::poll`]).

@@ -85,9 +85,9 @@ fn describe_pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> Stri
 
 /// The certificate, key and CA files the configuration names for TLS (`tls.*` when TLS
 /// is on, `outbound.client_tls.*` with its defaults when outbound is configured) that do
-/// not exist, each as a problem on its field. Mesh agents (spiffe-helper, a CSI driver)
-/// write them after the container starts: `gatehouse run` waits for these, and for
-/// nothing else.
+/// not exist, each as a problem on its field. Certificate sidecars and drivers
+/// (spiffe-helper, a CSI driver) write them after the container starts: `gatehouse run`
+/// waits for these, and for nothing else.
 pub fn missing_files(config: &config::Config) -> Vec<Problem> {
     let tls = &config.tls;
     let server = tls.enabled.then(|| {

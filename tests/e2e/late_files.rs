@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use crate::support::pb::*;
 use crate::support::*;
 
-/// Copies a development certificate file to `to`, as an agent writing it would.
+/// Copies a development certificate file to `to`, as spiffe-helper writing it would.
 fn write_dev(name: &str, to: &std::path::Path) {
     std::fs::write(to, std::fs::read(dev_cert(name)).unwrap()).unwrap();
 }
