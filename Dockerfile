@@ -1,26 +1,34 @@
-# gatehouse: a small, non-root image with only the binary.
+# gatehouse: a small, non-root image with only the binary, running
+# `gatehouse run --config /etc/gatehouse/gatehouse.yaml`.
 #
 #   docker build -t gatehouse .
-#   docker run -v "$PWD/config:/etc/gatehouse" -v "$PWD/certs-dev:/etc/gatehouse/certs" \
-#     -p 12018:12018 -p 9901:9901 gatehouse
+#   docker run --rm --network host \
+#     -v "$PWD/deploy/gatehouse.yaml:/etc/gatehouse/gatehouse.yaml:ro" \
+#     -v "$PWD/certs-dev/server.crt:/etc/gatehouse/certs/tls.crt:ro" \
+#     -v "$PWD/certs-dev/server.key:/etc/gatehouse/certs/tls.key:ro" \
+#     -v "$PWD/certs-dev/ca.crt:/etc/gatehouse/certs/ca.crt:ro" \
+#     gatehouse
 #
-# The configuration (/etc/gatehouse/gatehouse.yaml) and certificates are mounted, never
-# baked in.
+# deploy/gatehouse.yaml is the container configuration, with the paths of the pod in
+# deploy/kubernetes/ (there a ConfigMap and a Secret are mounted at the same places).
+# It forwards to the app on 127.0.0.1:50051, so next to a process on the host the
+# container shares the host's network (`cargo run --example demo-app` is such an app);
+# in a pod, gatehouse and the app share the pod's. The configuration and certificates
+# are mounted, never baked in; certificates that are not there yet are waited for.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 
 # Dependencies first, in their own layer: a change to gatehouse's code does not rebuild
-# them. Every target the manifest names gets a stub so cargo can read it.
+# them. Building `--bin gatehouse` needs only the binary's and the library's sources
+# (cargo does not open the examples and benchmarks the manifest declares), so those
+# two get empty stand-ins here.
 COPY Cargo.toml Cargo.lock ./
 # h2 with an HPACK encoder option, substituted by [patch.crates-io] (vendor/README.md).
 COPY vendor ./vendor
-RUN mkdir -p src examples/demo-app bench/micro \
+RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && echo 'fn main() {}' > examples/demo-app/main.rs \
- && echo 'fn main() {}' > bench/micro/jwt.rs \
- && echo 'fn main() {}' > bench/micro/chain.rs \
  && cargo build --release --locked --bin gatehouse \
  && rm -rf src
 

@@ -6,7 +6,8 @@
 //!   names the format written.
 //! - `GET /healthz`: 200 while the process runs (liveness: restart only if this fails).
 //! - `GET /readyz`: 200 when gatehouse can serve calls, else 503 with one reason per
-//!   line: the listener is not up yet, gatehouse is draining after SIGTERM, a remote
+//!   line: a certificate, key or CA file does not exist yet (each named; the listener
+//!   stays closed until they do), the listener is not up yet, gatehouse is draining after SIGTERM, a remote
 //!   JWKS has never loaded, or the app is unreachable or reports NOT_SERVING on
 //!   `grpc.health.v1.Health/Check` (an app without a health service counts as up once
 //!   it answers). The app's answer is reused for [`PROBE_TTL`], so a flood of probes
@@ -41,6 +42,8 @@ pub struct Readiness {
     upstream: Arc<Upstream>,
     authenticator: Arc<Current<Authenticator>>,
     tls: std::sync::OnceLock<Option<Arc<ReloadableTls>>>,
+    /// The TLS files gatehouse waits for before it listens, each with what is wrong.
+    waiting_for: std::sync::Mutex<Vec<String>>,
     app_health: Cached<Result<(), String>>,
 }
 
@@ -82,8 +85,15 @@ impl Readiness {
             upstream,
             authenticator,
             tls: std::sync::OnceLock::new(),
+            waiting_for: std::sync::Mutex::new(Vec::new()),
             app_health: Cached::new(PROBE_TTL),
         }
+    }
+
+    /// The TLS files still awaited (`tls.cert_file: no such file: …`); empty once they
+    /// are all there.
+    pub fn set_waiting_for(&self, files: Vec<String>) {
+        *self.waiting_for.lock().unwrap_or_else(|p| p.into_inner()) = files;
     }
 
     /// The serving certificates, whose expiry makes gatehouse unready.
@@ -93,7 +103,13 @@ impl Readiness {
 
     /// Every reason gatehouse cannot serve now; empty when ready.
     pub async fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+        let mut problems: Vec<String> = self
+            .waiting_for
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|file| format!("waiting for {file}"))
+            .collect();
         if !self.listening.load(Ordering::SeqCst) {
             problems.push("listener not up yet".to_owned());
         }

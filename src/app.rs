@@ -1,13 +1,15 @@
 //! Wires the parts together: configuration, TLS, the connection to the app, the
 //! middleware chain, the listener, and shutdown on SIGTERM / SIGINT. Reading the
-//! configuration is [`load`]; SIGHUP reload and the signals themselves live beside it
-//! (`app/reload.rs`, `app/signals.rs`).
+//! configuration is [`load`]; reload (on a change of the file, or SIGHUP), the signals
+//! themselves, and waiting for certificate files written after start live beside it
+//! (`app/reload.rs`, `app/signals.rs`, `app/wait.rs`).
 
 mod load;
 mod reload;
 mod signals;
+mod wait;
 
-pub use load::{Loaded, load};
+pub use load::{Loaded, load, load_waiting};
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,7 +28,7 @@ use crate::telemetry;
 use crate::telemetry::Tracing;
 use crate::tls::ReloadableTls;
 use crate::upstream::Upstream;
-use load::{MIB, detected_memory_problem, memory_limit};
+use load::{MIB, detected_memory_problem, memory_limit, sized_limits};
 use reload::Reloader;
 use signals::Signals;
 
@@ -50,6 +52,9 @@ pub fn check(path: &Path) -> ExitCode {
         eprintln!("{}: {problem}", path.display());
         return ExitCode::from(EXIT_USAGE);
     }
+    for warning in loaded.config.warnings() {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
     println!("ok");
     println!(
         "worst-case memory: {}{}",
@@ -59,6 +64,9 @@ pub fn check(path: &Path) -> ExitCode {
             None => String::new(),
         }
     );
+    if let Some(sized) = sized_limits(limits) {
+        println!("{sized}");
+    }
     ExitCode::SUCCESS
 }
 
@@ -86,6 +94,30 @@ pub fn hash_key() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `gatehouse inject`: Kubernetes YAML from standard input to standard output, with
+/// gatehouse added as a native sidecar.
+pub fn inject(args: &crate::cli::InjectArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("inject: cannot read standard input: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match crate::inject::inject(&input, args) {
+        Ok(output) => match std::io::stdout().write_all(output.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("inject: cannot write standard output: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+        Err(error) => {
+            eprintln!("inject: {error}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
 /// `gatehouse token`: prints a freshly signed development JWT.
 pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
     match crate::auth::token::mint(args) {
@@ -100,9 +132,12 @@ pub fn token(args: &crate::cli::TokenArgs) -> ExitCode {
     }
 }
 
-/// `gatehouse run`: serves until a signal, drains, and exits.
+/// `gatehouse run`: serves until a signal, drains, and exits. Certificate files that do
+/// not exist yet are waited for (`app/wait.rs`) instead of refused.
 pub fn run(path: &Path) -> ExitCode {
-    let loaded = match load(path) {
+    // Taken before the file is read, so a change made meanwhile is applied, not missed.
+    let loaded_from = reload::fingerprint(path);
+    let loaded = match load_waiting(path) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
@@ -112,6 +147,12 @@ pub fn run(path: &Path) -> ExitCode {
     let log_level = Arc::new(telemetry::init_logging(&loaded.config.telemetry));
     if let Some(problem) = detected_memory_problem(&loaded.config.limits) {
         tracing::warn!(%problem, "the limits allow more memory than the cgroup gives");
+    }
+    if let Some(sized) = sized_limits(&loaded.config.limits) {
+        tracing::info!(limits = sized, "limits left out of the file were sized");
+    }
+    for warning in loaded.config.warnings() {
+        tracing::warn!(%warning, "configuration warning");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,7 +164,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(serve(path, loaded, log_level));
+    let result = runtime.block_on(serve(path, loaded, loaded_from, log_level));
     // Calls cut off by the drain timeout must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -163,6 +204,7 @@ enum StartError {
 async fn serve(
     path: &Path,
     loaded: Loaded,
+    loaded_from: Option<crate::sha256::Digest>,
     log_level: Arc<telemetry::LogLevel>,
 ) -> Result<(), StartError> {
     let Signals {
@@ -174,39 +216,9 @@ async fn serve(
         tls,
         authenticator,
         outbound,
+        waiting_for,
     } = loaded;
     let telemetry = &config.telemetry;
-    let address = config.listen.address;
-    let tcp = TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Listen {
-            field: "listen.address",
-            address: address.to_string(),
-            source,
-        })?;
-    let bound = tcp
-        .local_addr()
-        .map_err(|source| StartError::LocalAddress { address, source })?;
-    let admin = match telemetry.admin_address {
-        Some(admin) => {
-            Some(
-                TcpListener::bind(admin)
-                    .await
-                    .map_err(|source| StartError::Listen {
-                        field: "telemetry.admin_address",
-                        address: admin.to_string(),
-                        source,
-                    })?,
-            )
-        }
-        None => None,
-    };
-
-    let outbound_socket = match (&outbound, &config.outbound) {
-        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
-        _ => None,
-    };
-
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
         Some(endpoint) => {
@@ -222,8 +234,47 @@ async fn serve(
         &config.limits,
         metrics.clone(),
     ));
-    let forward = Forward::new(upstream.clone());
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
+    // The admin port comes first: while TLS files are awaited, /readyz says which.
+    let (admin_bound, stop_admin) = start_admin(telemetry, &metrics, &readiness).await?;
+    let (tls, outbound) = if waiting_for.is_empty() {
+        (tls, outbound)
+    } else {
+        match wait::tls_material_when_ready(
+            &config,
+            waiting_for,
+            &readiness,
+            admin_bound,
+            &mut signals,
+        )
+        .await
+        {
+            Some(material) => (material.tls, material.outbound),
+            None => {
+                let _ = stop_admin.send(true);
+                tracing.flush(std::time::Duration::from_secs(2)).await;
+                return Ok(());
+            }
+        }
+    };
+
+    let address = config.listen.address;
+    let tcp = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen {
+            field: "listen.address",
+            address: address.to_string(),
+            source,
+        })?;
+    let bound = tcp
+        .local_addr()
+        .map_err(|source| StartError::LocalAddress { address, source })?;
+    let outbound_socket = match (&outbound, &config.outbound) {
+        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
+        _ => None,
+    };
+
+    let forward = Forward::new(upstream.clone());
     let abort_inbound = tokio_util::sync::CancellationToken::new();
     let chain = inbound::build(
         inbound::Parts {
@@ -259,23 +310,10 @@ async fn serve(
         tls: tls.clone(),
         log_level,
         metrics: metrics.clone(),
+        loaded_from,
     }
     .spawn(hangups);
 
-    let (stop_admin, admin_stopped) = watch::channel(false);
-    let admin_bound = match admin {
-        Some(admin) => {
-            let admin_bound = admin.local_addr().ok();
-            tokio::spawn(crate::admin::serve(
-                admin,
-                metrics.clone(),
-                readiness.clone(),
-                admin_stopped,
-            ));
-            admin_bound
-        }
-        None => None,
-    };
     // Cancelled when the drain stops accepting, on every listener at once.
     let stop_accepting = tokio_util::sync::CancellationToken::new();
     let abort_outbound = tokio_util::sync::CancellationToken::new();
@@ -362,6 +400,34 @@ async fn serve(
     let _ = stop_admin.send(true);
     tracing.flush(std::time::Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// Binds `telemetry.admin_address`, when set, and serves the admin endpoints on it until
+/// the returned sender says stop.
+async fn start_admin(
+    telemetry: &crate::config::Telemetry,
+    metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
+) -> Result<(Option<std::net::SocketAddr>, watch::Sender<bool>), StartError> {
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let Some(address) = telemetry.admin_address else {
+        return Ok((None, stop_admin));
+    };
+    let admin = TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen {
+            field: "telemetry.admin_address",
+            address: address.to_string(),
+            source,
+        })?;
+    let bound = admin.local_addr().ok();
+    tokio::spawn(crate::admin::serve(
+        admin,
+        metrics.clone(),
+        readiness.clone(),
+        admin_stopped,
+    ));
+    Ok((bound, stop_admin))
 }
 
 /// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.

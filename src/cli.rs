@@ -1,4 +1,4 @@
-//! The command line: `gatehouse run`, `check`, `hash-key` and `token`.
+//! The command line: `gatehouse run`, `check`, `inject`, `hash-key` and `token`.
 
 use std::path::PathBuf;
 
@@ -28,11 +28,38 @@ pub enum Command {
         #[arg(long, short, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Read Kubernetes YAML (Deployments, StatefulSets, DaemonSets, Pods) on standard
+    /// input and write it with gatehouse added as a native sidecar; running it again on
+    /// its output changes nothing.
+    Inject(InjectArgs),
     /// Read an API key on standard input and print the `sha256:` line for the config.
     HashKey,
     /// Development helper: mint a JWT to try calls with, such as with grpcurl.
     // Boxed: the token options are far larger than the other commands' arguments.
     Token(Box<TokenArgs>),
+}
+
+/// Options of `gatehouse inject`.
+#[derive(Debug, clap::Args)]
+pub struct InjectArgs {
+    /// The gatehouse image the sidecar runs.
+    #[arg(long, default_value = concat!("gatehouse:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// The ConfigMap holding `gatehouse.yaml`; default: the workload's name + `-gatehouse`.
+    #[arg(long, value_name = "NAME")]
+    pub config_map: Option<String>,
+    /// The Secret holding `tls.crt`, `tls.key` and `ca.crt` (cert-manager's layout);
+    /// default: the workload's name + `-tls`.
+    #[arg(long, value_name = "NAME")]
+    pub tls_secret: Option<String>,
+    /// A Secret holding `keys.yaml` for `auth.api_keys.keys_file`, mounted at
+    /// /etc/gatehouse/api-keys; default: none.
+    #[arg(long, value_name = "NAME")]
+    pub api_keys_secret: Option<String>,
+    /// The sidecar's memory limit; gatehouse sizes its limits to it (a Kubernetes
+    /// quantity: 160Mi, 1Gi).
+    #[arg(long, default_value = "160Mi")]
+    pub memory: String,
 }
 
 /// Options of `gatehouse token`.

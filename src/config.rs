@@ -35,7 +35,7 @@ pub use api_keys::{ApiKey, ApiKeys, ApiKeysFile, validate_api_keys};
 pub use auth::Auth;
 pub use authorization::{Authorization, DefaultDecision, Rule};
 pub use jwt::{AlgorithmError, ClaimNames, Family, Jwt, JwtProvider, MAX_LEEWAY, parse_algorithms};
-pub use limits::{Limits, PerIdentity, PublicCalls};
+pub use limits::{Limits, PerIdentity, PublicCalls, UNKNOWN_MEMORY, Written};
 pub use listen::{ClientAuth, Listen, Tls};
 pub use method::{InvalidMethodPattern, MethodPattern};
 pub use outbound::{ClientTls, Credentials, Destination, ListenError, Outbound, OutboundListen};
@@ -84,7 +84,10 @@ impl Config {
             })
         });
         match result {
-            Ok(config) => Ok(config),
+            Ok(mut config) => {
+                config.limits.written = limits::Written::in_file(text);
+                Ok(config)
+            }
             Err(error) => {
                 let (path, message) =
                     tracked.unwrap_or_else(|| (".".to_owned(), error.to_string()));
@@ -142,6 +145,25 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What `check` warns about without refusing: settings that are valid, and useful
+    /// on a developer's machine, but leave the app open to whoever reaches the pod.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        let address = self.listen.address;
+        if !self.tls.enabled && !address.ip().is_loopback() && self.auth.is_none() {
+            warnings.push(Problem::new(
+                "tls.enabled",
+                format!(
+                    "false, listen.address {address} is not a loopback address and there is \
+                     no auth section: anyone who reaches the port calls the app unauthenticated"
+                ),
+            ));
+        }
+        warnings
+    }
+}
+
 /// The default of the switches that are on unless turned off.
 fn enabled() -> bool {
     true
@@ -168,20 +190,47 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_example_config_parses_and_validates() {
+    fn the_container_config_is_the_configmaps_and_validates() {
         #[derive(serde::Deserialize)]
         struct ConfigMap {
             data: std::collections::HashMap<String, String>,
         }
+        let shipped = include_str!("../deploy/gatehouse.yaml");
         let manifest = include_str!("../deploy/kubernetes/configmap.yaml");
         let config_map: ConfigMap = serde_saphyr::from_str(manifest).expect("a ConfigMap");
-        let config = Config::from_yaml(&config_map.data["gatehouse.yaml"])
-            .expect("the embedded config parses");
+        assert_eq!(
+            config_map.data["gatehouse.yaml"], shipped,
+            "deploy/kubernetes/configmap.yaml carries deploy/gatehouse.yaml as it is"
+        );
+        let config = Config::from_yaml(shipped).expect("the container config parses");
         assert_eq!(config.validate(), vec![]);
-        let outbound = config
-            .outbound
-            .expect("the manifest shows the outbound listener");
-        assert_eq!(outbound.destinations[0].name, "audit-service");
+        assert_eq!(config.warnings(), vec![]);
+        // Paths in the pod layout of deploy/kubernetes/deployment.yaml.
+        let cert = config.tls.cert_file.expect("a certificate");
+        assert!(
+            cert.starts_with("/etc/gatehouse/certs/"),
+            "{}",
+            cert.display()
+        );
+
+        // The sections shown commented out are valid as they are once uncommented.
+        let mut uncommented = String::new();
+        let mut inside = false;
+        for line in shipped.lines() {
+            match line.strip_prefix("# ") {
+                Some(rest) if rest == "auth:" || rest == "outbound:" => inside = true,
+                _ if line == "#" => inside = false,
+                _ => {}
+            }
+            if inside && let Some(rest) = line.strip_prefix("# ") {
+                uncommented += rest;
+                uncommented += "\n";
+            }
+        }
+        assert!(uncommented.contains("keys_file"), "{uncommented}");
+        assert!(uncommented.contains("audit-service"), "{uncommented}");
+        let config = Config::from_yaml(&format!("{shipped}{uncommented}")).expect("parses");
+        assert_eq!(config.validate(), vec![]);
     }
 
     #[test]
@@ -206,6 +255,34 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(config.telemetry.log_format, LogFormat::Logfmt);
+    }
+
+    #[test]
+    fn warns_about_an_open_plaintext_listener_off_loopback_only() {
+        let open = "
+listen: { address: 0.0.0.0:12018 }
+tls: { enabled: false }
+upstream: { address: 127.0.0.1:50051 }
+";
+        let config = Config::from_yaml(open).unwrap();
+        assert_eq!(config.validate(), vec![], "a warning, not a problem");
+        let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "tls.enabled: false, listen.address 0.0.0.0:12018 is not a loopback address and \
+              there is no auth section: anyone who reaches the port calls the app unauthenticated"
+            ]
+        );
+        for safe in [
+            open.replace("0.0.0.0", "127.0.0.1"),
+            open.replace("0.0.0.0:12018", "\"[::1]:12018\""),
+            format!("{open}auth: {{ api_keys: {{ keys: [] }} }}\n"),
+            MINIMAL.replace("127.0.0.1:12018", "0.0.0.0:12018"),
+        ] {
+            let config = Config::from_yaml(&safe).unwrap();
+            assert_eq!(config.warnings(), vec![], "{safe}");
+        }
     }
 
     #[test]

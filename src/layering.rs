@@ -9,7 +9,7 @@ use std::path::Path;
 const TIERS: [&str; 7] = [
     "grpc grpc::* trace_context sha256 reload clock version",
     "config config::* metrics identity call_context",
-    "tls tls::* body body::* telemetry telemetry::* cli",
+    "tls tls::* body body::* telemetry telemetry::* cli inject inject::*",
     "serve serve::* pool pool::* upstream limits limits::* auth auth::jwks auth::jwks::* \
      auth::api_key auth::jwt auth::policy auth::token auth::binding auth::outcome",
     "layers layers::*",

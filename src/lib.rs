@@ -42,7 +42,8 @@
 //!                      version
 //! tier 1  data         config · metrics · identity (Principal, the identity header
 //!                      table) · call_context
-//! tier 2  connection   tls · body · telemetry · cli
+//! tier 2  connection   tls · body · telemetry · cli · inject (Kubernetes YAML in, with the
+//!                      sidecar out)
 //! tier 3  stages       serve (accept, connection, server, budget) · pool · upstream ·
 //!                      auth · limits (the per-identity table)
 //! tier 4  layers       layers (recovery, watch, observe, deadline)
@@ -86,6 +87,7 @@ pub mod config;
 pub mod grpc;
 pub mod identity;
 pub mod inbound;
+pub mod inject;
 #[cfg(test)]
 mod layering;
 pub mod layers;

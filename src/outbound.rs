@@ -155,6 +155,7 @@ impl Destinations {
                     server_name,
                     Arc::from(identities),
                     tls.clone(),
+                    crate::pool::response_header_list(&config.limits),
                 ),
             }));
         }

@@ -74,12 +74,6 @@ pub const STREAM_WINDOW: u32 = 128 * 1024;
 pub const STREAMS_PER_CONNECTION: usize = 100;
 /// Send capacity a stream reserves at a time (request direction), in bytes.
 pub const SEND_CHUNK: usize = 64 * 1024;
-/// The largest header list (response headers, or trailers) gatehouse reads from a
-/// target, decoded, advertised in SETTINGS and enforced by h2: an answer over it is
-/// refused and its stream reset, so a misbehaving app or destination cannot make
-/// gatehouse hold more than this per stream (h2's default is 16 MiB). Four times the
-/// default for callers' requests: answers carry trailers and error details.
-pub const RESPONSE_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Request bytes kept per call until the target has answered, so a call the target
 /// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
 /// not retried.
@@ -102,6 +96,19 @@ pub struct Settings {
     pub queue: usize,
     /// How long a call may wait for a free stream.
     pub queue_timeout: Duration,
+    /// The largest header list (response headers, or trailers) read from the target,
+    /// decoded, advertised in SETTINGS and enforced by h2: an answer over it is refused
+    /// and its stream reset, so a misbehaving app or destination cannot make gatehouse
+    /// hold more than this per stream (h2's default is 16 MiB). See
+    /// [`response_header_list`].
+    pub max_header_list: u32,
+}
+
+/// The header list gatehouse reads from its peers' answers: twice what it reads from
+/// callers' requests (`limits.max_header_list_size`), since answers carry trailers and
+/// error details.
+pub fn response_header_list(limits: &crate::config::Limits) -> u32 {
+    limits.max_header_list_size.saturating_mul(2)
 }
 
 /// Why a call could not be sent, or failed before the target answered.
@@ -497,6 +504,7 @@ mod tests {
             connections,
             queue,
             queue_timeout,
+            max_header_list: 32 * 1024,
         }
     }
 

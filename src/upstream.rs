@@ -62,6 +62,7 @@ impl Upstream {
             connections: limits.upstream_connections,
             queue: limits.upstream_queue,
             queue_timeout: limits.upstream_queue_timeout.get(),
+            max_header_list: pool::response_header_list(limits),
         };
         let probe_settings = pool::Settings {
             connections: 1,

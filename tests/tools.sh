@@ -13,6 +13,8 @@
 #   promtool ($PROMTOOL), from Debian's prometheus package, unpacked into .tools/ with
 #   `apt-get download` and `dpkg-deb -x` (installing the package would start a Prometheus
 #   server), to check the alert rules in deploy/monitoring and a real /metrics scrape.
+#   podman, runc and catatonit (Debian packages), for the image and pod tests in
+#   tests/pods/run.
 
 gatehouse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gatehouse_tools="$gatehouse_root/.tools"
@@ -77,6 +79,20 @@ if [ ! -x "$PROMTOOL" ]; then
   dpkg-deb --fsys-tarfile "$gatehouse_debs"/prometheus_*.deb \
     | tar -x -C "$gatehouse_tools/prometheus" ./usr/bin/promtool
   rm -rf "$gatehouse_debs"
+fi
+# podman and runc run the image and the pod (tests/pods/run); kube play builds its pods'
+# infra image from catatonit. curl and openssl look at what the pod serves.
+gatehouse_debs=()
+for tool in podman:podman runc:runc catatonit:catatonit curl:curl openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || gatehouse_debs+=("${tool#*:}")
+done
+if [ "${#gatehouse_debs[@]}" -gt 0 ]; then
+  echo "installing ${gatehouse_debs[*]} (Debian packages)" >&2
+  gatehouse_sudo=()
+  [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)
+  "${gatehouse_sudo[@]}" apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive "${gatehouse_sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${gatehouse_debs[@]}" >/dev/null
 fi
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
 export GRPCURL HADOLINT GRPC_GO_APP PROMTOOL

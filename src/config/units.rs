@@ -7,13 +7,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 
 /// A size in bytes, written as a whole number with a unit: `64MiB`, `512KiB`, `1GiB`
-/// (or `MB`, `KB`, `GB` in powers of ten; a bare number is bytes).
+/// (or `MB`, `KB`, `GB` in powers of ten; a bare number is bytes), or as Kubernetes
+/// writes a memory quantity, so a pod's limit can be copied as it is: `160Mi`, `512Ki`,
+/// `1Gi` in powers of two, `500M`, `1G`, `64k` in powers of ten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 /// A size that is not a whole number of bytes with a known unit, or does not fit 64 bits.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid size {0:?}: write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\"")]
+#[error(
+    "invalid size {0:?}: write a whole number and a unit (KiB, MiB, GiB, or Ki, Mi, Gi as \
+     Kubernetes writes them), like \"64MiB\" or \"160Mi\""
+)]
 pub struct InvalidSize(String);
 
 impl FromStr for ByteSize {
@@ -28,12 +33,14 @@ impl FromStr for ByteSize {
         let number: u64 = number.parse().map_err(|_| invalid())?;
         let scale: u64 = match unit.trim() {
             "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
+            "KiB" | "Ki" => 1 << 10,
+            "MiB" | "Mi" => 1 << 20,
+            "GiB" | "Gi" => 1 << 30,
+            "TiB" | "Ti" => 1 << 40,
+            "KB" | "k" => 1_000,
+            "MB" | "M" => 1_000_000,
+            "GB" | "G" => 1_000_000_000,
+            "TB" | "T" => 1_000_000_000_000,
             _ => return Err(invalid()),
         };
         number.checked_mul(scale).map(ByteSize).ok_or_else(invalid)
@@ -239,8 +246,33 @@ mod tests {
         assert_eq!("1 KB".parse(), Ok(ByteSize(1000)));
         assert_eq!(
             "12XB".parse::<ByteSize>().unwrap_err().to_string(),
-            "invalid size \"12XB\": write a whole number and a unit (KiB, MiB, GiB), like \"64MiB\""
+            "invalid size \"12XB\": write a whole number and a unit (KiB, MiB, GiB, or Ki, Mi, \
+             Gi as Kubernetes writes them), like \"64MiB\" or \"160Mi\""
         );
         assert!("18446744073709551615GiB".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn sizes_accept_the_spellings_of_a_kubernetes_memory_limit() {
+        for (text, bytes) in [
+            ("160Mi", 160 << 20),
+            ("512Ki", 512 << 10),
+            ("1Gi", 1 << 30),
+            ("2Ti", 2 << 40),
+            ("500M", 500_000_000),
+            ("1G", 1_000_000_000),
+            ("64k", 64_000),
+            ("160MiB", 160 << 20),
+            ("4096", 4096),
+        ] {
+            assert_eq!(text.parse(), Ok(ByteSize(bytes)), "{text}");
+        }
+        // Kubernetes' milli-units and exponents are not sizes of memory anyone means.
+        for refused in ["160mi", "1.5Gi", "1e9", "100m", "1Mb", "Mi"] {
+            assert!(refused.parse::<ByteSize>().is_err(), "{refused}");
+        }
+        let config =
+            Config::from_yaml(&format!("{MINIMAL}limits: {{ memory_limit: 160Mi }}\n")).unwrap();
+        assert_eq!(config.limits.memory_limit, Some(ByteSize(160 << 20)));
     }
 }

@@ -168,7 +168,7 @@ reasons! {
     /// inbound call open or ended less than `outbound.context_grace` ago.
     NoCallContext => "NO_CALL_CONTEXT", "no_call_context", Unauthenticated;
     /// The app's or the destination's response headers or trailers were larger than
-    /// gatehouse reads (`pool::RESPONSE_HEADER_LIST_SIZE`); the peer's stream is reset.
+    /// gatehouse reads (twice `limits.max_header_list_size`); the peer's stream is reset.
     ResponseHeadersTooLarge => "RESPONSE_HEADERS_TOO_LARGE", "response_headers_too_large", Internal;
     /// Outbound `credentials: context`: the inbound call this call serves has ended (or,
     /// for a call made in the grace after it, the grace has run out); the destination's

@@ -250,6 +250,8 @@ pub struct Endpoints {
     server_name: ServerName<'static>,
     identities: Arc<[PeerPattern]>,
     tls: Arc<ClientTls>,
+    /// The header list read from the destination's answers (see `pool::Settings`).
+    max_header_list: u32,
     /// Where the name resolves to, and a pool (or a backoff) per address.
     /// A std mutex is enough: it is never held across an await.
     slots: Mutex<Slots>,
@@ -362,8 +364,10 @@ impl Endpoints {
         server_name: ServerName<'static>,
         identities: Arc<[PeerPattern]>,
         tls: Arc<ClientTls>,
+        max_header_list: u32,
     ) -> Self {
         Endpoints {
+            max_header_list,
             destination,
             address,
             server_name,
@@ -463,6 +467,7 @@ impl Endpoints {
             connections: CONNECTIONS_PER_ENDPOINT,
             queue: QUEUE,
             queue_timeout: QUEUE_TIMEOUT,
+            max_header_list: self.max_header_list,
         };
         let target = Target::Tcp(format!("{} ({address})", self.address));
         Endpointed {
@@ -701,6 +706,7 @@ mod tests {
                 crate::config::identity_pattern("dns:localhost").unwrap(),
             ]),
             Arc::new(ClientTls::load(&client).unwrap()),
+            32 * 1024,
         );
         endpoint.resolved = Some(servers.iter().map(|(address, ..)| *address).collect());
         for _ in 0..9 {

@@ -135,7 +135,7 @@ impl Pool {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(STREAM_WINDOW * STREAMS_PER_CONNECTION as u32)
             .enable_push(false)
-            .max_header_list_size(super::RESPONSE_HEADER_LIST_SIZE)
+            .max_header_list_size(self.settings.max_header_list)
             .hpack_huffman(huffman)
             // Until the target's SETTINGS arrive, one stream at a time.
             .initial_max_send_streams(1)

@@ -17,12 +17,10 @@ pub const CALL_COST: u64 = 8 * 1024;
 /// What gatehouse needs with no connection open (a release build idles under 8 MiB):
 /// runtime, configuration, key caches, metrics, log buffers.
 pub const BASE_COST: u64 = 16 * 1024 * 1024;
-/// What one open stream to the app can make gatehouse hold: its receive window (response
-/// data the caller is not taking), the request bytes kept until the app answers (so a
-/// call the app refused unprocessed can be sent again), and its response headers or
-/// trailers, decoded.
-pub const UPSTREAM_STREAM_COST: u64 =
-    pool::STREAM_WINDOW as u64 + pool::REPLAY_LIMIT as u64 + pool::RESPONSE_HEADER_LIST_SIZE as u64;
+/// What one open stream to the app can make gatehouse hold besides its answer's headers:
+/// its receive window (response data the caller is not taking) and the request bytes
+/// kept until the app answers (so a call the app refused unprocessed can be sent again).
+pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_LIMIT as u64;
 
 /// The most memory gatehouse can need under its limits: every connection open with
 /// every call it may open, each connection holding as much request data as its receive
@@ -55,7 +53,8 @@ impl MemoryBudget {
         let upstream_streams = (connections * u64::from(limits.max_concurrent_streams))
             .min((limits.upstream_connections * pool::STREAMS_PER_CONNECTION) as u64);
         let fixed = BASE_COST
-            + upstream_streams * UPSTREAM_STREAM_COST
+            + upstream_streams
+                * (UPSTREAM_STREAM_COST + u64::from(pool::response_header_list(limits)))
             + crate::telemetry::SPAN_QUEUE_BYTES as u64;
         MemoryBudget {
             per_connection,

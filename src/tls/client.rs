@@ -27,14 +27,58 @@ pub struct IdentityMismatch {
 }
 
 /// Verifies a destination's certificate: first the chain (the configured roots, validity
-/// dates, key usage, and the SNI name), exactly as webpki does; then that the certificate
-/// carries one of the destination's identities, each matched only against SANs of its
-/// own kind (a URI SAN that spells a DNS name is not a DNS name). Both happen inside the
-/// handshake, so no request byte is sent to a server that fails either.
+/// dates, key usage), exactly as webpki does; then that the certificate carries one of
+/// the destination's identities, each matched only against SANs of its own kind (a URI
+/// SAN that spells a DNS name is not a DNS name). Both happen inside the handshake, so no
+/// request byte is sent to a server that fails either.
+///
+/// The SNI name is checked against the certificate's DNS SANs only when an identity is a
+/// `dns:` (or `cn:`) entry. When every identity is a URI (a SPIFFE ID) the URI SAN is the
+/// whole proof: an X.509-SVID, as SPIRE, csi-driver-spiffe and Istio CAs issue it,
+/// carries no DNS name, and the name the pod dials it by is only the SNI sent.
 #[derive(Debug)]
 pub struct IdentityVerifier {
     chain: Arc<rustls::client::WebPkiServerVerifier>,
+    roots: Arc<rustls::RootCertStore>,
     identities: Arc<[PeerPattern]>,
+    /// False when every identity is a URI: no DNS-name check.
+    check_name: bool,
+}
+
+impl IdentityVerifier {
+    /// The chain, and the SNI name unless every identity is a URI.
+    fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
+        if self.check_name {
+            return self.chain.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        // What WebPkiServerVerifier does, less `verify_server_name`: no CRLs are
+        // configured on either path, so nothing else differs.
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms
+                .all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
 }
 
 impl rustls::client::danger::ServerCertVerifier for IdentityVerifier {
@@ -46,13 +90,8 @@ impl rustls::client::danger::ServerCertVerifier for IdentityVerifier {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let verified = self.chain.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        let verified =
+            self.verify_chain(end_entity, intermediates, server_name, ocsp_response, now)?;
         let peer = PeerIdentity::from_der(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
@@ -119,6 +158,7 @@ struct ClientMaterial {
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     chain: Arc<rustls::client::WebPkiServerVerifier>,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 fn client_material(files: &config::ClientTls) -> Result<ClientMaterial, Vec<Problem>> {
@@ -129,10 +169,10 @@ fn client_material(files: &config::ClientTls) -> Result<ClientMaterial, Vec<Prob
         files.ca_file.as_deref(),
         true,
     )?;
-    let roots = roots.expect("read_material reads the roots when asked for them");
+    let roots = Arc::new(roots.expect("read_material reads the roots when asked for them"));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
+        roots.clone(),
         provider.clone(),
     )
     .build()
@@ -142,7 +182,12 @@ fn client_material(files: &config::ClientTls) -> Result<ClientMaterial, Vec<Prob
             format!("cannot verify servers with it: {error}"),
         )]
     })?;
-    let material = ClientMaterial { certs, key, chain };
+    let material = ClientMaterial {
+        certs,
+        key,
+        chain,
+        roots,
+    };
     // Built once here so a key that does not match its certificate is refused at load.
     material
         .config(Arc::from(Vec::new()))
@@ -155,6 +200,10 @@ impl ClientMaterial {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = IdentityVerifier {
             chain: self.chain.clone(),
+            roots: self.roots.clone(),
+            check_name: !identities
+                .iter()
+                .all(|identity| matches!(identity, PeerPattern::Uri(_))),
             identities,
         };
         let mut config = ClientConfig::builder_with_provider(provider)
@@ -294,11 +343,18 @@ mod tests {
         );
     }
 
-    /// A serving certificate for `localhost` with `uris` as URI SANs, signed by the
+    /// A serving certificate with `dns` as DNS SANs and `uris` as URI SANs, signed by the
     /// development CA: (chain, key).
-    fn destination(uris: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn destination(
+        dns: &[&str],
+        uris: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let dns = dns
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>();
+        let mut params = CertificateParams::new(dns).unwrap();
         for uri in uris {
             params
                 .subject_alt_names
@@ -315,9 +371,30 @@ mod tests {
     }
 
     /// Runs a handshake in memory: the client expects `identities`, the server presents
-    /// `uris`. The client's error, if the client refused.
+    /// `uris` and the DNS name `localhost`. The client's error, if the client refused.
     async fn handshake(uris: &[&str], identities: &[&str]) -> Result<(), std::io::Error> {
-        let (chain, key) = destination(uris);
+        handshake_with("localhost", &["localhost"], uris, identities).await
+    }
+
+    /// [`handshake`] with the client sending `sni` to a server whose certificate carries
+    /// `dns` and `uris`.
+    async fn handshake_with(
+        sni: &str,
+        dns: &[&str],
+        uris: &[&str],
+        identities: &[&str],
+    ) -> Result<(), std::io::Error> {
+        let (chain, key) = destination(dns, uris);
+        handshake_presenting(sni, chain, key, identities).await
+    }
+
+    /// The handshake of [`handshake_with`], the server presenting `chain`.
+    async fn handshake_presenting(
+        sni: &str,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        identities: &[&str],
+    ) -> Result<(), std::io::Error> {
         let mut server = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(chain, key)
@@ -336,7 +413,7 @@ mod tests {
         let connector = client.connector(Arc::from(identities));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
         let (client, _server) = tokio::join!(
             connector.connect(name, client_io),
             acceptor.accept(server_io)
@@ -381,5 +458,53 @@ mod tests {
         assert!(identity_mismatch(&refused).is_some(), "{refused}");
         let refused = handshake(&[], &["spiffe://localhost"]).await.unwrap_err();
         assert!(identity_mismatch(&refused).is_some(), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn an_svid_is_checked_by_its_spiffe_id_alone_unless_a_dns_name_is_expected() {
+        let id = "spiffe://dev.gatehouse/ns/prod/sa/identity";
+        // An X.509-SVID: the URI SAN only; the pod dials it by a Service name.
+        handshake_with("identity.prod.svc", &[], &[id], &[id])
+            .await
+            .expect("the SPIFFE ID is the proof");
+        let refused = handshake_with(
+            "identity.prod.svc",
+            &[],
+            &[id],
+            &["spiffe://dev.gatehouse/ns/prod/sa/billing"],
+        )
+        .await
+        .unwrap_err();
+        assert!(identity_mismatch(&refused).is_some(), "{refused}");
+        // A dns: entry keeps the name check, which a certificate without the name fails.
+        let refused = handshake_with(
+            "identity.prod.svc",
+            &[],
+            &[id],
+            &[id, "dns:identity.prod.svc"],
+        )
+        .await
+        .unwrap_err();
+        assert!(identity_mismatch(&refused).is_none(), "{refused}");
+        assert!(
+            refused.to_string().contains("not valid for name"),
+            "{refused}"
+        );
+        handshake_with("identity.prod.svc", &["identity.prod.svc"], &[id], &[id])
+            .await
+            .expect("a certificate that has both");
+        // Without the name check the chain is still verified: the same SPIFFE ID in a
+        // certificate the configured roots did not sign is refused.
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let forged = params.self_signed(&key).unwrap();
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let refused =
+            handshake_presenting("identity.prod.svc", vec![forged.der().clone()], key, &[id])
+                .await
+                .unwrap_err();
+        assert!(identity_mismatch(&refused).is_none(), "{refused}");
+        assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
     }
 }

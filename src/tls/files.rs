@@ -9,7 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::Problem;
+use crate::config::{self, Problem};
 
 /// A certificate chain, its private key and, when asked for, the roots the other side
 /// must chain to.
@@ -83,6 +83,45 @@ fn describe_pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> Stri
     }
 }
 
+/// The certificate, key and CA files the configuration names for TLS (`tls.*` when TLS
+/// is on, `outbound.client_tls.*` with its defaults when outbound is configured) that do
+/// not exist, each as a problem on its field. Certificate sidecars and drivers
+/// (spiffe-helper, a CSI driver) write them after the container starts: `gatehouse run`
+/// waits for these, and for nothing else.
+pub fn missing_files(config: &config::Config) -> Vec<Problem> {
+    let tls = &config.tls;
+    let server = tls.enabled.then(|| {
+        let ca = (tls.client_auth != config::ClientAuth::None).then_some(&tls.ca_file);
+        [
+            ("tls.cert_file", &tls.cert_file),
+            ("tls.key_file", &tls.key_file),
+        ]
+        .into_iter()
+        .chain(ca.map(|ca| ("tls.ca_file", ca)))
+        .map(|(field, path)| (field, path.clone()))
+        .collect::<Vec<_>>()
+    });
+    let client = config.outbound.as_ref().map(|outbound| {
+        let files = outbound.client_tls.resolved(tls);
+        vec![
+            ("outbound.client_tls.cert_file", files.cert_file),
+            ("outbound.client_tls.key_file", files.key_file),
+            ("outbound.client_tls.ca_file", files.ca_file),
+        ]
+    });
+    server
+        .into_iter()
+        .chain(client)
+        .flatten()
+        .filter_map(|(field, path)| {
+            let path = path?;
+            // `exists` follows symlinks: a dangling `..data` link counts as missing.
+            (!path.exists())
+                .then(|| Problem::new(field, format!("no such file: {}", path.display())))
+        })
+        .collect()
+}
+
 /// Reads every certificate from a PEM file, leaf first.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -132,4 +171,40 @@ pub(super) fn first_validity(path: &Path) -> Option<(i64, i64)> {
         validity.not_before.timestamp(),
         validity.not_after.timestamp(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_names_each_tls_file_that_is_not_there_on_its_field() {
+        let text = "
+listen: { address: 127.0.0.1:12018 }
+tls: { cert_file: certs-dev/server.crt, key_file: /late/tls.key, ca_file: /late/ca.crt, client_auth: none }
+upstream: { address: 127.0.0.1:50051 }
+outbound:
+  listen: 127.0.0.1:15001
+  client_tls: { cert_file: /late/client.crt }
+  destinations: []
+";
+        let config = config::Config::from_yaml(text).unwrap();
+        let rendered: Vec<String> = missing_files(&config)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // client_auth: none reads no tls.ca_file; the client side defaults to it.
+        assert_eq!(
+            rendered,
+            [
+                "tls.key_file: no such file: /late/tls.key",
+                "outbound.client_tls.cert_file: no such file: /late/client.crt",
+                "outbound.client_tls.key_file: no such file: /late/tls.key",
+                "outbound.client_tls.ca_file: no such file: /late/ca.crt",
+            ]
+        );
+        let off = text.replace("client_auth: none", "enabled: false");
+        let config = config::Config::from_yaml(&off).unwrap();
+        assert_eq!(missing_files(&config).len(), 3, "only the client side");
+    }
 }

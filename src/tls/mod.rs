@@ -20,7 +20,7 @@ mod peer;
 mod server;
 
 pub use client::{ClientTls, IdentityMismatch, IdentityVerifier};
-pub use files::{load_certs, load_key};
+pub use files::{load_certs, load_key, missing_files};
 pub use peer::{ConnectionInfo, PeerIdentity, forwarded_client_cert};
 pub use server::{ReloadableTls, server_config};
 

@@ -49,6 +49,31 @@ fn check_accepts_the_quick_start_config() {
 }
 
 #[test]
+fn check_warns_about_an_open_plaintext_listener_but_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = "listen: { address: 0.0.0.0:12018 }\n\
+                tls: { enabled: false }\n\
+                upstream: { address: 127.0.0.1:50051 }\n";
+    let path = write(dir.path(), open);
+    let output = gatehouse(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().next(), Some("ok"));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "{path}: warning: tls.enabled: false, listen.address 0.0.0.0:12018 is not a \
+             loopback address and there is no auth section: anyone who reaches the port \
+             calls the app unauthenticated\n"
+        )
+    );
+    // On loopback (the quick start's h2c variant) there is nothing to warn about.
+    let path = write(dir.path(), &open.replace("0.0.0.0", "127.0.0.1"));
+    let output = gatehouse(&["check", "--config", &path]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stderr(&output), "");
+}
+
+#[test]
 fn check_reports_every_problem_with_file_and_field_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = DevConfig::new("127.0.0.1:50051".parse().unwrap());

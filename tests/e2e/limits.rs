@@ -657,13 +657,14 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
             ])
             .yaml()
     };
-    std::fs::write(&path, config("320MiB")).unwrap();
+    std::fs::write(&path, config("256MiB")).unwrap();
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(
-            "worst-case memory: 258 MiB (128 connections x 1104 KiB + 120 MiB), \
-             limit 320 MiB (limits.memory_limit)"
+            "worst-case memory: 199 MiB (128 connections x 1104 KiB + 61 MiB), \
+             limit 256 MiB (limits.memory_limit)\n\
+             sized to 256 MiB (limits.memory_limit): upstream_connections 2"
         ),
         "{}",
         stdout(&output)
@@ -674,7 +675,7 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(64));
     let errors = stderr(&output);
     assert!(
-        errors.contains("limits: worst-case memory 258 MiB")
+        errors.contains("limits: worst-case memory 199 MiB")
             && errors.contains("exceeds the memory limit of 100 MiB (limits.memory_limit)")
             && errors.contains("limits.max_connections"),
         "{errors}"
@@ -688,6 +689,79 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(64));
     assert!(
         stderr(&output).contains("limits.memory_limit"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_left_out_are_sized_to_the_memory_limit_and_written_ones_win() {
+    let app = App::start().await;
+    // A pod-sized config: the memory limit as Kubernetes spells it, nothing else.
+    let config = h2c_config(app.addr, &[("memory_limit", "160Mi")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, &config).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "ok\n\
+         worst-case memory: 120 MiB (64 connections x 944 KiB + 61 MiB), limit 160 MiB (limits.memory_limit)\n\
+         sized to 160 MiB (limits.memory_limit): max_connections 64, max_concurrent_streams 11, \
+         max_header_list_size 8192, upstream_connections 2\n"
+    );
+    // `run` serves with what `check` printed: callers are told 11 streams.
+    let running = Gatehouse::start(&config);
+    running
+        .wait_for_line(&[
+            "limits left out of the file were sized",
+            "max_connections 64",
+        ])
+        .await;
+    let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let (_client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection until the server's SETTINGS are read: until then h2 assumes
+    // no limit.
+    let advertised = tokio::time::timeout(
+        PATIENCE,
+        std::future::poll_fn(|cx| {
+            use std::future::Future;
+            if let std::task::Poll::Ready(ended) = std::pin::Pin::new(&mut connection).poll(cx) {
+                panic!("the connection ended: {ended:?}");
+            }
+            match connection.max_concurrent_send_streams() {
+                usize::MAX => std::task::Poll::Pending,
+                streams => std::task::Poll::Ready(streams),
+            }
+        }),
+    )
+    .await
+    .expect("gatehouse sent its SETTINGS");
+    assert_eq!(advertised, 11);
+
+    // A written value wins over the sizing, and is still checked against the limit.
+    let config = h2c_config(
+        app.addr,
+        &[("memory_limit", "160Mi"), ("max_concurrent_streams", "100")],
+    );
+    std::fs::write(&path, &config).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("(16 connections x 3792 KiB + 61 MiB)"),
+        "{}",
+        stdout(&output)
+    );
+    let config = h2c_config(
+        app.addr,
+        &[("memory_limit", "160Mi"), ("max_connections", "4096")],
+    );
+    std::fs::write(&path, &config).unwrap();
+    let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(64), "{}", stdout(&output));
+    assert!(
+        stderr(&output).contains("exceeds the memory limit of 160 MiB (limits.memory_limit)"),
         "{}",
         stderr(&output)
     );
@@ -803,8 +877,8 @@ async fn watch_streams(
             .unwrap();
         client = client.ready().await.unwrap();
         let (answer, mut body) = client.send_request(request, false).unwrap();
-        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
-            .unwrap();
+        // Refused at once, the stream may be closed before its message goes.
+        let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true);
         answers.push(answer);
     }
     let (mut held, mut refused) = (Vec::new(), Vec::new());
@@ -835,6 +909,8 @@ async fn anonymous_streams_get_a_bounded_share_and_leave_the_app_to_everyone_els
     let config = DevConfig::new(app.addr)
         .admin()
         .client_auth("optional")
+        .limit("upstream_connections", "4")
+        .limit("max_concurrent_streams", "100")
         .yaml()
         + &format!(
             "auth:\n  jwt:\n    providers:\n{}",

@@ -212,15 +212,28 @@ outbound:
     gatehouse.wait_for_line(&["configuration reloaded"]).await;
 
     app.kill().await;
-    client
-        .echo(keyed(KEY_B))
-        .await
-        .expect_err("the app is gone");
-    wait_for_metric(
-        &gatehouse,
-        r#"gatehouse_upstream_errors_total{kind="connect"} 1"#,
-    )
-    .await
+    // The first call may still find the dying connection (kind="request"); a later one
+    // has to dial, and fails to connect.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        client
+            .echo(keyed(KEY_B))
+            .await
+            .expect_err("the app is gone");
+        let scrape = scrape_metrics(&gatehouse).await;
+        if sample(
+            &scrape,
+            r#"gatehouse_upstream_errors_total{kind="connect"}"#,
+        )
+        .is_some()
+        {
+            return scrape;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connect error counted:\n{scrape}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,12 +17,6 @@ fn only_gatehouse_enforces<T>(request: &mut tonic::Request<T>, timeout: &'static
     );
 }
 
-/// A loopback port with nothing listening on it.
-async fn free_port() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_is_unavailable_at_once_and_app_back_is_served_without_restart() {
     let app_addr = free_port().await;

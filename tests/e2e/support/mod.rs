@@ -45,3 +45,10 @@ pub fn repo() -> &'static Path {
 pub fn dev_cert(name: &str) -> PathBuf {
     repo().join("certs-dev").join(name)
 }
+
+/// A loopback port with nothing listening on it (it was free a moment ago, and the
+/// kernel hands out ephemeral ports in turn, so nothing else takes it soon).
+pub async fn free_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}

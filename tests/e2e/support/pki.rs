@@ -58,6 +58,29 @@ pub fn dev_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// An X.509-SVID as SPIRE, csi-driver-spiffe and Istio CAs issue them, signed by the
+/// development CA: the SPIFFE ID as the only SAN (no DNS name, no IP, no subject CN), for
+/// server and client authentication alike.
+pub fn svid(spiffe_id: &str) -> Identity {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into().unwrap())];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
+    let ca_pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
 /// Broken client certificates, made fresh for each test run.
 pub mod broken {
     use super::*;

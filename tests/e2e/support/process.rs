@@ -41,7 +41,27 @@ impl Gatehouse {
         Gatehouse::start_with(config, &[], Some(files))
     }
 
+    /// Starts `gatehouse run` and waits for an output line containing `line` instead of
+    /// `listening`: for a gatehouse that does not listen yet. `addr` is unset (port 0)
+    /// until [`Self::wait_listening`] finds the listening line.
+    pub fn start_until(config: &str, line: &str) -> Gatehouse {
+        Gatehouse::spawn(config, &[], None, line)
+    }
+
+    /// Waits (bounded) for the `listening` line and sets `addr` from it.
+    pub async fn wait_listening(&mut self) -> SocketAddr {
+        let line = self.wait_for_line(&["msg=listening"]).await;
+        self.addr = field(&line, "address")
+            .parse()
+            .expect("listening line has an address");
+        self.addr
+    }
+
     fn start_with(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Gatehouse {
+        Gatehouse::spawn(config, env, fd_limit, "msg=listening")
+    }
+
+    fn spawn(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>, ready: &str) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.yaml");
         std::fs::write(&path, config).unwrap();
@@ -71,11 +91,15 @@ impl Gatehouse {
         let (found, listening) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let collected = lines.clone();
+        let wanted = ready.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // Recorded before announced, so the line is in `output()` once start returns.
                 collected.lock().unwrap().push(line.clone());
-                if line.contains("msg=listening") || line.contains(r#""msg":"listening""#) {
+                // A JSON log writes the listening line as "msg":"listening".
+                let json_listening =
+                    wanted == "msg=listening" && line.contains(r#""msg":"listening""#);
+                if line.contains(&wanted) || json_listening {
                     let _ = found.send(line);
                 }
             }
@@ -92,14 +116,18 @@ impl Gatehouse {
             Err(_) => {
                 let _ = child.kill();
                 panic!(
-                    "gatehouse never logged `listening`; output:\n{}",
+                    "gatehouse never logged {ready:?}; output:\n{}",
                     lines.lock().unwrap().join("\n")
                 );
             }
         };
-        let addr = field(&line, "address")
-            .parse()
-            .expect("listening line has an address");
+        let addr = if line.contains("msg=listening") || line.contains(r#""msg":"listening""#) {
+            field(&line, "address")
+                .parse()
+                .expect("listening line has an address")
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
         Gatehouse {
             addr,
             child,
