@@ -32,7 +32,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 mod credentials;
 
 use credentials::WatchedAnswer;
-pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch};
+pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch, END_GRACE};
 
 use crate::grpc::{self, Deadline};
 use crate::identity::strip_request_trailers;
@@ -123,6 +123,15 @@ impl Body for RequestBody {
     }
 }
 
+/// The peer's stream under a forwarded body (the app's, or a destination's), as
+/// something that can be ended from outside the body: the pool's stream control.
+pub trait PeerStream: Send + Sync {
+    /// Stops forwarding the caller's request; the answer can still be read.
+    fn stop_sending(&self);
+    /// Resets the stream.
+    fn end(&self);
+}
+
 /// A response body: empty, or the app's body being forwarded.
 pub struct ResponseBody {
     kind: Kind,
@@ -142,6 +151,8 @@ pub type Streamed = http_body_util::combinators::UnsyncBoxBody<Bytes, grpc::Stat
 struct Forwarded {
     /// `None` once the stream has ended, by the app or by gatehouse.
     inner: Option<Streamed>,
+    /// The peer's stream, to end it from outside hyper's polls.
+    stream: Option<Arc<dyn PeerStream>>,
     /// Only calls admitted with a token or an API key pay for it.
     credentials: Option<Box<WatchedAnswer>>,
     /// Set by the Deadline layer: the call's deadline and the drain's end.
@@ -169,11 +180,13 @@ impl ResponseBody {
         }
     }
 
-    /// The app's response body, streamed as it arrives.
-    pub fn forwarded(inner: Streamed) -> Self {
+    /// The app's response body, streamed as it arrives; `stream` ends the peer's stream
+    /// from outside (when a call's credentials end while its caller reads nothing).
+    pub fn forwarded(inner: Streamed, stream: Option<Arc<dyn PeerStream>>) -> Self {
         ResponseBody {
             kind: Kind::Forwarded(Forwarded {
                 inner: Some(inner),
+                stream,
                 credentials: None,
                 ends: None,
             }),
@@ -213,7 +226,10 @@ impl ResponseBody {
         if watch.is_idle() {
             return;
         }
-        forwarded.credentials = Some(Box::new(WatchedAnswer::new(watch)));
+        forwarded.credentials = Some(Box::new(WatchedAnswer::new(
+            watch,
+            forwarded.stream.clone(),
+        )));
     }
 }
 
@@ -240,7 +256,7 @@ impl Forwarded {
         }
         if let Some(credentials) = self.credentials.as_mut()
             && credentials.closing.is_none()
-            && let Poll::Ready(end) = credentials.watch.poll_end(cx)
+            && let Poll::Ready(end) = credentials.poll_end(cx)
         {
             if credentials.framing.at_boundary() {
                 // Dropping the app's body resets its stream (CANCEL).
@@ -407,7 +423,8 @@ mod tests {
             frames,
             dropped: dropped.clone(),
         };
-        let body = ResponseBody::forwarded(http_body_util::combinators::UnsyncBoxBody::new(app));
+        let body =
+            ResponseBody::forwarded(http_body_util::combinators::UnsyncBoxBody::new(app), None);
         (body, send, dropped)
     }
 
@@ -523,6 +540,60 @@ mod tests {
         assert_eq!(status(&last), ("5", "no such thing"));
         assert!(body.frame().await.is_none());
         assert_eq!(ended.get(), None);
+    }
+
+    /// The peer's stream as the test sees it ended.
+    #[derive(Default)]
+    struct Peer {
+        stopped: AtomicBool,
+        ended: AtomicBool,
+    }
+
+    impl PeerStream for Peer {
+        fn stop_sending(&self) {
+            self.stopped.store(true, Ordering::SeqCst);
+        }
+
+        fn end(&self) {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A caller that reads nothing never lets hyper poll the body: the revocation still
+    /// stops its request at once and resets the app's stream after the grace.
+    #[tokio::test(start_paused = true)]
+    async fn credentials_that_end_while_nothing_reads_the_body_still_end_the_peers_stream() {
+        let (send, frames) = mpsc::unbounded_channel::<Frame<Bytes>>();
+        let app = App {
+            frames,
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
+        let peer = Arc::new(Peer::default());
+        let mut body = ResponseBody::forwarded(
+            http_body_util::combinators::UnsyncBoxBody::new(app),
+            Some(peer.clone()),
+        );
+        let revoked = CancellationToken::new();
+        let watch = CredentialsWatch::new(None, Some(revoked.clone()));
+        let ended = watch.ended();
+        body.end_when(watch);
+        // The body is never polled from here on.
+        revoked.cancel();
+        assert!(
+            peer.stopped.load(Ordering::SeqCst),
+            "the request still flows"
+        );
+        assert!(!peer.ended.load(Ordering::SeqCst), "reset before the grace");
+        tokio::time::sleep(credentials::END_GRACE + Duration::from_millis(10)).await;
+        assert!(
+            peer.ended.load(Ordering::SeqCst),
+            "the app's stream was not reset"
+        );
+        // When the caller reads again it gets the status.
+        let last = body.frame().await.unwrap().unwrap();
+        assert_eq!(status(&last).0, "16");
+        assert_eq!(ended.get(), Some(CredentialsEnd::KeyRevoked));
+        drop(send);
     }
 
     #[tokio::test]

@@ -60,13 +60,12 @@ use h2::Reason;
 use http::{Request, Response};
 use http_body::Body;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Target;
 pub use connection::{Connect, Connecting, Io};
 use connection::{Connection, Lease};
-pub use stream::ResponseStream;
 use stream::{Pump, Source, exchange};
+pub use stream::{ResponseStream, StreamControl};
 
 /// Receive window of one stream (response direction), in bytes.
 pub const STREAM_WINDOW: u32 = 128 * 1024;
@@ -276,23 +275,27 @@ impl Pool {
             match exchange(response, &mut pump).await {
                 Ok(response) => {
                     let (parts, recv) = response.into_parts();
-                    let cancel = CancellationToken::new();
-                    if !pump.is_done() {
+                    let control = Arc::new(StreamControl::default());
+                    if pump.is_done() {
+                        control.park(pump);
+                    } else {
                         // The request keeps flowing while the response streams back; the
-                        // task ends with the call, and resets the stream if it ends early.
-                        let cancelled = cancel.clone();
+                        // task ends with the call, or stops when told to, and resets the
+                        // stream if the call ends early.
+                        let told = control.clone();
                         tokio::spawn(async move {
                             tokio::select! {
                                 () = std::future::poll_fn(|cx| pump.poll_pump(cx).map(|_| ())) => {}
-                                () = cancelled.cancelled() => {}
+                                () = told.stopped() => {}
                             }
+                            told.park(pump);
                         });
                     }
                     let body = ResponseStream {
                         recv,
                         data_done: false,
                         lease,
-                        _pump: cancel.drop_guard(),
+                        control,
                     };
                     return Ok(Response::from_parts(parts, body));
                 }

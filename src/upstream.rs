@@ -16,7 +16,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderMap, Request, Response, Uri};
 use http_body_util::BodyExt;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{PeerStream, RequestBody, ResponseBody};
 use crate::config::{self, Target};
 use crate::grpc::{self, Code, Far, Reason};
 use crate::metrics::Metrics;
@@ -92,12 +92,13 @@ impl Upstream {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                let stream: Arc<dyn PeerStream> = body.control();
                 let body = body
                     .map_err(|error| {
                         grpc::stream_failure(&error, Far::App, "while streaming the response")
                     })
                     .boxed_unsync();
-                Response::from_parts(parts, ResponseBody::forwarded(body))
+                Response::from_parts(parts, ResponseBody::forwarded(body, Some(stream)))
             }
             Err(status) => status.with("method", uri.path()).response(),
         }

@@ -15,7 +15,7 @@ use http_body::Frame;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{Streamed, status_trailers};
+use super::{PeerStream, Streamed, status_trailers};
 use crate::grpc::{self, Reason};
 
 /// Why gatehouse ended a call whose credentials stopped being valid while it was open.
@@ -82,6 +82,8 @@ pub struct CredentialsWatch {
     expiry: Option<(Pin<Box<Sleep>>, CredentialsEnd)>,
     revoked: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ended: CredentialsEnded,
+    /// Whether the credentials have ended, as a waker can tell without polling.
+    check: EndCheck,
 }
 
 impl CredentialsWatch {
@@ -91,6 +93,10 @@ impl CredentialsWatch {
         expires: Option<(SystemTime, CredentialsEnd)>,
         revoked: Option<CancellationToken>,
     ) -> CredentialsWatch {
+        let check = EndCheck {
+            expires: expires.map(|(at, _)| at),
+            revoked: revoked.clone(),
+        };
         let expiry = expires.map(|(at, end)| {
             let left = at
                 .duration_since(SystemTime::now())
@@ -101,6 +107,7 @@ impl CredentialsWatch {
             expiry,
             revoked: revoked.map(|token| Box::pin(token.cancelled_owned())),
             ended: CredentialsEnded::default(),
+            check,
         }
     }
 
@@ -161,6 +168,69 @@ pub(super) struct WatchedAnswer {
     pub(super) framing: Framing,
     /// The credentials ended in the middle of a message: it is finished first.
     pub(super) closing: Option<CredentialsEnd>,
+    /// Polls the watch when the peer's stream can be ended from outside the body.
+    waker: Option<Arc<EndWaker>>,
+}
+
+/// Whether a call's credentials have ended, from their expiry time and revocation signal:
+/// what a waker can check without polling anything.
+#[derive(Clone, Debug, Default)]
+struct EndCheck {
+    expires: Option<SystemTime>,
+    revoked: Option<CancellationToken>,
+}
+
+impl EndCheck {
+    fn ended(&self) -> bool {
+        self.revoked
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+            || self.expires.is_some_and(|at| SystemTime::now() >= at)
+    }
+}
+
+/// How long a call whose credentials ended may take to finish the message its answer is
+/// in before the peer's stream is reset anyway: a caller reading nothing (a zero window)
+/// would otherwise keep the call open for as long as it likes.
+pub const END_GRACE: Duration = Duration::from_secs(1);
+
+/// The waker the credentials' timer and revocation signal wake: it acts on the end itself,
+/// on the thread that fires it, because the task that reads the body is only woken, and
+/// hyper polls a body only when the caller's window has room. At once it stops the
+/// caller's request going on to the peer; after [`END_GRACE`] it resets the peer's
+/// stream, unless the body has ended it first. Then it wakes the reader, which sends the
+/// status when the caller can read.
+struct EndWaker {
+    reader: futures_util::task::AtomicWaker,
+    stream: Arc<dyn PeerStream>,
+    check: EndCheck,
+    acted: std::sync::atomic::AtomicBool,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl std::task::Wake for EndWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.check.ended() && !self.acted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.stream.stop_sending();
+            let stream = Arc::downgrade(&self.stream);
+            match &self.runtime {
+                Some(runtime) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(END_GRACE).await;
+                        if let Some(stream) = stream.upgrade() {
+                            stream.end();
+                        }
+                    });
+                }
+                None => self.stream.end(),
+            }
+        }
+        self.reader.wake();
+    }
 }
 
 /// Position in the length-prefixed message stream (1 byte flag, 4 bytes length, the
@@ -210,11 +280,46 @@ impl Framing {
 }
 
 impl WatchedAnswer {
-    pub(super) fn new(watch: CredentialsWatch) -> WatchedAnswer {
+    /// Watches `watch`; with `stream`, the peer's stream is ended on time even when
+    /// nothing reads the body.
+    pub(super) fn new(
+        mut watch: CredentialsWatch,
+        stream: Option<Arc<dyn PeerStream>>,
+    ) -> WatchedAnswer {
+        let waker = stream.map(|stream| {
+            Arc::new(EndWaker {
+                reader: futures_util::task::AtomicWaker::new(),
+                stream,
+                check: watch.check.clone(),
+                acted: std::sync::atomic::AtomicBool::new(false),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            })
+        });
+        if let Some(waker) = &waker {
+            // Registers the timer and the signal with the waker now: the caller may never
+            // give hyper a reason to poll the body. An end seen already is acted on by the
+            // body's first poll.
+            let end_waker = std::task::Waker::from(waker.clone());
+            let _ = watch.poll_end(&mut Context::from_waker(&end_waker));
+        }
         WatchedAnswer {
             watch,
             framing: Framing::default(),
             closing: None,
+            waker,
+        }
+    }
+
+    /// Ready once the credentials have ended, waking `cx` (and, through the end waker,
+    /// acting on the peer's stream) when they do.
+    pub(super) fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<CredentialsEnd> {
+        match &self.waker {
+            None => self.watch.poll_end(cx),
+            Some(waker) => {
+                waker.reader.register(cx.waker());
+                let end_waker = std::task::Waker::from(waker.clone());
+                self.watch.poll_end(&mut Context::from_waker(&end_waker))
+            }
         }
     }
 

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::route::{self, Routed};
 use super::{Destination, Destinations};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{PeerStream, RequestBody, ResponseBody};
 use crate::config::{PeerPattern, Target};
 use crate::grpc::{self, Far, Reason};
 use crate::layers::observe::CallFacts;
@@ -170,6 +170,7 @@ async fn send(
             }
             let name = destination.name.clone();
             response.map(move |body| {
+                let stream: Arc<dyn PeerStream> = body.control();
                 // A failure mid-stream ends the call with the status it maps to.
                 let streamed = body
                     .map_err(move |error| {
@@ -180,7 +181,7 @@ async fn send(
                         )
                     })
                     .boxed_unsync();
-                ResponseBody::forwarded(streamed)
+                ResponseBody::forwarded(streamed, Some(stream))
             })
         }
         Err(failure) => {

@@ -14,7 +14,7 @@ use h2::client::ResponseFuture;
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio_util::sync::DropGuard;
+use tokio_util::sync::CancellationToken;
 
 use super::{Connection, Lease, REPLAY_LIMIT, SEND_CHUNK, WEDGED_AFTER};
 
@@ -334,6 +334,24 @@ impl<B> Pump<B> {
     }
 }
 
+/// A pump kept for its stream's sake.
+trait Parked: Send {
+    fn reset(&mut self);
+}
+
+impl<B: Send> Parked for Pump<B> {
+    fn reset(&mut self) {
+        // A no-op on a stream that has already closed.
+        self.stream.send_reset(Reason::CANCEL);
+    }
+}
+
+impl std::fmt::Debug for dyn Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parked")
+    }
+}
+
 impl<B> Drop for Pump<B> {
     fn drop(&mut self) {
         self.set_starved(false);
@@ -347,15 +365,93 @@ impl<B> Drop for Pump<B> {
     }
 }
 
+/// One call's stream to the target as something besides its response body can end: the
+/// request pump can be told to stop forwarding the caller's request, and the stream can
+/// be reset, from any thread, whether or not the body is being read. A call whose
+/// credentials end while its caller reads nothing is ended this way.
+#[derive(Debug, Default)]
+pub struct StreamControl {
+    /// Cancelled to stop the pump: it hands the stream's send half to `parked`, or resets
+    /// the stream when `ended` is set.
+    stop: CancellationToken,
+    /// The pump once it is done or stopped, kept so a reset can reach its stream.
+    parked: std::sync::Mutex<Option<Box<dyn Parked>>>,
+    ended: std::sync::atomic::AtomicBool,
+}
+
+impl StreamControl {
+    /// Stops forwarding the caller's request; what was sent stays sent, and the answer
+    /// can still be read.
+    pub fn stop_sending(&self) {
+        self.stop.cancel();
+    }
+
+    /// Resets the target's stream (CANCEL): the target stops, and its windows come back.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+        if let Some(mut pump) = self.lock().take() {
+            pump.reset();
+        }
+    }
+
+    pub(super) async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+
+    /// Takes the send half of a pump that is done or told to stop: reset at once if the
+    /// stream has been ended, else kept until it is.
+    pub(super) fn park<B: Send + 'static>(&self, mut pump: Pump<B>) {
+        let mut parked = self.lock();
+        if self.ended.load(Ordering::SeqCst) {
+            drop(parked);
+            pump.reset();
+            return;
+        }
+        // Stopped without a reset: the stream stays open for the answer.
+        pump.done = true;
+        *parked = Some(Box::new(pump));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn Parked>>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl crate::body::PeerStream for StreamControl {
+    fn stop_sending(&self) {
+        StreamControl::stop_sending(self);
+    }
+
+    fn end(&self) {
+        StreamControl::end(self);
+    }
+}
+
 /// The target's response body. Receive capacity goes back to the target only as the
 /// caller's side takes each frame, so a caller that stops reading stops its own stream
-/// at [`STREAM_WINDOW`](super::STREAM_WINDOW) and no other. Dropping it before the end resets the stream.
+/// at [`STREAM_WINDOW`](super::STREAM_WINDOW) and no other. Dropping it before the end
+/// resets the stream.
 pub struct ResponseStream {
     pub(super) recv: RecvStream,
     pub(super) data_done: bool,
     pub(super) lease: Lease,
-    /// Ends the request pump (resetting the stream if the request is unfinished).
-    pub(super) _pump: DropGuard,
+    pub(super) control: Arc<StreamControl>,
+}
+
+impl ResponseStream {
+    /// The handle that ends this stream from outside its body.
+    pub fn control(&self) -> Arc<StreamControl> {
+        self.control.clone()
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        // The call is over, read to its end or abandoned: the pump stops, and a stream
+        // that has not ended is reset.
+        self.control.end();
+    }
 }
 
 impl std::fmt::Debug for ResponseStream {

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::pb::*;
@@ -273,15 +271,6 @@ async fn settings_and_ping_floods_from_a_client_that_stops_reading_stay_bounded(
     );
     assert_unharmed(&gatehouse, &app).await;
     drop(tls);
-}
-
-/// A gRPC request body of one message.
-fn grpc_message(message: &impl Message) -> Bytes {
-    let encoded = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&encoded);
-    Bytes::from(framed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

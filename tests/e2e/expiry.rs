@@ -1,8 +1,13 @@
 //! Streams cannot outlive their credentials, through the real binary: a token that
 //! expires while its server stream is open, an API key revoked from `keys_file` or by a
-//! SIGHUP reload while its calls are open, and `auth.expire_open_calls: false`.
+//! SIGHUP reload while its calls are open, a caller that reads nothing while its
+//! credentials end, and `auth.expire_open_calls: false`.
 
 use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse::body::END_GRACE;
 
 use jsonwebtoken::Algorithm;
 use tonic::Code;
@@ -385,4 +390,147 @@ async fn with_expire_open_calls_false_a_stream_outlives_its_token() {
         (refused.code(), reason(&refused).as_str()),
         (Code::Unauthenticated, "TOKEN_EXPIRED")
     );
+}
+
+/// A `Chat` call from a caller that advertises a zero window, so gatehouse can never send
+/// it a byte, streaming 32 KiB requests steadily until its stream is refused.
+struct ZeroWindowChat {
+    response: h2::RecvStream,
+    open_window: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ZeroWindowChat {
+    async fn open(gatehouse: &Gatehouse, credential: (&str, &str)) -> ZeroWindowChat {
+        let tls = tls_connect(gatehouse.addr, Some(&Identity::gateway()))
+            .await
+            .unwrap();
+        let (client, mut connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .unwrap();
+        let (open_window, opened) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = &mut connection => return,
+                _ = opened => {}
+            }
+            connection.set_initial_window_size(1 << 20).unwrap();
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Chat")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header(credential.0, credential.1)
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        let message = grpc_message(&EchoRequest {
+            payload: vec![7; 32 * 1024],
+            // Small replies: the app reads on long after the caller's window is full.
+            reply_size: 1,
+            ..Default::default()
+        });
+        tokio::spawn(async move {
+            loop {
+                body.reserve_capacity(message.len());
+                match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
+                    Some(Ok(room)) if room >= message.len() => {}
+                    Some(Ok(_)) => continue,
+                    _ => return,
+                }
+                if body.send_data(message.clone(), false).is_err() {
+                    return;
+                }
+                // A steady stream, not a flood: the test is about time, not throughput.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let response = tokio::time::timeout(PATIENCE, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        ZeroWindowChat {
+            response: response.into_body(),
+            open_window,
+        }
+    }
+
+    /// Opens the caller's window and reads the answer to its end: the trailers.
+    async fn read_to_the_end(mut self) -> http::HeaderMap {
+        self.open_window.send(()).unwrap();
+        let answer = &mut self.response;
+        while let Some(chunk) = tokio::time::timeout(PATIENCE, answer.data()).await.unwrap() {
+            let Ok(chunk) = chunk else { break };
+            let _ = answer.flow_control().release_capacity(chunk.len());
+        }
+        tokio::time::timeout(PATIENCE, answer.trailers())
+            .await
+            .unwrap()
+            .expect("the call ended without trailers")
+            .expect("the call ended without trailers")
+    }
+}
+
+/// Waits until the app has received over 1 MiB of `Chat` requests: the stream flows.
+async fn until_chat_flows(app: &App) {
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |observed| observed.chat_bytes() > 1 << 20)
+            .await,
+        "the app never received the caller's stream"
+    );
+}
+
+/// From `ended` on, past the grace a message in flight gets, the app's stream has been
+/// reset and nothing more reaches it, though gatehouse could send the caller nothing.
+async fn app_stops_receiving_after(app: &App, ended: std::time::Instant) {
+    tokio::time::sleep_until((ended + END_GRACE + Duration::from_secs(1)).into()).await;
+    app_saw_cancellations(app, 1).await;
+    let after_end = app.observed().chat_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.observed().chat_bytes(),
+        after_end,
+        "the app went on receiving the stream of ended credentials"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_reading_nothing_cannot_keep_streaming_past_its_token() {
+    let setup = setup("").await;
+    let expires_in = 3;
+    let token = token_expiring_in(&setup.issuer, expires_in);
+    let expiry = std::time::Instant::now() + Duration::from_secs(expires_in);
+    let bearer = format!("Bearer {token}");
+    let chat = ZeroWindowChat::open(&setup.gatehouse, ("authorization", &bearer)).await;
+    until_chat_flows(&setup.app).await;
+
+    app_stops_receiving_after(&setup.app, expiry).await;
+    let trailers = chat.read_to_the_end().await;
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(trailers["grpc-message"], EXPIRED_MESSAGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_reading_nothing_cannot_keep_streaming_past_its_keys_revocation() {
+    let setup = setup("").await;
+    let chat = ZeroWindowChat::open(&setup.gatehouse, ("x-api-key", STREAM_KEY)).await;
+    until_chat_flows(&setup.app).await;
+
+    write_keys_file(
+        &setup.dir.path().join("keys.yaml"),
+        &[("rotated", "rotated-key-0123456789")],
+    );
+    setup
+        .gatehouse
+        .wait_for_line(&["API keys revoked; their open calls end"])
+        .await;
+    let revoked = std::time::Instant::now();
+    app_stops_receiving_after(&setup.app, revoked).await;
+    let trailers = chat.read_to_the_end().await;
+    assert_eq!(trailers["grpc-status"], "16");
+    assert_eq!(trailers["grpc-message"], REVOKED_MESSAGE);
 }

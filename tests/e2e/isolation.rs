@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -41,14 +40,6 @@ fn grpc_request(method: &str) -> http::Request<()> {
         .header("te", "trailers")
         .body(())
         .unwrap()
-}
-
-fn grpc_message(message: &impl Message) -> Bytes {
-    let encoded = message.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&encoded);
-    Bytes::from(framed)
 }
 
 /// Polls `condition` until it holds, at most [`PATIENCE`].

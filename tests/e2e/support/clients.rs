@@ -109,3 +109,14 @@ impl tower::Service<http::Request<tonic::body::Body>> for BareChannel {
         Box::pin(async move { sender.send_request(request).await })
     }
 }
+
+/// One gRPC message, framed for a request body sent by hand: the uncompressed flag, the
+/// length, the encoded message.
+pub fn grpc_message(message: &impl prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + encoded.len());
+    framed.push(0u8);
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    bytes::Bytes::from(framed)
+}
