@@ -17,7 +17,7 @@ pub mod failure;
 
 pub use deadline::{Deadline, encode_timeout, parse_timeout};
 pub use details::{GRPC_STATUS_DETAILS, Reason, Status};
-pub use failure::{Far, code_for_reset, stream_failure};
+pub use failure::{Far, code_for_reset, not_read, stream_failure};
 
 /// `grpc-status`: the call's status code, in trailers or in a trailers-only response.
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");

@@ -31,24 +31,20 @@
 //!   per-stream cap on bytes the target has not yet read cannot be enforced here. What
 //!   the pool does instead: a stream reserves at most [`SEND_CHUNK`] of capacity at a
 //!   time, so no stream holds connection window it is not about to use; and it watches
-//!   for the one thing that stalls others. A target that stops reading one stream (a
+//!   for the one thing that stalls others: a target that stops reading one stream (a
 //!   hyper or tonic app does so when that stream's replies back up) lets that stream take
 //!   the target's whole connection window (hyper: 1 MiB stream window, 1 MiB connection
-//!   window), and every other stream on that connection then waits for capacity. The
-//!   pool sees a stream starved of send capacity after it was once granted some (a new
-//!   stream's first wait is for its HEADERS to go out and does not count). A connection
-//!   with a starved stream takes no new calls while another connection has room, and a
-//!   new connection is opened rather than put a call beside it. A stream starved for
-//!   [`WEDGED_AFTER`] marks its connection wedged: wedged connections do not count toward
-//!   the configured number, and while every connection has a starved stream the pool
-//!   opens more, up to [`WEDGED_SURPLUS`] times the configured number (closed again once
-//!   idle and not needed). So one stalled stream, or a few, cost other callers nothing;
-//!   it takes stalled streams on 16 connections (default) to stall the rest, which the
-//!   per-identity limits are there to prevent. A call already on a connection when it
-//!   wedges waits like it would on a direct connection, until its deadline or its
-//!   caller's cancel (then it is reset).
+//!   window), and every other stream on that connection then waits for capacity.
+//!   [`stall`] says how such streams are found and what is done about them: no new call
+//!   is placed on a connection with a stream the target stopped reading (wedged); while
+//!   every connection has a stream waiting, the pool opens more, up to
+//!   [`WEDGED_SURPLUS`] times the configured number (closed again once idle and not
+//!   needed); one owner's third wedged stream is reset; and a wedged stream is reset
+//!   when calls wait for a stream. A call that finds no connection it can send on waits
+//!   in the bounded queue rather than be put beside a stream that is not moving.
 
 mod connection;
+pub mod stall;
 mod stream;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -59,11 +55,12 @@ use bytes::Bytes;
 use h2::Reason;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::sync::Notify;
 
 use crate::config::Target;
 pub use connection::{Connect, Connecting, Io};
 use connection::{Connection, Lease};
+pub use stall::{Owner, Stall, WEDGED_AFTER};
+use stall::{Shared, Starvation};
 use stream::{Pump, Source, exchange};
 pub use stream::{ResponseStream, StreamControl};
 
@@ -77,8 +74,6 @@ pub const SEND_CHUNK: usize = 64 * 1024;
 /// refused unprocessed (GOAWAY, REFUSED_STREAM) can be sent again. Larger requests are
 /// not retried.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
-/// A stream waiting this long for send capacity is one the target stopped reading.
-pub const WEDGED_AFTER: Duration = Duration::from_millis(250);
 /// Connections at most, as a multiple of the configured number, while streams the target
 /// stopped reading hold the others.
 pub const WEDGED_SURPLUS: usize = 4;
@@ -146,9 +141,33 @@ pub enum Error {
         connections: usize,
         after: Duration,
     },
-    /// The stream failed before the target answered: a reset, or the connection died.
+    /// The stream failed: a reset, or the connection died.
     #[error("{0}")]
     Stream(#[source] h2::Error),
+    /// The target stopped reading the call's request and the pool reset its stream.
+    #[error("{0}")]
+    Stalled(Stall),
+}
+
+/// How a call's stream failed once the target had answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A reset, or the connection died.
+    #[error("{0}")]
+    Stream(#[source] h2::Error),
+    /// The target stopped reading the call's request and the pool reset its stream.
+    #[error("{0}")]
+    Stalled(Stall),
+}
+
+impl StreamError {
+    /// The status the call ends with, its stream having failed `when`.
+    pub fn status(&self, far: crate::grpc::Far<'_>, when: &str) -> crate::grpc::Status {
+        match self {
+            StreamError::Stream(error) => crate::grpc::stream_failure(error, far, when),
+            StreamError::Stalled(stall) => stall.status(far),
+        }
+    }
 }
 
 /// Connections to one target.
@@ -158,9 +177,8 @@ pub struct Pool {
     connections: Mutex<Vec<Arc<Connection>>>,
     /// One dial at a time, so a burst of calls opens one connection, not one per call.
     dialing: tokio::sync::Mutex<()>,
-    /// A stream was released, a connection opened or closed: waiting calls look again.
-    changed: Arc<Notify>,
-    waiting: AtomicUsize,
+    /// Shared with the connections and their streams: waiting calls, wedged streams.
+    shared: Arc<Shared>,
     next_id: AtomicU64,
     /// Opens connections instead of dialling `target` itself, when set.
     connector: Option<Arc<dyn Connect>>,
@@ -189,8 +207,7 @@ impl Pool {
             settings,
             connections: Mutex::new(Vec::new()),
             dialing: tokio::sync::Mutex::new(()),
-            changed: Arc::new(Notify::new()),
-            waiting: AtomicUsize::new(0),
+            shared: Arc::default(),
             next_id: AtomicU64::new(1),
             connector: None,
         }
@@ -237,7 +254,7 @@ impl Pool {
         }
         let connection = self.dial().await?;
         self.lock().push(connection);
-        self.changed.notify_waiters();
+        self.shared.changed.notify_waiters();
         Ok(())
     }
 
@@ -251,6 +268,7 @@ impl Pool {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
     {
         let (parts, body) = request.into_parts();
+        let owner = parts.extensions.get::<Owner>().copied();
         let mut head = Request::from_parts(parts, ());
         *head.version_mut() = http::Version::HTTP_2;
         let mut source = Source::new(body);
@@ -271,11 +289,12 @@ impl Pool {
                     return Err(Error::Stream(error));
                 }
             };
-            let mut pump = Pump::new(source, stream, lease.connection.clone(), end_of_stream);
+            let control = Arc::new(StreamControl::default());
+            let starvation = Starvation::new(lease.connection.clone(), owner, control.stall_flag());
+            let mut pump = Pump::new(source, stream, starvation, end_of_stream);
             match exchange(response, &mut pump).await {
                 Ok(response) => {
                     let (parts, recv) = response.into_parts();
-                    let control = Arc::new(StreamControl::default());
                     if pump.is_done() {
                         control.park(pump);
                     } else {
@@ -300,6 +319,9 @@ impl Pool {
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(error) => {
+                    if let Some(stall) = control.stalled() {
+                        return Err(Error::Stalled(stall));
+                    }
                     let unprocessed = not_processed(&error);
                     if error.is_go_away() || error.is_io() {
                         // The connection is going or gone: no new calls on it, even
@@ -324,12 +346,13 @@ impl Pool {
     }
 
     /// A stream slot: on a connection with room and no starved stream, on a new
-    /// connection, on any connection with room, or after a bounded wait.
+    /// connection, on a connection with room none of whose streams the target stopped
+    /// reading, or after a bounded wait.
     async fn acquire(&self) -> Result<Lease, Error> {
         let deadline = crate::clock::instant_after(self.settings.queue_timeout);
         let mut queued = None;
         loop {
-            let changed = self.changed.notified();
+            let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.pick() {
@@ -340,7 +363,7 @@ impl Pool {
                         if let Ok(connection) = &dialled {
                             self.lock().push(connection.clone());
                         }
-                        self.changed.notify_waiters();
+                        self.shared.changed.notify_waiters();
                         dialled?;
                         continue;
                     }
@@ -350,8 +373,8 @@ impl Pool {
                 }
                 Pick::Full => {
                     if queued.is_none() {
-                        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
-                        queued = Some(Queued(&self.waiting));
+                        let waiting = self.shared.waiting.fetch_add(1, Ordering::AcqRel);
+                        queued = Some(Queued(&self.shared.waiting));
                         if waiting >= self.settings.queue {
                             return Err(Error::QueueFull {
                                 target: self.target.clone(),
@@ -404,7 +427,7 @@ impl Pool {
             .filter(|c| c.has_room() && load(c).1 == 0)
             .min_by_key(|c| load(c).2);
         if let Some(connection) = healthy {
-            return Pick::Lease(Lease::new(connection, &self.changed));
+            return Pick::Lease(Lease::new(connection));
         }
         // Every connection is full or has a stream waiting for the target's window: open
         // another, within the limit, or beyond it up to WEDGED_SURPLUS times the limit
@@ -416,12 +439,16 @@ impl Pool {
         {
             return Pick::Dial;
         }
-        let any = connections
+        // A connection whose streams wait for capacity but still get it serves a new
+        // call more slowly; one with a stream the target stopped reading would not
+        // serve it at all, so the call waits for a stream instead (and its wait is what
+        // gets the stopped stream reset).
+        let moving = connections
             .iter()
-            .filter(|c| c.has_room())
+            .filter(|c| c.has_room() && load(c).0 == 0)
             .min_by_key(|c| load(c));
-        match any {
-            Some(connection) => Pick::Lease(Lease::new(connection, &self.changed)),
+        match moving {
+            Some(connection) => Pick::Lease(Lease::new(connection)),
             None => Pick::Full,
         }
     }
@@ -537,7 +564,7 @@ mod tests {
             let pool = pool.clone();
             async move { pool.send(call(Bytes::new())).await }
         });
-        while pool.waiting.load(Ordering::Acquire) == 0 {
+        while pool.shared.waiting.load(Ordering::Acquire) == 0 {
             tokio::task::yield_now().await;
         }
         let over = pool.send(call(Bytes::new())).await;

@@ -93,9 +93,13 @@ impl Upstream {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let stream: Arc<dyn PeerStream> = body.control();
+                let metrics = self.metrics.clone();
                 let body = body
-                    .map_err(|error| {
-                        grpc::stream_failure(&error, Far::App, "while streaming the response")
+                    .map_err(move |error| {
+                        if let pool::StreamError::Stalled(stall) = &error {
+                            metrics.upstream_error(stall.kind());
+                        }
+                        error.status(Far::App, "while streaming the response")
                     })
                     .boxed_unsync();
                 Response::from_parts(parts, ResponseBody::forwarded(body, Some(stream)))
@@ -199,6 +203,10 @@ impl Upstream {
                 pool::Error::Stream(stream) => {
                     self.metrics.upstream_error("request");
                     return grpc::stream_failure(stream, Far::App, "before the app answered");
+                }
+                pool::Error::Stalled(stall) => {
+                    self.metrics.upstream_error(stall.kind());
+                    return stall.status(Far::App);
                 }
             };
             self.metrics.upstream_error(kind);

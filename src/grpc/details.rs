@@ -161,6 +161,13 @@ reasons! {
     /// Outbound: the destination reset the call's stream; the code follows gRPC's HTTP/2
     /// mapping.
     DestinationResetStream => "DESTINATION_RESET_STREAM", "destination_reset_stream", Unavailable;
+    /// The app (or outbound destination) read nothing of the call's request for a
+    /// second while other calls waited for a stream; its stream was reset so they could
+    /// go on.
+    RequestNotRead => "REQUEST_NOT_READ", "request_not_read", ResourceExhausted;
+    /// The app (or outbound destination) stopped reading the call's request while it was
+    /// already not reading two other calls of the same caller; its stream was reset.
+    StalledCallsLimit => "STALLED_CALLS_LIMIT", "stalled_calls_limit", ResourceExhausted;
     /// Outbound `credentials: relay`: the app's token does not name the destination's
     /// `audience`.
     AudienceMismatch => "AUDIENCE_MISMATCH", "audience_mismatch", PermissionDenied;

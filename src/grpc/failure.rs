@@ -13,27 +13,50 @@ pub enum Far<'a> {
     Destination(&'a str),
 }
 
+impl Far<'_> {
+    /// How messages name it: "the app", or the destination's name.
+    pub fn who(&self) -> &str {
+        match self {
+            Far::App => "the app",
+            Far::Destination(name) => name,
+        }
+    }
+
+    /// `status`, naming the destination in its details when there is one.
+    fn named(&self, status: Status) -> Status {
+        match self {
+            Far::App => status,
+            Far::Destination(name) => status.with("destination", *name),
+        }
+    }
+}
+
+/// The status for a call whose stream gatehouse reset because the app or destination
+/// stopped reading its request: `reason` says which rule ended it, `why` what happened.
+pub fn not_read(reason: Reason, far: Far<'_>, why: &dyn std::fmt::Display) -> Status {
+    far.named(Status::new(
+        reason,
+        format!("{} {why}; gatehouse reset the call's stream", far.who()),
+    ))
+}
+
 /// The status for a stream to the app or a destination that failed `when` ("before the
 /// app answered", "while streaming the response"): its reset reason mapped as the gRPC
 /// HTTP/2 mapping says, or UNAVAILABLE when the connection was lost.
 pub fn stream_failure(error: &h2::Error, far: Far<'_>, when: &str) -> Status {
-    let (who, reset, lost) = match far {
-        Far::App => ("the app", Reason::AppResetStream, Reason::AppUnavailable),
-        Far::Destination(name) => (
-            name,
+    let who = far.who();
+    let (reset, lost) = match far {
+        Far::App => (Reason::AppResetStream, Reason::AppUnavailable),
+        Far::Destination(_) => (
             Reason::DestinationResetStream,
             Reason::DestinationUnavailable,
         ),
     };
     if headers_too_large(error) {
-        let status = Status::new(
+        return far.named(Status::new(
             Reason::ResponseHeadersTooLarge,
             format!("{who} answered with headers or trailers larger than gatehouse reads {when}"),
-        );
-        return match far {
-            Far::App => status,
-            Far::Destination(name) => status.with("destination", name),
-        };
+        ));
     }
     let status = match error
         .reason()
@@ -46,10 +69,7 @@ pub fn stream_failure(error: &h2::Error, far: Far<'_>, when: &str) -> Status {
         ),
         None => Status::new(lost, format!("connection to {who} lost {when}: {error}")),
     };
-    match far {
-        Far::App => status,
-        Far::Destination(name) => status.with("destination", name),
-    }
+    far.named(status)
 }
 
 /// Whether h2 refused the peer's header block for its size: an answer over the

@@ -4,7 +4,9 @@
 //!
 //! It sits after Auth because it needs the identity Auth decided, which Auth writes into
 //! the call's facts. An admitted call's slot rides its response body and is given back
-//! when the call ends.
+//! when the call ends. The identity also goes with the call, as a [`crate::pool::Owner`],
+//! to the pool of connections to the app, which caps the streams one identity can leave
+//! the app not reading.
 //!
 //! ```no_run
 //! # fn example(forward: gatehouse::inbound::Forward) {
@@ -37,6 +39,7 @@ use crate::grpc::{self, Reason};
 use crate::layers::observe::CallFacts;
 use crate::limits::local::{CallSlot, Exceeded, Identity, Table, truncated};
 use crate::metrics::Metrics;
+use crate::pool::Owner;
 use crate::tls::ConnectionInfo;
 
 /// Wraps a service in [`Limits`].
@@ -104,7 +107,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
         let identity = Identity::of(
             CallFacts::in_request(&request).and_then(|facts| facts.auth()),
             request
@@ -112,6 +115,8 @@ where
                 .get::<Arc<ConnectionInfo>>()
                 .map(Arc::as_ref),
         );
+        // The pool to the app caps the streams one identity can leave it not reading.
+        request.extensions_mut().insert(Owner::of(&identity));
         let slot = match self.table.admit(identity) {
             Ok(slot) => slot,
             Err((exceeded, identity)) => {

@@ -174,11 +174,7 @@ async fn send(
                 // A failure mid-stream ends the call with the status it maps to.
                 let streamed = body
                     .map_err(move |error| {
-                        grpc::stream_failure(
-                            &error,
-                            Far::Destination(&name),
-                            "while streaming the response",
-                        )
+                        error.status(Far::Destination(&name), "while streaming the response")
                     })
                     .boxed_unsync();
                 ResponseBody::forwarded(streamed, Some(stream))
@@ -540,6 +536,10 @@ impl Endpoints {
                     message: error.to_string(),
                 }
             }
+            pool::Error::Stalled(stall) => Failure::Stream {
+                destination: self.destination.clone(),
+                status: stall.status(Far::Destination(&self.destination)),
+            },
             pool::Error::Stream(error) => Failure::Stream {
                 destination: self.destination.clone(),
                 status: grpc::stream_failure(

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::Notify;
 
+use super::stall::Shared;
 use super::{Error, Pool, STREAM_WINDOW, STREAMS_PER_CONNECTION};
 use crate::config::Target;
 
@@ -40,11 +40,12 @@ pub(super) struct Connection {
     pub(super) open: AtomicUsize,
     /// Streams whose request data waits for send capacity.
     pub(super) starved: AtomicUsize,
-    /// Streams that have waited for send capacity longer than [`WEDGED_AFTER`]: the
-    /// target stopped reading them, and the connection does not count toward the limit.
+    /// Streams that have waited for send capacity longer than
+    /// [`WEDGED_AFTER`](super::WEDGED_AFTER): the target stopped reading them, and the
+    /// connection does not count toward the limit.
     pub(super) wedged: AtomicUsize,
-    /// The pool's: told when a stream becomes wedged, so waiting calls look again.
-    pub(super) changed: Arc<Notify>,
+    /// The pool's: waiting calls, and wedged streams per owner.
+    pub(super) shared: Arc<Shared>,
     /// The connection ended, or the target said GOAWAY: no new streams.
     pub(super) closed: AtomicBool,
 }
@@ -62,15 +63,13 @@ impl Connection {
 /// A stream slot on a connection, given back when dropped.
 pub(super) struct Lease {
     pub(super) connection: Arc<Connection>,
-    pub(super) changed: Arc<Notify>,
 }
 
 impl Lease {
-    pub(super) fn new(connection: &Arc<Connection>, changed: &Arc<Notify>) -> Self {
+    pub(super) fn new(connection: &Arc<Connection>) -> Self {
         connection.open.fetch_add(1, Ordering::AcqRel);
         Lease {
             connection: connection.clone(),
-            changed: changed.clone(),
         }
     }
 }
@@ -78,7 +77,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.connection.open.fetch_sub(1, Ordering::AcqRel);
-        self.changed.notify_waiters();
+        self.connection.shared.changed.notify_waiters();
     }
 }
 
@@ -150,11 +149,11 @@ impl Pool {
             open: AtomicUsize::new(0),
             starved: AtomicUsize::new(0),
             wedged: AtomicUsize::new(0),
-            changed: self.changed.clone(),
+            shared: self.shared.clone(),
             closed: AtomicBool::new(false),
         });
         let watched = opened.clone();
-        let changed = self.changed.clone();
+        let shared = self.shared.clone();
         let target = self.target.clone();
         tokio::spawn(async move {
             match connection.await {
@@ -164,7 +163,7 @@ impl Pool {
                 }
             }
             watched.closed.store(true, Ordering::Release);
-            changed.notify_waiters();
+            shared.changed.notify_waiters();
         });
         // The target's SETTINGS come before its answer to a PING (its preface must open
         // with them), so once the PONG is here the stream limit is the target's own and

@@ -16,7 +16,8 @@ use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::CancellationToken;
 
-use super::{Connection, Lease, REPLAY_LIMIT, SEND_CHUNK, WEDGED_AFTER};
+use super::stall::{Stall, StallFlag, Starvation};
+use super::{Lease, REPLAY_LIMIT, SEND_CHUNK, StreamError};
 
 /// Waits for the response headers while pumping the request body.
 pub(super) async fn exchange<B>(
@@ -111,19 +112,13 @@ struct Sent {
 pub(super) struct Pump<B> {
     source: Option<Source<B>>,
     stream: SendStream<Bytes>,
-    connection: Arc<Connection>,
     /// Data not yet sent, for want of capacity.
     pending: Option<Bytes>,
     /// What was sent, while small enough to send again.
     sent: Option<Sent>,
     sent_bytes: usize,
-    /// Capacity was granted once: the stream is open on the wire. A stream's first wait
-    /// is for its HEADERS to go out, not for window, and does not count as starved.
-    granted: bool,
-    starved: bool,
-    /// Fires when the stream has been starved for [`WEDGED_AFTER`].
-    wedge: Option<Pin<Box<tokio::time::Sleep>>>,
-    wedged: bool,
+    /// Its waits for the target's window.
+    starvation: Starvation,
     done: bool,
 }
 
@@ -131,20 +126,16 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
     pub(super) fn new(
         source: Source<B>,
         stream: SendStream<Bytes>,
-        connection: Arc<Connection>,
+        starvation: Starvation,
         done: bool,
     ) -> Self {
         Pump {
             source: Some(source),
             stream,
-            connection,
             pending: None,
             sent: Some(Sent::default()),
             sent_bytes: 0,
-            granted: false,
-            starved: false,
-            wedge: None,
-            wedged: false,
+            starvation,
             done,
         }
     }
@@ -199,27 +190,24 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                     self.stream.reserve_capacity(data.len().min(SEND_CHUNK));
                     match self.stream.poll_capacity(cx) {
                         Poll::Pending => {
-                            let granted = self.granted;
-                            self.set_starved(granted);
-                            if granted {
-                                self.watch_wedge(cx);
+                            if self.starvation.waiting(cx).is_some() {
+                                return self.give_up();
                             }
                             return Poll::Pending;
                         }
                         Poll::Ready(Some(Ok(_))) => {}
                         Poll::Ready(Some(Err(error))) => {
-                            self.set_starved(false);
+                            self.starvation.ended();
                             return Poll::Ready(Err(error));
                         }
                         Poll::Ready(None) => {
-                            self.set_starved(false);
+                            self.starvation.ended();
                             // The stream is closed; its response says how.
                             self.done = true;
                             return Poll::Ready(Ok(()));
                         }
                     }
-                    self.granted = true;
-                    self.set_starved(false);
+                    self.starvation.granted();
                     continue;
                 }
                 let piece = data.split_to(self.stream.capacity().min(data.len()));
@@ -288,7 +276,7 @@ impl<B> Pump<B> {
     /// "inactive stream", but that is not how the call ended: its response says how, so
     /// the pump stops quietly and leaves the outcome to the response.
     fn closed(&mut self, error: &h2::Error) -> Poll<Result<(), h2::Error>> {
-        tracing::trace!(connection = self.connection.id, %error, "the stream closed while its request was sent");
+        tracing::trace!(connection = self.starvation.connection().id, %error, "the stream closed while its request was sent");
         // A no-op on a closed stream; ends the stream if h2 refused the send for another
         // reason, so the target does not wait for the rest of a request that never comes.
         self.stream.send_reset(Reason::CANCEL);
@@ -296,41 +284,14 @@ impl<B> Pump<B> {
         Poll::Ready(Ok(()))
     }
 
-    fn set_starved(&mut self, starved: bool) {
-        if self.starved != starved {
-            self.starved = starved;
-            if starved {
-                self.connection.starved.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.connection.starved.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        if !starved {
-            self.wedge = None;
-            if self.wedged {
-                self.wedged = false;
-                self.connection.wedged.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Starts or checks the starvation timer of a stream that waits for capacity.
-    fn watch_wedge(&mut self, cx: &mut Context<'_>) {
-        if self.wedged {
-            return;
-        }
-        let wedge = self
-            .wedge
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WEDGED_AFTER)));
-        if wedge.as_mut().poll(cx).is_ready() {
-            self.wedged = true;
-            self.connection.wedged.fetch_add(1, Ordering::AcqRel);
-            tracing::debug!(
-                connection = self.connection.id,
-                "a stream waits for the target's window; new calls go to other connections"
-            );
-            self.connection.changed.notify_waiters();
-        }
+    /// The target stopped reading the stream and the pool gave it up (the reason is in
+    /// the stream's stall flag): reset it, so what it holds of the target's windows
+    /// comes back; its response fails with the reset.
+    fn give_up(&mut self) -> Poll<Result<(), h2::Error>> {
+        self.stream.send_reset(Reason::CANCEL);
+        self.done = true;
+        self.sent = None;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -354,7 +315,6 @@ impl std::fmt::Debug for dyn Parked {
 
 impl<B> Drop for Pump<B> {
     fn drop(&mut self) {
-        self.set_starved(false);
         if !self.done {
             // The call ended before its request did (cancelled, timed out, abandoned, its
             // caller's connection died): reset the target's stream explicitly, whatever
@@ -377,6 +337,8 @@ pub struct StreamControl {
     /// The pump once it is done or stopped, kept so a reset can reach its stream.
     parked: std::sync::Mutex<Option<Box<dyn Parked>>>,
     ended: std::sync::atomic::AtomicBool,
+    /// Set when the pool gave the stream up because the target stopped reading it.
+    stall: Arc<StallFlag>,
 }
 
 impl StreamControl {
@@ -393,6 +355,15 @@ impl StreamControl {
         if let Some(mut pump) = self.lock().take() {
             pump.reset();
         }
+    }
+
+    /// Why the pool reset the stream, if it did because the target stopped reading it.
+    pub fn stalled(&self) -> Option<Stall> {
+        self.stall.get()
+    }
+
+    pub(super) fn stall_flag(&self) -> Arc<StallFlag> {
+        self.stall.clone()
     }
 
     pub(super) async fn stopped(&self) {
@@ -444,6 +415,15 @@ impl ResponseStream {
     pub fn control(&self) -> Arc<StreamControl> {
         self.control.clone()
     }
+
+    /// The stream failed: reset by the pool because the target stopped reading it, or
+    /// as h2 says.
+    fn failed(&self, error: h2::Error) -> StreamError {
+        match self.control.stalled() {
+            Some(stall) => StreamError::Stalled(stall),
+            None => StreamError::Stream(error),
+        }
+    }
 }
 
 impl Drop for ResponseStream {
@@ -465,12 +445,12 @@ impl std::fmt::Debug for ResponseStream {
 
 impl Body for ResponseStream {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = StreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = &mut *self;
         if !this.data_done {
             match ready!(this.recv.poll_data(cx)) {
@@ -480,14 +460,14 @@ impl Body for ResponseStream {
                     let _ = this.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Some(Err(error)) => return Poll::Ready(Some(Err(this.failed(error)))),
                 None => this.data_done = true,
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
-            Err(error) => Poll::Ready(Some(Err(error))),
+            Err(error) => Poll::Ready(Some(Err(this.failed(error)))),
         }
     }
 
@@ -507,8 +487,8 @@ mod tests {
 
     use http::Request;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-    use tokio::sync::Notify;
 
+    use super::super::Connection;
     use super::*;
 
     type ClientConnection = h2::client::Connection<DuplexStream, Bytes>;
@@ -558,13 +538,17 @@ mod tests {
             open: AtomicUsize::new(0),
             starved: AtomicUsize::new(0),
             wedged: AtomicUsize::new(0),
-            changed: Arc::new(Notify::new()),
+            shared: Arc::default(),
             closed: AtomicBool::new(false),
         });
         (sender, Arc::new(Mutex::new(connection)), pooled, target)
     }
 
     type SendRequest = h2::client::SendRequest<Bytes>;
+
+    fn starvation(connection: Arc<Connection>) -> Starvation {
+        Starvation::new(connection, None, Arc::default())
+    }
 
     fn head() -> Request<()> {
         Request::post("http://localhost/made.up.Svc/M")
@@ -615,7 +599,7 @@ mod tests {
         let (response, stream) = sender
             .send_request(head(), false)
             .expect("the stream is opened");
-        let mut pump = Pump::new(Source::new(body), stream, pooled, false);
+        let mut pump = Pump::new(Source::new(body), stream, starvation(pooled), false);
         let exchange = exchange(response, &mut pump);
         tokio::pin!(exchange);
 
@@ -666,7 +650,7 @@ mod tests {
         let (response, stream) = sender
             .send_request(head(), false)
             .expect("the stream is opened");
-        let mut pump = Pump::new(Source::new(body), stream, pooled, false);
+        let mut pump = Pump::new(Source::new(body), stream, starvation(pooled), false);
         // The pump takes the message and waits for capacity; the target refuses the
         // stream before any is granted (the connection is never driven here), so the
         // whole message is still pending.

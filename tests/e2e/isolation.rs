@@ -25,8 +25,9 @@ const KIB: u64 = 1024;
 /// nothing unless told; its connection closes when the returned task is aborted.
 async fn raw_client(
     addr: std::net::SocketAddr,
+    identity: &Identity,
 ) -> (h2::client::SendRequest<Bytes>, JoinHandle<()>) {
-    let tls = tls_connect(addr, Some(&Identity::gateway())).await.unwrap();
+    let tls = tls_connect(addr, Some(identity)).await.unwrap();
     let (client, connection) = h2::client::handshake(tls).await.unwrap();
     let task = tokio::spawn(async move {
         let _ = connection.await;
@@ -138,9 +139,14 @@ const STALLED_FOR: Duration = Duration::from_millis(300);
 /// filled the app's window: the app stopped reading, the attacker has sent
 /// [`HELD_BEYOND_READ`] more than the app read and cannot send any more.
 async fn fill_the_apps_window(gatehouse: &Gatehouse, app: &App) -> Attack {
+    fill_the_apps_window_as(gatehouse, app, &Identity::gateway()).await
+}
+
+/// [`fill_the_apps_window`] by the caller with the client certificate `identity`.
+async fn fill_the_apps_window_as(gatehouse: &Gatehouse, app: &App, identity: &Identity) -> Attack {
     // Earlier attacks' chats have stopped reading; this one's reads are the rest.
     let before = app.observed().chat_bytes();
-    let (mut attacker, connection) = raw_client(gatehouse.addr).await;
+    let (mut attacker, connection) = raw_client(gatehouse.addr, identity).await;
     let (response, body) = attacker.send_request(grpc_request("Chat"), false).unwrap();
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(Notify::new());
@@ -151,10 +157,6 @@ async fn fill_the_apps_window(gatehouse: &Gatehouse, app: &App) -> Attack {
         .unwrap();
     assert_eq!(response.status(), 200);
     // Held, never read: the replies back up into gatehouse and the app.
-    let reader = tokio::spawn(async move {
-        let _held = response;
-        std::future::pending::<()>().await
-    });
     let observed = app.service.observed.clone();
     let progress = std::cell::Cell::new(((0, 0), tokio::time::Instant::now()));
     eventually(
@@ -175,7 +177,7 @@ async fn fill_the_apps_window(gatehouse: &Gatehouse, app: &App) -> Attack {
         _client: attacker,
         connection,
         writer,
-        reader,
+        response: Some(response.into_body()),
         sent,
         stop,
     }
@@ -186,17 +188,40 @@ struct Attack {
     _client: h2::client::SendRequest<Bytes>,
     connection: JoinHandle<()>,
     writer: JoinHandle<()>,
-    reader: JoinHandle<()>,
+    response: Option<h2::RecvStream>,
     sent: Arc<AtomicU64>,
     stop: Arc<Notify>,
+}
+
+impl Attack {
+    /// The end of the attack's call, if it has ended: reads the replies held so far and
+    /// returns the trailers when they follow them within a second.
+    async fn ended(&mut self) -> Option<http::HeaderMap> {
+        let response = self.response.as_mut()?;
+        let read = async {
+            while let Some(chunk) = response.data().await {
+                let chunk = chunk.ok()?;
+                let _ = response.flow_control().release_capacity(chunk.len());
+            }
+            response.trailers().await.ok()?
+        };
+        tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()
+            .flatten()
+    }
 }
 
 impl Drop for Attack {
     fn drop(&mut self) {
         self.writer.abort();
-        self.reader.abort();
         self.connection.abort();
     }
+}
+
+/// The reason in the `google.rpc.ErrorInfo` of a call's trailers.
+fn reason_in(trailers: &http::HeaderMap) -> String {
+    error_info_in(trailers).reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,11 +255,15 @@ async fn a_bidi_stream_whose_app_stops_reading_stalls_no_one_else_and_is_reset_w
 async fn more_stalled_bidi_streams_than_connections_to_the_app_stall_no_one_else() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&dev_config(app.addr));
-    // Five attackers, one more than limits.upstream_connections (4), each on its own
-    // connection to gatehouse and each filling the app's window for its stream.
+    // Five attackers, one more than limits.upstream_connections (4), each with its own
+    // identity on its own connection to gatehouse and each filling the app's window for
+    // its stream.
     let mut attacks = Vec::new();
-    for _ in 0..5 {
-        attacks.push(fill_the_apps_window(&gatehouse, &app).await);
+    for attacker in 0..5 {
+        let identity = svid(&format!(
+            "spiffe://dev.gatehouse/ns/default/sa/attacker-{attacker}"
+        ));
+        attacks.push(fill_the_apps_window_as(&gatehouse, &app, &identity).await);
     }
     good_caller_is_served(&gatehouse, "during five attacks").await;
     let read = app.observed().chat_bytes();
@@ -252,6 +281,66 @@ async fn more_stalled_bidi_streams_than_connections_to_the_app_stall_no_one_else
         "the app did not see all five chats reset within 1 s"
     );
     good_caller_is_served(&gatehouse, "after the attackers left").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_stalling_connection_after_connection_holds_two_and_stalls_no_one() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&dev_config(app.addr));
+    // One identity, sixteen stalled streams one after another, each on a connection of
+    // its own (and each, in turn, on a connection to the app of its own): as many as the
+    // pool opens while its connections are stalled, and far below the identity's
+    // 256-call limit.
+    let mut attacks = Vec::new();
+    for _ in 0..16 {
+        attacks.push(fill_the_apps_window(&gatehouse, &app).await);
+    }
+    good_caller_is_served(&gatehouse, "after sixteen stalls by one identity").await;
+
+    // Two are held; every later one was ended with a status saying why.
+    let mut held = 0;
+    for attack in &mut attacks {
+        match attack.ended().await {
+            None => held += 1,
+            Some(trailers) => {
+                assert_eq!(trailers["grpc-status"], "8", "{trailers:?}");
+                assert_eq!(reason_in(&trailers), "STALLED_CALLS_LIMIT");
+            }
+        }
+    }
+    assert_eq!(held, 2, "stalled streams the identity kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_of_many_identities_give_way_to_calls_that_wait() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start(&config_with_admin(app.addr));
+    // Sixteen identities stall a stream each: every connection the pool may open (four
+    // times limits.upstream_connections) has a stream the app stopped reading.
+    let mut attacks = Vec::new();
+    for attacker in 0..16 {
+        let identity = svid(&format!(
+            "spiffe://dev.gatehouse/ns/default/sa/attacker-{attacker}"
+        ));
+        attacks.push(fill_the_apps_window_as(&gatehouse, &app, &identity).await);
+    }
+    // No call is put beside a stalled stream: the good caller's calls wait, and the
+    // streams stalled longest give way.
+    good_caller_is_served(&gatehouse, "with every connection to the app stalled").await;
+    let mut given_way = 0;
+    for attack in &mut attacks {
+        if let Some(trailers) = attack.ended().await {
+            assert_eq!(trailers["grpc-status"], "8", "{trailers:?}");
+            assert_eq!(reason_in(&trailers), "REQUEST_NOT_READ");
+            given_way += 1;
+        }
+    }
+    assert!(given_way > 0, "no stalled stream gave way");
+    let metrics = scrape_metrics(&gatehouse).await;
+    assert!(
+        metrics.contains(r#"gatehouse_upstream_errors_total{kind="request_not_read"}"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +369,7 @@ async fn server_streams_nobody_reads_stall_no_one_else_and_the_app_stays_ready()
     let app = App::start().await;
     let config = config_with_admin(app.addr);
     let gatehouse = Gatehouse::start(&config);
-    let (mut attacker, connection) = raw_client(gatehouse.addr).await;
+    let (mut attacker, connection) = raw_client(gatehouse.addr, &Identity::gateway()).await;
     let mut held = Vec::new();
     for _ in 0..8 {
         attacker = attacker.ready().await.unwrap();
