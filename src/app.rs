@@ -48,7 +48,7 @@ pub fn check(path: &Path) -> ExitCode {
         }
     };
     let limits = &loaded.config.limits;
-    if let Some(problem) = detected_memory_problem(limits) {
+    if let Some(problem) = detected_memory_problem(&loaded.config) {
         eprintln!("{}: {problem}", path.display());
         return ExitCode::from(EXIT_USAGE);
     }
@@ -58,7 +58,7 @@ pub fn check(path: &Path) -> ExitCode {
     println!("ok");
     println!(
         "worst-case memory: {}{}",
-        MemoryBudget::of(limits),
+        MemoryBudget::of(limits, loaded.config.outbound.as_ref()),
         match memory_limit(limits) {
             Some((limit, from)) => format!(", limit {} MiB ({from})", limit / MIB),
             None => String::new(),
@@ -145,7 +145,7 @@ pub fn run(path: &Path) -> ExitCode {
         }
     };
     let log_level = Arc::new(telemetry::init_logging(&loaded.config.telemetry));
-    if let Some(problem) = detected_memory_problem(&loaded.config.limits) {
+    if let Some(problem) = detected_memory_problem(&loaded.config) {
         tracing::warn!(%problem, "the limits allow more memory than the cgroup gives");
     }
     if let Some(sized) = sized_limits(&loaded.config.limits) {

@@ -152,9 +152,12 @@ impl CallContexts {
         }
     }
 
-    /// The most memory the table can take: entries and their tokens.
-    pub fn budget(bounds: &Bounds) -> u64 {
-        (bounds.handles as u64).saturating_mul(ENTRY_COST as u64) + bounds.bytes as u64
+    /// The most memory the table can take: entries and their tokens, each token at most
+    /// `largest_token` bytes (the header list a caller may send).
+    pub fn budget(bounds: &Bounds, largest_token: u64) -> u64 {
+        let handles = bounds.handles as u64;
+        let tokens = (bounds.bytes as u64).min(handles.saturating_mul(largest_token));
+        handles.saturating_mul(ENTRY_COST as u64) + tokens
     }
 
     /// Gives a new inbound call of `owner` (a key of its identity) a handle for its

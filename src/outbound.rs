@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
@@ -79,6 +80,10 @@ pub struct Destinations {
     tls: Arc<ClientTls>,
     /// Present when a destination uses `credentials: context`; inbound mints into it.
     contexts: Option<Arc<CallContexts>>,
+    /// Calls out open at once, all destinations together: `Limits::outbound_calls`,
+    /// which the memory budget counts.
+    calls: Arc<Semaphore>,
+    max_calls: u32,
 }
 
 /// One destination the app may call.
@@ -165,6 +170,8 @@ impl Destinations {
                 entries,
                 tls,
                 contexts,
+                calls: Arc::new(Semaphore::new(config.limits.outbound_calls() as usize)),
+                max_calls: config.limits.outbound_calls(),
             })),
             _ => Err(problems),
         }
@@ -189,6 +196,17 @@ impl Destinations {
     /// The destination named `host` (ASCII case-insensitively).
     pub fn find(&self, host: &str) -> Option<&Arc<Destination>> {
         route::find(&self.entries, |d| &d.name, host)
+    }
+
+    /// A place for one more call out, held until the call ends; `None` when the app
+    /// already has [`Destinations::max_calls`] open.
+    pub fn call_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.calls.clone().try_acquire_owned().ok()
+    }
+
+    /// Calls out open at once, at most.
+    pub fn max_calls(&self) -> u32 {
+        self.max_calls
     }
 
     /// Every destination's name, for the refusal of a call that names none.

@@ -25,14 +25,14 @@ pub fn load_waiting(path: &Path) -> Result<Loaded, ConfigError> {
 
 fn load_with(path: &Path, wait: bool) -> Result<Loaded, ConfigError> {
     let mut config = Config::read(path)?;
-    size_limits(&mut config.limits);
+    size_limits(&mut config);
     let invalid = |problems| ConfigError::Invalid {
         file: path.to_owned(),
         problems,
     };
     let mut problems = config.validate();
     if let Some(limit) = config.limits.memory_limit
-        && let Some(problem) = check_memory(&config.limits, limit.0, "limits.memory_limit")
+        && let Some(problem) = check_memory(&config, limit.0, "limits.memory_limit")
     {
         problems.push(problem);
     }
@@ -126,9 +126,12 @@ pub(super) const MIB: u64 = 1024 * 1024;
 
 /// Sizes the limits the file left out to the memory gatehouse has (`limits.memory_limit`,
 /// the cgroup's limit, or [`UNKNOWN_MEMORY`]), against the budget `check` prints.
-fn size_limits(limits: &mut Limits) {
-    let memory = memory_limit(limits).map_or(UNKNOWN_MEMORY, |(limit, _)| limit);
-    limits.size_to(memory, |limits| MemoryBudget::of(limits).total);
+fn size_limits(config: &mut Config) {
+    let memory = memory_limit(&config.limits).map_or(UNKNOWN_MEMORY, |(limit, _)| limit);
+    let outbound = config.outbound.as_ref();
+    config
+        .limits
+        .size_to(memory, |limits| MemoryBudget::of(limits, outbound).total);
 }
 
 /// The limits that were sized rather than written, and what they were sized to:
@@ -200,17 +203,17 @@ pub(super) fn memory_limit(limits: &Limits) -> Option<(u64, &'static str)> {
 /// A problem when no `limits.memory_limit` is set and the worst case does not fit the
 /// cgroup's limit. `check` refuses such a configuration; `run` logs it, so a pod that
 /// ran before keeps starting.
-pub(super) fn detected_memory_problem(limits: &Limits) -> Option<Problem> {
-    if limits.memory_limit.is_some() {
+pub(super) fn detected_memory_problem(config: &Config) -> Option<Problem> {
+    if config.limits.memory_limit.is_some() {
         return None;
     }
-    let (limit, from) = memory_limit(limits)?;
-    check_memory(limits, limit, from)
+    let (limit, from) = memory_limit(&config.limits)?;
+    check_memory(config, limit, from)
 }
 
 /// A problem when the worst case the limits allow does not fit the memory limit.
-fn check_memory(limits: &Limits, limit: u64, from: &str) -> Option<Problem> {
-    let budget = MemoryBudget::of(limits);
+fn check_memory(config: &Config, limit: u64, from: &str) -> Option<Problem> {
+    let budget = MemoryBudget::of(&config.limits, config.outbound.as_ref());
     (budget.total > limit).then(|| {
         Problem::new(
             "limits",
@@ -251,13 +254,20 @@ fn merge(problems: &mut Vec<Problem>, more: Vec<Problem>) {
 mod tests {
     use super::*;
 
-    fn sized(memory: u64, file: &str) -> Limits {
+    fn sized_config(memory: u64, file: &str) -> Config {
         let text = format!(
             "listen: {{ address: 127.0.0.1:12018 }}\nupstream: {{ address: 127.0.0.1:1 }}\n{file}"
         );
-        let mut limits = Config::from_yaml(&text).unwrap().limits;
-        limits.size_to(memory, |limits| MemoryBudget::of(limits).total);
-        limits
+        let mut config = Config::from_yaml(&text).unwrap();
+        let outbound = config.outbound.clone();
+        config.limits.size_to(memory, |limits| {
+            MemoryBudget::of(limits, outbound.as_ref()).total
+        });
+        config
+    }
+
+    fn sized(memory: u64, file: &str) -> Limits {
+        sized_config(memory, file).limits
     }
 
     /// (max_connections, max_concurrent_streams, max_header_list_size,
@@ -269,7 +279,7 @@ mod tests {
             limits.max_concurrent_streams,
             limits.max_header_list_size,
             limits.upstream_connections,
-            MemoryBudget::of(&limits).total.div_ceil(MIB),
+            MemoryBudget::of(&limits, None).total.div_ceil(MIB),
         )
     }
 
@@ -299,16 +309,17 @@ mod tests {
 
     #[test]
     fn written_limits_are_kept_and_the_rest_sized_around_them() {
-        let limits = sized(
+        let config = sized_config(
             160 * MIB,
             "limits: { max_connections: 500, max_header_list_size: 16384 }\n",
         );
+        let limits = &config.limits;
         assert_eq!(limits.max_connections, 500);
         assert_eq!(limits.max_header_list_size, 16384);
         assert_eq!(limits.upstream_connections, 2);
         // Streams sized down to the least that still fits, and no further than one.
         assert_eq!(limits.max_concurrent_streams, 1);
-        let problem = check_memory(&limits, 160 * MIB, "limits.memory_limit")
+        let problem = check_memory(&config, 160 * MIB, "limits.memory_limit")
             .expect("500 written connections cannot fit 160 MiB");
         assert!(
             problem
@@ -316,10 +327,11 @@ mod tests {
                 .contains("exceeds the memory limit of 160 MiB")
         );
 
-        let limits = sized(160 * MIB, "limits: { max_concurrent_streams: 100 }\n");
+        let config = sized_config(160 * MIB, "limits: { max_concurrent_streams: 100 }\n");
+        let limits = &config.limits;
         assert_eq!(limits.max_concurrent_streams, 100);
         assert_eq!(limits.max_connections, 16);
-        assert!(check_memory(&limits, 160 * MIB, "cgroup memory.max").is_none());
+        assert!(check_memory(&config, 160 * MIB, "cgroup memory.max").is_none());
 
         let everything = "limits: { max_connections: 4096, max_concurrent_streams: 100, \
                           max_header_list_size: 16384, upstream_connections: 4 }\n";
@@ -344,5 +356,55 @@ mod tests {
                  max_header_list_size 8192, upstream_connections 2"
             )
         );
+    }
+
+    #[test]
+    fn the_outbound_side_and_the_call_context_table_are_in_the_budget() {
+        const OUTBOUND: &str = "outbound:
+  listen: 127.0.0.1:15001
+  client_tls: { cert_file: /c.crt, key_file: /c.key, ca_file: /ca.crt }
+  destinations:
+    - { name: a, address: 'a:1', identity: ['spiffe://x/a'], credentials: CREDENTIALS, audience: a }
+";
+        let budget = |config: &Config| MemoryBudget::of(&config.limits, config.outbound.as_ref());
+        let written = "limits: { max_connections: 100, max_concurrent_streams: 100, \
+                       max_header_list_size: 16384, upstream_connections: 4 }\n";
+        let inbound = budget(&sized_config(1024 * MIB, written));
+        let none = budget(&sized_config(
+            1024 * MIB,
+            &(written.to_owned() + &OUTBOUND.replace("CREDENTIALS", "none")),
+        ));
+        let context = budget(&sized_config(
+            1024 * MIB,
+            &(written.to_owned() + &OUTBOUND.replace("CREDENTIALS", "context")),
+        ));
+        assert_eq!((inbound.outbound, inbound.contexts), (0, 0));
+        // 16 connections from the app and 200 calls out, each with its stream to the
+        // destination.
+        assert_eq!(none.outbound.div_ceil(MIB), 64);
+        assert_eq!(none.contexts, 0);
+        assert_eq!(context.outbound, none.outbound);
+        // 10,000 handles (100 connections x 100 calls) and 16 MiB of tokens.
+        assert_eq!(context.contexts.div_ceil(MIB), 19);
+        assert_eq!(
+            context.total,
+            inbound.total + context.outbound + context.contexts
+        );
+        assert!(
+            context
+                .to_string()
+                .ends_with(" + 64 MiB outbound + 19 MiB call contexts)"),
+            "{context}"
+        );
+
+        // Sized limits make room for them, down to a 160 MiB pod.
+        for memory in [160 * MIB, 512 * MIB] {
+            let inbound = sized_config(memory, "");
+            let both = sized_config(memory, &OUTBOUND.replace("CREDENTIALS", "context"));
+            let shape = |limits: &Limits| (limits.max_connections, limits.max_concurrent_streams);
+            assert!(shape(&both.limits) < shape(&inbound.limits), "{memory}");
+            assert!(budget(&both).total <= memory * 3 / 4, "{}", budget(&both));
+            assert!(both.limits.max_connections >= 16);
+        }
     }
 }

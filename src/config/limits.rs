@@ -200,6 +200,13 @@ impl Limits {
         u32::try_from(self.upstream_connections.saturating_mul(100)).unwrap_or(u32::MAX)
     }
 
+    /// Calls out the app may have open at once through the outbound port, all
+    /// destinations together: half the app's own streams. More are refused
+    /// `DESTINATION_BUSY`.
+    pub fn outbound_calls(&self) -> u32 {
+        self.app_streams() / 2
+    }
+
     /// `public_calls.max_concurrent_calls`, or its default: a tenth of the app's streams.
     pub fn public_calls_share(&self) -> u32 {
         self.public_calls

@@ -154,7 +154,8 @@ reasons! {
     /// connection.
     NoEndpoint => "NO_ENDPOINT", "no_endpoint", Unavailable;
     /// Outbound: every connection to the destination is at its stream limit and the wait
-    /// for a stream is full or took too long.
+    /// for a stream is full or took too long, or the app has as many calls out open as
+    /// gatehouse carries.
     DestinationBusy => "DESTINATION_BUSY", "destination_busy", ResourceExhausted;
     /// Outbound: the connection to the destination was lost during the call.
     DestinationUnavailable => "DESTINATION_UNAVAILABLE", "destination_unavailable", Unavailable;

@@ -127,7 +127,23 @@ impl tower::Service<Request<RequestBody>> for Endpoint {
         match request.extensions().get::<Routed>() {
             Some(Routed::To(destination)) => {
                 let destination = destination.clone();
-                Box::pin(async move { Ok(send(&destination, request).await) })
+                let Some(slot) = self.destinations.call_slot() else {
+                    let status = grpc::Status::new(
+                        Reason::DestinationBusy,
+                        format!(
+                            "the app has {} calls out open, as many as gatehouse carries at once",
+                            self.destinations.max_calls()
+                        ),
+                    )
+                    .about(request.uri(), Some(&destination.name));
+                    return Box::pin(std::future::ready(Ok(status.response())));
+                };
+                Box::pin(async move {
+                    let mut response = send(&destination, request).await;
+                    // The slot is given back when the call ends.
+                    response.body_mut().hold(slot);
+                    Ok(response)
+                })
             }
             Some(Routed::Nowhere(host)) => Box::pin(std::future::ready(Ok(
                 route::unknown_destination(host.as_deref(), self.destinations.names()),

@@ -73,6 +73,11 @@ impl Accepted {
     }
 }
 
+/// Connections the app may hold open to the outbound port: one per destination its
+/// gRPC clients call (a channel each) with room to spare. More are refused at accept,
+/// like connections over `limits.max_connections`; the memory budget counts these.
+pub const APP_CONNECTIONS: usize = 16;
+
 /// Accepts connections and hands each to the HTTP/2 server, which runs the chain `S`.
 pub struct Listener<S> {
     socket: Socket,
@@ -125,16 +130,21 @@ impl<S: ChainService> Listener<S> {
     }
 
     /// The app's own listener (outbound): plaintext, and every connection the one
-    /// client's, so only `limits.max_connections` bounds them.
+    /// client's, so only a connection cap bounds them: `limits.max_connections`, and at
+    /// most [`APP_CONNECTIONS`].
     pub fn for_the_app(
         socket: Socket,
         server: Server<S>,
         limits: &Limits,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let limits = Limits {
+            max_connections: limits.max_connections.min(APP_CONNECTIONS),
+            ..limits.clone()
+        };
         Listener {
             clients: None,
-            ..Listener::new(socket, None, server, limits, metrics)
+            ..Listener::new(socket, None, server, &limits, metrics)
         }
     }
 

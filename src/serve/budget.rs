@@ -1,8 +1,10 @@
 //! The most memory gatehouse can need under its limits, which `gatehouse check` prints
 //! and compares with the memory limit (docs/deploy.md states the formula).
 
+use super::accept::APP_CONNECTIONS;
 use super::server::CALLER_CONNECTION_WINDOW;
-use crate::config::Limits;
+use crate::call_context::CallContexts;
+use crate::config::{Limits, Outbound};
 use crate::pool;
 
 /// What an open connection costs besides the data it may make gatehouse hold: TLS
@@ -25,8 +27,10 @@ pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_
 /// The most memory gatehouse can need under its limits: every connection open with
 /// every call it may open, each connection holding as much request data as its receive
 /// window allows and one frame being read, plus what gatehouse needs anyway, the span
-/// export queue and what every stream to the app may hold. Printed by `gatehouse check` and checked
-/// against the memory limit; docs/deploy.md states the formula.
+/// export queue and what every stream to the app may hold; with `outbound`, the app's
+/// connections to the outbound port, every call out it may open with what its stream to
+/// the destination may hold, and the call-context table. Printed by `gatehouse check`
+/// and checked against the memory limit; docs/deploy.md states the formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
     /// Bytes one connection can cost, its calls included.
@@ -34,33 +38,55 @@ pub struct MemoryBudget {
     pub connections: u64,
     /// Bytes that do not grow with connections.
     pub fixed: u64,
+    /// Bytes the outbound side can take (0 without `outbound`): its connections, calls and
+    /// streams to destinations.
+    pub outbound: u64,
+    /// Bytes the call-context table can take (0 unless a destination uses
+    /// `credentials: context`).
+    pub contexts: u64,
     pub total: u64,
 }
 
 impl MemoryBudget {
-    pub fn of(limits: &Limits) -> MemoryBudget {
+    pub fn of(limits: &Limits, outbound: Option<&Outbound>) -> MemoryBudget {
         let headers = u64::from(limits.max_header_list_size);
         // One frame being decoded: at most a header list, or a DATA frame (16 KiB).
         let frame = headers.max(16 * 1024);
         let per_call = CALL_COST + 3 * headers;
-        let per_connection = CONNECTION_COST
-            + u64::from(CALLER_CONNECTION_WINDOW)
-            + frame
-            + u64::from(limits.max_concurrent_streams) * per_call;
+        let idle_connection = CONNECTION_COST + u64::from(CALLER_CONNECTION_WINDOW) + frame;
+        let per_connection = idle_connection + u64::from(limits.max_concurrent_streams) * per_call;
         let connections = limits.max_connections as u64;
+        // What one stream to the app or a destination may hold, its answer's headers
+        // included.
+        let per_stream = UPSTREAM_STREAM_COST + u64::from(pool::response_header_list(limits));
         // Streams to the app: as many as callers can open, but never more than the pool
         // puts on its connections.
         let upstream_streams = (connections * u64::from(limits.max_concurrent_streams))
             .min((limits.upstream_connections * pool::STREAMS_PER_CONNECTION) as u64);
-        let fixed = BASE_COST
-            + upstream_streams
-                * (UPSTREAM_STREAM_COST + u64::from(pool::response_header_list(limits)))
-            + crate::telemetry::SPAN_QUEUE_BYTES as u64;
+        let fixed =
+            BASE_COST + upstream_streams * per_stream + crate::telemetry::SPAN_QUEUE_BYTES as u64;
+        // The app's calls out: at most `outbound_calls` open at once (more are refused),
+        // on at most APP_CONNECTIONS connections.
+        let outbound_cost = outbound.map_or(0, |_| {
+            let app_connections = limits.max_connections.min(APP_CONNECTIONS) as u64;
+            app_connections * idle_connection
+                + u64::from(limits.outbound_calls()) * (per_call + per_stream)
+        });
+        let contexts = outbound
+            .filter(|outbound| outbound.uses_context())
+            .map_or(0, |outbound| {
+                CallContexts::budget(&outbound.context_bounds(limits), headers)
+            });
         MemoryBudget {
             per_connection,
             connections,
             fixed,
-            total: fixed.saturating_add(connections.saturating_mul(per_connection)),
+            outbound: outbound_cost,
+            contexts,
+            total: fixed
+                .saturating_add(outbound_cost)
+                .saturating_add(contexts)
+                .saturating_add(connections.saturating_mul(per_connection)),
         }
     }
 }
@@ -70,11 +96,18 @@ impl std::fmt::Display for MemoryBudget {
         const MIB: u64 = 1024 * 1024;
         write!(
             f,
-            "{} MiB ({} connections x {} KiB + {} MiB)",
+            "{} MiB ({} connections x {} KiB + {} MiB",
             self.total.div_ceil(MIB),
             self.connections,
             self.per_connection.div_ceil(1024),
             self.fixed.div_ceil(MIB)
-        )
+        )?;
+        if self.outbound > 0 {
+            write!(f, " + {} MiB outbound", self.outbound.div_ceil(MIB))?;
+        }
+        if self.contexts > 0 {
+            write!(f, " + {} MiB call contexts", self.contexts.div_ceil(MIB))?;
+        }
+        f.write_str(")")
     }
 }
