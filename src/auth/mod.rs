@@ -222,30 +222,6 @@ impl Authenticator {
             bearer.read_by(credentials.jwt.as_ref()),
             api_key.read_by(store),
         ) {
-            (Presented::Many, _) => Admission::refused(
-                AuthMethod::Jwt,
-                Refusal::unauthenticated(
-                    Reason::AmbiguousCredentials,
-                    "more than one authorization header",
-                ),
-            ),
-            (_, Presented::Many) => Admission::refused(
-                AuthMethod::ApiKey,
-                Refusal::unauthenticated(
-                    Reason::AmbiguousCredentials,
-                    format!(
-                        "more than one {} header",
-                        store.map_or(&X_API_KEY, |store| store.header())
-                    ),
-                ),
-            ),
-            (Presented::One(_), Presented::One(_)) => Admission::refused(
-                AuthMethod::None,
-                Refusal::unauthenticated(
-                    Reason::AmbiguousCredentials,
-                    "both a bearer token and an API key: send one",
-                ),
-            ),
             (Presented::One((jwt, value)), Presented::Absent) => {
                 // A token whose key is being fetched waits no longer than the caller would.
                 let key_wait = jwt::key_wait(deadline);
@@ -265,6 +241,11 @@ impl Authenticator {
             (Presented::Absent, Presented::Absent) => Admission::refused(
                 AuthMethod::None,
                 Refusal::unauthenticated(Reason::MissingCredentials, "missing credentials"),
+            ),
+            (bearer, api_key) => ambiguous(
+                &bearer,
+                &api_key,
+                store.map_or(&X_API_KEY, |store| store.header()),
             ),
         }
     }
@@ -437,6 +418,30 @@ fn unix_time(seconds: u64) -> Option<SystemTime> {
 
 /// What a caller sent in one credential header; `T` is the value, or the value with what
 /// reads it.
+/// The refusal of a call that sent more than one credential: two of a kind, or both a
+/// token and a key.
+fn ambiguous<A, B>(
+    bearer: &Presented<A>,
+    api_key: &Presented<B>,
+    key_header: &HeaderName,
+) -> Admission {
+    let (method, message) = match (bearer, api_key) {
+        (Presented::Many, _) => (AuthMethod::Jwt, "more than one authorization header".into()),
+        (_, Presented::Many) => (
+            AuthMethod::ApiKey,
+            format!("more than one {key_header} header"),
+        ),
+        _ => (
+            AuthMethod::None,
+            "both a bearer token and an API key: send one".into(),
+        ),
+    };
+    Admission::refused(
+        method,
+        Refusal::unauthenticated(Reason::AmbiguousCredentials, message),
+    )
+}
+
 enum Presented<T = HeaderValue> {
     Absent,
     One(T),

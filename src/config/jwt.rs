@@ -34,79 +34,7 @@ impl Jwt {
         }
         let mut names = std::collections::HashSet::new();
         for (i, provider) in self.providers.iter().enumerate() {
-            let at = |field: &str| format!("auth.jwt.providers[{i}].{field}");
-            if !names.insert(provider.name.as_str()) {
-                problems.push(Problem::new(
-                    at("name"),
-                    format!("{:?} is used by another provider", provider.name),
-                ));
-            }
-            if provider.issuer.is_empty() {
-                problems.push(Problem::new(at("issuer"), "required"));
-            }
-            if provider.audiences.is_empty() {
-                problems.push(Problem::new(at("audiences"), "name at least one audience"));
-            }
-            if provider.leeway.get() > MAX_LEEWAY {
-                problems.push(Problem::new(
-                    at("leeway"),
-                    format!(
-                        "at most {}m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
-                        MAX_LEEWAY.as_secs() / 60
-                    ),
-                ));
-            }
-            let family = match Family::of(&provider.algorithms) {
-                Ok(family) => Some(family),
-                Err(message) => {
-                    problems.push(Problem::new(at("algorithms"), message));
-                    None
-                }
-            };
-            let sources = [
-                provider.jwks_file.is_some(),
-                provider.jwks_url.is_some(),
-                provider.secret_file.is_some(),
-            ];
-            if sources.iter().filter(|set| **set).count() != 1 {
-                problems.push(Problem::new(
-                    at("jwks_file"),
-                    "set exactly one of jwks_file, jwks_url or secret_file",
-                ));
-            }
-            let hmac = family == Some(Family::Hmac);
-            if hmac && provider.secret_file.is_none() {
-                problems.push(Problem::new(
-                    at("secret_file"),
-                    "HS* algorithms need secret_file",
-                ));
-            }
-            if !hmac && family.is_some() && provider.secret_file.is_some() {
-                problems.push(Problem::new(
-                    at("secret_file"),
-                    "only HS* algorithms use a shared secret",
-                ));
-            }
-            if let Some(url) = &provider.jwks_url
-                && !url.starts_with("https://")
-            {
-                problems.push(Problem::new(
-                    at("jwks_url"),
-                    format!("{url:?}: must be an https:// address"),
-                ));
-            }
-            for (field, path) in [
-                ("user_id", &provider.claims.user_id),
-                ("tenant_id", &provider.claims.tenant_id),
-                ("roles", &provider.claims.roles),
-            ] {
-                if path.is_empty() || path.split('.').any(str::is_empty) {
-                    problems.push(Problem::new(
-                        at(&format!("claims.{field}")),
-                        "a claim name or dotted path",
-                    ));
-                }
-            }
+            provider.validate(&format!("auth.jwt.providers[{i}]"), &mut names, problems);
         }
     }
 }
@@ -155,6 +83,89 @@ pub struct JwtProvider {
 pub const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 impl JwtProvider {
+    /// The problems of the provider at `path`; `names` holds the names of the providers
+    /// before it, which it must not repeat.
+    fn validate(
+        &self,
+        path: &str,
+        names: &mut std::collections::HashSet<String>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let at = |field: &str| format!("{path}.{field}");
+        if !names.insert(self.name.to_owned()) {
+            problems.push(Problem::new(
+                at("name"),
+                format!("{:?} is used by another provider", self.name),
+            ));
+        }
+        if self.issuer.is_empty() {
+            problems.push(Problem::new(at("issuer"), "required"));
+        }
+        if self.audiences.is_empty() {
+            problems.push(Problem::new(at("audiences"), "name at least one audience"));
+        }
+        if self.leeway.get() > MAX_LEEWAY {
+            problems.push(Problem::new(
+                at("leeway"),
+                format!(
+                    "at most {}m: clock skew beyond that is a broken clock, and a larger leeway keeps expired tokens working",
+                    MAX_LEEWAY.as_secs() / 60
+                ),
+            ));
+        }
+        let family = match Family::of(&self.algorithms) {
+            Ok(family) => Some(family),
+            Err(message) => {
+                problems.push(Problem::new(at("algorithms"), message));
+                None
+            }
+        };
+        let sources = [
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+            self.secret_file.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            problems.push(Problem::new(
+                at("jwks_file"),
+                "set exactly one of jwks_file, jwks_url or secret_file",
+            ));
+        }
+        let hmac = family == Some(Family::Hmac);
+        if hmac && self.secret_file.is_none() {
+            problems.push(Problem::new(
+                at("secret_file"),
+                "HS* algorithms need secret_file",
+            ));
+        }
+        if !hmac && family.is_some() && self.secret_file.is_some() {
+            problems.push(Problem::new(
+                at("secret_file"),
+                "only HS* algorithms use a shared secret",
+            ));
+        }
+        if let Some(url) = &self.jwks_url
+            && !url.starts_with("https://")
+        {
+            problems.push(Problem::new(
+                at("jwks_url"),
+                format!("{url:?}: must be an https:// address"),
+            ));
+        }
+        for (field, claim) in [
+            ("user_id", &self.claims.user_id),
+            ("tenant_id", &self.claims.tenant_id),
+            ("roles", &self.claims.roles),
+        ] {
+            if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                problems.push(Problem::new(
+                    at(&format!("claims.{field}")),
+                    "a claim name or dotted path",
+                ));
+            }
+        }
+    }
+
     fn default_refresh_interval() -> Duration {
         Duration::from_secs(300)
     }

@@ -164,68 +164,7 @@ impl Outbound {
         }
         let mut names = std::collections::HashSet::new();
         for (i, destination) in self.destinations.iter().enumerate() {
-            let at = |field: &str| format!("outbound.destinations[{i}].{field}");
-            let name = &destination.name;
-            let valid_name = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-            if !valid_name {
-                problems.push(Problem::new(
-                    at("name"),
-                    format!("{name:?}: a host name (letters, digits, -, ., _), as the app sets it in :authority"),
-                ));
-            } else if !names.insert(name.to_ascii_lowercase()) {
-                problems.push(Problem::new(
-                    at("name"),
-                    format!("{name:?} is used by another destination"),
-                ));
-            }
-            if let Err(message) = check_destination_address(&destination.address) {
-                problems.push(Problem::new(at("address"), message));
-            }
-            let server_name = destination.server_name();
-            if server_name.parse::<std::net::IpAddr>().is_ok() {
-                let field = if destination.server_name.is_some() {
-                    "server_name"
-                } else {
-                    "address"
-                };
-                problems.push(Problem::new(
-                    at(field),
-                    format!("{server_name:?} is an IP address: set server_name to the DNS name the destination's certificate is issued for"),
-                ));
-            } else if rustls_pki_types::ServerName::try_from(server_name).is_err() {
-                problems.push(Problem::new(
-                    at("server_name"),
-                    format!("{server_name:?} is not a valid DNS name"),
-                ));
-            }
-            if destination.identity.is_empty() {
-                problems.push(Problem::new(
-                    at("identity"),
-                    "required: the URI SANs (spiffe://…) or dns:NAMEs the destination's certificate must carry",
-                ));
-            }
-            for (j, pattern) in destination.identity.iter().enumerate() {
-                if let Err(message) = identity_pattern(pattern) {
-                    problems.push(Problem::new(at(&format!("identity[{j}]")), message));
-                }
-            }
-            match &destination.credentials {
-                Credentials::Relay | Credentials::Context
-                    if destination.audience.as_deref().is_none_or(str::is_empty) =>
-                {
-                    problems.push(Problem::new(
-                        at("audience"),
-                        "required with credentials: relay or context (the token's aud must contain it)",
-                    ))
-                }
-                _ => {}
-            }
-            if destination.timeout.get().is_zero() {
-                problems.push(Problem::new(at("timeout"), "must be longer than 0s"));
-            }
+            destination.validate(&format!("outbound.destinations[{i}]"), &mut names, problems);
         }
     }
 }
@@ -268,6 +207,78 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// The problems of the destination at `path`; `names` holds the names (lowercase)
+    /// of the destinations before it, which it must not repeat.
+    fn validate(
+        &self,
+        path: &str,
+        names: &mut std::collections::HashSet<String>,
+        problems: &mut Vec<Problem>,
+    ) {
+        let at = |field: &str| format!("{path}.{field}");
+        let name = &self.name;
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        if !valid_name {
+            problems.push(Problem::new(
+                at("name"),
+                format!("{name:?}: a host name (letters, digits, -, ., _), as the app sets it in :authority"),
+            ));
+        } else if !names.insert(name.to_ascii_lowercase()) {
+            problems.push(Problem::new(
+                at("name"),
+                format!("{name:?} is used by another destination"),
+            ));
+        }
+        if let Err(message) = check_destination_address(&self.address) {
+            problems.push(Problem::new(at("address"), message));
+        }
+        let server_name = self.server_name();
+        if server_name.parse::<std::net::IpAddr>().is_ok() {
+            let field = if self.server_name.is_some() {
+                "server_name"
+            } else {
+                "address"
+            };
+            problems.push(Problem::new(
+                at(field),
+                format!("{server_name:?} is an IP address: set server_name to the DNS name the destination's certificate is issued for"),
+            ));
+        } else if rustls_pki_types::ServerName::try_from(server_name).is_err() {
+            problems.push(Problem::new(
+                at("server_name"),
+                format!("{server_name:?} is not a valid DNS name"),
+            ));
+        }
+        if self.identity.is_empty() {
+            problems.push(Problem::new(
+                at("identity"),
+                "required: the URI SANs (spiffe://…) or dns:NAMEs the destination's certificate must carry",
+            ));
+        }
+        for (j, pattern) in self.identity.iter().enumerate() {
+            if let Err(message) = identity_pattern(pattern) {
+                problems.push(Problem::new(at(&format!("identity[{j}]")), message));
+            }
+        }
+        match &self.credentials {
+            Credentials::Relay | Credentials::Context
+                if self.audience.as_deref().is_none_or(str::is_empty) =>
+            {
+                problems.push(Problem::new(
+                    at("audience"),
+                    "required with credentials: relay or context (the token's aud must contain it)",
+                ))
+            }
+            _ => {}
+        }
+        if self.timeout.get().is_zero() {
+            problems.push(Problem::new(at("timeout"), "must be longer than 0s"));
+        }
+    }
+
     fn default_timeout() -> Duration {
         Duration::from_secs(10)
     }

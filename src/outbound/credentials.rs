@@ -285,55 +285,7 @@ fn read_key(path: &Path) -> Result<HeaderValue, String> {
 /// `aud` contains `audience`. The signature is the destination's to check: gatehouse
 /// may not hold the issuer's keys, and the destination checks it anyway.
 fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<(), Refusal> {
-    const MISSING: &str = "no bearer token to relay: this destination uses credentials: relay, so the call needs the user's authorization: Bearer token";
-    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
-        // Which one the destination reads would be its guess; neither leaves the pod.
-        return Err(Refusal::unauthenticated(
-            Reason::AmbiguousCredentials,
-            "more than one authorization header: send one bearer token",
-        ));
-    }
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(Refusal::unauthenticated(
-            Reason::MissingCredentials,
-            MISSING,
-        ));
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .ok_or_else(|| Refusal::unauthenticated(Reason::MissingCredentials, MISSING))?;
-    let malformed = || {
-        Refusal::unauthenticated(
-            Reason::MalformedToken,
-            "the bearer token to relay is not a well-formed JWT",
-        )
-    };
-    if token.len() > crate::auth::jwt::MAX_TOKEN_BYTES {
-        return Err(malformed());
-    }
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(malformed());
-    };
-    let decode = |part: &str| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .filter(serde_json::Value::is_object)
-    };
-    if decode(header).is_none() || signature.is_empty() {
-        return Err(malformed());
-    }
-    let claims = decode(payload).ok_or_else(malformed)?;
+    let claims = relayed_claims(relayed_token(headers)?)?;
     let expires = claims.get("exp").and_then(serde_json::Value::as_u64);
     match expires {
         None => {
@@ -367,6 +319,58 @@ fn check_relayed_token(headers: &HeaderMap, audience: &str, now: u64) -> Result<
             ),
         ))
     }
+}
+
+/// The one bearer token the app's call carries.
+fn relayed_token(headers: &HeaderMap) -> Result<&str, Refusal> {
+    const MISSING: &str = "no bearer token to relay: this destination uses credentials: relay, so the call needs the user's authorization: Bearer token";
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        // Which one the destination reads would be its guess; neither leaves the pod.
+        return Err(Refusal::unauthenticated(
+            Reason::AmbiguousCredentials,
+            "more than one authorization header: send one bearer token",
+        ));
+    }
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| Refusal::unauthenticated(Reason::MissingCredentials, MISSING))
+}
+
+/// The claims of a well-formed JWT (three parts, a JSON object header and payload, a
+/// signature), which is not verified here: the destination does that.
+fn relayed_claims(token: &str) -> Result<serde_json::Value, Refusal> {
+    let malformed = || {
+        Refusal::unauthenticated(
+            Reason::MalformedToken,
+            "the bearer token to relay is not a well-formed JWT",
+        )
+    };
+    if token.len() > crate::auth::jwt::MAX_TOKEN_BYTES {
+        return Err(malformed());
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let decode = |part: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .filter(serde_json::Value::is_object)
+    };
+    if decode(header).is_none() || signature.is_empty() {
+        return Err(malformed());
+    }
+    decode(payload).ok_or_else(malformed)
 }
 
 #[cfg(test)]
