@@ -11,9 +11,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::auth::collect_with_trailers;
 use crate::observability::{Collector, hex};
-use crate::outbound::{DEST_ID, Fixture, app_client, bearer, entry, genuine, values};
+use crate::outbound::{DEST_ID, Fixture, app_client, entry, genuine};
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -100,17 +99,9 @@ async fn seen_by_source_app(
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
-    let reply = client(a)
+    inspect(&mut client(a).await, request)
         .await
-        .inspect(request)
-        .await
-        .expect("the inbound call went through");
-    reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect()
+        .expect("the inbound call went through")
 }
 
 /// The `gatehouse-ctx` members of the `baggage` the app saw.
@@ -132,13 +123,7 @@ async fn call_out(
     for (key, value) in metadata {
         request.metadata_mut().append(*key, value.parse().unwrap());
     }
-    let reply = client.inspect(request).await?;
-    Ok(reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect())
+    inspect(client, request).await
 }
 
 fn assert_no_call_context(result: Result<Vec<(String, String)>, tonic::Status>, what: &str) {
@@ -247,11 +232,7 @@ async fn handles_in_other_spellings_or_in_trailers_never_reach_the_app() {
     );
     trailers.insert("x-custom-trailer", "kept".parse().unwrap());
     let reply = collect_with_trailers(a.addr, &token, trailers).await;
-    let trailers: Vec<(String, String)> = reply
-        .trailers
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect();
+    let trailers = pairs(reply.trailers);
     assert_eq!(
         values(&trailers, "x-custom-trailer"),
         ["kept"],

@@ -12,7 +12,7 @@ use gatehouse::body::END_GRACE;
 use jsonwebtoken::Algorithm;
 use tonic::Code;
 
-use crate::auth::{hash, with_key, with_token};
+use crate::auth::hash;
 use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;

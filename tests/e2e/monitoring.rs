@@ -175,13 +175,7 @@ outbound:
             crate::auth::hash(KEY_B)
         );
     let gatehouse = Gatehouse::start(&yaml);
-    let keyed = |key: &str| {
-        let mut request = tonic::Request::new(pb::EchoRequest::default());
-        request
-            .metadata_mut()
-            .insert("x-api-key", key.parse().unwrap());
-        request
-    };
+    let keyed = |key: &str| with_key(pb::EchoRequest::default(), key);
     let mut client = client(gatehouse.addr).await;
     client.echo(keyed(KEY_A)).await.expect("allowed (dry run)");
     let mut over_rate = false;

@@ -34,28 +34,26 @@ fn config(app: SocketAddr, otlp: Option<SocketAddr>) -> String {
         )
 }
 
-fn with_key<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", KEY.parse().unwrap());
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
     for _ in 0..3 {
-        client.echo(with_key(EchoRequest::default())).await.unwrap();
+        client
+            .echo(with_key(EchoRequest::default(), KEY))
+            .await
+            .unwrap();
     }
     for _ in 0..2 {
         let status = client
-            .fail(with_key(FailRequest {
-                code: 5,
-                message: "no".into(),
-            }))
+            .fail(with_key(
+                FailRequest {
+                    code: 5,
+                    message: "no".into(),
+                },
+                KEY,
+            ))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
@@ -104,7 +102,10 @@ async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
-    client.echo(with_key(EchoRequest::default())).await.unwrap();
+    client
+        .echo(with_key(EchoRequest::default(), KEY))
+        .await
+        .unwrap();
     client.inspect(InspectRequest {}).await.unwrap_err();
     let admin = admin(&gatehouse);
 
@@ -197,7 +198,10 @@ async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
-    client.inspect(with_key(InspectRequest {})).await.unwrap();
+    client
+        .inspect(with_key(InspectRequest {}, KEY))
+        .await
+        .unwrap();
     let mut bad = tonic::Request::new(InspectRequest {});
     bad.metadata_mut()
         .insert("x-api-key", "wrong-key-do-not-log-me".parse().unwrap());
@@ -271,7 +275,10 @@ async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
     );
     for gatehouse in [&logfmt, &json] {
         let mut client = client(gatehouse.addr).await;
-        client.inspect(with_key(InspectRequest {})).await.unwrap();
+        client
+            .inspect(with_key(InspectRequest {}, KEY))
+            .await
+            .unwrap();
     }
     let logfmt_line = logfmt.wait_for_line(&["msg=request", "grpc_code=OK"]).await;
     let json_line = json
@@ -466,7 +473,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
     // Continued: same trace, gatehouse's span between the caller's and the app's.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let mut request = with_key(InspectRequest {});
+    let mut request = with_key(InspectRequest {}, KEY);
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{caller_trace}-{caller_span}-01")
@@ -505,7 +512,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
 
     // Started: no traceparent from the caller.
     let (trace, parent, flags) =
-        traceparent_seen_by_app(&mut client, with_key(InspectRequest {})).await;
+        traceparent_seen_by_app(&mut client, with_key(InspectRequest {}, KEY)).await;
     assert_ne!(trace, caller_trace);
     assert_eq!(flags, "01", "sample_ratio 1.0 samples every new trace");
     let span = collector.span(&hex(&parent)).await;
@@ -673,7 +680,7 @@ async fn a_collector_that_is_down_or_stalled_never_fails_or_holds_up_a_call() {
         let gatehouse = Gatehouse::start(&config(app.addr, Some(collector)));
         let mut client = client(gatehouse.addr).await;
         for _ in 0..50 {
-            let mut request = with_key(EchoRequest::default());
+            let mut request = with_key(EchoRequest::default(), KEY);
             // Generous, but far shorter than an exporter timeout or a stalled export.
             request.set_timeout(std::time::Duration::from_secs(3));
             client.echo(request).await.unwrap();

@@ -11,7 +11,6 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use tonic::Code;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::hash;
@@ -223,10 +222,6 @@ pub(crate) async fn app_client(outbound: SocketAddr, authority: &str) -> DemoCli
     DemoClient::new(channel)
 }
 
-pub(crate) fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
-    format!("Bearer {token}").parse().unwrap()
-}
-
 /// An Inspect request carrying forged identity headers and a key the app should not hold.
 fn forged_inspect(authorization: Option<&str>) -> tonic::Request<InspectRequest> {
     let mut request = tonic::Request::new(InspectRequest {});
@@ -245,27 +240,14 @@ fn forged_inspect(authorization: Option<&str>) -> tonic::Request<InspectRequest>
     request
 }
 
+/// The metadata the destination's app saw on an Inspect call that must go through.
 async fn seen_by_destination_app(
     client: &mut DemoClient<Channel>,
     request: tonic::Request<InspectRequest>,
 ) -> Vec<(String, String)> {
-    let reply = client
-        .inspect(request)
+    inspect(client, request)
         .await
-        .expect("the call went through");
-    reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect()
-}
-
-pub(crate) fn values<'a>(seen: &'a [(String, String)], key: &str) -> Vec<&'a str> {
-    seen.iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .collect()
+        .expect("the call went through")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
 //! What every end-to-end test needs: the demo app in-process, the gatehouse binary as a
 //! child process on an ephemeral port, its config, TLS identities (the development PKI,
-//! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, grpcurl,
-//! the admin server, and the details of the statuses gatehouse generates.
+//! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, the
+//! credentials a call carries and the metadata the app saw, grpcurl, the admin server,
+//! and the details of the statuses gatehouse generates.
 //!
 //! Each concern has its own file; everything is re-exported here so a test needs only
 //! `use crate::support::*`.
@@ -16,6 +17,7 @@ pub mod demo;
 
 mod admin;
 mod app;
+mod calls;
 mod clients;
 mod config;
 mod grpcurl;
@@ -26,6 +28,7 @@ mod status;
 
 pub use admin::*;
 pub use app::*;
+pub use calls::*;
 pub use clients::*;
 pub use config::*;
 pub use demo::pb;
