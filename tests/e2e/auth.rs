@@ -2,7 +2,7 @@
 //! each algorithm family, API keys, forged identity headers, remote key sets and
 //! authorization rules.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,27 +29,6 @@ const SCANNER_KEY: &str = "scanner-key-0123456789";
 const OPS_KEY: &str = "ops-key-0123456789";
 const FILE_KEY: &str = "file-key-0123456789";
 
-pub fn hash(key: &str) -> String {
-    let output = std::process::Command::new(crate::support::binary())
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(key.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let line = String::from_utf8(output.stdout).unwrap();
-    line.trim()
-        .strip_prefix("sha256: \"")
-        .unwrap()
-        .strip_suffix('"')
-        .unwrap()
-        .to_owned()
-}
-
 impl Fixture {
     fn new() -> Fixture {
         Fixture {
@@ -68,16 +47,8 @@ impl Fixture {
         path.display().to_string()
     }
 
-    fn keys_file(&self) -> String {
-        self.dir.path().join("keys.yaml").display().to_string()
-    }
-
-    fn write_keys_file(&self, keys: &[(&str, &str)]) {
-        let entries: Vec<String> = keys
-            .iter()
-            .map(|(name, key)| format!("  - {{ name: {name}, sha256: \"{}\" }}", hash(key)))
-            .collect();
-        std::fs::write(self.keys_file(), format!("keys:\n{}\n", entries.join("\n"))).unwrap();
+    fn keys_file(&self) -> PathBuf {
+        self.dir.path().join("keys.yaml")
     }
 
     /// The config: five providers (one per family), inline and file API keys, and a
@@ -91,8 +62,8 @@ impl Fixture {
             )
         };
         let secret = self.file("hs.secret", &self.hs.material);
-        if !Path::new(&self.keys_file()).exists() {
-            self.write_keys_file(&[("from-file", FILE_KEY)]);
+        if !self.keys_file().exists() {
+            write_keys_file(&self.keys_file(), &[("from-file", FILE_KEY)]);
         }
         let providers = [
             jwks_provider("rs", &self.rs, "RS256"),
@@ -124,7 +95,7 @@ authorization:
 ",
                 hash(SCANNER_KEY),
                 hash(OPS_KEY),
-                self.keys_file()
+                self.keys_file().display()
             )
     }
 }
@@ -477,12 +448,15 @@ async fn api_keys_identify_service_callers_and_a_keys_file_change_revokes_them()
         .unwrap();
     assert_eq!(values(&metadata, "x-api-key-name"), ["from-file"]);
 
-    // Rotate: the file now holds a different key. The file is rewritten in place, so a
-    // poll may catch it half-written; the reload that counts is the one with all three
-    // keys (two inline, one from the file), and it is logged after it is applied.
+    // Rotate: the file is replaced by one holding a different key. The reload that counts
+    // is the one with all three keys (two inline, one from the file), and it is logged
+    // after it is applied.
     let rotated = ["API keys reloaded", "keys=3"];
     let reloads = gatehouse.count_lines(&rotated);
-    fixture.write_keys_file(&[("rotated", "rotated-key-0123456789")]);
+    write_keys_file(
+        &fixture.keys_file(),
+        &[("rotated", "rotated-key-0123456789")],
+    );
     gatehouse.wait_for_nth_line(&rotated, reloads + 1).await;
     let status = inspect(&mut client, with_key(InspectRequest {}, FILE_KEY))
         .await

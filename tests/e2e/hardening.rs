@@ -16,7 +16,6 @@ use rcgen::SanType;
 use serde_json::json;
 use tonic::Code;
 
-use crate::auth::hash;
 use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;

@@ -11,7 +11,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Endpoint;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 

@@ -171,8 +171,8 @@ outbound:
   destinations:
     - {{ name: nowhere, address: \"localhost:1\", identity: [\"spiffe://dev.gatehouse/ns/default/sa/nowhere\"], credentials: none }}
 ",
-            crate::auth::hash(KEY_A),
-            crate::auth::hash(KEY_B)
+            hash(KEY_A),
+            hash(KEY_B)
         );
     let gatehouse = Gatehouse::start(&yaml);
     let keyed = |key: &str| with_key(pb::EchoRequest::default(), key);

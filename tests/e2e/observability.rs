@@ -17,7 +17,6 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::Notify;
 use tonic::Code;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 

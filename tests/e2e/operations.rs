@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 

@@ -13,7 +13,6 @@ use rcgen::{
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::auth::hash;
 use crate::observability::{Collector, hex};
 use crate::support::issuers::{Issuer, jwks};
 use crate::support::pb::*;

@@ -1,8 +1,8 @@
 //! What every end-to-end test needs: the demo app in-process, the gatehouse binary as a
 //! child process on an ephemeral port, its config, TLS identities (the development PKI,
 //! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, the
-//! credentials a call carries and the metadata the app saw, grpcurl, the admin server,
-//! and the details of the statuses gatehouse generates.
+//! credentials a call carries and the metadata the app saw, API key digests and keys
+//! files, grpcurl, the admin server, and the details of the statuses gatehouse generates.
 //!
 //! Each concern has its own file; everything is re-exported here so a test needs only
 //! `use crate::support::*`.
@@ -16,6 +16,7 @@ use std::time::Duration;
 pub mod demo;
 
 mod admin;
+mod api_keys;
 mod app;
 mod calls;
 mod clients;
@@ -27,6 +28,7 @@ mod process;
 mod status;
 
 pub use admin::*;
+pub use api_keys::*;
 pub use app::*;
 pub use calls::*;
 pub use clients::*;
