@@ -11,7 +11,6 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::observability::{Collector, hex};
 use crate::outbound::{DEST_ID, Fixture, app_client, entry, genuine};
 use crate::support::pb::*;
 use crate::support::*;

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 
-use crate::observability::Collector;
 use crate::support::*;
 
 fn shipped(path: &str) -> String {

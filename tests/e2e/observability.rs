@@ -3,18 +3,9 @@
 //! running in the test.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::sync::Notify;
 use tonic::Code;
 
 use crate::support::pb::*;
@@ -306,140 +297,6 @@ async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
     }
 }
 
-/// An OTLP/gRPC trace receiver.
-#[derive(Clone, Default)]
-pub struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-    /// The resource attributes of every export request, as `key=value`.
-    resources: Arc<Mutex<Vec<Vec<String>>>>,
-    changed: Arc<Notify>,
-    stall: bool,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if self.stall {
-            std::future::pending::<()>().await;
-        }
-        let resource_spans = request.into_inner().resource_spans;
-        for resource_span in &resource_spans {
-            let attributes = resource_span
-                .resource
-                .iter()
-                .flat_map(|resource| &resource.attributes)
-                .map(
-                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(AnyValue::StringValue(value)) => format!("{}={value}", kv.key),
-                        other => format!("{}={other:?}", kv.key),
-                    },
-                )
-                .collect();
-            self.resources.lock().unwrap().push(attributes);
-        }
-        let spans = resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        self.spans.lock().unwrap().extend(spans);
-        self.changed.notify_waiters();
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    pub async fn start(stall: bool) -> (Collector, SocketAddr) {
-        let collector = Collector {
-            stall,
-            ..Collector::default()
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// A receiver behind TLS with the development server certificate (for `localhost`,
-    /// `127.0.0.1` and `::1`, from the development CA).
-    pub async fn start_tls() -> (Collector, SocketAddr) {
-        let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let identity = tonic::transport::Identity::from_pem(
-            std::fs::read(dev_cert("server.crt")).unwrap(),
-            std::fs::read(dev_cert("server.key")).unwrap(),
-        );
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .unwrap()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// Waits (bounded) for any span, and returns the resource it was exported with.
-    pub async fn first_resource(&self) -> Vec<String> {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if let Some(resource) = self.resources.lock().unwrap().first() {
-                    return resource.clone();
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .expect("a span was exported")
-    }
-
-    pub async fn span(&self, span_id: &[u8]) -> Span {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if let Some(span) = self
-                    .spans
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|s| s.span_id == span_id)
-                {
-                    return span.clone();
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .expect("the span was exported")
-    }
-}
-
-pub fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.clone()?.value)
-}
-
-pub fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 /// The app's view of `traceparent`: (trace id, parent span id, flags).
 async fn traceparent_seen_by_app(
     client: &mut DemoClient<tonic::transport::Channel>,
@@ -531,23 +388,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
             .unwrap(),
     );
     client.inspect(refused).await.unwrap_err();
-    let wait = async {
-        loop {
-            let changed = collector.changed.notified();
-            let found = collector
-                .spans
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|s| s.trace_id == hex(refused_trace))
-                .cloned();
-            if let Some(span) = found {
-                return span;
-            }
-            changed.await;
-        }
-    };
-    let span = tokio::time::timeout(PATIENCE, wait).await.unwrap();
+    let span = collector.span_in_trace(&hex(refused_trace)).await;
     assert_eq!(
         attribute(&span, "rpc.grpc.status_code"),
         Some(AnyValue::IntValue(16))
@@ -630,7 +471,7 @@ async fn a_collector_whose_certificate_is_not_trusted_gets_no_spans_and_they_are
         assert!(tokio::time::Instant::now() < deadline, "{scrape}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(collector.spans.lock().unwrap().is_empty());
+    assert!(collector.spans().is_empty());
     gatehouse
         .wait_for_line(&["span export failed", "endpoint=https://127.0.0.1"])
         .await;

@@ -13,7 +13,6 @@ use rcgen::{
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::observability::{Collector, hex};
 use crate::support::issuers::{Issuer, jwks};
 use crate::support::pb::*;
 use crate::support::*;

@@ -2,7 +2,8 @@
 //! child process on an ephemeral port, its config, TLS identities (the development PKI,
 //! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, the
 //! credentials a call carries and the metadata the app saw, API key digests and keys
-//! files, grpcurl, the admin server, and the details of the statuses gatehouse generates.
+//! files, grpcurl, the admin server, an OTLP trace collector, and the details of the
+//! statuses gatehouse generates.
 //!
 //! Each concern has its own file; everything is re-exported here so a test needs only
 //! `use crate::support::*`.
@@ -20,6 +21,7 @@ mod api_keys;
 mod app;
 mod calls;
 mod clients;
+mod collector;
 mod config;
 mod grpcurl;
 pub mod issuers;
@@ -32,6 +34,7 @@ pub use api_keys::*;
 pub use app::*;
 pub use calls::*;
 pub use clients::*;
+pub use collector::*;
 pub use config::*;
 pub use demo::pb;
 pub use demo::pb::demo_client::DemoClient;
