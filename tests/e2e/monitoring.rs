@@ -189,13 +189,8 @@ outbound:
     not_tls_and_not_grpc(gatehouse.addr).await;
 
     // An outbound call to a destination that does not answer.
-    let output = gatehouse.output();
-    let listening = output
-        .lines()
-        .find(|l| l.contains("msg=listening"))
-        .unwrap();
-    let outbound = field(listening, "outbound").parse().unwrap();
-    let mut app_client = crate::outbound::app_client(outbound, "nowhere").await;
+    let outbound = outbound_address(&gatehouse);
+    let mut app_client = app_client(outbound, "nowhere").await;
     app_client
         .echo(pb::EchoRequest::default())
         .await

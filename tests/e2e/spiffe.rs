@@ -4,7 +4,6 @@
 
 use tonic::Code;
 
-use crate::outbound::app_client;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -70,14 +69,7 @@ outbound:
         key = key.display(),
         entries = entries.join("\n"),
     ));
-    let output = gatehouse.output();
-    let line = output
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .expect("the listening line");
-    let outbound = field(line, "outbound")
-        .parse()
-        .expect("an outbound address");
+    let outbound = outbound_address(&gatehouse);
     (gatehouse, outbound)
 }
 

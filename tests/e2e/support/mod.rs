@@ -1,9 +1,10 @@
 //! What every end-to-end test needs: the demo app in-process, the gatehouse binary as a
 //! child process on an ephemeral port, its config, TLS identities (the development PKI,
-//! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, the
-//! credentials a call carries and the metadata the app saw, API key digests and keys
-//! files, grpcurl, the admin server, an OTLP trace collector, and the details of the
-//! statuses gatehouse generates.
+//! and certificates made with rcgen at test time, broken ones included), a Rust gRPC
+//! client over mTLS, the credentials a call carries and the metadata the app saw, API
+//! key digests and keys files, a source and destination gatehouse for outbound calls,
+//! grpcurl, the admin server, an OTLP trace collector, and the details of the statuses
+//! gatehouse generates.
 //!
 //! Each concern has its own file; everything is re-exported here so a test needs only
 //! `use crate::support::*`.
@@ -25,6 +26,7 @@ mod collector;
 mod config;
 mod grpcurl;
 pub mod issuers;
+mod mesh;
 mod pki;
 mod process;
 mod status;
@@ -39,6 +41,7 @@ pub use config::*;
 pub use demo::pb;
 pub use demo::pb::demo_client::DemoClient;
 pub use grpcurl::*;
+pub use mesh::*;
 pub use pki::*;
 pub use process::*;
 pub use status::*;
