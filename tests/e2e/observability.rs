@@ -117,7 +117,7 @@ async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
     let build_info = format!(
         r#"gatehouse_build_info{{version="{}",commit="{}"}}"#,
         env!("CARGO_PKG_VERSION"),
-        crate::cli::checkout_commit()
+        checkout_commit()
     );
     for series in [
         r#"grpc_server_started_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo"}"#,
