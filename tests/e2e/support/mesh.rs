@@ -72,6 +72,7 @@ impl Mesh {
         mesh
     }
 
+    /// Writes `name` in the mesh's directory and returns its path.
     fn write(&self, name: &str, content: &[u8]) -> String {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).unwrap();

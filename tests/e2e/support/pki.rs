@@ -100,6 +100,7 @@ pub fn signed_by_other_ca(params: CertificateParams) -> Identity {
     signed_by(params, &Issuer::new(ca, KeyPair::generate().unwrap()))
 }
 
+/// A certificate with `params` and a new key, signed by `issuer`.
 fn signed_by(params: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Identity {
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
