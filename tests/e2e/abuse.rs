@@ -11,16 +11,6 @@ use crate::support::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// HPACK for a POST to `path`: indexed :method and :scheme, literal :path and :authority.
 fn request_block(path: &str) -> Vec<u8> {
     let mut block = vec![0x83, 0x87];
@@ -169,7 +159,7 @@ async fn a_continuation_flood_is_refused_without_buffering_it() {
         .await
         .unwrap();
     tls.write_all(PREFACE).await.unwrap();
-    tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+    tls.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
     // One header whose value (8 MiB) arrives in CONTINUATION frames that never end.
     let mut block = request_block("/gatehouse.demo.v1.Demo/Echo");
     block.push(0x00);
@@ -178,10 +168,10 @@ async fn a_continuation_flood_is_refused_without_buffering_it() {
     block.extend(hpack_length(8 << 20));
     block.resize(16 * 1024, b'a');
     let flood = async {
-        tls.write_all(&frame(0x1, 0, 1, &block)).await?;
+        tls.write_all(&h2_frame(0x1, 0, 1, &block)).await?;
         let chunk = vec![b'a'; 16 * 1024];
         for _ in 0..512 {
-            tls.write_all(&frame(0x9, 0, 1, &chunk)).await?;
+            tls.write_all(&h2_frame(0x9, 0, 1, &chunk)).await?;
         }
         Ok::<_, std::io::Error>(())
     };
@@ -209,7 +199,7 @@ async fn header_lists_over_the_limit_are_refused_and_far_over_it_close_the_conne
             .await
             .unwrap();
         tls.write_all(PREFACE).await.unwrap();
-        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        tls.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
         let mut block = request_block("/gatehouse.demo.v1.Demo/Echo");
         block.push(0x00);
         block.push(5);
@@ -222,7 +212,7 @@ async fn header_lists_over_the_limit_are_refused_and_far_over_it_close_the_conne
         for (i, chunk) in chunks.iter().enumerate() {
             let kind = if i == 0 { 0x1 } else { 0x9 };
             let flags = if i == chunks.len() - 1 { 0x4 } else { 0 } | if i == 0 { 0x1 } else { 0 };
-            frames.extend(frame(kind, flags, 1, chunk));
+            frames.extend(h2_frame(kind, flags, 1, chunk));
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), tls.write_all(&frames)).await;
         // Refused: the stream reset or answered by gatehouse itself, or the connection
@@ -253,8 +243,8 @@ async fn settings_and_ping_floods_from_a_client_that_stops_reading_stay_bounded(
     tls.write_all(PREFACE).await.unwrap();
     let mut burst = Vec::new();
     for i in 0..1_000u32 {
-        burst.extend(frame(0x6, 0, 0, &u64::from(i).to_be_bytes()));
-        burst.extend(frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        burst.extend(h2_frame(0x6, 0, 0, &u64::from(i).to_be_bytes()));
+        burst.extend(h2_frame(0x4, 0, 0, &[0, 3, 0, 0, 0, 100]));
     }
     // Never read: the server's answers back up and it must stop reading, not buffer.
     let flood = async {

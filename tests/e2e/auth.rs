@@ -2,7 +2,7 @@
 //! each algorithm family, API keys, forged identity headers, remote key sets and
 //! authorization rules.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,27 +29,6 @@ const SCANNER_KEY: &str = "scanner-key-0123456789";
 const OPS_KEY: &str = "ops-key-0123456789";
 const FILE_KEY: &str = "file-key-0123456789";
 
-pub fn hash(key: &str) -> String {
-    let output = std::process::Command::new(crate::support::binary())
-        .arg("hash-key")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(key.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let line = String::from_utf8(output.stdout).unwrap();
-    line.trim()
-        .strip_prefix("sha256: \"")
-        .unwrap()
-        .strip_suffix('"')
-        .unwrap()
-        .to_owned()
-}
-
 impl Fixture {
     fn new() -> Fixture {
         Fixture {
@@ -68,16 +47,8 @@ impl Fixture {
         path.display().to_string()
     }
 
-    fn keys_file(&self) -> String {
-        self.dir.path().join("keys.yaml").display().to_string()
-    }
-
-    fn write_keys_file(&self, keys: &[(&str, &str)]) {
-        let entries: Vec<String> = keys
-            .iter()
-            .map(|(name, key)| format!("  - {{ name: {name}, sha256: \"{}\" }}", hash(key)))
-            .collect();
-        std::fs::write(self.keys_file(), format!("keys:\n{}\n", entries.join("\n"))).unwrap();
+    fn keys_file(&self) -> PathBuf {
+        self.dir.path().join("keys.yaml")
     }
 
     /// The config: five providers (one per family), inline and file API keys, and a
@@ -91,8 +62,8 @@ impl Fixture {
             )
         };
         let secret = self.file("hs.secret", &self.hs.material);
-        if !Path::new(&self.keys_file()).exists() {
-            self.write_keys_file(&[("from-file", FILE_KEY)]);
+        if !self.keys_file().exists() {
+            write_keys_file(&self.keys_file(), &[("from-file", FILE_KEY)]);
         }
         let providers = [
             jwks_provider("rs", &self.rs, "RS256"),
@@ -124,50 +95,9 @@ authorization:
 ",
                 hash(SCANNER_KEY),
                 hash(OPS_KEY),
-                self.keys_file()
+                self.keys_file().display()
             )
     }
-}
-
-pub fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
-    format!("Bearer {token}").parse().unwrap()
-}
-
-pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", bearer(token));
-    request
-}
-
-pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    request
-}
-
-/// The metadata the app saw, as (key, value) pairs.
-pub async fn inspect(
-    client: &mut DemoClient<tonic::transport::Channel>,
-    request: tonic::Request<InspectRequest>,
-) -> Result<Vec<(String, String)>, tonic::Status> {
-    let reply = client.inspect(request).await?.into_inner();
-    Ok(reply
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect())
-}
-
-pub fn seen<'a>(metadata: &'a [(String, String)], key: &str) -> Vec<&'a str> {
-    metadata
-        .iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .collect()
 }
 
 /// Adds every spelling of forged identity headers a caller might try.
@@ -437,7 +367,7 @@ async fn refuses_every_bad_token_with_unauthenticated_and_never_calls_the_app() 
     let allowed = inspect(&mut client, with_token(InspectRequest {}, &good))
         .await
         .unwrap();
-    assert_eq!(seen(&allowed, "x-user-id"), ["alice"]);
+    assert_eq!(values(&allowed, "x-user-id"), ["alice"]);
     assert_eq!(app.observed().calls(), 1);
 }
 
@@ -465,21 +395,21 @@ async fn valid_tokens_of_every_family_reach_the_app_with_verified_identity() {
             .await
             .unwrap_or_else(|status| panic!("{:?}: {status:?}", issuer.alg));
         assert_eq!(
-            seen(&metadata, "x-user-id"),
+            values(&metadata, "x-user-id"),
             [format!("user-of-{:?}", issuer.alg).as_str()]
         );
-        assert_eq!(seen(&metadata, "x-tenant-id"), ["globex"]);
-        assert_eq!(seen(&metadata, "x-user-roles"), ["reader,writer"]);
-        assert_eq!(seen(&metadata, "x-auth-method"), ["jwt"]);
-        assert!(seen(&metadata, "x-api-key-name").is_empty());
-        let client_cert = seen(&metadata, "x-forwarded-client-cert");
+        assert_eq!(values(&metadata, "x-tenant-id"), ["globex"]);
+        assert_eq!(values(&metadata, "x-user-roles"), ["reader,writer"]);
+        assert_eq!(values(&metadata, "x-auth-method"), ["jwt"]);
+        assert!(values(&metadata, "x-api-key-name").is_empty());
+        let client_cert = values(&metadata, "x-forwarded-client-cert");
         assert!(
             client_cert[0].contains("URI=spiffe://dev.gatehouse/ns/default/sa/gateway"),
             "{client_cert:?}"
         );
         assert_identity_not_forged(&metadata);
         // The hs provider says forward_token: false.
-        let forwarded = seen(&metadata, "authorization");
+        let forwarded = values(&metadata, "authorization");
         if issuer.alg == Algorithm::HS256 {
             assert!(forwarded.is_empty(), "the token was forwarded");
         } else {
@@ -498,32 +428,35 @@ async fn api_keys_identify_service_callers_and_a_keys_file_change_revokes_them()
     let mut request = with_key(InspectRequest {}, SCANNER_KEY);
     forge(&mut request);
     let metadata = inspect(&mut client, request).await.unwrap();
-    assert_eq!(seen(&metadata, "x-api-key-name"), ["scanner"]);
+    assert_eq!(values(&metadata, "x-api-key-name"), ["scanner"]);
     assert_eq!(
-        seen(&metadata, "x-tenant-id"),
+        values(&metadata, "x-tenant-id"),
         ["acme"],
         "the key's tenant overrides the forged one"
     );
-    assert_eq!(seen(&metadata, "x-user-roles"), ["scanner"]);
-    assert_eq!(seen(&metadata, "x-auth-method"), ["api_key"]);
+    assert_eq!(values(&metadata, "x-user-roles"), ["scanner"]);
+    assert_eq!(values(&metadata, "x-auth-method"), ["api_key"]);
     assert!(
-        seen(&metadata, "x-api-key").is_empty(),
+        values(&metadata, "x-api-key").is_empty(),
         "the API key was forwarded"
     );
-    assert!(seen(&metadata, "x-user-id").is_empty());
+    assert!(values(&metadata, "x-user-id").is_empty());
     assert_identity_not_forged(&metadata);
 
     let metadata = inspect(&mut client, with_key(InspectRequest {}, FILE_KEY))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-api-key-name"), ["from-file"]);
+    assert_eq!(values(&metadata, "x-api-key-name"), ["from-file"]);
 
-    // Rotate: the file now holds a different key. The file is rewritten in place, so a
-    // poll may catch it half-written; the reload that counts is the one with all three
-    // keys (two inline, one from the file), and it is logged after it is applied.
+    // Rotate: the file is replaced by one holding a different key. The reload that counts
+    // is the one with all three keys (two inline, one from the file), and it is logged
+    // after it is applied.
     let rotated = ["API keys reloaded", "keys=3"];
     let reloads = gatehouse.count_lines(&rotated);
-    fixture.write_keys_file(&[("rotated", "rotated-key-0123456789")]);
+    write_keys_file(
+        &fixture.keys_file(),
+        &[("rotated", "rotated-key-0123456789")],
+    );
     gatehouse.wait_for_nth_line(&rotated, reloads + 1).await;
     let status = inspect(&mut client, with_key(InspectRequest {}, FILE_KEY))
         .await
@@ -537,7 +470,7 @@ async fn api_keys_identify_service_callers_and_a_keys_file_change_revokes_them()
     )
     .await
     .unwrap();
-    assert_eq!(seen(&metadata, "x-api-key-name"), ["rotated"]);
+    assert_eq!(values(&metadata, "x-api-key-name"), ["rotated"]);
 
     // A broken file keeps the last good keys.
     let refusals = gatehouse.count_lines(&["API keys file refused"]);
@@ -579,8 +512,10 @@ async fn forged_identity_never_reaches_the_app_on_public_methods_or_in_trailers(
     let mut request = tonic::Request::new(InspectRequest {});
     forge(&mut request);
     let metadata = inspect(&mut client, request).await.unwrap();
-    assert_eq!(seen(&metadata, "x-auth-method"), ["none"]);
-    assert!(seen(&metadata, "x-tenant-id").is_empty() && seen(&metadata, "x-user-id").is_empty());
+    assert_eq!(values(&metadata, "x-auth-method"), ["none"]);
+    assert!(
+        values(&metadata, "x-tenant-id").is_empty() && values(&metadata, "x-user-id").is_empty()
+    );
     assert_identity_not_forged(&metadata);
 
     // Request trailers: a client stream whose trailers carry a forged tenant.
@@ -593,66 +528,17 @@ async fn forged_identity_never_reaches_the_app_on_public_methods_or_in_trailers(
         forged,
     )
     .await;
-    let trailers: Vec<(String, String)> = reply
-        .trailers
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect();
+    let trailers = pairs(reply.trailers);
     assert_eq!(
-        seen(&trailers, "x-custom-trailer"),
+        values(&trailers, "x-custom-trailer"),
         ["kept"],
         "{trailers:?}"
     );
     assert!(
-        seen(&trailers, "x-tenant-id").is_empty(),
+        values(&trailers, "x-tenant-id").is_empty(),
         "a forged trailer reached the app: {trailers:?}"
     );
     assert_eq!(reply.count, 1);
-}
-
-/// Calls `Collect` on a bare HTTP/2 connection with one message and request `trailers`.
-pub async fn collect_with_trailers(
-    addr: std::net::SocketAddr,
-    token: &str,
-    trailers: http::HeaderMap,
-) -> CollectReply {
-    use http_body_util::{BodyExt, StreamBody};
-    use prost::Message;
-    let tls = tls_connect(addr, Some(&Identity::gateway())).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let message = EchoRequest {
-        message: "with trailers".into(),
-        ..Default::default()
-    }
-    .encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
-    let frames = vec![
-        Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::from(framed))),
-        Ok(http_body::Frame::trailers(trailers)),
-    ];
-    let request = http::Request::post("https://localhost/gatehouse.demo.v1.Demo/Collect")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("authorization", format!("Bearer {token}"))
-        .body(StreamBody::new(futures_util::stream::iter(frames)))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let collected = response.into_body().collect().await.unwrap();
-    let status = collected
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(status.as_deref(), Some("0"), "{:?}", collected.trailers());
-    let body = collected.to_bytes();
-    CollectReply::decode(&body[5..]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -739,7 +625,7 @@ async fn allowed_peers_limits_which_certificates_may_call_at_all() {
     let metadata = inspect(&mut gateway, tonic::Request::new(InspectRequest {}))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-auth-method"), ["mtls"]);
+    assert_eq!(values(&metadata, "x-auth-method"), ["mtls"]);
 
     let channel = channel(
         gatehouse.addr,
@@ -788,7 +674,7 @@ async fn remote_jwks_rotates_survives_the_issuer_going_down_and_bounds_refetches
     )
     .await
     .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["r1"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["r1"]);
 
     // Rotation: a token signed by a key published after start works once refetched.
     let next = rotating.rotated("rotating-2");
@@ -802,7 +688,7 @@ async fn remote_jwks_rotates_survives_the_issuer_going_down_and_bounds_refetches
         .await
         {
             Ok(metadata) => {
-                assert_eq!(seen(&metadata, "x-user-id"), ["r2"]);
+                assert_eq!(values(&metadata, "x-user-id"), ["r2"]);
                 break;
             }
             Err(status) => {
@@ -834,7 +720,7 @@ async fn remote_jwks_rotates_survives_the_issuer_going_down_and_bounds_refetches
         )
         .await
         .unwrap();
-        assert_eq!(seen(&metadata, "x-user-id"), [user]);
+        assert_eq!(values(&metadata, "x-user-id"), [user]);
     }
     server.set_down(false);
 

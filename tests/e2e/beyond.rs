@@ -9,7 +9,6 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tonic::Code;
 
-use crate::auth::{inspect, seen, with_token};
 use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
@@ -114,7 +113,7 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
     let metadata = inspect(&mut gateway, with_token(InspectRequest {}, &bound))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["alice"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["alice"]);
     let calls = app.observed().calls();
 
     // The attack: another workload with a valid certificate from the same CA has the
@@ -125,7 +124,7 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
     let metadata = inspect(&mut thief, with_token(InspectRequest {}, &unbound))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["mallory"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["mallory"]);
     let calls = calls + 1;
     assert_eq!(
         echo_refusal(&mut thief, &bound).await,
@@ -188,7 +187,7 @@ async fn a_certificate_bound_token_works_only_from_its_own_certificate() {
     let metadata = inspect(&mut thief, with_token(InspectRequest {}, &strict_bound))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["bob"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["bob"]);
     assert_eq!(
         echo_refusal(&mut gateway, &strict_bound).await,
         (
@@ -257,7 +256,7 @@ async fn dry_run_lets_refused_calls_through_and_says_which_rule_would_refuse() {
     let metadata = inspect(&mut client, with_token(InspectRequest {}, &viewer))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["vera"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["vera"]);
     for _ in 0..2 {
         client
             .echo(with_token(EchoRequest::default(), &viewer))

@@ -10,17 +10,6 @@ fn write(dir: &std::path::Path, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// The commit of the checkout the tests run in, as `build.rs` records it.
-pub fn checkout_commit() -> String {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(repo())
-        .output()
-        .expect("git runs");
-    assert!(output.status.success(), "{}", stderr(&output));
-    stdout(&output).trim().to_owned()
-}
-
 #[test]
 fn version_names_the_release_and_the_commit_built_from() {
     let output = gatehouse(&["--version"]);

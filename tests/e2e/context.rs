@@ -11,9 +11,6 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::auth::collect_with_trailers;
-use crate::observability::{Collector, hex};
-use crate::outbound::{DEST_ID, Fixture, app_client, bearer, entry, genuine, values};
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -22,7 +19,7 @@ use crate::support::*;
 /// context`. `outbound_extra` is added to the `outbound` section, `telemetry_extra` to
 /// `telemetry`.
 fn source(
-    fixture: &Fixture,
+    fixture: &Mesh,
     app: SocketAddr,
     b: SocketAddr,
     outbound_extra: &str,
@@ -33,7 +30,7 @@ fn source(
 
 /// [`source`] with `limits` set to `limits` (a YAML flow mapping).
 fn source_limited(
-    fixture: &Fixture,
+    fixture: &Mesh,
     app: SocketAddr,
     b: SocketAddr,
     outbound_extra: &str,
@@ -70,15 +67,7 @@ outbound:
         client_key = dev_cert("client-gateway.key").display(),
         destination = entry("identity-service", b, DEST_ID, "context"),
     ));
-    let line = gatehouse
-        .output()
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .expect("the listening line")
-        .to_owned();
-    let outbound = field(&line, "outbound")
-        .parse()
-        .expect("an outbound address");
+    let outbound = outbound_address(&gatehouse);
     (gatehouse, outbound)
 }
 
@@ -100,17 +89,9 @@ async fn seen_by_source_app(
     if let Some(timeout) = timeout {
         request.set_timeout(timeout);
     }
-    let reply = client(a)
+    inspect(&mut client(a).await, request)
         .await
-        .inspect(request)
-        .await
-        .expect("the inbound call went through");
-    reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect()
+        .expect("the inbound call went through")
 }
 
 /// The `gatehouse-ctx` members of the `baggage` the app saw.
@@ -132,13 +113,7 @@ async fn call_out(
     for (key, value) in metadata {
         request.metadata_mut().append(*key, value.parse().unwrap());
     }
-    let reply = client.inspect(request).await?;
-    Ok(reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect())
+    inspect(client, request).await
 }
 
 fn assert_no_call_context(result: Result<Vec<(String, String)>, tonic::Status>, what: &str) {
@@ -212,7 +187,7 @@ fn handle_like_members(seen: &[(String, String)]) -> Vec<String> {
 /// underscore header) or in request trailers: the app sees gatehouse's handle only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handles_in_other_spellings_or_in_trailers_never_reach_the_app() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, _outbound) = source(&fixture, app.addr, b.addr, "", "");
@@ -247,11 +222,7 @@ async fn handles_in_other_spellings_or_in_trailers_never_reach_the_app() {
     );
     trailers.insert("x-custom-trailer", "kept".parse().unwrap());
     let reply = collect_with_trailers(a.addr, &token, trailers).await;
-    let trailers: Vec<(String, String)> = reply
-        .trailers
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect();
+    let trailers = pairs(reply.trailers);
     assert_eq!(
         values(&trailers, "x-custom-trailer"),
         ["kept"],
@@ -268,7 +239,7 @@ async fn handles_in_other_spellings_or_in_trailers_never_reach_the_app() {
 async fn the_destination_sees_the_verified_user_though_the_app_held_no_token() {
     let (collector, collector_addr) = Collector::start(false).await;
     let otlp = format!(", otlp_endpoint: \"http://{collector_addr}\"");
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, &otlp);
     let (a, outbound) = source(&fixture, app.addr, b.addr, "", &otlp);
@@ -363,7 +334,7 @@ async fn the_destination_sees_the_verified_user_though_the_app_held_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_is_refused_once_the_grace_after_its_call_is_over() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 2s\n", "");
@@ -394,7 +365,7 @@ async fn a_handle_is_refused_once_the_grace_after_its_call_is_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_out_after_the_inbound_deadline_is_deadline_exceeded() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = source(&fixture, app.addr, b.addr, "  context_grace: 60s\n", "");
@@ -519,7 +490,7 @@ fn open_inbound_call(a: SocketAddr, token: &str) -> tokio::task::JoinHandle<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_full_of_open_calls_gives_new_calls_no_handle_and_keeps_the_live_ones() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let mut holding = HoldingApp::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
@@ -571,7 +542,7 @@ async fn a_table_full_of_open_calls_gives_new_calls_no_handle_and_keeps_the_live
 /// gets its handle, and padding around a token is not kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_calls_cannot_fill_the_table_or_its_memory() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = source(
@@ -620,7 +591,7 @@ async fn short_calls_cannot_fill_the_table_or_its_memory() {
 /// never outlives the call it serves (DESIGN §10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_out_ends_when_the_inbound_call_it_serves_ends() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let mut holding = HoldingApp::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
@@ -662,7 +633,7 @@ async fn a_call_out_ends_when_the_inbound_call_it_serves_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_refused_below_auth_leave_no_handle_behind() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, _outbound) = source_limited(

@@ -12,7 +12,6 @@ use gatehouse::body::END_GRACE;
 use jsonwebtoken::Algorithm;
 use tonic::Code;
 
-use crate::auth::{hash, with_key, with_token};
 use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
@@ -69,17 +68,6 @@ async fn setup(extra: &str) -> Setup {
         gatehouse,
         client,
     }
-}
-
-/// Replaces `path` the way deployment tools do, so the poller never reads half a file.
-fn write_keys_file(path: &Path, keys: &[(&str, &str)]) {
-    let entries: Vec<String> = keys
-        .iter()
-        .map(|(name, key)| format!("  - {{ name: {name}, sha256: \"{}\" }}", hash(key)))
-        .collect();
-    let next = path.with_extension("next");
-    std::fs::write(&next, format!("keys:\n{}\n", entries.join("\n"))).unwrap();
-    std::fs::rename(&next, path).unwrap();
 }
 
 /// A token of `issuer` that expires `seconds` from now.

@@ -16,7 +16,6 @@ use rcgen::SanType;
 use serde_json::json;
 use tonic::Code;
 
-use crate::auth::{collect_with_trailers, hash, inspect, seen, with_key, with_token};
 use crate::support::issuers::*;
 use crate::support::pb::*;
 use crate::support::*;
@@ -67,18 +66,6 @@ impl ProbeApp {
     fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
     }
-}
-
-/// A bare HTTP/2 connection to gatehouse with the gateway identity, for paths no gRPC
-/// client library would send.
-async fn raw_connection(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
-    let tls = tls_connect(addr, Some(&Identity::gateway())).await.unwrap();
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    sender
 }
 
 /// Calls `path` with an empty body: the call's (grpc-status, grpc-message, ErrorInfo
@@ -137,7 +124,7 @@ async fn a_rule_decides_paths_that_differ_from_its_method_only_by_case() {
             provider(dir.path(), "cases", &issuer, "")
         );
     let gatehouse = Gatehouse::start(&config);
-    let mut sender = raw_connection(gatehouse.addr).await;
+    let mut sender = h2_connection(gatehouse.addr).await;
     let viewer = issuer.token("bob", "acme", &["viewer"]);
     let admin_token = issuer.token("root", "acme", &["admin"]);
     for path in [
@@ -178,7 +165,7 @@ async fn paths_outside_the_grpc_grammar_are_refused_unimplemented_and_never_forw
             provider(dir.path(), "paths", &issuer, "")
         );
     let gatehouse = Gatehouse::start(&config);
-    let mut sender = raw_connection(gatehouse.addr).await;
+    let mut sender = h2_connection(gatehouse.addr).await;
     let viewer = issuer.token("bob", "acme", &["viewer"]);
     let admin_token = issuer.token("root", "acme", &["admin"]);
 
@@ -412,11 +399,11 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
     };
     let assert_no_credentials = |metadata: &[(String, String)], case: &str| {
         assert!(
-            seen(metadata, "authorization").is_empty(),
+            values(metadata, "authorization").is_empty(),
             "{case}: authorization reached the app: {metadata:?}"
         );
         assert!(
-            seen(metadata, "x-api-key").is_empty(),
+            values(metadata, "x-api-key").is_empty(),
             "{case}: x-api-key reached the app: {metadata:?}"
         );
     };
@@ -433,26 +420,22 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
     unverified(&mut request);
     let metadata = inspect(&mut client, request).await.unwrap();
     assert_no_credentials(&metadata, "public, unverified token and key");
-    assert_eq!(seen(&metadata, "x-auth-method"), ["none"]);
+    assert_eq!(values(&metadata, "x-auth-method"), ["none"]);
     let valid = issuer.token("alice", "acme", &[]);
     let metadata = inspect(&mut client, with_token(InspectRequest {}, &valid))
         .await
         .unwrap();
     assert_no_credentials(&metadata, "public, valid token");
-    assert_eq!(seen(&metadata, "x-auth-method"), ["none"]);
+    assert_eq!(values(&metadata, "x-auth-method"), ["none"]);
     // Request trailers are not where gatehouse reads credentials, so none pass there.
     let mut trailers = http::HeaderMap::new();
     trailers.insert("authorization", "Bearer not-a-token".parse().unwrap());
     trailers.insert("x-api-key", "not-a-key".parse().unwrap());
     trailers.insert("x-custom-trailer", "kept".parse().unwrap());
     let reply = collect_with_trailers(gatehouse.addr, &valid, trailers).await;
-    let trailers: Vec<(String, String)> = reply
-        .trailers
-        .into_iter()
-        .map(|e| (e.key, e.value))
-        .collect();
+    let trailers = pairs(reply.trailers);
     assert_eq!(
-        seen(&trailers, "x-custom-trailer"),
+        values(&trailers, "x-custom-trailer"),
         ["kept"],
         "{trailers:?}"
     );
@@ -467,7 +450,7 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
     unverified(&mut request);
     let metadata = inspect(&mut client, request).await.unwrap();
     assert_no_credentials(&metadata, "api keys only");
-    assert_eq!(seen(&metadata, "x-api-key-name"), ["ops"]);
+    assert_eq!(values(&metadata, "x-api-key-name"), ["ops"]);
     // Two key headers are as ambiguous as two tokens, even if the first one is good.
     let mut twice = with_key(InspectRequest {}, KEY);
     twice
@@ -494,7 +477,7 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
     unverified(&mut request);
     let metadata = inspect(&mut client, request).await.unwrap();
     assert_no_credentials(&metadata, "mtls only");
-    assert_eq!(seen(&metadata, "x-auth-method"), ["mtls"]);
+    assert_eq!(values(&metadata, "x-auth-method"), ["mtls"]);
     drop(gatehouse);
 
     // forward_token: false keeps even a verified token from the app.
@@ -509,7 +492,7 @@ async fn the_app_sees_only_bearer_tokens_gatehouse_verified_and_never_an_api_key
         .await
         .unwrap();
     assert_no_credentials(&metadata, "forward_token: false");
-    assert_eq!(seen(&metadata, "x-user-id"), ["alice"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["alice"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,8 +584,8 @@ async fn claims_that_would_smuggle_values_into_identity_headers_are_refused() {
         )
         .await
         .unwrap();
-        assert_eq!(seen(&metadata, "x-user-roles"), ["viewer"]);
-        assert_eq!(seen(&metadata, "x-tenant-id"), ["acme"]);
+        assert_eq!(values(&metadata, "x-user-roles"), ["viewer"]);
+        assert_eq!(values(&metadata, "x-tenant-id"), ["acme"]);
     }
 
     // API key entries with such values never load.
@@ -682,7 +665,7 @@ async fn with_default_deny_a_call_no_rule_allows_is_permission_denied() {
     let metadata = inspect(&mut client, with_token(InspectRequest {}, &admin_token))
         .await
         .unwrap();
-    assert_eq!(seen(&metadata, "x-user-id"), ["root"]);
+    assert_eq!(values(&metadata, "x-user-id"), ["root"]);
     let status = client
         .echo(with_token(EchoRequest::default(), &admin_token))
         .await

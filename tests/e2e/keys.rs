@@ -13,20 +13,10 @@ async fn user_seen(
     client: &mut DemoClient<tonic::transport::Channel>,
     token: &str,
 ) -> Result<String, tonic::Status> {
-    let mut request = tonic::Request::new(InspectRequest {});
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ASCII token"),
-    );
-    let reply = client.inspect(request).await?.into_inner();
-    let users: Vec<String> = reply
-        .metadata
-        .into_iter()
-        .filter(|entry| entry.key == "x-user-id")
-        .map(|entry| entry.value)
-        .collect();
+    let metadata = inspect(client, with_token(InspectRequest {}, token)).await?;
+    let users = values(&metadata, "x-user-id");
     assert_eq!(users.len(), 1, "{users:?}");
-    Ok(users.into_iter().next().unwrap_or_default())
+    Ok(users[0].to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,13 +190,8 @@ outbound:
     write_dev("client-gateway.crt", &cert);
     write_dev("client-gateway.key", &key);
     a.wait_listening().await;
-    let output = a.output();
-    let listening = output
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .unwrap();
-    let outbound = field(listening, "outbound").parse().unwrap();
-    let mut client = crate::outbound::app_client(outbound, "dest").await;
+    let outbound = outbound_address(&a);
+    let mut client = app_client(outbound, "dest").await;
     client
         .echo(EchoRequest::default())
         .await

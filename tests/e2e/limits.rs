@@ -11,7 +11,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Endpoint;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -319,20 +318,12 @@ fn keyed_config(app: SocketAddr, per_identity: &str) -> String {
         )
 }
 
-fn with_key<T>(key: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    request
-}
-
 async fn echo_as(
     client: &mut DemoClient<tonic::transport::Channel>,
     key: &str,
 ) -> Result<(), tonic::Status> {
     client
-        .echo(with_key(key, EchoRequest::default()))
+        .echo(with_key(EchoRequest::default(), key))
         .await
         .map(drop)
 }
@@ -349,7 +340,7 @@ async fn an_identity_over_its_open_calls_is_refused_while_another_is_served() {
         let mut client = client.clone();
         held.push(tokio::spawn(async move {
             client
-                .wait(with_key(KEY_A, WaitRequest { millis: 600_000 }))
+                .wait(with_key(WaitRequest { millis: 600_000 }, KEY_A))
                 .await
         }));
     }
@@ -617,7 +608,7 @@ async fn made_up_method_names_the_app_does_not_have_leave_the_scrape_small() {
         let name = format!("/made.up.Svc{i}/M{}", "x".repeat(8 * 1024));
         let path: http::uri::PathAndQuery = name.parse().unwrap();
         let status = grpc
-            .unary(with_key(KEY_A, EchoRequest::default()), path, codec)
+            .unary(with_key(EchoRequest::default(), KEY_A), path, codec)
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
@@ -1013,7 +1004,7 @@ async fn a_users_limits_are_keyed_by_the_issuer_that_vouched_for_her() {
     let gatehouse = Gatehouse::start(&config);
 
     // The partner's alice holds her one call open...
-    let hold = crate::auth::with_token(
+    let hold = with_token(
         WaitRequest { millis: 600_000 },
         &partner.token("alice", "acme", &[]),
     );
@@ -1026,12 +1017,11 @@ async fn a_users_limits_are_keyed_by_the_issuer_that_vouched_for_her() {
         "the partner's call is open at the app"
     );
     // ...so her next one is over her limit...
-    let again =
-        crate::auth::with_token(EchoRequest::default(), &partner.token("alice", "acme", &[]));
+    let again = with_token(EchoRequest::default(), &partner.token("alice", "acme", &[]));
     let status = client(gatehouse.addr).await.echo(again).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     // ...but the corporate alice's is not.
-    let corporate_call = crate::auth::with_token(
+    let corporate_call = with_token(
         EchoRequest {
             message: "corporate".into(),
             ..Default::default()

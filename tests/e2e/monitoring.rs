@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
 
-use crate::observability::Collector;
 use crate::support::*;
 
 fn shipped(path: &str) -> String {
@@ -171,17 +170,11 @@ outbound:
   destinations:
     - {{ name: nowhere, address: \"localhost:1\", identity: [\"spiffe://dev.gatehouse/ns/default/sa/nowhere\"], credentials: none }}
 ",
-            crate::auth::hash(KEY_A),
-            crate::auth::hash(KEY_B)
+            hash(KEY_A),
+            hash(KEY_B)
         );
     let gatehouse = Gatehouse::start(&yaml);
-    let keyed = |key: &str| {
-        let mut request = tonic::Request::new(pb::EchoRequest::default());
-        request
-            .metadata_mut()
-            .insert("x-api-key", key.parse().unwrap());
-        request
-    };
+    let keyed = |key: &str| with_key(pb::EchoRequest::default(), key);
     let mut client = client(gatehouse.addr).await;
     client.echo(keyed(KEY_A)).await.expect("allowed (dry run)");
     let mut over_rate = false;
@@ -196,13 +189,8 @@ outbound:
     not_tls_and_not_grpc(gatehouse.addr).await;
 
     // An outbound call to a destination that does not answer.
-    let output = gatehouse.output();
-    let listening = output
-        .lines()
-        .find(|l| l.contains("msg=listening"))
-        .unwrap();
-    let outbound = field(listening, "outbound").parse().unwrap();
-    let mut app_client = crate::outbound::app_client(outbound, "nowhere").await;
+    let outbound = outbound_address(&gatehouse);
+    let mut app_client = app_client(outbound, "nowhere").await;
     app_client
         .echo(pb::EchoRequest::default())
         .await

@@ -3,21 +3,11 @@
 //! running in the test.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::sync::Notify;
 use tonic::Code;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -34,28 +24,26 @@ fn config(app: SocketAddr, otlp: Option<SocketAddr>) -> String {
         )
 }
 
-fn with_key<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", KEY.parse().unwrap());
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_that_end_ok_with_the_apps_error_and_refused() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
     for _ in 0..3 {
-        client.echo(with_key(EchoRequest::default())).await.unwrap();
+        client
+            .echo(with_key(EchoRequest::default(), KEY))
+            .await
+            .unwrap();
     }
     for _ in 0..2 {
         let status = client
-            .fail(with_key(FailRequest {
-                code: 5,
-                message: "no".into(),
-            }))
+            .fail(with_key(
+                FailRequest {
+                    code: 5,
+                    message: "no".into(),
+                },
+                KEY,
+            ))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
@@ -104,7 +92,10 @@ async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
-    client.echo(with_key(EchoRequest::default())).await.unwrap();
+    client
+        .echo(with_key(EchoRequest::default(), KEY))
+        .await
+        .unwrap();
     client.inspect(InspectRequest {}).await.unwrap_err();
     let admin = admin(&gatehouse);
 
@@ -126,7 +117,7 @@ async fn metrics_are_served_in_the_format_asked_for_and_pass_promtool() {
     let build_info = format!(
         r#"gatehouse_build_info{{version="{}",commit="{}"}}"#,
         env!("CARGO_PKG_VERSION"),
-        crate::cli::checkout_commit()
+        checkout_commit()
     );
     for series in [
         r#"grpc_server_started_total{grpc_type="unknown",grpc_service="gatehouse.demo.v1.Demo",grpc_method="Echo"}"#,
@@ -197,7 +188,10 @@ async fn the_access_log_has_one_line_per_call_with_its_fields_and_no_secret() {
     let app = App::start().await;
     let gatehouse = Gatehouse::start(&config(app.addr, None));
     let mut client = client(gatehouse.addr).await;
-    client.inspect(with_key(InspectRequest {})).await.unwrap();
+    client
+        .inspect(with_key(InspectRequest {}, KEY))
+        .await
+        .unwrap();
     let mut bad = tonic::Request::new(InspectRequest {});
     bad.metadata_mut()
         .insert("x-api-key", "wrong-key-do-not-log-me".parse().unwrap());
@@ -271,7 +265,10 @@ async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
     );
     for gatehouse in [&logfmt, &json] {
         let mut client = client(gatehouse.addr).await;
-        client.inspect(with_key(InspectRequest {})).await.unwrap();
+        client
+            .inspect(with_key(InspectRequest {}, KEY))
+            .await
+            .unwrap();
     }
     let logfmt_line = logfmt.wait_for_line(&["msg=request", "grpc_code=OK"]).await;
     let json_line = json
@@ -298,140 +295,6 @@ async fn json_logs_carry_the_logfmt_names_and_a_numeric_duration() {
     for line in json.output().lines() {
         serde_json::from_str::<serde_json::Value>(line).expect(line);
     }
-}
-
-/// An OTLP/gRPC trace receiver.
-#[derive(Clone, Default)]
-pub struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-    /// The resource attributes of every export request, as `key=value`.
-    resources: Arc<Mutex<Vec<Vec<String>>>>,
-    changed: Arc<Notify>,
-    stall: bool,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        if self.stall {
-            std::future::pending::<()>().await;
-        }
-        let resource_spans = request.into_inner().resource_spans;
-        for resource_span in &resource_spans {
-            let attributes = resource_span
-                .resource
-                .iter()
-                .flat_map(|resource| &resource.attributes)
-                .map(
-                    |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(AnyValue::StringValue(value)) => format!("{}={value}", kv.key),
-                        other => format!("{}={other:?}", kv.key),
-                    },
-                )
-                .collect();
-            self.resources.lock().unwrap().push(attributes);
-        }
-        let spans = resource_spans
-            .into_iter()
-            .flat_map(|r| r.scope_spans)
-            .flat_map(|s| s.spans);
-        self.spans.lock().unwrap().extend(spans);
-        self.changed.notify_waiters();
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Collector {
-    pub async fn start(stall: bool) -> (Collector, SocketAddr) {
-        let collector = Collector {
-            stall,
-            ..Collector::default()
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// A receiver behind TLS with the development server certificate (for `localhost`,
-    /// `127.0.0.1` and `::1`, from the development CA).
-    pub async fn start_tls() -> (Collector, SocketAddr) {
-        let collector = Collector::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let identity = tonic::transport::Identity::from_pem(
-            std::fs::read(dev_cert("server.crt")).unwrap(),
-            std::fs::read(dev_cert("server.key")).unwrap(),
-        );
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .unwrap()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    /// Waits (bounded) for any span, and returns the resource it was exported with.
-    pub async fn first_resource(&self) -> Vec<String> {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if let Some(resource) = self.resources.lock().unwrap().first() {
-                    return resource.clone();
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .expect("a span was exported")
-    }
-
-    pub async fn span(&self, span_id: &[u8]) -> Span {
-        let wait = async {
-            loop {
-                let changed = self.changed.notified();
-                if let Some(span) = self
-                    .spans
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|s| s.span_id == span_id)
-                {
-                    return span.clone();
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, wait)
-            .await
-            .expect("the span was exported")
-    }
-}
-
-pub fn attribute(span: &Span, key: &str) -> Option<AnyValue> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.clone()?.value)
-}
-
-pub fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
 }
 
 /// The app's view of `traceparent`: (trace id, parent span id, flags).
@@ -466,7 +329,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
     // Continued: same trace, gatehouse's span between the caller's and the app's.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let mut request = with_key(InspectRequest {});
+    let mut request = with_key(InspectRequest {}, KEY);
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{caller_trace}-{caller_span}-01")
@@ -505,7 +368,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
 
     // Started: no traceparent from the caller.
     let (trace, parent, flags) =
-        traceparent_seen_by_app(&mut client, with_key(InspectRequest {})).await;
+        traceparent_seen_by_app(&mut client, with_key(InspectRequest {}, KEY)).await;
     assert_ne!(trace, caller_trace);
     assert_eq!(flags, "01", "sample_ratio 1.0 samples every new trace");
     let span = collector.span(&hex(&parent)).await;
@@ -525,23 +388,7 @@ async fn continues_or_starts_the_trace_and_exports_the_server_span() {
             .unwrap(),
     );
     client.inspect(refused).await.unwrap_err();
-    let wait = async {
-        loop {
-            let changed = collector.changed.notified();
-            let found = collector
-                .spans
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|s| s.trace_id == hex(refused_trace))
-                .cloned();
-            if let Some(span) = found {
-                return span;
-            }
-            changed.await;
-        }
-    };
-    let span = tokio::time::timeout(PATIENCE, wait).await.unwrap();
+    let span = collector.span_in_trace(&hex(refused_trace)).await;
     assert_eq!(
         attribute(&span, "rpc.grpc.status_code"),
         Some(AnyValue::IntValue(16))
@@ -624,7 +471,7 @@ async fn a_collector_whose_certificate_is_not_trusted_gets_no_spans_and_they_are
         assert!(tokio::time::Instant::now() < deadline, "{scrape}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(collector.spans.lock().unwrap().is_empty());
+    assert!(collector.spans().is_empty());
     gatehouse
         .wait_for_line(&["span export failed", "endpoint=https://127.0.0.1"])
         .await;
@@ -673,7 +520,7 @@ async fn a_collector_that_is_down_or_stalled_never_fails_or_holds_up_a_call() {
         let gatehouse = Gatehouse::start(&config(app.addr, Some(collector)));
         let mut client = client(gatehouse.addr).await;
         for _ in 0..50 {
-            let mut request = with_key(EchoRequest::default());
+            let mut request = with_key(EchoRequest::default(), KEY);
             // Generous, but far shorter than an exporter timeout or a stalled export.
             request.set_timeout(std::time::Duration::from_secs(3));
             client.echo(request).await.unwrap();

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use crate::auth::hash;
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -200,13 +199,7 @@ async fn sighup_reloads_keys_and_rules_and_an_invalid_file_changes_nothing() {
     };
     let gatehouse = Gatehouse::start(&with_key("first-key-0123456789", DevConfig::new(app.addr)));
     let mut client = client(gatehouse.addr).await;
-    let call = |key: &'static str| {
-        let mut request = tonic::Request::new(InspectRequest {});
-        request
-            .metadata_mut()
-            .insert("x-api-key", key.parse().unwrap());
-        request
-    };
+    let call = |key: &'static str| crate::support::with_key(InspectRequest {}, key);
     assert!(client.inspect(call("first-key-0123456789")).await.is_ok());
     assert_eq!(
         client

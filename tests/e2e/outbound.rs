@@ -5,227 +5,11 @@
 
 use std::net::SocketAddr;
 
-use jsonwebtoken::Algorithm;
-use rcgen::{
-    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer as CertIssuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use tonic::Code;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::auth::hash;
-use crate::observability::{Collector, hex};
-use crate::support::issuers::{Issuer, jwks};
 use crate::support::pb::*;
 use crate::support::*;
-
-pub(crate) const DEST_ID: &str = "spiffe://dev.gatehouse/ns/default/sa/dest";
-const SERVER_NAME: &str = "dest.test";
-const SERVICE_KEY: &str = "outbound-service-key-0123456789";
-
-/// Who signs a destination certificate.
-enum Signer {
-    DevCa,
-    OtherCa,
-}
-
-/// A serving certificate for `SERVER_NAME` plus `sans`, valid until `not_after`.
-fn destination_cert(sans: Vec<SanType>, signer: Signer, not_after: (i32, u8, u8)) -> Identity {
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).unwrap();
-    params.subject_alt_names.extend(sans);
-    params.distinguished_name.push(DnType::CommonName, "dest");
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
-    let issuer = match signer {
-        Signer::DevCa => {
-            let key =
-                KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
-            let pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
-            CertIssuer::from_ca_cert_pem(&pem, key).unwrap()
-        }
-        Signer::OtherCa => {
-            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca.distinguished_name
-                .push(DnType::CommonName, "some other CA");
-            ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-            CertIssuer::new(ca, KeyPair::generate().unwrap())
-        }
-    };
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    Identity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-fn uri(text: &str) -> SanType {
-    SanType::URI(text.try_into().unwrap())
-}
-
-/// The certificate a genuine destination presents.
-pub(crate) fn genuine() -> Identity {
-    destination_cert(vec![uri(DEST_ID)], Signer::DevCa, (2099, 1, 1))
-}
-
-/// Files shared by the gatehouses of one test.
-pub(crate) struct Fixture {
-    pub(crate) users: Issuer,
-    pub(crate) dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    pub(crate) fn new() -> Fixture {
-        let fixture = Fixture {
-            users: Issuer::generate("users", Algorithm::RS256),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fixture.write("jwks.json", jwks(&[&fixture.users]).as_bytes());
-        fixture.write("service.key", format!("{SERVICE_KEY}\n").as_bytes());
-        fixture
-    }
-
-    fn write(&self, name: &str, content: &[u8]) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.display().to_string()
-    }
-
-    /// Gatehouse B: inbound only, serving `cert`, checking the users' tokens and the
-    /// service key, in front of `app`.
-    pub(crate) fn destination(
-        &self,
-        name: &str,
-        cert: &Identity,
-        app: SocketAddr,
-        otlp: &str,
-    ) -> Gatehouse {
-        let (cert_file, key_file) = cert.write_to(self.dir.path(), name);
-        Gatehouse::start(&format!(
-            "listen: {{ address: 127.0.0.1:0 }}
-tls:
-  cert_file: {cert_file}
-  key_file: {key_file}
-  ca_file: {ca}
-upstream: {{ address: {app} }}
-auth:
-  jwt:
-    providers:
-      - {{ name: users, issuer: \"{iss}\", audiences: [demo], algorithms: [RS256], jwks_file: {jwks} }}
-  api_keys:
-    keys:
-      - {{ name: scanner, sha256: \"{hash}\" }}
-telemetry: {{ service_name: {name}, log_level: 'info,gatehouse=debug'{otlp} }}
-",
-            cert_file = cert_file.display(),
-            key_file = key_file.display(),
-            ca = dev_cert("ca.crt").display(),
-            iss = self.users.iss,
-            jwks = self.dir.path().join("jwks.json").display(),
-            hash = hash(SERVICE_KEY),
-        ))
-    }
-
-    /// Gatehouse A: its own inbound side in front of `app`, and an outbound listener
-    /// with `destinations` (YAML list items), presenting the development `gateway`
-    /// certificate.
-    fn source(
-        &self,
-        app: SocketAddr,
-        destinations: &[String],
-        otlp: &str,
-    ) -> (Gatehouse, SocketAddr) {
-        self.source_presenting(
-            app,
-            destinations,
-            otlp,
-            (
-                &dev_cert("client-gateway.crt"),
-                &dev_cert("client-gateway.key"),
-            ),
-        )
-    }
-
-    /// Gatehouse A presenting the client certificate in `client` (cert, key paths).
-    fn source_presenting(
-        &self,
-        app: SocketAddr,
-        destinations: &[String],
-        otlp: &str,
-        client: (&std::path::Path, &std::path::Path),
-    ) -> (Gatehouse, SocketAddr) {
-        let gatehouse =
-            Gatehouse::start(&self.source_config(app, destinations, otlp, client, "127.0.0.1:0"));
-        let output = gatehouse.output();
-        let line = output
-            .lines()
-            .find(|line| line.contains("msg=listening"))
-            .expect("the listening line");
-        let outbound = field(line, "outbound")
-            .parse()
-            .expect("an outbound address");
-        (gatehouse, outbound)
-    }
-
-    fn source_config(
-        &self,
-        app: SocketAddr,
-        destinations: &[String],
-        otlp: &str,
-        client: (&std::path::Path, &std::path::Path),
-        listen: &str,
-    ) -> String {
-        format!(
-            "listen: {{ address: 127.0.0.1:0 }}
-tls:
-  cert_file: {cert}
-  key_file: {key}
-  ca_file: {ca}
-upstream: {{ address: {app} }}
-telemetry: {{ service_name: source, log_level: 'info,gatehouse=debug'{otlp} }}
-outbound:
-  listen: {listen}
-  client_tls:
-    cert_file: {client_cert}
-    key_file: {client_key}
-  destinations:
-{destinations}
-",
-            cert = dev_cert("server.crt").display(),
-            key = dev_cert("server.key").display(),
-            ca = dev_cert("ca.crt").display(),
-            client_cert = client.0.display(),
-            client_key = client.1.display(),
-            destinations = destinations.join("\n"),
-        )
-    }
-}
-
-/// A destination entry for gatehouse B at `addr`.
-pub(crate) fn entry(name: &str, addr: SocketAddr, identity: &str, credentials: &str) -> String {
-    format!(
-        "    - {{ name: {name}, address: \"{addr}\", server_name: {SERVER_NAME}, identity: [\"{identity}\"], credentials: {credentials}, audience: demo }}"
-    )
-}
-
-/// The app's client: plaintext HTTP/2 to the outbound port, naming `authority`.
-pub(crate) async fn app_client(outbound: SocketAddr, authority: &str) -> DemoClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{outbound}"))
-        .unwrap()
-        .origin(format!("http://{authority}").parse().unwrap())
-        .connect()
-        .await
-        .expect("h2c connection to the outbound port");
-    DemoClient::new(channel)
-}
-
-pub(crate) fn bearer(token: &str) -> MetadataValue<tonic::metadata::Ascii> {
-    format!("Bearer {token}").parse().unwrap()
-}
 
 /// An Inspect request carrying forged identity headers and a key the app should not hold.
 fn forged_inspect(authorization: Option<&str>) -> tonic::Request<InspectRequest> {
@@ -245,32 +29,19 @@ fn forged_inspect(authorization: Option<&str>) -> tonic::Request<InspectRequest>
     request
 }
 
+/// The metadata the destination's app saw on an Inspect call that must go through.
 async fn seen_by_destination_app(
     client: &mut DemoClient<Channel>,
     request: tonic::Request<InspectRequest>,
 ) -> Vec<(String, String)> {
-    let reply = client
-        .inspect(request)
+    inspect(client, request)
         .await
-        .expect("the call went through");
-    reply
-        .into_inner()
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect()
-}
-
-pub(crate) fn values<'a>(seen: &'a [(String, String)], key: &str) -> Vec<&'a str> {
-    seen.iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .collect()
+        .expect("the call went through")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_the_users_token_and_never_the_apps_forged_identity() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = fixture.source(
@@ -376,7 +147,7 @@ async fn relays_the_users_token_and_never_the_apps_forged_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_key_file_sends_the_service_key_the_app_never_held() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let key_file = fixture.dir.path().join("service.key");
@@ -399,7 +170,7 @@ async fn api_key_file_sends_the_service_key_the_app_never_held() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_that_are_not_the_named_destination_get_no_request() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let cases = [
         (
@@ -489,7 +260,7 @@ async fn servers_that_are_not_the_named_destination_get_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (_a, outbound) = fixture.source(
@@ -572,7 +343,7 @@ async fn unknown_authority_and_bad_relayed_tokens_are_refused_locally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_cancel_and_deadline_reach_the_destination_handler() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     // B refuses calls without a credential, so both destinations send the service key.
@@ -628,7 +399,7 @@ async fn app_cancel_and_deadline_reach_the_destination_handler() {
 async fn one_trace_runs_through_both_gatehouses() {
     let (collector, collector_addr) = Collector::start(false).await;
     let otlp = format!(", otlp_endpoint: \"http://{collector_addr}\"");
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, &otlp);
     let (_a, outbound) = fixture.source(
@@ -667,7 +438,7 @@ async fn one_trace_runs_through_both_gatehouses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_metrics_count_calls_by_destination() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let (a, outbound) = fixture.source(
@@ -787,7 +558,7 @@ impl RawDestination {
 /// gets INTERNAL saying why, and gatehouse's memory stays where it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_answering_with_huge_headers_cannot_grow_gatehouse() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let raw = RawDestination::answering_with(15 << 20).await;
     let (a, outbound) = fixture.source(app.addr, &[entry("raw", raw.addr, DEST_ID, "none")], "");
@@ -821,7 +592,7 @@ async fn a_destination_answering_with_huge_headers_cannot_grow_gatehouse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_identity_and_app_held_keys_never_leave_the_pod() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let raw = RawDestination::start().await;
     let key_file = fixture.dir.path().join("service.key");
@@ -947,31 +718,12 @@ fn check_refuses_an_exposed_listener_a_destination_without_identity_and_twins() 
     );
 }
 
-/// A client certificate for `spiffe://dev.gatehouse/ns/default/sa/{name}`, signed by the
-/// development CA.
-fn client_cert(name: &str) -> Identity {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.subject_alt_names = vec![uri(&format!("spiffe://dev.gatehouse/ns/default/sa/{name}"))];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
-    let pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
-    let issuer = CertIssuer::from_ca_cert_pem(&pem, key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    Identity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_rotation_keeps_open_streams_and_new_calls_present_the_new_one() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
-    let (cert_file, key_file) = client_cert("before").write_to(fixture.dir.path(), "client");
+    let (cert_file, key_file) = client_certificate("before").write_to(fixture.dir.path(), "client");
     let credentials = format!(
         "{{ api_key_file: {} }}",
         fixture.dir.path().join("service.key").display()
@@ -1002,7 +754,7 @@ async fn client_certificate_rotation_keeps_open_streams_and_new_calls_present_th
     stream.message().await.unwrap().unwrap();
 
     // Rotate: a new certificate in place of the old, as a Secret update does.
-    let rotated = client_cert("after");
+    let rotated = client_certificate("after");
     let staged = fixture.dir.path().join("staged");
     std::fs::create_dir(&staged).unwrap();
     let (new_cert, new_key) = rotated.write_to(&staged, "client");
@@ -1029,7 +781,7 @@ async fn client_certificate_rotation_keeps_open_streams_and_new_calls_present_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbound_port_can_be_a_unix_socket() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let socket = fixture.dir.path().join("outbound.sock");
@@ -1073,7 +825,7 @@ async fn the_outbound_port_can_be_a_unix_socket() {
 /// while: neither gatehouse holds more than a few windows of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_stream_crosses_both_hops_in_flat_memory() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let credentials = format!(
@@ -1126,7 +878,7 @@ async fn a_large_stream_crosses_both_hops_in_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_apps_outbound_calls_finish() {
-    let fixture = Fixture::new();
+    let fixture = Mesh::new();
     let app = App::start().await;
     let b = fixture.destination("dest", &genuine(), app.addr, "");
     let credentials = format!(

@@ -4,7 +4,6 @@
 
 use tonic::Code;
 
-use crate::outbound::{app_client, values};
 use crate::support::pb::*;
 use crate::support::*;
 
@@ -70,14 +69,7 @@ outbound:
         key = key.display(),
         entries = entries.join("\n"),
     ));
-    let output = gatehouse.output();
-    let line = output
-        .lines()
-        .find(|line| line.contains("msg=listening"))
-        .expect("the listening line");
-    let outbound = field(line, "outbound")
-        .parse()
-        .expect("an outbound address");
+    let outbound = outbound_address(&gatehouse);
     (gatehouse, outbound)
 }
 
@@ -108,16 +100,9 @@ async fn svids_with_only_a_uri_san_are_accepted_both_ways_and_checked_by_spiffe_
     // Outbound: B's SVID passes on its SPIFFE ID; inbound: B admits A's SVID, and its
     // app is told who called.
     let mut client = app_client(outbound, "identity").await;
-    let reply = client
-        .inspect(InspectRequest {})
+    let seen = inspect(&mut client, tonic::Request::new(InspectRequest {}))
         .await
-        .expect("a call between two SVID-only pods")
-        .into_inner();
-    let seen: Vec<(String, String)> = reply
-        .metadata
-        .into_iter()
-        .map(|entry| (entry.key, entry.value))
-        .collect();
+        .expect("a call between two SVID-only pods");
     let xfcc = values(&seen, "x-forwarded-client-cert").join("");
     assert!(xfcc.contains(&format!("URI={SOURCE_ID}")), "{xfcc}");
     assert!(!xfcc.contains("DNS="), "{xfcc}");

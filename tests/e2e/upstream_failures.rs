@@ -251,14 +251,6 @@ async fn app_refusing_its_first_connection(
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let refused = std::sync::Arc::new(AtomicU64::new(0));
@@ -275,7 +267,7 @@ async fn app_refusing_its_first_connection(
         });
         let mut preface = [0u8; 24];
         first.read_exact(&mut preface).await.unwrap();
-        first.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        first.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
         loop {
             let mut head = [0u8; 9];
             if first.read_exact(&mut head).await.is_err() {
@@ -288,13 +280,13 @@ async fn app_refusing_its_first_connection(
             first.read_exact(&mut payload).await.unwrap();
             let answer = match (kind, flags & 0x1) {
                 // SETTINGS (not an ACK): acknowledge. PING (not an ACK): answer.
-                (0x4, 0) => frame(0x4, 0x1, 0, &[]),
-                (0x6, 0) => frame(0x6, 0x1, 0, &payload),
+                (0x4, 0) => h2_frame(0x4, 0x1, 0, &[]),
+                (0x6, 0) => h2_frame(0x6, 0x1, 0, &payload),
                 (0x1, _) => match seen.fetch_add(1, Ordering::SeqCst) {
                     // RST_STREAM REFUSED_STREAM (7).
-                    0 => frame(0x3, 0, stream, &7u32.to_be_bytes()),
+                    0 => h2_frame(0x3, 0, stream, &7u32.to_be_bytes()),
                     // GOAWAY, last stream id 0, NO_ERROR: nothing was processed.
-                    _ => frame(0x7, 0, 0, &[0; 8]),
+                    _ => h2_frame(0x7, 0, 0, &[0; 8]),
                 },
                 _ => continue,
             };

@@ -72,6 +72,19 @@ pub async fn client(addr: SocketAddr) -> DemoClient<Channel> {
 /// `grpc-timeout` it is given as metadata but never enforces it itself (like many clients
 /// in other languages), so a deadline that ends a call was enforced by gatehouse.
 pub async fn bare_client(addr: SocketAddr) -> DemoClient<BareChannel> {
+    let sender = h2_connection(addr).await;
+    DemoClient::with_origin(BareChannel { sender }, "https://localhost".parse().unwrap())
+}
+
+/// A bare HTTP/2 connection to gatehouse over mTLS with the development `gateway`
+/// identity, for requests made by hand (paths, bodies or trailers no client library
+/// would send).
+pub async fn h2_connection<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tls = tls_connect(addr, Some(&Identity::gateway()))
         .await
         .expect("mTLS connection to gatehouse");
@@ -82,7 +95,7 @@ pub async fn bare_client(addr: SocketAddr) -> DemoClient<BareChannel> {
     .await
     .expect("HTTP/2 handshake with gatehouse");
     tokio::spawn(connection);
-    DemoClient::with_origin(BareChannel { sender }, "https://localhost".parse().unwrap())
+    sender
 }
 
 #[derive(Clone)]

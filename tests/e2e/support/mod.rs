@@ -1,10 +1,27 @@
-//! What every end-to-end test needs: the demo app in-process, the gatehouse binary as a
-//! child process on an ephemeral port, its config, TLS identities (the development PKI,
-//! and broken ones made with rcgen at test time), a Rust gRPC client over mTLS, grpcurl,
-//! the admin server, and the details of the statuses gatehouse generates.
+//! What every end-to-end test needs, one concern a file:
 //!
-//! Each concern has its own file; everything is re-exported here so a test needs only
-//! `use crate::support::*`.
+//! - `app`: the demo app, served in-process (its own code is `demo`, with `pb`).
+//! - `process`: the gatehouse binary as a child process on an ephemeral port, one-shot
+//!   commands, and the commit it was built from.
+//! - `config`: the config file gatehouse is started with.
+//! - `pki`: TLS identities: the development PKI, and certificates made with rcgen at
+//!   test time (SVIDs, client certificates, broken ones).
+//! - `clients`: Rust gRPC clients over mTLS, and bare HTTP/2 connections.
+//! - `calls`: the credentials a call carries, the metadata the app saw, and a client
+//!   stream sent by hand with request trailers.
+//! - `frames`: HTTP/2 frames written by hand.
+//! - `api_keys`: API key digests and keys files.
+//! - `issuers`: token issuers, their JWKS, and a server publishing key sets.
+//! - `mesh`: a source and a destination gatehouse for outbound calls.
+//! - `collector`: an OTLP trace collector.
+//! - `admin`: the admin server and the metrics scrape.
+//! - `grpcurl`: grpcurl, run against gatehouse.
+//! - `status`: the details of the statuses gatehouse generates.
+//!
+//! This file holds the bound every wait has, the paths of the repository and the
+//! development certificates, and a free loopback port. Everything but `issuers` is
+//! re-exported here, so a test needs only `use crate::support::*` (and
+//! `crate::support::issuers::*` for tokens).
 
 #![allow(dead_code)]
 
@@ -15,22 +32,32 @@ use std::time::Duration;
 pub mod demo;
 
 mod admin;
+mod api_keys;
 mod app;
+mod calls;
 mod clients;
+mod collector;
 mod config;
+mod frames;
 mod grpcurl;
 pub mod issuers;
+mod mesh;
 mod pki;
 mod process;
 mod status;
 
 pub use admin::*;
+pub use api_keys::*;
 pub use app::*;
+pub use calls::*;
 pub use clients::*;
+pub use collector::*;
 pub use config::*;
 pub use demo::pb;
 pub use demo::pb::demo_client::DemoClient;
+pub use frames::*;
 pub use grpcurl::*;
+pub use mesh::*;
 pub use pki::*;
 pub use process::*;
 pub use status::*;

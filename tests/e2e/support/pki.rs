@@ -1,8 +1,12 @@
-//! TLS identities: the development PKI from `certs-dev/`, and broken certificates made
-//! with rcgen at test time.
+//! TLS identities: the development PKI from `certs-dev/`, and certificates made with
+//! rcgen at test time (SVIDs, client certificates, broken ones).
 
 use std::path::{Path, PathBuf};
 
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -62,74 +66,72 @@ pub fn dev_roots() -> rustls::RootCertStore {
 /// development CA: the SPIFFE ID as the only SAN (no DNS name, no IP, no subject CN), for
 /// server and client authentication alike.
 pub fn svid(spiffe_id: &str) -> Identity {
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe_id.try_into().unwrap())];
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
+    signed_by_dev_ca(params)
+}
+
+/// A client certificate for `spiffe://dev.gatehouse/ns/default/sa/{name}` (also the
+/// subject CN), signed by the development CA.
+pub fn client_certificate(name: &str) -> Identity {
+    signed_by_dev_ca(client_params(name))
+}
+
+/// A certificate with `params` and a new key, signed by the development CA.
+pub fn signed_by_dev_ca(params: CertificateParams) -> Identity {
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
     let ca_pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    signed_by(params, &Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap())
+}
+
+/// A certificate with `params` and a new key, signed by a new CA ("some other CA") that
+/// gatehouse does not trust.
+pub fn signed_by_other_ca(params: CertificateParams) -> Identity {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "some other CA");
+    ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    signed_by(params, &Issuer::new(ca, KeyPair::generate().unwrap()))
+}
+
+/// A certificate with `params` and a new key, signed by `issuer`.
+fn signed_by(params: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Identity {
     let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
     Identity {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     }
 }
 
+/// Client-authentication parameters for `spiffe://dev.gatehouse/ns/default/sa/{name}`,
+/// with `name` as the subject CN.
+fn client_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://dev.gatehouse/ns/default/sa/{name}")
+            .try_into()
+            .unwrap(),
+    )];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
 /// Broken client certificates, made fresh for each test run.
 pub mod broken {
     use super::*;
-    use rcgen::{
-        CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-        SanType,
-    };
-
-    fn client_params(name: &str) -> CertificateParams {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://dev.gatehouse/ns/default/sa/{name}")
-                .try_into()
-                .unwrap(),
-        )];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params
-    }
-
-    fn signed_by_dev_ca(params: CertificateParams) -> Identity {
-        let ca_key =
-            KeyPair::from_pem(&std::fs::read_to_string(dev_cert("ca.key")).unwrap()).unwrap();
-        let ca_pem = std::fs::read_to_string(dev_cert("ca.crt")).unwrap();
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
 
     /// Valid in every way, but signed by a CA gatehouse does not trust.
     pub fn from_other_ca() -> Identity {
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name
-            .push(DnType::CommonName, "some other CA");
-        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let ca_key = KeyPair::generate().unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let cert = client_params("intruder").signed_by(&key, &issuer).unwrap();
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        signed_by_other_ca(client_params("intruder"))
     }
 
     /// Signed by the trusted development CA, but expired in 2021.

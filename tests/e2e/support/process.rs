@@ -1,5 +1,5 @@
 //! The gatehouse binary: `gatehouse run` as a child process whose output lines a test can
-//! wait for, and one-shot commands such as `gatehouse check`.
+//! wait for, one-shot commands such as `gatehouse check`, and the commit it was built from.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::PATIENCE;
+use super::{PATIENCE, repo};
 
 /// The gatehouse binary under test: the one this build made, or `GATEHOUSE_BIN` (to run
 /// the suite, or one test, against another build, such as an earlier release).
@@ -261,6 +261,17 @@ pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
 /// Runs the gatehouse binary with `args` and returns its output.
 pub fn gatehouse(args: &[&str]) -> Output {
     Command::new(binary()).args(args).output().unwrap()
+}
+
+/// The commit of the checkout the tests run in, as `build.rs` records it.
+pub fn checkout_commit() -> String {
+    let output = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .expect("git runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output).trim().to_owned()
 }
 
 pub fn stdout(output: &Output) -> String {
