@@ -39,7 +39,7 @@
 //! ```text
 //! tier 0  vocabulary   grpc (codes, Status, reasons, details, Deadline, the HTTP/2-error
 //!                      table) · trace_context · sha256 · reload (Current<T>, poll) · clock ·
-//!                      version
+//!                      version · test_util (for tests only: a JWKS server)
 //! tier 1  data         config · metrics · identity (Principal, the identity header
 //!                      table) · call_context
 //! tier 2  connection   tls · body · telemetry · cli · inject (Kubernetes YAML in, with the
@@ -99,6 +99,8 @@ pub mod reload;
 pub mod serve;
 pub mod sha256;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod tls;
 pub mod trace_context;
 pub mod upstream;

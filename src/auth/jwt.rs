@@ -770,80 +770,13 @@ mod tests {
         );
     }
 
-    /// An HTTPS server (the development certificate for `localhost`) that serves one
-    /// JWKS document and holds each answer until the test releases it.
-    struct HeldJwksServer {
-        url: String,
-        /// One message per request received.
-        requests: tokio::sync::mpsc::UnboundedReceiver<()>,
-        release: Arc<tokio::sync::Semaphore>,
-    }
-
-    async fn held_jwks_server(document: String) -> HeldJwksServer {
-        use rustls::pki_types::pem::PemObject;
-        let certs_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev");
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(certs_dir.join("server.crt"))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_file(certs_dir.join("server.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "https://localhost:{}/jwks",
-            listener.local_addr().unwrap().port()
-        );
-        let (sent, requests) = tokio::sync::mpsc::unbounded_channel();
-        let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let held = release.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, sent, held, document) = (
-                    acceptor.clone(),
-                    sent.clone(),
-                    held.clone(),
-                    document.clone(),
-                );
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |_| {
-                        let (sent, held, document) = (sent.clone(), held.clone(), document.clone());
-                        async move {
-                            let _ = sent.send(());
-                            held.acquire().await.unwrap().forget();
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from(document)),
-                            ))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        HeldJwksServer {
-            url,
-            requests,
-            release,
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_arriving_during_an_unknown_kid_fetch_wait_for_it() {
         use crate::auth::jwks::RemoteJwks;
         use rustls::pki_types::pem::PemObject;
-        let mut server = held_jwks_server(oct_jwks(&[("k1", SECRET)])).await;
+        let server = crate::test_util::JwksServer::start().await;
+        server.publish("/jwks", oct_jwks(&[("k1", SECRET)]));
+        server.hold_answers();
         let ca = rustls::pki_types::CertificateDer::pem_file_iter(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-dev/ca.crt"),
         )
@@ -851,7 +784,7 @@ mod tests {
         .map(Result::unwrap)
         .collect();
         let remote = RemoteJwks::new(
-            &server.url,
+            &server.url("/jwks"),
             ca,
             Family::Hmac,
             vec![Algorithm::HS256],
@@ -871,11 +804,7 @@ mod tests {
             let (verifier, token) = (verifier.clone(), token.clone());
             async move { verifier.verify(&token).await }
         });
-        server
-            .requests
-            .recv()
-            .await
-            .expect("the fetch reached the server");
+        server.until_fetched("/jwks", 1).await;
 
         // A second call while the fetch is in flight waits for it instead of failing.
         let mut second = Box::pin(verifier.verify(&token));
@@ -893,12 +822,13 @@ mod tests {
             .await;
         assert_eq!(hurried.unwrap_err().reason.label(), "unknown_kid");
 
-        server.release.add_permits(1);
+        server.release_answers(1);
         let second = second.await;
         assert!(second.is_ok(), "{second:?}");
         assert!(first.await.unwrap().is_ok());
-        assert!(
-            server.requests.try_recv().is_err(),
+        assert_eq!(
+            server.fetches("/jwks"),
+            1,
             "the waiting calls caused fetches of their own"
         );
     }
