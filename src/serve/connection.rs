@@ -59,32 +59,14 @@ pub(super) async fn run_http2<S: ChainService, I>(
     // `greeted` turns true once the SETTINGS arrived; `watching` stops once the
     // watcher has spoken either way (a dropped sender means the connection is gone).
     let (mut greeted, mut watching) = (false, true);
-    let age = async {
-        match limits.max_connection_age {
-            Some(age) => tokio::time::sleep(age.get()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(age);
-    let idle = activity.idle_for(limits.idle_timeout.get());
-    tokio::pin!(idle);
-    let flooded = activity.flooded();
-    tokio::pin!(flooded);
-    // The identity a client certificate states ends with it: GOAWAY then, and Auth
-    // refuses any call that still arrives.
-    let certificate_ends = async {
-        match certificate_not_after {
-            Some(not_after) => {
-                let left = not_after.saturating_sub(crate::clock::unix_now());
-                tokio::time::sleep_until(crate::clock::instant_after(Duration::from_secs(
-                    left.saturating_add(1),
-                )))
-                .await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(certificate_ends);
+    let ends = time_to_close(
+        limits,
+        &activity,
+        certificate_not_after,
+        remote_addr,
+        greeting.metrics,
+    );
+    tokio::pin!(ends);
     let mut closing = false;
     let served = loop {
         tokio::select! {
@@ -104,15 +86,7 @@ pub(super) async fn run_http2<S: ChainService, I>(
                 return;
             }
             () = shutdown.cancelled(), if !closing => {}
-            () = &mut age, if !closing => tracing::debug!(remote = %remote_addr, "limits.max_connection_age reached"),
-            () = &mut idle, if !closing => tracing::debug!(remote = %remote_addr, "limits.idle_timeout reached"),
-            () = &mut certificate_ends, if !closing => {
-                tracing::info!(remote = %remote_addr, "connection closed: its client certificate has expired");
-            }
-            () = &mut flooded, if !closing => {
-                greeting.metrics.limit_refusal("caller_resets");
-                tracing::info!(remote = %remote_addr, "connection closed: the caller abandoned calls faster than gatehouse relays resets to the app");
-            }
+            () = &mut ends, if !closing => {}
         }
         if !greeted {
             // GOAWAY cannot be sent before the preface; dropping is the only way out.
@@ -124,6 +98,50 @@ pub(super) async fn run_http2<S: ChainService, I>(
     };
     if let Err(error) = served {
         tracing::debug!(remote = %remote_addr, %error, "connection ended with an error");
+    }
+}
+
+/// Resolves, having said why, when a connection should close gracefully: it reached
+/// `max_connection_age` or `idle_timeout`, its client certificate expired (the identity
+/// it states ends with it; Auth refuses any call that still arrives), or the caller
+/// abandoned calls faster than the reset budget allows.
+async fn time_to_close(
+    limits: &Limits,
+    activity: &Activity,
+    certificate_not_after: Option<u64>,
+    remote: SocketAddr,
+    metrics: &Metrics,
+) {
+    let age = async {
+        match limits.max_connection_age {
+            Some(age) => tokio::time::sleep(age.get()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let certificate_ends = async {
+        match certificate_not_after {
+            Some(not_after) => {
+                let left = not_after.saturating_sub(crate::clock::unix_now());
+                tokio::time::sleep_until(crate::clock::instant_after(Duration::from_secs(
+                    left.saturating_add(1),
+                )))
+                .await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = age => tracing::debug!(%remote, "limits.max_connection_age reached"),
+        () = activity.idle_for(limits.idle_timeout.get()) => {
+            tracing::debug!(%remote, "limits.idle_timeout reached");
+        }
+        () = certificate_ends => {
+            tracing::info!(%remote, "connection closed: its client certificate has expired");
+        }
+        () = activity.flooded() => {
+            metrics.limit_refusal("caller_resets");
+            tracing::info!(%remote, "connection closed: the caller abandoned calls faster than gatehouse relays resets to the app");
+        }
     }
 }
 
