@@ -1,7 +1,7 @@
 # gatehouse: a small, non-root image with only the binary, running
 # `gatehouse run --config /etc/gatehouse/gatehouse.yaml`.
 #
-#   docker build -t gatehouse .
+#   docker build --build-arg GATEHOUSE_COMMIT="$(git rev-parse --short=12 HEAD)" -t gatehouse .
 #   docker run --rm --network host \
 #     -v "$PWD/deploy/gatehouse.yaml:/etc/gatehouse/gatehouse.yaml:ro" \
 #     -v "$PWD/certs-dev/server.crt:/etc/gatehouse/certs/tls.crt:ro" \
@@ -23,9 +23,13 @@ WORKDIR /src
 # them. Building `--bin gatehouse` needs only the binary's and the library's sources
 # (cargo does not open the examples and benchmarks the manifest declares), so those
 # two get empty stand-ins here.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 # h2 with an HPACK encoder option, substituted by [patch.crates-io] (vendor/README.md).
 COPY vendor ./vendor
+# The source is copied without .git, so build.rs takes the commit from here for
+# `gatehouse --version` and gatehouse_build_info (`unknown` when not passed).
+ARG GATEHOUSE_COMMIT=""
+ENV GATEHOUSE_COMMIT=${GATEHOUSE_COMMIT}
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \

@@ -273,6 +273,7 @@ fn sidecar(args: &InjectArgs, volumes: &[(&'static str, Node)]) -> Node {
             ),
         ),
         ("ports", Node::Seq(ports)),
+        ("env", Node::Seq(resource_env())),
         (
             "startupProbe",
             probe(
@@ -306,6 +307,31 @@ fn sidecar(args: &InjectArgs, volumes: &[(&'static str, Node)]) -> Node {
         ),
         ("volumeMounts", Node::Seq(mounts)),
     ])
+}
+
+/// The pod's name and namespace from the Downward API, as the resource of the spans
+/// gatehouse exports (`OTEL_RESOURCE_ATTRIBUTES`, docs/observability.md).
+fn resource_env() -> Vec<Node> {
+    let from_field = |name: &str, path: &str| {
+        Node::map([
+            ("name", Node::str(name)),
+            (
+                "valueFrom",
+                Node::map([("fieldRef", Node::map([("fieldPath", Node::str(path))]))]),
+            ),
+        ])
+    };
+    vec![
+        from_field("POD_NAME", "metadata.name"),
+        from_field("POD_NAMESPACE", "metadata.namespace"),
+        Node::map([
+            ("name", Node::str("OTEL_RESOURCE_ATTRIBUTES")),
+            (
+                "value",
+                Node::str("k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"),
+            ),
+        ]),
+    ]
 }
 
 /// Whether `text` is a memory quantity Kubernetes accepts and gatehouse reads alike
