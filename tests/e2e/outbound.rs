@@ -910,3 +910,65 @@ async fn sigterm_lets_the_apps_outbound_calls_finish() {
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(output.contains("msg=\"drained; exiting\""), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_calls_out_are_bounded_and_the_next_is_refused_busy() {
+    let mesh = Mesh::new();
+    let app = App::start().await;
+    let b = mesh.destination("dest", &genuine(), app.addr, "");
+    let key_file = mesh.dir.path().join("service.key");
+    let credentials = format!("{{ api_key_file: {} }}", key_file.display());
+    // upstream_connections 1: at most 50 calls out at once.
+    let config = mesh.source_config(
+        app.addr,
+        &[entry("audit-service", b.addr, DEST_ID, &credentials)],
+        "",
+        (
+            &dev_cert("client-gateway.crt"),
+            &dev_cert("client-gateway.key"),
+        ),
+        "127.0.0.1:0",
+    ) + "limits: { upstream_connections: 1, max_concurrent_streams: 100 }\n";
+    let a = Gatehouse::start(&config);
+    let client = app_client(outbound_address(&a), "audit-service").await;
+    let holders: Vec<_> = (0..50)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.wait(WaitRequest { millis: 60_000 }).await })
+        })
+        .collect();
+    assert!(
+        app.observed()
+            .wait_until(PATIENCE, |seen| seen.waits_started() == 50)
+            .await,
+        "the 50 calls out never reached the destination's app: {}",
+        app.observed().waits_started()
+    );
+
+    let refused = client
+        .clone()
+        .echo(EchoRequest::default())
+        .await
+        .expect_err("a 51st call out was carried");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::ResourceExhausted, "DESTINATION_BUSY"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("50 calls out open"),
+        "{refused:?}"
+    );
+    assert_eq!(app.observed().calls(), 0, "the refused call left the pod");
+
+    // The held calls end: calls out flow again.
+    app.observed().release_waits();
+    for call in holders {
+        call.await.unwrap().expect("a held call out failed");
+    }
+    client
+        .clone()
+        .echo(EchoRequest::default())
+        .await
+        .expect("a call out after the others ended");
+}
