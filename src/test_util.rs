@@ -1,6 +1,6 @@
 //! What gatehouse's own tests need and cannot get from a crate: a JWKS endpoint over
 //! HTTPS, as an identity provider serves one. Built for unit tests, and for the
-//! end-to-end tests through the `test-util` feature; never part of the binary.
+//! end-to-end tests through the `test-util` feature; nothing in the binary calls it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
