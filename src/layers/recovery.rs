@@ -5,7 +5,7 @@
 //! a confusing transport error), this answers with a trailers-only gRPC response.
 //!
 //! ```
-//! use gatehouse::middleware::recovery::RecoveryLayer;
+//! use gatehouse::layers::recovery::RecoveryLayer;
 //! use tower::Layer;
 //! # let forward = tower::service_fn(|_: http::Request<()>| async {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(gatehouse::body::ResponseBody::empty()))
