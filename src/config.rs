@@ -23,6 +23,7 @@ mod method;
 mod outbound;
 mod peer;
 mod problem;
+mod schema;
 mod telemetry;
 mod units;
 mod upstream;
@@ -33,7 +34,9 @@ use serde::Deserialize;
 
 pub use api_keys::{ApiKey, ApiKeys, ApiKeysFile, validate_api_keys};
 pub use auth::Auth;
-pub use authorization::{Authorization, DefaultDecision, Rule};
+pub use authorization::{
+    Authorization, DefaultDecision, FieldValue, MAX_FIELDS, Rule, is_field_path,
+};
 pub use jwt::{AlgorithmError, ClaimNames, Family, Jwt, JwtProvider, MAX_LEEWAY, parse_algorithms};
 pub use limits::{Limits, PerIdentity, PublicCalls, UNKNOWN_MEMORY, Written};
 pub use listen::{ClientAuth, Listen, Tls};
@@ -41,6 +44,7 @@ pub use method::{InvalidMethodPattern, MethodPattern};
 pub use outbound::{ClientTls, Credentials, Destination, ListenError, Outbound, OutboundListen};
 pub use peer::{PatternError, PeerNames, PeerPattern, identity_pattern};
 pub use problem::{ConfigError, Problem, parse_all};
+pub use schema::{Schema, SchemaSource, UnknownMethods};
 pub use telemetry::{LogFormat, Telemetry};
 pub use units::{ByteSize, Duration, InvalidDuration, InvalidSize, parse_timestamp};
 pub use upstream::{Target, Upstream};
@@ -68,6 +72,9 @@ pub struct Config {
     /// Absent: gatehouse guards calls into the pod only.
     #[serde(default)]
     pub outbound: Option<Outbound>,
+    /// Absent: no schema; every call is an opaque POST.
+    #[serde(default)]
+    pub schema: Schema,
 }
 
 impl Config {
@@ -141,6 +148,8 @@ impl Config {
             outbound.validate(&self.tls, &mut problems);
         }
         self.limits.validate(&mut problems);
+        self.schema
+            .validate(self.authorization.as_ref(), &mut problems);
         problems
     }
 }

@@ -41,7 +41,8 @@
 //!                      table) · trace_context · sha256 · reload (Current<T>, poll) · clock ·
 //!                      version · test_util (for tests only: a JWKS server)
 //! tier 1  data         config · metrics · identity (Principal, the identity header
-//!                      table) · call_context
+//!                      table) · call_context · schema (method table, field paths,
+//!                      the wire scan)
 //! tier 2  connection   tls · body · telemetry · cli · inject (Kubernetes YAML in, with the
 //!                      sidecar out)
 //! tier 3  stages       serve (accept, connection, server, budget) · pool · upstream ·
@@ -96,6 +97,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod reload;
+pub mod schema;
 pub mod serve;
 pub mod sha256;
 pub mod telemetry;

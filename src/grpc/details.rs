@@ -126,6 +126,21 @@ reasons! {
     DeniedByDefault => "PERMISSION_DENIED_BY_DEFAULT", "default_deny", PermissionDenied;
     /// `:path` is outside gRPC's `/Service/Method` grammar; never forwarded.
     InvalidMethodPath => "INVALID_METHOD_PATH", "invalid_method_path", Unimplemented;
+    /// `schema`: the app's schema has no such method (or it is the app's reflection
+    /// service and `schema.expose_reflection` is off); never forwarded.
+    UnknownMethod => "UNKNOWN_METHOD", "unknown_method", Unimplemented;
+    /// `schema`: the app's schema is not known yet (the app has not answered reflection,
+    /// or the descriptor set did not load) and `schema.unknown_methods` is `refuse`.
+    SchemaUnknown => "SCHEMA_UNKNOWN", "schema_unknown", Unavailable;
+    /// A request message's field does not hold the value an authorization rule's
+    /// `fields` requires; that message never reaches the app and the call ends.
+    FieldMismatch => "FIELD_MISMATCH", "field_mismatch", PermissionDenied;
+    /// A request message of a method with field rules does not decode (or is
+    /// compressed, which gatehouse does not read); it never reaches the app.
+    MalformedMessage => "MALFORMED_MESSAGE", "malformed_message", InvalidArgument;
+    /// A request message of a method with field rules is larger than
+    /// `schema.max_message_size`; it never reaches the app.
+    MessageTooLarge => "MESSAGE_TOO_LARGE", "message_too_large", ResourceExhausted;
     /// The caller has `limits.per_identity.max_concurrent_calls` calls open.
     ConcurrencyLimit => "CONCURRENCY_LIMIT", "concurrency_limit", ResourceExhausted;
     /// The caller is over `limits.per_identity.calls_per_second`.
