@@ -32,7 +32,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 mod credentials;
 
 use credentials::WatchedAnswer;
-pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch, END_GRACE};
+pub use credentials::{CredentialsEnd, CredentialsEnded, CredentialsWatch, END_GRACE, Framing};
 
 use crate::grpc::{self, Deadline};
 use crate::identity::strip_request_trailers;
@@ -50,6 +50,30 @@ pub struct RequestBody {
 enum Source {
     Caller(Incoming),
     Local(Option<Bytes>),
+    /// The caller's body seen through a layer that holds or checks its messages.
+    Filtered(Filtered),
+}
+
+/// A request body a layer builds around the caller's (the Schema layer's field checks):
+/// it may end the request early with [`RequestError::Stopped`].
+pub struct Filtered(Pin<Box<dyn Body<Data = Bytes, Error = RequestError> + Send>>);
+
+impl std::fmt::Debug for Filtered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Filtered")
+    }
+}
+
+/// Why a request body ended before its end of stream.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The caller's stream failed: it reset it, or its connection died.
+    #[error(transparent)]
+    Caller(#[from] hyper::Error),
+    /// A layer stopped the request; the caller's status is that layer's to give. What
+    /// was forwarded before still reaches the app, then its stream is reset.
+    #[error("the request was stopped by gatehouse")]
+    Stopped,
 }
 
 impl RequestBody {
@@ -68,6 +92,18 @@ impl RequestBody {
         }
     }
 
+    /// This body seen through `wrap`, which holds or checks its frames: what the chain
+    /// forwards from now on. The byte count set by [`RequestBody::count_into`] goes on.
+    pub fn filtered<B>(self, wrap: impl FnOnce(RequestBody) -> B) -> RequestBody
+    where
+        B: Body<Data = Bytes, Error = RequestError> + Send + 'static,
+    {
+        RequestBody {
+            inner: Source::Filtered(Filtered(Box::pin(wrap(self)))),
+            received: None,
+        }
+    }
+
     /// Adds the size of every data frame to `counter` from now on.
     pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
         self.received = Some(counter);
@@ -76,15 +112,19 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let frame = match &mut self.inner {
-            Source::Caller(incoming) => ready!(Pin::new(incoming).poll_frame(cx)),
+            Source::Caller(incoming) => {
+                ready!(Pin::new(incoming).poll_frame(cx)).map(|f| f.map_err(RequestError::from))
+            }
             Source::Local(bytes) => bytes.take().map(|bytes| Ok(Frame::data(bytes))),
+            // Already counted and stripped by the body inside it.
+            Source::Filtered(filtered) => return filtered.0.as_mut().poll_frame(cx),
         };
         if let (Some(counter), Some(Ok(frame))) = (&self.received, &frame)
             && let Some(data) = frame.data_ref()
@@ -110,6 +150,7 @@ impl Body for RequestBody {
         match &self.inner {
             Source::Caller(incoming) => incoming.is_end_stream(),
             Source::Local(bytes) => bytes.is_none(),
+            Source::Filtered(filtered) => filtered.0.is_end_stream(),
         }
     }
 
@@ -119,6 +160,7 @@ impl Body for RequestBody {
             Source::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Source::Filtered(filtered) => filtered.0.size_hint(),
         }
     }
 }

@@ -170,6 +170,30 @@ impl StreamError {
     }
 }
 
+/// How a request body that fails ends the target's stream: the reason of the
+/// `RST_STREAM` sent once what was already handed to the stream has been written.
+pub trait BodyFailure {
+    fn reset_reason(&self) -> Reason;
+}
+
+impl BodyFailure for std::convert::Infallible {
+    fn reset_reason(&self) -> Reason {
+        match *self {}
+    }
+}
+
+impl BodyFailure for crate::body::RequestError {
+    fn reset_reason(&self) -> Reason {
+        match self {
+            crate::body::RequestError::Caller(_) => Reason::CANCEL,
+            // Not CANCEL: hyper-based apps (tonic among them) read a CANCEL on a
+            // request stream as its end, and would take the messages before it for a
+            // whole request.
+            crate::body::RequestError::Stopped => Reason::INTERNAL_ERROR,
+        }
+    }
+}
+
 /// Connections to one target.
 pub struct Pool {
     target: Target,
@@ -258,6 +282,25 @@ impl Pool {
         Ok(())
     }
 
+    /// Resolves once the pool has no open connection: how a user that keeps one
+    /// connection open learns that the target went away (an app that restarts closes
+    /// its connections, and the kernel says so at once on loopback).
+    pub async fn closed(&self) {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let open = self
+                .lock()
+                .iter()
+                .any(|connection| !connection.closed.load(Ordering::Acquire));
+            if !open {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Sends `request` and returns the target's response headers with its body streaming.
     /// The request body is pumped under flow control; dropping the returned future or the
     /// response body before the exchange ends resets the target's stream with CANCEL.
@@ -266,6 +309,7 @@ impl Pool {
     pub async fn send<B>(&self, request: Request<B>) -> Result<Response<ResponseStream>, Error>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: BodyFailure,
     {
         let (parts, body) = request.into_parts();
         let owner = parts.extensions.get::<Owner>().copied();
@@ -646,6 +690,73 @@ mod tests {
             .await
             .is_ok()
         );
+    }
+
+    /// A request body of `frames`, then stopped by a layer (a message broke a rule).
+    struct StoppedAfter(std::collections::VecDeque<Bytes>);
+
+    impl Body for StoppedAfter {
+        type Data = Bytes;
+        type Error = crate::body::RequestError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(Some(match self.0.pop_front() {
+                Some(data) => Ok(http_body::Frame::data(data)),
+                None => Err(crate::body::RequestError::Stopped),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_request_reaches_the_target_up_to_where_it_stopped_then_is_reset() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let target = Target::Tcp(listener.local_addr().expect("bound address").to_string());
+        // The target reads the body to its end or its reset.
+        let read = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("a connection");
+            let mut connection = h2::server::handshake(tcp).await.expect("a handshake");
+            let (request, _respond) = connection
+                .accept()
+                .await
+                .expect("a stream")
+                .expect("a request");
+            tokio::spawn(async move { while connection.accept().await.is_some() {} });
+            let mut body = request.into_body();
+            let mut received = Vec::new();
+            loop {
+                match std::future::poll_fn(|cx| body.poll_data(cx)).await {
+                    Some(Ok(data)) => {
+                        let _ = body.flow_control().release_capacity(data.len());
+                        received.extend_from_slice(&data);
+                    }
+                    Some(Err(error)) => return (received, error.reason()),
+                    None => return (received, None),
+                }
+            }
+        });
+        let pool = Pool::new(target, settings(1, 1, Duration::from_secs(5)));
+        let frames = [&b"one"[..], b"two", b"three"].map(Bytes::from_static);
+        let request = Request::post("http://localhost/pkg.Svc/Call")
+            .body(StoppedAfter(frames.into()))
+            .expect("a valid request");
+        let sent = pool.send(request).await;
+        assert!(sent.is_err(), "the target never answered");
+        let (received, reset) = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the target saw the end of the request")
+            .expect("the target's task");
+        // h2 drops a stream's queued frames on reset: the pump waits until they are written.
+        assert_eq!(
+            received, b"onetwothree",
+            "what was handed on before the stop"
+        );
+        // Not CANCEL, which apps built on hyper read as the clean end of a request.
+        assert_eq!(reset, Some(Reason::INTERNAL_ERROR));
     }
 
     /// Accepts one connection on loopback, answers the client preface with an empty

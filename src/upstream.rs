@@ -201,7 +201,11 @@ impl Upstream {
                 pool::Error::QueueFull { .. } => ("queue_full", Reason::AppQueueFull),
                 pool::Error::QueueTimeout { .. } => ("queue_timeout", Reason::AppQueueTimeout),
                 pool::Error::Stream(stream) => {
-                    self.metrics.upstream_error("request");
+                    // A reset gatehouse sent itself (the caller went away, a field rule
+                    // stopped the request) is no failure of the app's.
+                    if stream.is_remote() || !stream.is_reset() {
+                        self.metrics.upstream_error("request");
+                    }
                     return grpc::stream_failure(stream, Far::App, "before the app answered");
                 }
                 pool::Error::Stalled(stall) => {

@@ -236,7 +236,7 @@ impl std::task::Wake for EndWaker {
 /// Position in the length-prefixed message stream (1 byte flag, 4 bytes length, the
 /// message): a few integer steps per DATA frame, no copy.
 #[derive(Debug, Default)]
-pub(super) struct Framing {
+pub struct Framing {
     /// The prefix bytes of the next message seen so far (when fewer than 5).
     prefix: [u8; 5],
     prefix_len: u8,
@@ -245,13 +245,13 @@ pub(super) struct Framing {
 }
 
 impl Framing {
-    pub(super) fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.prefix_len == 0 && self.remaining == 0
     }
 
     /// Moves past `data`. With `stop`, stops where a message ends and says how many
     /// bytes of `data` it used; otherwise uses them all.
-    pub(super) fn advance(&mut self, data: &[u8], stop: bool) -> usize {
+    pub fn advance(&mut self, data: &[u8], stop: bool) -> usize {
         let mut at = 0;
         while at < data.len() {
             if self.remaining > 0 {

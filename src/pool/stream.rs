@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::CancellationToken;
 
 use super::stall::{Stall, StallFlag, Starvation};
-use super::{Lease, REPLAY_LIMIT, SEND_CHUNK, StreamError};
+use super::{BodyFailure, Lease, REPLAY_LIMIT, SEND_CHUNK, StreamError};
 
 /// Waits for the response headers while pumping the request body.
 pub(super) async fn exchange<B>(
@@ -26,6 +26,7 @@ pub(super) async fn exchange<B>(
 ) -> Result<Response<RecvStream>, h2::Error>
 where
     B: Body<Data = Bytes> + Unpin,
+    B::Error: BodyFailure,
 {
     std::future::poll_fn(|cx| {
         loop {
@@ -67,7 +68,10 @@ pub(super) struct Source<B> {
     body: B,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Source<B> {
+impl<B: Body<Data = Bytes> + Unpin> Source<B>
+where
+    B::Error: BodyFailure,
+{
     pub(super) fn new(body: B) -> Self {
         Source {
             replay: VecDeque::new(),
@@ -81,7 +85,7 @@ impl<B: Body<Data = Bytes> + Unpin> Source<B> {
         self.replay.is_empty() && self.trailers.is_none() && self.body.is_end_stream()
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ()>>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Reason>>> {
         if let Some(data) = self.replay.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -93,8 +97,9 @@ impl<B: Body<Data = Bytes> + Unpin> Source<B> {
         }
         match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-            // The caller's stream failed (it reset it, or its connection died).
-            Some(Err(_)) => Poll::Ready(Some(Err(()))),
+            // The caller's stream failed (it reset it, or its connection died), or a
+            // layer stopped the request.
+            Some(Err(error)) => Poll::Ready(Some(Err(error.reset_reason()))),
             None => Poll::Ready(None),
         }
     }
@@ -119,10 +124,16 @@ pub(super) struct Pump<B> {
     sent_bytes: usize,
     /// Its waits for the target's window.
     starvation: Starvation,
+    /// The request body failed or was stopped: the stream is reset, with this reason,
+    /// once what was handed to it has been written.
+    stopping: Option<Reason>,
     done: bool,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
+impl<B: Body<Data = Bytes> + Unpin> Pump<B>
+where
+    B::Error: BodyFailure,
+{
     pub(super) fn new(
         source: Source<B>,
         stream: SendStream<Bytes>,
@@ -136,6 +147,7 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
             sent: Some(Sent::default()),
             sent_bytes: 0,
             starvation,
+            stopping: None,
             done,
         }
     }
@@ -183,6 +195,12 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
     pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
         loop {
             if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(reason) = self.stopping {
+                ready!(self.stream.poll_sent(cx));
+                self.stream.send_reset(reason);
+                self.done = true;
                 return Poll::Ready(Ok(()));
             }
             if let Some(data) = self.pending.as_mut() {
@@ -245,12 +263,14 @@ impl<B: Body<Data = Bytes> + Unpin> Pump<B> {
                         }
                     }
                 }
-                Some(Err(())) => {
-                    // The caller's side failed: the target must learn at once.
-                    self.stream.send_reset(Reason::CANCEL);
-                    self.done = true;
+                Some(Err(reason)) => {
+                    // The caller's side failed, or a layer stopped the request (a message
+                    // broke a field rule): the target must learn it, but only after what
+                    // was already handed to its stream, which a reset would drop.
+                    self.source = None;
+                    self.stopping = Some(reason);
                     self.sent = None;
-                    return Poll::Ready(Ok(()));
+                    continue;
                 }
                 None => {
                     if let Some(source) = self.source.as_mut() {

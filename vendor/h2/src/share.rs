@@ -295,6 +295,13 @@ impl<B: Buf> SendStream<B> {
         self.inner.capacity() as usize
     }
 
+    /// Polls until every DATA byte sent on this stream so far has been written to the
+    /// connection (gatehouse addition). `send_reset` drops frames still queued, so a
+    /// sender that must deliver what it sent before resetting the stream waits for this.
+    pub fn poll_sent(&mut self, cx: &mut Context) -> Poll<()> {
+        self.inner.poll_sent(cx)
+    }
+
     /// Requests to be notified when the stream's capacity increases.
     ///
     /// Before calling this, capacity should be requested with

@@ -331,6 +331,12 @@ impl Stream {
         if prev_capacity < self.capacity(max_buffer_size) {
             self.notify_capacity();
         }
+
+        // gatehouse: a task waiting in `poll_sent` learns that every DATA byte handed to
+        // the stream has now been written to the connection.
+        if self.buffered_send_data == 0 {
+            self.notify_send();
+        }
     }
 
     /// If the capacity was limited because of the max_send_buffer_size,

@@ -1436,6 +1436,22 @@ impl<B> StreamRef<B> {
         me.actions.send.poll_capacity(cx, &mut stream)
     }
 
+    /// gatehouse: ready once every DATA byte handed to the stream has been written to
+    /// the connection (or dropped by a reset), so a reset that follows cannot overtake it.
+    pub fn poll_sent(&mut self, cx: &Context) -> Poll<()> {
+        let mut me = self.opaque.inner.lock().unwrap();
+        let me = &mut *me;
+
+        let mut stream = me.store.resolve(self.opaque.key);
+
+        if stream.buffered_send_data == 0 {
+            Poll::Ready(())
+        } else {
+            stream.wait_send(cx);
+            Poll::Pending
+        }
+    }
+
     /// Request to be notified for if a `RST_STREAM` is received for this stream.
     pub(crate) fn poll_reset(
         &mut self,
