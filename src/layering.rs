@@ -10,7 +10,7 @@ const TIERS: [&str; 7] = [
     "grpc grpc::* trace_context sha256 reload clock version test_util",
     "config config::* metrics identity call_context schema schema::*",
     "tls tls::* body body::* telemetry telemetry::* cli inject inject::*",
-    "serve serve::* pool pool::* upstream limits limits::* auth auth::jwks auth::jwks::* \
+    "serve serve::* pool pool::* upstream learn learn::* limits limits::* auth auth::jwks auth::jwks::* \
      auth::api_key auth::jwt auth::policy auth::token auth::binding auth::outcome",
     "layers layers::*",
     "inbound inbound::* outbound outbound::*",
