@@ -8,7 +8,8 @@
 //! - `GET /readyz`: 200 when gatehouse can serve calls, else 503 with one reason per
 //!   line: a certificate, key or CA file does not exist yet (each named; the listener
 //!   stays closed until they do), the listener is not up yet, gatehouse is draining after SIGTERM, a remote
-//!   JWKS has never loaded, or the app is unreachable or reports NOT_SERVING on
+//!   JWKS has never loaded, the app's schema is not known yet (`schema.source`), or the
+//!   app is unreachable or reports NOT_SERVING on
 //!   `grpc.health.v1.Health/Check` (an app without a health service counts as up once
 //!   it answers). The app's answer is reused for [`PROBE_TTL`], so a flood of probes
 //!   costs the app at most one call per period.
@@ -44,6 +45,7 @@ pub struct Readiness {
     tls: std::sync::OnceLock<Option<Arc<ReloadableTls>>>,
     /// The TLS files gatehouse waits for before it listens, each with what is wrong.
     waiting_for: std::sync::Mutex<Vec<String>>,
+    schema: std::sync::OnceLock<Arc<crate::learn::AppSchema>>,
     app_health: Cached<Result<(), String>>,
 }
 
@@ -86,6 +88,7 @@ impl Readiness {
             authenticator,
             tls: std::sync::OnceLock::new(),
             waiting_for: std::sync::Mutex::new(Vec::new()),
+            schema: std::sync::OnceLock::new(),
             app_health: Cached::new(PROBE_TTL),
         }
     }
@@ -99,6 +102,11 @@ impl Readiness {
     /// The serving certificates, whose expiry makes gatehouse unready.
     pub fn set_tls(&self, tls: Option<Arc<ReloadableTls>>) {
         let _ = self.tls.set(tls);
+    }
+
+    /// The app's schema, which makes gatehouse unready while it is not known.
+    pub fn set_schema(&self, schema: Arc<crate::learn::AppSchema>) {
+        let _ = self.schema.set(schema);
     }
 
     /// Every reason gatehouse cannot serve now; empty when ready.
@@ -123,6 +131,9 @@ impl Readiness {
             .is_some_and(|tls| tls.serving_certificate_expired())
         {
             problems.push("serving certificate expired".to_owned());
+        }
+        if let Some(unknown) = self.schema.get().and_then(|schema| schema.unknown()) {
+            problems.push(unknown);
         }
         for provider in self.authenticator.get().providers_without_keys() {
             problems.push(format!("JWKS of provider {provider} not loaded"));

@@ -6,10 +6,12 @@
 
 mod load;
 mod reload;
+mod schema;
 mod signals;
 mod wait;
 
 pub use load::{Loaded, load, load_waiting};
+pub use schema::print as schema;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -55,7 +57,14 @@ pub fn check(path: &Path) -> ExitCode {
     for warning in loaded.config.warnings() {
         eprintln!("{}: warning: {warning}", path.display());
     }
+    let schema_note = match schema::check_fields(path, &loaded.config) {
+        Ok(note) => note,
+        Err(code) => return code,
+    };
     println!("ok");
+    if let Some(note) = schema_note {
+        println!("{note}");
+    }
     println!(
         "worst-case memory: {}{}",
         MemoryBudget::of(limits, loaded.config.outbound.as_ref()),
@@ -235,6 +244,7 @@ async fn serve(
         metrics.clone(),
     ));
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
+    let schema = schema::start(&config, &readiness);
     // The admin port comes first: while TLS files are awaited, /readyz says which.
     let (admin_bound, stop_admin) = start_admin(telemetry, &metrics, &readiness).await?;
     let (tls, outbound) = if waiting_for.is_empty() {
@@ -285,6 +295,7 @@ async fn serve(
             contexts: outbound
                 .as_ref()
                 .and_then(crate::outbound::Destinations::contexts),
+            schema: schema.clone(),
             abort: abort_inbound.clone(),
         },
         forward,
@@ -311,6 +322,7 @@ async fn serve(
         log_level,
         metrics: metrics.clone(),
         loaded_from,
+        schema,
     }
     .spawn(hangups);
 

@@ -236,6 +236,15 @@ impl ResponseBody {
         }
     }
 
+    /// The peer's stream under a forwarded body, for a layer that wraps the body in one
+    /// of its own: the wrapper ends the same stream.
+    pub fn peer_stream(&self) -> Option<Arc<dyn PeerStream>> {
+        match &self.kind {
+            Kind::Forwarded(forwarded) => forwarded.stream.clone(),
+            Kind::Empty => None,
+        }
+    }
+
     /// Ends the call with `DEADLINE_EXCEEDED` or `UNAVAILABLE` if `ends` fires before the
     /// app's answer has ended. A trailers-only response has nothing left to end.
     pub fn end_by(&mut self, ends: Box<Ends>) {

@@ -1,4 +1,4 @@
-//! The command line: `gatehouse run`, `check`, `inject`, `hash-key` and `token`.
+//! The command line: `gatehouse run`, `check`, `schema`, `inject`, `hash-key` and `token`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,13 @@ pub enum Command {
     /// Load and validate a configuration, including the files it names; print `ok` or
     /// every problem with its field path, and exit 0 or 64.
     Check {
+        /// The YAML configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the app's services, methods, stream kinds and request messages as gatehouse
+    /// learns them (`schema.source`: the app's reflection or the descriptor set).
+    Schema {
         /// The YAML configuration file.
         #[arg(long, short, env = "GATEHOUSE_CONFIG", value_name = "FILE")]
         config: PathBuf,

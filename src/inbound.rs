@@ -11,6 +11,7 @@ pub mod forward;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod schema;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::config::Limits as LimitSettings;
 use crate::layers::deadline::{DeadlineLayer, DeadlineService};
 use crate::layers::observe::ObserveLayer;
 use crate::layers::recovery::{Recovery, RecoveryLayer};
+use crate::learn::AppSchema;
 use crate::reload::Current;
 use crate::telemetry::Tracing;
 use auth::{Auth, AuthLayer};
@@ -33,11 +35,12 @@ pub use forward::Forward;
 use limits::{Limits, LimitsLayer};
 use logging::{AccessLog, Logging};
 use metrics::{CallCounter, Metrics};
+use schema::{Schema, SchemaLayer};
 
 /// The assembled chain, outermost layer first, around `App`: [`Forward`] in gatehouse,
 /// a stand-in for the app in tests.
 pub type Chain<App = Forward> =
-    Recovery<Logging<Metrics<Auth<Limits<ContextService<DeadlineService<App>>>>>>>;
+    Recovery<Logging<Metrics<Auth<Limits<Schema<ContextService<DeadlineService<App>>>>>>>>;
 
 /// What the chain answers with.
 pub type ChainResponse = <Chain as Service<Request<RequestBody>>>::Response;
@@ -50,6 +53,8 @@ pub struct Parts {
     pub limits: LimitSettings,
     /// Where call contexts live, when an outbound destination uses `context`.
     pub contexts: Option<Arc<CallContexts>>,
+    /// The app's schema, kept current; `None` with `schema.source: none`.
+    pub schema: Option<Arc<AppSchema>>,
     /// Cancelled when a drain gives up on the calls still open.
     pub abort: CancellationToken,
 }
@@ -62,6 +67,7 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         authenticator,
         limits,
         contexts,
+        schema,
         abort,
     } = parts;
     ServiceBuilder::new()
@@ -80,7 +86,12 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget.
         .layer(LimitsLayer::new(&limits, metrics.clone()))
-        // Only calls that will reach the app get a handle for their outbound calls.
+        // After Limits, so only calls admitted within their identity's share cost a
+        // lookup; refuses what the app's schema does not have and checks request fields
+        // against the caller Auth verified. A pass-through without a schema.
+        .layer(SchemaLayer::new(schema, metrics.clone()))
+        // Only calls that will reach the app get a handle for their outbound calls:
+        // below Schema, which refuses what the app does not serve.
         .layer(ContextLayer::new(contexts, metrics))
         // Innermost but forwarding: the deadline covers the wait for a stream to the app
         // and the whole answer, and a drain that runs out of time ends what is left.
@@ -177,6 +188,7 @@ mod tests {
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
                 limits: config.limits.clone(),
                 contexts: None,
+                schema: None,
                 abort: CancellationToken::new(),
             },
             app.clone(),

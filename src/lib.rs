@@ -13,7 +13,8 @@
 //!                           ├─ serve: bounded connections, TLS and greeting deadline,
 //!                           │  HTTP/2 with explicit limits; non-gRPC gets 415
 //!                           ├─ inbound::build:
-//!                           │    Recovery ▶ Logging ▶ Metrics ▶ Auth ▶ Limits ▶ Context ▶ Deadline ▶ Forward
+//!                           │    Recovery ▶ Logging ▶ Metrics ▶ Auth ▶ Limits ▶ Schema
+//!                           │    ▶ Context ▶ Deadline ▶ Forward
 //!                           └─ upstream: pooled h2c connections, bodies streamed both ways
 //! ```
 //!

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => app::run(&config),
         Command::Check { config } => app::check(&config),
+        Command::Schema { config } => app::schema(&config),
         Command::Inject(args) => app::inject(&args),
         Command::HashKey => app::hash_key(),
         Command::Token(args) => app::token(&args),

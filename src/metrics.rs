@@ -2,7 +2,8 @@
 //! as text on the admin port.
 //!
 //! Label values that callers control are bounded: a method gets its own labels only once
-//! the app itself has answered a call to it with a status other than UNIMPLEMENTED, only
+//! the app itself has answered a call to it with a status other than UNIMPLEMENTED (or,
+//! with a schema, at its first call, since the schema's methods are the app's own), only
 //! if its path is at most [`MAX_METHOD_CHARS`] long, and at most [`MAX_METHODS`] of them;
 //! everything else is counted under `grpc_service="other"`. A flood of made-up method
 //! names therefore grows neither memory nor the scrape. Each method's metric handles are
@@ -34,7 +35,8 @@ const BUCKETS: [f64; 16] = [
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    /// A proxy without the service schema cannot tell unary from streaming calls.
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream` from the app's schema;
+    /// `unknown` without one (`schema.source: none`), since a proxy cannot tell them apart.
     grpc_type: &'static str,
     grpc_service: String,
     grpc_method: String,
@@ -348,9 +350,46 @@ impl Metrics {
         metrics
     }
 
+    /// The metrics of a method the app's schema has, labelled with its stream kind
+    /// (`grpc_type`): its own labels while there is room, else `other`. The schema's
+    /// methods are the app's own, not made up by callers; an entry counted before the
+    /// schema was known (`unknown`) is replaced once.
+    pub fn schema_method(&self, path: &str, grpc_type: &'static str) -> Arc<MethodMetrics> {
+        if let Some(found) = self.known_method(path)
+            && found.labels.grpc_type == grpc_type
+        {
+            return found;
+        }
+        if path.len() > MAX_METHOD_CHARS {
+            return self.other_method();
+        }
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        match methods.get(path) {
+            Some(found) if found.labels.grpc_type == grpc_type => return found.clone(),
+            None if methods.len() >= MAX_METHODS => return self.other_method(),
+            _ => {}
+        }
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or(("unknown", "unknown"));
+        let metrics = Arc::new(self.typed_method_metrics(service, method, grpc_type));
+        methods.insert(path.into(), metrics.clone());
+        metrics
+    }
+
     fn method_metrics(&self, service: &str, method: &str) -> MethodMetrics {
+        self.typed_method_metrics(service, method, "unknown")
+    }
+
+    fn typed_method_metrics(
+        &self,
+        service: &str,
+        method: &str,
+        grpc_type: &'static str,
+    ) -> MethodMetrics {
         let labels = MethodLabels {
-            grpc_type: "unknown",
+            grpc_type,
             grpc_service: service.to_owned(),
             grpc_method: method.to_owned(),
         };
@@ -603,6 +642,24 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+    }
+
+    #[test]
+    fn schema_methods_carry_their_stream_kind() {
+        let metrics = Metrics::new();
+        let before = metrics.answered_method("/pkg.Svc/Chat");
+        before.started.inc();
+        let chat = metrics.schema_method("/pkg.Svc/Chat", "bidi_stream");
+        chat.started.inc();
+        assert!(Arc::ptr_eq(
+            &chat,
+            &metrics.schema_method("/pkg.Svc/Chat", "bidi_stream")
+        ));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"grpc_server_started_total{grpc_type="bidi_stream",grpc_service="pkg.Svc",grpc_method="Chat"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

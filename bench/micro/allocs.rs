@@ -195,6 +195,7 @@ fn main() {
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
                 limits: config.limits.clone(),
                 contexts: None,
+                schema: None,
                 abort: tokio_util::sync::CancellationToken::new(),
             },
             Forward::new(upstream),

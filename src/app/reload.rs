@@ -1,7 +1,7 @@
 //! Configuration reload, on SIGHUP and whenever the file's content changes: the whole
 //! file is read and checked again, and what can change while running is swapped in
-//! (authentication, API keys, authorization rules, TLS files and client-auth settings,
-//! the log level). Key sets fetched from issuers carry over, so a reload during an
+//! (authentication, API keys, authorization rules and their field rules, TLS files and
+//! client-auth settings, the log level). Key sets fetched from issuers carry over, so a reload during an
 //! issuer outage keeps JWT calls working. An invalid file changes nothing: every problem
 //! is logged and the failure counted. Settings that only take effect on restart are
 //! named in the log when they differ.
@@ -35,6 +35,8 @@ pub struct Reloader {
     /// The content the running configuration was read from (the file's SHA-256,
     /// taken before it was read), so a change made since is applied at once.
     pub loaded_from: Option<Digest>,
+    /// The app's schema, whose field rules follow the authorization rules.
+    pub schema: Option<Arc<crate::learn::AppSchema>>,
 }
 
 impl Reloader {
@@ -105,6 +107,9 @@ impl Reloader {
         let authenticator = Arc::new(authenticator);
         authenticator.start().await;
         self.authenticator.set(authenticator);
+        if let Some(schema) = &self.schema {
+            schema.rules_changed(config.authorization.as_ref());
+        }
         if let (Some(tls), true) = (&self.tls, config.tls.enabled) {
             let _ = tls.reload(Some(&config.tls));
         }
@@ -193,6 +198,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         "limits",
         format!("{:?}", running.limits) != format!("{:?}", new.limits),
     );
+    check("schema", running.schema != new.schema);
     check(
         "telemetry.log_format",
         running.telemetry.log_format != new.telemetry.log_format,

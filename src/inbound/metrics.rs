@@ -2,7 +2,8 @@
 //! its response; counts authentication decisions and the refusals a dry run let through.
 //! A call to a method without labels of its own yet is counted (started and handled)
 //! when it ends, once it is known whether the app itself answered it (see
-//! [`crate::metrics`]).
+//! [`crate::metrics`]). With a schema, a method the app's schema has is labelled at
+//! once, with the stream kind the Schema layer wrote into the call's facts.
 //!
 //! It sits above Auth so refusals are counted too, and below Logging so that what the
 //! log says and what the counters say agree. The status is read at the end of the
@@ -92,7 +93,12 @@ impl CallRecord for Recorder {
             }
         }
         let dry_run_refused = outcome.is_some_and(|outcome| outcome.would_refuse().is_some());
-        match self.registry.known_method(self.path()) {
+        // A method in the app's schema is the app's own, and its kind is exact.
+        let method = match self.facts.stream_kind() {
+            Some(kind) => Some(self.registry.schema_method(self.path(), kind.label())),
+            None => self.registry.known_method(self.path()),
+        };
+        match method {
             Some(method) => {
                 method.started.inc();
                 if dry_run_refused {

@@ -5,7 +5,7 @@
 //! the CLIENT span, log line and `grpc_client_*` metrics are one.
 //!
 //! What layers further down learn about a call (how Auth decided, whether the call's
-//! credentials ended it, which server answered) they write into the call's
+//! credentials ended it, which server answered, the method's stream kind) they write into the call's
 //! [`CallFacts`], which the first observer puts in the request's extensions; the
 //! observers read it when the call ends. Nothing travels back up the chain in response
 //! extensions.
@@ -34,6 +34,7 @@ use crate::auth::outcome::AuthOutcome;
 use crate::body::{CredentialsEnded, RequestBody};
 use crate::grpc::{self, Code};
 use crate::layers::watch::{Completion, Pending, Watched};
+use crate::schema::StreamKind;
 
 /// What the layers below an observer learn about one call.
 #[derive(Debug, Default)]
@@ -44,6 +45,8 @@ pub struct CallFacts {
     ended: CredentialsEnded,
     /// Outbound: the verified identity of the server that answered.
     peer: OnceLock<Arc<str>>,
+    /// Inbound with a schema: the method's stream kind, for an exact `grpc_type`.
+    kind: OnceLock<StreamKind>,
 }
 
 impl CallFacts {
@@ -83,6 +86,15 @@ impl CallFacts {
 
     pub fn peer(&self) -> Option<&str> {
         self.peer.get().map(|peer| &**peer)
+    }
+
+    /// The called method's stream kind, from the app's schema; set once.
+    pub fn set_stream_kind(&self, kind: StreamKind) {
+        let _ = self.kind.set(kind);
+    }
+
+    pub fn stream_kind(&self) -> Option<StreamKind> {
+        self.kind.get().copied()
     }
 
     pub fn received(&self) -> u64 {
