@@ -93,6 +93,8 @@ impl Config {
         match result {
             Ok(mut config) => {
                 config.limits.written = limits::Written::in_file(text);
+                config.limits.held_per_call =
+                    config.schema.held_per_call(config.authorization.as_ref());
                 Ok(config)
             }
             Err(error) => {

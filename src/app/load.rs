@@ -220,7 +220,7 @@ fn check_memory(config: &Config, limit: u64, from: &str) -> Option<Problem> {
             format!(
                 "worst-case memory {budget} exceeds the memory limit of {} MiB ({from}): lower \
                  limits.max_connections, limits.max_concurrent_streams, \
-                 limits.max_header_list_size or limits.upstream_connections, or raise the limit; see docs/deploy.md",
+                 limits.max_header_list_size, limits.upstream_connections or schema.max_message_size, or raise the limit; see docs/deploy.md",
                 limit / MIB,
             ),
         )

@@ -57,6 +57,12 @@ pub struct Limits {
     /// Which of the sized limits the file wrote; the others are sized.
     #[serde(skip)]
     pub written: Written,
+    /// Request bytes each call may make gatehouse hold besides its window: a whole
+    /// message for methods with field rules, 0 without (`Schema::held_per_call`). Not
+    /// written under `limits`: set from `schema` and `authorization` when the file is
+    /// parsed, so the worst case and the sizing count it.
+    #[serde(skip)]
+    pub held_per_call: u64,
 }
 
 /// The limits that decide the worst-case memory, and whether the file wrote each one:
@@ -353,6 +359,7 @@ impl Default for Limits {
             upstream_queue: 256,
             upstream_queue_timeout: Duration::from_secs(2),
             written: Written::default(),
+            held_per_call: 0,
         }
     }
 }

@@ -171,6 +171,7 @@ mod tests {
             config.schema.held_per_call(config.authorization.as_ref()),
             4096 + 16 * 1024 + 5
         );
+        assert_eq!(config.limits.held_per_call, 4096 + 16 * 1024 + 5);
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub const CONNECTION_COST: u64 = 64 * 1024;
 /// What an open call costs besides its headers: stream state on both sides, the
 /// middleware's records, the forwarding task. Its headers are counted three times (as
 /// received, as decoded, as sent on): 6,159 open calls with 12 KB of headers cost 41 KiB
-/// each.
+/// each. A caller's call whose messages are checked against field rules holds one more
+/// message (`limits.held_per_call`).
 pub const CALL_COST: u64 = 8 * 1024;
 /// What gatehouse needs with no connection open (a release build idles under 8 MiB):
 /// runtime, configuration, key caches, metrics, log buffers.
@@ -54,7 +55,9 @@ impl MemoryBudget {
         let frame = headers.max(16 * 1024);
         let per_call = CALL_COST + 3 * headers;
         let idle_connection = CONNECTION_COST + u64::from(CALLER_CONNECTION_WINDOW) + frame;
-        let per_connection = idle_connection + u64::from(limits.max_concurrent_streams) * per_call;
+        // A caller's call may also hold a request message for its field rules.
+        let per_connection = idle_connection
+            + u64::from(limits.max_concurrent_streams) * (per_call + limits.held_per_call);
         let connections = limits.max_connections as u64;
         // What one stream to the app or a destination may hold, its answer's headers
         // included.
@@ -109,5 +112,33 @@ impl std::fmt::Display for MemoryBudget {
             write!(f, " + {} MiB call contexts", self.contexts.div_ceil(MIB))?;
         }
         f.write_str(")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const MINIMAL: &str = "listen: { address: 127.0.0.1:1 }\ntls: { enabled: false }\nupstream: { address: 127.0.0.1:2 }\n";
+
+    #[test]
+    fn a_message_held_for_field_rules_counts_on_every_call() {
+        let plain = Config::from_yaml(MINIMAL).unwrap().limits;
+        let checked = Config::from_yaml(&format!(
+            "{MINIMAL}schema: {{ source: reflection, max_message_size: 64KiB }}\n\
+             authorization:\n  rules:\n    - {{ methods: ['*'], allow_roles: [a], fields: {{ tenant_id: '{{tenant}}' }} }}\n"
+        ))
+        .unwrap()
+        .limits;
+        let (plain, checked) = (
+            MemoryBudget::of(&plain, None),
+            MemoryBudget::of(&checked, None),
+        );
+        let held = 64 * 1024 + 16 * 1024 + 5;
+        assert_eq!(
+            checked.per_connection - plain.per_connection,
+            u64::from(Limits::default().max_concurrent_streams) * held
+        );
     }
 }
