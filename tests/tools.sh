@@ -8,6 +8,7 @@
 #   kubernetes-validate, to check the manifests in deploy/kubernetes against the
 #   Kubernetes schemas it bundles;
 #   grpc-go-app ($GRPC_GO_APP), a second real app behind gatehouse: a grpc-go 1.33 server
+#   with health and server reflection,
 #   built from tests/apps/grpc-go against Debian's golang-google-grpc-dev in GOPATH mode,
 #   so no Go module proxy is needed (the Debian packages are installed when missing);
 #   promtool ($PROMTOOL), from Debian's prometheus package, unpacked into .tools/ with
@@ -50,7 +51,8 @@ fi
 GRPC_GO_APP="$gatehouse_tools/bin/grpc-go-app"
 gatehouse_gopath=/usr/share/gocode
 if [ ! -x "$GRPC_GO_APP" ] || [ "$gatehouse_root/tests/apps/grpc-go/main.go" -nt "$GRPC_GO_APP" ]; then
-  if ! command -v go >/dev/null || [ ! -d "$gatehouse_gopath/src/google.golang.org/grpc/health" ]; then
+  if ! command -v go >/dev/null || [ ! -d "$gatehouse_gopath/src/google.golang.org/grpc/health" ] \
+    || [ ! -d "$gatehouse_gopath/src/google.golang.org/grpc/reflection" ]; then
     echo "installing golang-go and golang-google-grpc-dev (Debian packages)" >&2
     gatehouse_sudo=()
     [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)

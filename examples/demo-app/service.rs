@@ -1,6 +1,8 @@
 //! The demo app that runs behind gatehouse: `gatehouse.demo.v1.Demo` (all four gRPC call
 //! kinds, plus RPCs that show what the app received and return chosen statuses),
-//! `grpc.health.v1` and server reflection, so grpcurl works without proto files.
+//! `gatehouse.orders.v1.Orders` (tenant-scoped requests for field rules), `grpc.health.v1`
+//! and server reflection, so grpcurl works without proto files and gatehouse can learn
+//! the app's schema.
 //!
 //! Shared by the `demo-app` example binary and the end-to-end tests, which run this same
 //! code in-process so they can watch what the app observed (cancellations above all).
@@ -28,9 +30,18 @@ pub mod pb {
     include!("generated/gatehouse.demo.v1.rs");
     /// The encoded descriptors of `demo.proto`, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/demo_descriptor.bin");
+
+    /// `gatehouse.orders.v1`: the tenant-scoped service of `orders.proto`.
+    pub mod orders {
+        include!("generated/gatehouse.orders.v1.rs");
+        /// The encoded descriptors of `orders.proto`, for server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/orders_descriptor.bin");
+    }
 }
 
 use pb::demo_server::{Demo, DemoServer};
+use pb::orders::orders_server::{Orders, OrdersServer};
+use pb::orders::{OrderReply, OrderRequest};
 use pb::*;
 
 /// What the app has observed, shared with whoever started it.
@@ -45,6 +56,8 @@ pub struct Observed {
     chat_bytes: AtomicU64,
     countdowns_started: AtomicU64,
     countdown_bytes: AtomicU64,
+    orders_received: AtomicU64,
+    requests: AtomicU64,
     changed: Notify,
     release: Notify,
 }
@@ -97,6 +110,16 @@ impl Observed {
     /// Payload bytes `Countdown` handlers have handed to their response streams.
     pub fn countdown_bytes(&self) -> u64 {
         self.countdown_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Calls the app was handed, to any path, whether it serves it or not.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// `Orders` request messages the app has read, over every call.
+    pub fn orders_received(&self) -> u64 {
+        self.orders_received.load(Ordering::SeqCst)
     }
 
     /// Ends every open `Wait` call now, successfully.
@@ -366,25 +389,130 @@ impl Demo for DemoService {
     }
 }
 
-/// The demo service, health and reflection, routed by gRPC path.
+type OrderStream = Pin<Box<dyn Stream<Item = Result<OrderReply, Status>> + Send>>;
+
+/// `gatehouse.orders.v1.Orders`: counts every request message it reads, so a test can
+/// see exactly which messages reached the app.
+#[tonic::async_trait]
+impl Orders for DemoService {
+    async fn get(&self, request: Request<OrderRequest>) -> Result<Response<OrderReply>, Status> {
+        let order = request.into_inner();
+        self.observed.add(&self.observed.orders_received, 1);
+        Ok(Response::new(OrderReply {
+            tenant_id: order.tenant_id,
+            note: order.note,
+            received: 1,
+        }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<OrderRequest>>,
+    ) -> Result<Response<OrderReply>, Status> {
+        let guard = CancelGuard::new(&self.observed);
+        let mut inbound = request.into_inner();
+        let mut reply = OrderReply::default();
+        while let Some(order) = inbound.message().await? {
+            self.observed.add(&self.observed.orders_received, 1);
+            reply.received += 1;
+            reply.tenant_id = order.tenant_id;
+            reply.note = order.note;
+        }
+        guard.finish();
+        Ok(Response::new(reply))
+    }
+
+    type WatchStream = OrderStream;
+
+    async fn watch(&self, request: Request<OrderRequest>) -> Result<Response<OrderStream>, Status> {
+        let order = request.into_inner();
+        self.observed.add(&self.observed.orders_received, 1);
+        let replies = (0..order.count).map(move |sequence| {
+            Ok(OrderReply {
+                tenant_id: order.tenant_id.clone(),
+                note: format!("{sequence}"),
+                received: 1,
+            })
+        });
+        Ok(Response::new(Box::pin(stream::iter(replies))))
+    }
+
+    type SyncStream = OrderStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<OrderRequest>>,
+    ) -> Result<Response<OrderStream>, Status> {
+        let guard = CancelGuard::new(&self.observed);
+        let inbound = request.into_inner();
+        let observed = self.observed.clone();
+        let replies = stream::unfold(
+            (inbound, 0u32, Some(guard)),
+            move |(mut inbound, received, guard)| {
+                let observed = observed.clone();
+                async move {
+                    let guard = guard?;
+                    match inbound.next().await {
+                        Some(Ok(order)) => {
+                            observed.add(&observed.orders_received, 1);
+                            let reply = OrderReply {
+                                tenant_id: order.tenant_id,
+                                note: order.note,
+                                received: received + 1,
+                            };
+                            Some((Ok(reply), (inbound, received + 1, Some(guard))))
+                        }
+                        Some(Err(status)) => Some((Err(status), (inbound, received, None))),
+                        None => {
+                            guard.finish();
+                            None
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+/// The demo services, health and reflection, routed by gRPC path.
 pub async fn routes(service: DemoService) -> tonic::service::Routes {
+    routes_with(service, &Serving::default()).await
+}
+
+/// [`routes`], with the services and reflection `serving` chooses.
+pub async fn routes_with(service: DemoService, serving: &Serving) -> tonic::service::Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DemoServer<DemoService>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the demo descriptors are valid");
+    let mut sets = vec![
+        pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    if !serving.without_orders {
+        sets.push(pb::orders::FILE_DESCRIPTOR_SET);
+    }
+    let mut routes =
+        tonic::service::Routes::new(DemoServer::new(service.clone())).add_service(health_service);
+    if !serving.without_orders {
+        routes = routes.add_service(OrdersServer::new(service));
+    }
+    if serving.without_reflection {
+        return routes;
+    }
+    let mut v1 = tonic_reflection::server::Builder::configure();
     // grpcurl 1.8 asks for the v1alpha reflection service.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("the demo descriptors are valid");
-    tonic::service::Routes::new(DemoServer::new(service))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for set in sets {
+        v1 = v1.register_encoded_file_descriptor_set(set);
+        v1alpha = v1alpha.register_encoded_file_descriptor_set(set);
+    }
+    routes
+        .add_service(v1.build_v1().expect("the demo descriptors are valid"))
+        .add_service(
+            v1alpha
+                .build_v1alpha()
+                .expect("the demo descriptors are valid"),
+        )
 }
 
 /// Serves the demo app on `listener` (plaintext HTTP/2) until `stop` resolves; then every
@@ -401,6 +529,10 @@ pub struct Serving {
     /// Each `send(())` makes every open connection GOAWAY gracefully (calls in flight
     /// finish) while the app keeps listening, as an app rolling its connections does.
     pub goaway: Option<tokio::sync::broadcast::Sender<()>>,
+    /// No server reflection, as many production apps run.
+    pub without_reflection: bool,
+    /// No `gatehouse.orders.v1.Orders` (nor its descriptors in reflection).
+    pub without_orders: bool,
 }
 
 /// [`serve`] with the choices of [`Serving`].
@@ -411,7 +543,7 @@ pub async fn serve_with(
     stop: impl Future<Output = ()>,
 ) {
     let observed = service.observed.clone();
-    let routes = routes(service).await;
+    let routes = routes_with(service, &serving).await;
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -424,7 +556,15 @@ pub async fn serve_with(
         };
         let _ = tcp.set_nodelay(true);
         observed.connections.fetch_add(1, Ordering::SeqCst);
-        let service = TowerToHyperService::new(routes.clone());
+        let counted = observed.clone();
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |request: http::Request<hyper::body::Incoming>| {
+                    counted.add(&counted.requests, 1);
+                    request
+                })
+                .service(routes.clone()),
+        );
         let mut goaway = serving.goaway.as_ref().map(|sender| sender.subscribe());
         let max_streams = serving.max_concurrent_streams;
         let observed = observed.clone();

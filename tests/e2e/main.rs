@@ -26,6 +26,7 @@ mod observability;
 mod operations;
 mod outbound;
 mod refusals;
+mod schema;
 mod shutdown;
 mod spiffe;
 mod upstream_failures;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates examples/demo-app/generated/ from demo.proto with a pure-Rust protobuf
+# Regenerates examples/demo-app/generated/ from demo.proto and orders.proto with a pure-Rust protobuf
 # compiler (protox), so nobody needs a system protoc. The output is committed: building
 # the demo app and the tests never runs a code generator.
 set -euo pipefail
@@ -17,6 +17,7 @@ publish = false
 [dependencies]
 protox = "0.10"
 prost = "0.14"
+prost-types = "0.14"
 tonic-prost-build = "0.14"
 TOML
 cat >"$work/src/main.rs" <<'RS'
@@ -25,12 +26,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let proto_dir = args.next().expect("proto dir");
     let out_dir = args.next().expect("out dir");
-    let fds = protox::compile(["demo.proto"], [&proto_dir]).expect("demo.proto compiles");
-    std::fs::write(format!("{out_dir}/demo_descriptor.bin"), fds.encode_to_vec()).expect("write descriptor");
+    // One descriptor set per file: the demo app registers orders.proto with its
+    // reflection only when it serves Orders.
+    let mut all = prost_types::FileDescriptorSet::default();
+    for (proto, out) in [("demo.proto", "demo_descriptor.bin"), ("orders.proto", "orders_descriptor.bin")] {
+        let fds = protox::compile([proto], [&proto_dir]).expect("the proto compiles");
+        std::fs::write(format!("{out_dir}/{out}"), fds.encode_to_vec()).expect("write descriptor");
+        all.file.extend(fds.file);
+    }
     tonic_prost_build::configure()
         .build_transport(false)
         .out_dir(&out_dir)
-        .compile_fds(fds)
+        .compile_fds(all)
         .expect("generate code");
 }
 RS

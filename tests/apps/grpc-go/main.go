@@ -1,5 +1,6 @@
 // A second, real app for gatehouse's end-to-end tests: a grpc-go server with the library's
-// own health service and nothing else, on default server settings. The defaults are the
+// own health service and server reflection (grpc.reflection.v1alpha, all grpc-go 1.33
+// has), and nothing else, on default server settings. The defaults are the
 // point: grpc-go enforces its keepalive policy (at most one ping per 5 minutes, none
 // without an open stream) and closes the connection with GOAWAY too_many_pings otherwise,
 // so a sidecar that pings its app too often is caught here as it would be in production.
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
 )
 
 func main() {
@@ -40,6 +42,7 @@ func main() {
 	server := grpc.NewServer()
 	status := health.NewServer()
 	healthpb.RegisterHealthServer(server, status)
+	reflection.Register(server)
 
 	go control(status)
 	fmt.Printf("listening %s\n", listener.Addr())

@@ -16,6 +16,7 @@
 //! - `collector`: an OTLP trace collector.
 //! - `admin`: the admin server and the metrics scrape.
 //! - `grpcurl`: grpcurl, run against gatehouse.
+//! - `grpc_go`: the grpc-go test app (tests/apps/grpc-go), as a child process.
 //! - `status`: the details of the statuses gatehouse generates.
 //!
 //! This file holds the bound every wait has, the paths of the repository and the
@@ -39,6 +40,7 @@ mod clients;
 mod collector;
 mod config;
 mod frames;
+mod grpc_go;
 mod grpcurl;
 pub mod issuers;
 mod mesh;
@@ -55,7 +57,9 @@ pub use collector::*;
 pub use config::*;
 pub use demo::pb;
 pub use demo::pb::demo_client::DemoClient;
+pub use demo::pb::orders::orders_client::OrdersClient;
 pub use frames::*;
+pub use grpc_go::*;
 pub use grpcurl::*;
 pub use mesh::*;
 pub use pki::*;
