@@ -9,7 +9,7 @@ rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true
 rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
 counts = (rows.get("counts") or {}).get("counts") or {}
 neighbours = {name[len("neighbour-"):]: row["neighbour"] for name, row in rows.items() if "neighbour" in row}
-order = ["direct", "gatehouse-jwt", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
+order = ["direct", "gatehouse-jwt", "gatehouse-jwt-schema", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
 rows = {name: rows[name] for name in order if name in rows}
 
 
@@ -90,6 +90,8 @@ targets = [
     ("p99 at the fixed rate, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "p99_us"), "≤ 1.0"),
     ("p99.9 at the fixed rate, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "p999_us"), "≤ 1.0"),
     ("p99 at the fixed rate, gatehouse mTLS+JWT / nginx forwarding only", ratio("gatehouse-jwt", "nginx-forward", "p99_us"), "(for reference)"),
+    ("CPU per call, gatehouse mTLS+JWT with schema and a field rule (1 KiB) / without", ratio("gatehouse-jwt-schema", "gatehouse-jwt", "cpu_us_per_call"), "≤ 1.05"),
+    ("p50 at the fixed rate, gatehouse mTLS+JWT with schema and a field rule / without", ratio("gatehouse-jwt-schema", "gatehouse-jwt", "p50_us"), "(for reference)"),
     ("outbound: CPU per call, both gatehouses / both HAProxies (egress + ingress with JWT)", ratio("outbound-gatehouse", "outbound-haproxy", "cpu_us_per_call"), "≤ 1.0"),
     ("outbound: throughput, both gatehouses / both HAProxies", ratio("outbound-gatehouse", "outbound-haproxy", "calls_per_second"), "(for reference)"),
     ("outbound: throughput, both gatehouses / the app called directly", ratio("outbound-gatehouse", "direct", "calls_per_second"), "(for reference)"),

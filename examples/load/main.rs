@@ -63,6 +63,10 @@ struct Args {
     /// Sent as `x-api-key`.
     #[arg(long)]
     api_key: Option<String>,
+    /// `EchoRequest.message` of unary calls: what a field rule on `message` compares
+    /// (bench/run binds it to the token's tenant).
+    #[arg(long, default_value = "")]
+    message: String,
     /// The `:authority` to send: the destination's name when calling gatehouse's
     /// outbound port.
     #[arg(long)]
@@ -198,6 +202,7 @@ impl Load {
 
     fn echo(&self) -> EchoRequest {
         EchoRequest {
+            message: self.args.message.clone(),
             payload: vec![b'x'; self.args.payload as usize],
             reply_size: self.args.payload,
             ..Default::default()
