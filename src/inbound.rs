@@ -169,15 +169,26 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with("")
+    }
+
+    /// The chain with `more` added to its configuration; with a `schema` section, the
+    /// schema of `orders.v1.Orders` learned.
+    fn harness_with(more: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, SECRET).unwrap();
         let config = Config::from_yaml(&format!(
             "listen: {{ address: 127.0.0.1:1 }}\ntls: {{ enabled: false }}\nupstream: {{ address: 127.0.0.1:2 }}\n\
-             auth:\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {} }}\n",
+             auth:\n  jwt:\n    providers:\n      - {{ name: t, issuer: iss, audiences: [svc], algorithms: [HS256], secret_file: {} }}\n{more}",
             secret.display()
         ))
         .unwrap();
+        let schema = AppSchema::new(&config.schema, config.authorization.as_ref());
+        if let Some(schema) = &schema {
+            let orders = crate::schema::Schema::from_files(&[crate::schema::tests::orders()]);
+            schema.learned(orders.unwrap(), "test");
+        }
         let authenticator = Authenticator::build(&config).unwrap_or_else(|p| panic!("{p:?}"));
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let app = App::default();
@@ -188,7 +199,7 @@ mod tests {
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
                 limits: config.limits.clone(),
                 contexts: None,
-                schema: None,
+                schema,
                 abort: CancellationToken::new(),
             },
             app.clone(),
@@ -381,6 +392,39 @@ mod tests {
             rendered.contains("reason=\"missing_credentials\""),
             "{rendered}"
         );
+    }
+
+    #[tokio::test]
+    async fn with_a_schema_unknown_methods_never_reach_the_app_and_known_ones_are_typed() {
+        let Harness {
+            mut chain,
+            app,
+            metrics,
+            ..
+        } = harness_with("schema: { source: reflection }\n");
+        let bearer = format!("Bearer {}", token());
+        let answer = call(
+            &mut chain,
+            "/orders.v1.Orders/Sync",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(answer.status, "0");
+        let answer = call(
+            &mut chain,
+            "/orders.v1.Orders/Nope",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(answer.status, "12", "UNIMPLEMENTED");
+        assert_eq!(answer.info.expect("details").reason, "UNKNOWN_METHOD");
+        assert_eq!(app.calls(), 1, "only the known method reached the app");
+        // The Schema layer told Metrics the kind through the call's facts.
+        let rendered = metrics.render();
+        let typed = r#"grpc_server_handled_total{grpc_type="bidi_stream",grpc_service="orders.v1.Orders",grpc_method="Sync",grpc_code="OK"} 1"#;
+        assert!(rendered.lines().any(|line| line == typed), "{rendered}");
+        let other = r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="other",grpc_method="other",grpc_code="Unimplemented"} 1"#;
+        assert!(rendered.lines().any(|line| line == other), "{rendered}");
     }
 
     #[tokio::test]

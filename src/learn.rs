@@ -151,7 +151,8 @@ impl AppSchema {
         ));
     }
 
-    fn learned(&self, schema: Schema, from: &str) {
+    /// Puts `schema` in force, compiled with the authorization rules in force.
+    pub(crate) fn learned(&self, schema: Schema, from: &str) {
         let authorization = self.authorization.get();
         let table = Table::new(Arc::new(schema), authorization.as_ref().as_ref());
         tracing::info!(
