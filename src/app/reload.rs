@@ -1,8 +1,8 @@
 //! Configuration reload, on SIGHUP and whenever the file's content changes: the whole
 //! file is read and checked again, and what can change while running is swapped in
 //! (authentication, API keys, authorization rules and their field rules, TLS files and
-//! client-auth settings, the log level). Key sets fetched from issuers carry over, so a reload during an
-//! issuer outage keeps JWT calls working. An invalid file changes nothing: every problem
+//! client-auth settings, the log level). Key sets fetched from issuers carry over, so a
+//! reload during an issuer outage keeps JWT calls working. An invalid file changes nothing: every problem
 //! is logged and the failure counted. Settings that only take effect on restart are
 //! named in the log when they differ.
 //!

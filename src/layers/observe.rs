@@ -5,10 +5,10 @@
 //! the CLIENT span, log line and `grpc_client_*` metrics are one.
 //!
 //! What layers further down learn about a call (how Auth decided, whether the call's
-//! credentials ended it, which server answered, the method's stream kind) they write into the call's
-//! [`CallFacts`], which the first observer puts in the request's extensions; the
-//! observers read it when the call ends. Nothing travels back up the chain in response
-//! extensions.
+//! credentials ended it, which server answered, the method's stream kind) they write
+//! into the call's [`CallFacts`], which the first observer puts in the request's
+//! extensions; the observers read it when the call ends. Nothing travels back up the
+//! chain in response extensions.
 //!
 //! ```no_run
 //! # fn example(forward: gatehouse::inbound::Forward, tracing: std::sync::Arc<gatehouse::telemetry::Tracing>) {
