@@ -326,10 +326,7 @@ fn resource_env() -> Vec<Node> {
         from_field("POD_NAME", "metadata.name"),
         Node::map([
             ("name", Node::str("OTEL_RESOURCE_ATTRIBUTES")),
-            (
-                "value",
-                Node::str("k8s.pod.name=$(POD_NAME)"),
-            ),
+            ("value", Node::str("k8s.pod.name=$(POD_NAME)")),
         ]),
     ]
 }
