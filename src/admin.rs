@@ -25,7 +25,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::auth::Authenticator;
 use crate::metrics::{Exposition, Metrics};
@@ -201,7 +200,7 @@ impl Drop for Slot {
     }
 }
 
-/// Serves the admin endpoints until `shutdown` turns true: one request per connection,
+/// Serves the admin endpoints until `shutdown` is cancelled: one request per connection,
 /// which has [`ADMIN_REQUEST_TIME`] to arrive, and at most [`ADMIN_CONNECTIONS`]
 /// connections ([`ADMIN_CONNECTIONS_PER_ADDRESS`] from one address); more are closed at
 /// accept and counted in `gatehouse_limit_refusals_total{limit="admin_connections"}`.
@@ -209,7 +208,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let slots = Arc::new(Slots::default());
     loop {
@@ -222,7 +221,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+            () = shutdown.cancelled() => return,
         };
         let Some(slot) = slots.take(remote.ip().to_canonical()) else {
             metrics.limit_refusal("admin_connections");

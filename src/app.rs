@@ -1,13 +1,16 @@
-//! Wires the parts together: configuration, TLS, the connection to the app, the
-//! middleware chain, the listener, and shutdown on SIGTERM / SIGINT. Reading the
-//! configuration is [`load`]; reload (on a change of the file, or SIGHUP), the signals
-//! themselves, and waiting for certificate files written after start live beside it
-//! (`app/reload.rs`, `app/signals.rs`, `app/wait.rs`).
+//! The commands, and `gatehouse run` in three steps: reading the configuration
+//! ([`load`], waiting for certificate files written after start: `app/wait.rs`), starting
+//! (`app/start.rs`: the shared parts, the sockets of `app/bind.rs`, both chains on their
+//! listeners, the reloader of `app/reload.rs`) and stopping (`app/shutdown.rs`: one tree
+//! of cancellation, driven by the signals of `app/signals.rs`).
 
+mod bind;
 mod load;
 mod reload;
 mod schema;
+mod shutdown;
 mod signals;
+mod start;
 mod wait;
 
 pub use load::{Loaded, load, load_waiting};
@@ -16,22 +19,12 @@ pub use schema::print as schema;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::admin::Readiness;
-use crate::inbound::{self, Forward};
-use crate::metrics::Metrics;
-use crate::reload::Current;
-use crate::serve::{Listener, MemoryBudget, Server, Socket};
+use crate::serve::MemoryBudget;
 use crate::telemetry;
-use crate::telemetry::Tracing;
-use crate::tls::ReloadableTls;
-use crate::upstream::Upstream;
+use bind::StartError;
 use load::{MIB, detected_memory_problem, memory_limit, sized_limits};
-use reload::Reloader;
+use shutdown::Shutdown;
 use signals::Signals;
 
 /// Exit code for a bad configuration or bad usage (EX_USAGE).
@@ -185,31 +178,7 @@ pub fn run(path: &Path) -> ExitCode {
     }
 }
 
-/// Why `gatehouse run` stopped before serving (exit 1); each names the setting at fault.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("{field} {address}: cannot listen: {source}")]
-    Listen {
-        field: &'static str,
-        address: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("listen.address {address}: {source}")]
-    LocalAddress {
-        address: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("outbound.listen: {0}")]
-    OutboundListen(#[source] crate::config::ListenError),
-    /// `telemetry.otlp_endpoint` could not be set up; the message names it.
-    #[error("{0}")]
-    Tracing(String),
-    #[error("accept loop failed: {0}")]
-    AcceptLoop(#[source] tokio::task::JoinError),
-}
-
+/// Starts, serves until a stop signal, and drains.
 async fn serve(
     path: &Path,
     loaded: Loaded,
@@ -220,244 +189,15 @@ async fn serve(
         shutdown: mut signals,
         hangups,
     } = Signals::install();
-    let Loaded {
-        config,
-        tls,
-        authenticator,
-        outbound,
-        waiting_for,
-    } = loaded;
-    let telemetry = &config.telemetry;
-    let metrics = Arc::new(Metrics::new());
-    let tracing = Arc::new(match &telemetry.otlp_endpoint {
-        Some(endpoint) => {
-            Tracing::exporting(endpoint, telemetry, &metrics).map_err(StartError::Tracing)?
-        }
-        None => Tracing::propagate_only(telemetry.sample_ratio),
-    });
-    let authenticator = Arc::new(authenticator);
-    authenticator.start().await;
-    let authenticator = Arc::new(Current::new(authenticator));
-    let upstream = Arc::new(Upstream::new(
-        &config.upstream,
-        &config.limits,
-        metrics.clone(),
-    ));
-    let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
-    let schema = schema::start(&config, &readiness);
-    // The admin port comes first: while TLS files are awaited, /readyz says which.
-    let (admin_bound, stop_admin) = start_admin(telemetry, &metrics, &readiness).await?;
-    let (tls, outbound) = if waiting_for.is_empty() {
-        (tls, outbound)
-    } else {
-        match wait::tls_material_when_ready(
-            &config,
-            waiting_for,
-            &readiness,
-            admin_bound,
-            &mut signals,
-        )
-        .await
-        {
-            Some(material) => (material.tls, material.outbound),
-            None => {
-                let _ = stop_admin.send(true);
-                tracing.flush(std::time::Duration::from_secs(2)).await;
-                return Ok(());
-            }
-        }
-    };
-
-    let address = config.listen.address;
-    let tcp = TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Listen {
-            field: "listen.address",
-            address: address.to_string(),
-            source,
-        })?;
-    let bound = tcp
-        .local_addr()
-        .map_err(|source| StartError::LocalAddress { address, source })?;
-    let outbound_socket = match (&outbound, &config.outbound) {
-        (Some(_), Some(section)) => Some(bind_outbound(section).await?),
-        _ => None,
-    };
-
-    let forward = Forward::new(upstream.clone());
-    let abort_inbound = tokio_util::sync::CancellationToken::new();
-    let chain = inbound::build(
-        inbound::Parts {
-            tracing: tracing.clone(),
-            metrics: metrics.clone(),
-            authenticator: authenticator.clone(),
-            limits: config.limits.clone(),
-            contexts: outbound
-                .as_ref()
-                .and_then(crate::outbound::Destinations::contexts),
-            schema: schema.clone(),
-            abort: abort_inbound.clone(),
-        },
-        forward,
-    );
-    let server = Server::new(&config.limits, chain, metrics.clone());
-    let tls = tls.map(|initial| {
-        let reloadable = Arc::new(ReloadableTls::new(&config.tls, initial, metrics.clone()));
-        reloadable.spawn_watcher();
-        reloadable
-    });
-    readiness.set_tls(tls.clone());
-    let listener = Listener::new(
-        Socket::Tcp(tcp),
-        tls.clone(),
-        server,
-        &config.limits,
-        metrics.clone(),
-    );
-    Reloader {
+    let source = start::Source {
         path: path.to_owned(),
-        running: config.clone(),
-        authenticator,
-        tls: tls.clone(),
-        log_level,
-        metrics: metrics.clone(),
         loaded_from,
-        schema,
-    }
-    .spawn(hangups);
-
-    // Cancelled when the drain stops accepting, on every listener at once.
-    let stop_accepting = tokio_util::sync::CancellationToken::new();
-    let abort_outbound = tokio_util::sync::CancellationToken::new();
-    let (outbound_bound, outbound_task) = match (outbound, outbound_socket) {
-        (Some(destinations), Some(socket)) => {
-            destinations.spawn_watchers(metrics.clone());
-            let chain = crate::outbound::build(
-                Arc::new(destinations),
-                tracing.clone(),
-                metrics.clone(),
-                abort_outbound.clone(),
-            );
-            let bound = socket.describe();
-            let server = Server::new(&config.limits, chain, metrics.clone());
-            let listener = Listener::for_the_app(socket, server, &config.limits, metrics.clone());
-            let task = tokio::spawn(listener.run(stop_accepting.clone()));
-            (Some(bound), Some(task))
-        }
-        _ => (None, None),
+        log_level,
+        hangups,
     };
-    readiness.listening.store(true, Ordering::SeqCst);
-    tracing::info!(
-        address = %bound,
-        tls = config.tls.enabled,
-        client_auth = config.tls.client_auth.as_str(),
-        upstream = %config.upstream.address,
-        admin = admin_bound.map(|a| a.to_string()),
-        outbound = outbound_bound,
-        otlp = telemetry.otlp_endpoint.as_deref(),
-        "listening"
-    );
-
-    let accepting = tokio::spawn(listener.run(stop_accepting.clone()));
-    let signal = signals.next().await;
-    readiness.draining.store(true, Ordering::SeqCst);
-    let drain_delay = config.limits.drain_delay.get();
-    tracing::info!(
-        signal,
-        ?drain_delay,
-        "draining: /readyz is unready; new connections are refused after the delay"
-    );
-    // A second signal at any point ends the drain: no more delay, no more waiting.
-    let second_signal = tokio::select! {
-        () = tokio::time::sleep(drain_delay) => None,
-        signal = signals.next() => Some(signal),
-    };
-    stop_accepting.cancel();
-    let drain = accepting.await.map_err(StartError::AcceptLoop)?;
-    let outbound_drain = match outbound_task {
-        Some(task) => Some(task.await.map_err(StartError::AcceptLoop)?),
-        None => None,
-    };
-    tracing::info!("stopped accepting; GOAWAY sent, waiting for calls in flight");
-
-    let drain_timeout = config.limits.drain_timeout.get();
-    // The app's own outbound calls drain alongside the calls into it.
-    let everything = async {
-        drain.finished().await;
-        if let Some(outbound) = &outbound_drain {
-            outbound.finished().await;
-        }
-    };
-    let second_signal = match second_signal {
-        Some(signal) => Some(signal),
-        None => tokio::select! {
-            finished = tokio::time::timeout(drain_timeout, everything) => {
-                match finished {
-                    Ok(()) => tracing::info!("drained; exiting"),
-                    Err(_) => tracing::warn!(?drain_timeout, "drain timeout reached; closing the calls still open"),
-                }
-                None
-            }
-            signal = signals.next() => Some(signal),
-        },
-    };
-    if let Some(signal) = second_signal {
-        tracing::warn!(signal, "second signal; closing the calls still open");
-    }
-    // Calls still open end with UNAVAILABLE rather than a dropped connection; give those
-    // answers a moment to reach the callers.
-    abort_inbound.cancel();
-    abort_outbound.cancel();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain.finished()).await;
-    let _ = stop_admin.send(true);
-    tracing.flush(std::time::Duration::from_secs(2)).await;
-    Ok(())
-}
-
-/// Binds `telemetry.admin_address`, when set, and serves the admin endpoints on it until
-/// the returned sender says stop.
-async fn start_admin(
-    telemetry: &crate::config::Telemetry,
-    metrics: &Arc<Metrics>,
-    readiness: &Arc<Readiness>,
-) -> Result<(Option<std::net::SocketAddr>, watch::Sender<bool>), StartError> {
-    let (stop_admin, admin_stopped) = watch::channel(false);
-    let Some(address) = telemetry.admin_address else {
-        return Ok((None, stop_admin));
-    };
-    let admin = TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Listen {
-            field: "telemetry.admin_address",
-            address: address.to_string(),
-            source,
-        })?;
-    let bound = admin.local_addr().ok();
-    tokio::spawn(crate::admin::serve(
-        admin,
-        metrics.clone(),
-        readiness.clone(),
-        admin_stopped,
-    ));
-    Ok((bound, stop_admin))
-}
-
-/// Binds `outbound.listen`, already checked to be loopback or a Unix socket path.
-async fn bind_outbound(section: &crate::config::Outbound) -> Result<Socket, StartError> {
-    use crate::config::OutboundListen;
-    let listen = section.listen().map_err(StartError::OutboundListen)?;
-    let cannot = |source| StartError::Listen {
-        field: "outbound.listen",
-        address: section.listen.to_string(),
-        source,
-    };
-    match listen {
-        OutboundListen::Tcp(address) => TcpListener::bind(address)
-            .await
-            .map(Socket::Tcp)
-            .map_err(cannot),
-        OutboundListen::Unix(path) => tokio::net::UnixListener::bind(&path)
-            .map(Socket::Unix)
-            .map_err(cannot),
+    let stop = Shutdown::new();
+    match start::start(source, loaded, &mut signals, &stop).await? {
+        Some(serving) => shutdown::drain(serving, stop, &mut signals).await,
+        None => Ok(()),
     }
 }
