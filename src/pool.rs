@@ -337,31 +337,7 @@ impl Pool {
             let starvation = Starvation::new(lease.connection.clone(), owner, control.stall_flag());
             let mut pump = Pump::new(source, stream, starvation, end_of_stream);
             match exchange(response, &mut pump).await {
-                Ok(response) => {
-                    let (parts, recv) = response.into_parts();
-                    if pump.is_done() {
-                        control.park(pump);
-                    } else {
-                        // The request keeps flowing while the response streams back; the
-                        // task ends with the call, or stops when told to, and resets the
-                        // stream if the call ends early.
-                        let told = control.clone();
-                        tokio::spawn(async move {
-                            tokio::select! {
-                                () = std::future::poll_fn(|cx| pump.poll_pump(cx).map(|_| ())) => {}
-                                () = told.stopped() => {}
-                            }
-                            told.park(pump);
-                        });
-                    }
-                    let body = ResponseStream {
-                        recv,
-                        data_done: false,
-                        lease,
-                        control,
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
+                Ok(response) => return Ok(streaming(response, pump, control, lease)),
                 Err(error) => {
                     if let Some(stall) = control.stalled() {
                         return Err(Error::Stalled(stall));
@@ -514,6 +490,41 @@ fn copy_head(head: &Request<()>) -> Request<()> {
     *copy.version_mut() = head.version();
     *copy.headers_mut() = head.headers().clone();
     copy
+}
+
+/// The target answered: its response streams back to the caller while the rest of the
+/// request keeps flowing. The pump's task ends with the call, or stops when told to, and
+/// resets the stream if the call ends early.
+fn streaming<B>(
+    response: Response<h2::RecvStream>,
+    mut pump: Pump<B>,
+    control: Arc<StreamControl>,
+    lease: Lease,
+) -> Response<ResponseStream>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: BodyFailure,
+{
+    let (parts, recv) = response.into_parts();
+    if pump.is_done() {
+        control.park(pump);
+    } else {
+        let told = control.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = std::future::poll_fn(|cx| pump.poll_pump(cx).map(|_| ())) => {}
+                () = told.stopped() => {}
+            }
+            told.park(pump);
+        });
+    }
+    let body = ResponseStream {
+        recv,
+        data_done: false,
+        lease,
+        control,
+    };
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]

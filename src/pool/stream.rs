@@ -248,17 +248,10 @@ where
                         Ok(data) if data.is_empty() => {}
                         Ok(data) => self.pending = Some(data),
                         Err(frame) => {
-                            if let Ok(trailers) = frame.into_trailers() {
-                                if let Some(source) = self.source.as_mut() {
-                                    source.ended = true;
-                                }
-                                if let Some(sent) = self.sent.as_mut() {
-                                    sent.ended = true;
-                                }
-                                if let Err(error) = self.stream.send_trailers(trailers) {
-                                    return self.closed(&error);
-                                }
-                                self.done = true;
+                            if let Ok(trailers) = frame.into_trailers()
+                                && let Err(error) = self.end(Some(trailers))
+                            {
+                                return self.closed(&error);
                             }
                         }
                     }
@@ -273,16 +266,9 @@ where
                     continue;
                 }
                 None => {
-                    if let Some(source) = self.source.as_mut() {
-                        source.ended = true;
-                    }
-                    if let Some(sent) = self.sent.as_mut() {
-                        sent.ended = true;
-                    }
-                    if let Err(error) = self.stream.send_data(Bytes::new(), true) {
+                    if let Err(error) = self.end(None) {
                         return self.closed(&error);
                     }
-                    self.done = true;
                 }
             }
         }
@@ -295,6 +281,23 @@ impl<B> Pump<B> {
     /// NO_ERROR), refused it, or the connection went away. h2 rejects the send with
     /// "inactive stream", but that is not how the call ended: its response says how, so
     /// the pump stops quietly and leaves the outcome to the response.
+    /// The request ended, with trailers or an empty last frame: the body and the
+    /// record of what was sent learn it, and the target gets the end of the stream.
+    fn end(&mut self, trailers: Option<http::HeaderMap>) -> Result<(), h2::Error> {
+        if let Some(source) = self.source.as_mut() {
+            source.ended = true;
+        }
+        if let Some(sent) = self.sent.as_mut() {
+            sent.ended = true;
+        }
+        match trailers {
+            Some(trailers) => self.stream.send_trailers(trailers)?,
+            None => self.stream.send_data(Bytes::new(), true)?,
+        }
+        self.done = true;
+        Ok(())
+    }
+
     fn closed(&mut self, error: &h2::Error) -> Poll<Result<(), h2::Error>> {
         tracing::trace!(connection = self.starvation.connection().id, %error, "the stream closed while its request was sent");
         // A no-op on a closed stream; ends the stream if h2 refused the send for another
