@@ -28,6 +28,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod slots;
+
 use super::route::{self, Routed};
 use super::{Destination, Destinations};
 use crate::body::{PeerStream, RequestBody, ResponseBody};
@@ -36,6 +38,7 @@ use crate::grpc::{self, Far, Reason};
 use crate::layers::observe::CallFacts;
 use crate::pool::{self, Connect, Connecting, Io, Pool, ResponseStream};
 use crate::tls::{ClientTls, IdentityMismatch};
+use slots::{Endpointed, Slots};
 
 /// Why a call could not reach its destination, or failed before it answered.
 #[derive(Debug, thiserror::Error)]
@@ -272,102 +275,6 @@ pub struct Endpoints {
     /// loopback addresses.
     #[cfg(test)]
     resolved: Option<Vec<SocketAddr>>,
-}
-
-/// The resolved addresses of a destination, in the order the resolver gave them.
-#[derive(Default)]
-struct Slots {
-    slots: Vec<Slot>,
-    /// When the name was last resolved; `None`: resolve before the next call.
-    resolved_at: Option<Instant>,
-    /// Where the next call's round starts.
-    next: usize,
-}
-
-/// One address of a destination.
-struct Slot {
-    address: SocketAddr,
-    /// Its connections, made with the client TLS material of `generation`.
-    pool: Option<Endpointed>,
-    /// Dials that failed in a row; each doubles the backoff.
-    failures: u32,
-    /// Until then the address is tried only when every other one has failed too.
-    retry_at: Option<Instant>,
-}
-
-/// A pool to one address and what its connections were made with.
-#[derive(Clone)]
-struct Endpointed {
-    pool: Arc<Pool>,
-    peer: Arc<Mutex<Option<Arc<str>>>>,
-    /// See [`ClientTls::generation`].
-    generation: u64,
-}
-
-impl Slots {
-    /// Replaces the address list, keeping the connections and backoff of every address
-    /// that is still in it.
-    fn update(&mut self, addresses: Vec<SocketAddr>, now: Instant) {
-        let mut old = std::mem::take(&mut self.slots);
-        self.slots = addresses
-            .into_iter()
-            .map(
-                |address| match old.iter().position(|s| s.address == address) {
-                    Some(at) => old.swap_remove(at),
-                    None => Slot {
-                        address,
-                        pool: None,
-                        failures: 0,
-                        retry_at: None,
-                    },
-                },
-            )
-            .collect();
-        self.resolved_at = Some(now);
-    }
-
-    /// This call's order: round robin over the addresses not backed off, then the
-    /// backed-off ones, soonest retry first.
-    fn order(&mut self, now: Instant) -> Vec<SocketAddr> {
-        let count = self.slots.len();
-        if count == 0 {
-            return Vec::new();
-        }
-        let start = self.next % count;
-        self.next = self.next.wrapping_add(1);
-        let rotated = (0..count).map(|i| &self.slots[(start + i) % count]);
-        let (ready, mut waiting): (Vec<&Slot>, Vec<&Slot>) =
-            rotated.partition(|slot| slot.retry_at.is_none_or(|at| at <= now));
-        waiting.sort_by_key(|slot| slot.retry_at);
-        ready
-            .into_iter()
-            .chain(waiting)
-            .map(|s| s.address)
-            .collect()
-    }
-
-    fn slot(&mut self, address: SocketAddr) -> Option<&mut Slot> {
-        self.slots.iter_mut().find(|s| s.address == address)
-    }
-
-    fn failed(&mut self, address: SocketAddr, now: Instant) {
-        if let Some(slot) = self.slot(address) {
-            slot.failures = slot.failures.saturating_add(1);
-            let backoff = BACKOFF_MIN
-                .saturating_mul(1 << slot.failures.min(8).saturating_sub(1))
-                .min(BACKOFF_MAX);
-            slot.retry_at = Some(now + backoff);
-        }
-        // An address that fails may have moved: look the name up again.
-        self.resolved_at = None;
-    }
-
-    fn succeeded(&mut self, address: SocketAddr) {
-        if let Some(slot) = self.slot(address) {
-            slot.failures = 0;
-            slot.retry_at = None;
-        }
-    }
 }
 
 impl Endpoints {
@@ -613,6 +520,20 @@ mod tests {
 
     fn addr(last: u8) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, last], 443))
+    }
+
+    #[test]
+    fn a_name_with_hundreds_of_addresses_uses_the_first_few() {
+        let now = Instant::now();
+        let mut slots = Slots::default();
+        slots.update((1..=200).map(addr).collect(), now);
+        let order = slots.order(now);
+        assert_eq!(order.len(), slots::MAX_ADDRESSES);
+        assert!(
+            order
+                .iter()
+                .all(|a| (1..=16).contains(&a.ip().to_string()[8..].parse::<u8>().unwrap()))
+        );
     }
 
     #[test]
