@@ -273,7 +273,14 @@ impl ClientTls {
                 self.generation
                     .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 metrics.reload("success");
-                tracing::info!(cert_file = ?self.files.cert_file, "outbound client certificate reloaded");
+                tracing::info!(
+                    cert_file = self
+                        .files
+                        .cert_file
+                        .as_deref()
+                        .map(|p| p.display().to_string()),
+                    "outbound client certificate reloaded"
+                );
                 true
             }
             Err(problems) => {

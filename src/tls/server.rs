@@ -118,7 +118,10 @@ impl ReloadableTls {
                 self.record_expiry(&candidate);
                 *config = candidate;
                 self.metrics.reload("success");
-                tracing::info!(cert_file = ?config.cert_file, "TLS certificates reloaded");
+                tracing::info!(
+                    cert_file = config.cert_file.as_deref().map(|p| p.display().to_string()),
+                    "TLS certificates reloaded"
+                );
                 Some(Ok(()))
             }
             Err(problems) => {
