@@ -16,6 +16,7 @@
 mod api_keys;
 mod auth;
 mod authorization;
+mod global_limits;
 mod jwt;
 mod limits;
 mod listen;
@@ -36,6 +37,9 @@ pub use api_keys::{ApiKey, ApiKeys, ApiKeysFile, validate_api_keys};
 pub use auth::Auth;
 pub use authorization::{
     Authorization, DefaultDecision, FieldValue, MAX_FIELDS, Rule, is_field_path,
+};
+pub use global_limits::{
+    GlobalLimits, GlobalRule, InvalidSelector, MethodSelector, OnStoreFailure, Per, RedisNodes,
 };
 pub use jwt::{AlgorithmError, ClaimNames, Family, Jwt, JwtProvider, MAX_LEEWAY, parse_algorithms};
 pub use limits::{Limits, PerIdentity, PublicCalls, UNKNOWN_MEMORY, Written};

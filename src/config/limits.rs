@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{ByteSize, Duration, Problem};
+use super::{ByteSize, Duration, GlobalLimits, Problem};
 
 /// `limits`: what one caller may take from the sidecar. The defaults suit a sidecar in
 /// front of one app; each is documented in the example config. The four that decide the
@@ -54,6 +54,8 @@ pub struct Limits {
     /// The memory gatehouse may use, checked against the worst case its limits allow;
     /// absent: the cgroup's `memory.max`, when there is one.
     pub memory_limit: Option<ByteSize>,
+    /// Budgets shared by every replica, kept in Redis; absent: every limit is per pod.
+    pub global: Option<GlobalLimits>,
     /// Which of the sized limits the file wrote; the others are sized.
     #[serde(skip)]
     pub written: Written,
@@ -297,6 +299,9 @@ impl Limits {
                 problems.push(Problem::new(field, "must be longer than 0s"));
             }
         }
+        if let Some(global) = &limits.global {
+            global.validate(problems);
+        }
     }
 }
 
@@ -358,6 +363,7 @@ impl Default for Limits {
             upstream_connections: 4,
             upstream_queue: 256,
             upstream_queue_timeout: Duration::from_secs(2),
+            global: None,
             written: Written::default(),
             held_per_call: 0,
         }

@@ -71,6 +71,10 @@ impl Duration {
         Duration(std::time::Duration::from_secs(secs))
     }
 
+    pub const fn from_millis(millis: u64) -> Self {
+        Duration(std::time::Duration::from_millis(millis))
+    }
+
     pub fn get(self) -> std::time::Duration {
         self.0
     }
