@@ -28,6 +28,9 @@ pub const DOMAIN: &str = "gatehouse";
 /// `Any.type_url` of a packed `google.rpc.ErrorInfo`.
 pub const ERROR_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.ErrorInfo";
 
+/// `Any.type_url` of a packed `google.rpc.RetryInfo`.
+pub const RETRY_INFO_TYPE_URL: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
 /// Declares the reason table once: the enum, its wire name, the lower-case label that
 /// logs and `gatehouse_auth_total{reason}` have always used, and the code it goes with.
 macro_rules! reasons {
@@ -145,6 +148,11 @@ reasons! {
     ConcurrencyLimit => "CONCURRENCY_LIMIT", "concurrency_limit", ResourceExhausted;
     /// The caller is over `limits.per_identity.calls_per_second`.
     RateLimited => "RATE_LIMITED", "rate_limited", ResourceExhausted;
+    /// A `limits.global` rule's budget, shared by every replica, is spent; the details
+    /// carry a `google.rpc.RetryInfo`.
+    GlobalRateLimited => "GLOBAL_RATE_LIMITED", "global_rate_limited", ResourceExhausted;
+    /// The store of `limits.global` cannot be reached and `on_store_failure` is `deny`.
+    GlobalLimitUnavailable => "GLOBAL_LIMIT_UNAVAILABLE", "global_limit_unavailable", Unavailable;
     /// The app cannot be reached, or its connection was lost during the call.
     AppUnavailable => "APP_UNAVAILABLE", "app_unavailable", Unavailable;
     /// Every connection to the app is at its stream limit and `limits.upstream_queue`
@@ -215,6 +223,8 @@ pub struct Status {
     reason: Reason,
     message: Cow<'static, str>,
     metadata: BTreeMap<String, String>,
+    /// Sent as a `google.rpc.RetryInfo` after the `ErrorInfo`.
+    retry_delay: Option<std::time::Duration>,
 }
 
 impl Status {
@@ -225,6 +235,7 @@ impl Status {
             reason,
             message: message.into(),
             metadata: BTreeMap::new(),
+            retry_delay: None,
         }
     }
 
@@ -247,8 +258,18 @@ impl Status {
         self
     }
 
+    /// Adds a `google.rpc.RetryInfo`: the caller should wait `delay` before trying again.
+    pub fn with_retry_delay(mut self, delay: std::time::Duration) -> Status {
+        self.retry_delay = Some(delay);
+        self
+    }
+
     pub fn code(&self) -> Code {
         self.code
+    }
+
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.retry_delay
     }
 
     pub fn reason(&self) -> Reason {
@@ -266,13 +287,26 @@ impl Status {
             domain: DOMAIN.to_owned(),
             metadata: self.metadata.clone(),
         };
+        let mut details = vec![Any {
+            type_url: ERROR_INFO_TYPE_URL.to_owned(),
+            value: info.encode_to_vec(),
+        }];
+        if let Some(delay) = self.retry_delay {
+            let retry = RetryInfo {
+                retry_delay: Some(ProtoDuration {
+                    seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
+                    nanos: delay.subsec_nanos() as i32,
+                }),
+            };
+            details.push(Any {
+                type_url: RETRY_INFO_TYPE_URL.to_owned(),
+                value: retry.encode_to_vec(),
+            });
+        }
         RpcStatus {
             code: self.code as i32,
             message: self.message.clone().into_owned(),
-            details: vec![Any {
-                type_url: ERROR_INFO_TYPE_URL.to_owned(),
-                value: info.encode_to_vec(),
-            }],
+            details,
         }
         .encode_to_vec()
     }
@@ -341,6 +375,22 @@ pub struct ErrorInfo {
     pub domain: String,
     #[prost(btree_map = "string, string", tag = "3")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// `google.rpc.RetryInfo` (google/rpc/error_details.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub retry_delay: Option<ProtoDuration>,
+}
+
+/// `google.protobuf.Duration` (google/protobuf/duration.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
 }
 
 #[cfg(test)]
@@ -439,6 +489,28 @@ mod tests {
                 BTreeMap::from([("method".to_owned(), "/pkg.Svc/Get".to_owned())])
             );
         }
+    }
+
+    #[test]
+    fn a_retry_delay_travels_as_retry_info_after_the_error_info() {
+        let status = Status::new(Reason::GlobalRateLimited, "over the tenant's budget")
+            .with_retry_delay(std::time::Duration::from_millis(1_250));
+        let bytes = STANDARD_NO_PAD
+            .decode(status.trailers()[GRPC_STATUS_DETAILS].as_bytes())
+            .unwrap();
+        let decoded = RpcStatus::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.code, Code::ResourceExhausted as i32);
+        assert_eq!(decoded.details.len(), 2);
+        assert_eq!(decoded.details[0].type_url, ERROR_INFO_TYPE_URL);
+        assert_eq!(decoded.details[1].type_url, RETRY_INFO_TYPE_URL);
+        let retry = RetryInfo::decode(decoded.details[1].value.as_slice()).unwrap();
+        assert_eq!(
+            retry.retry_delay,
+            Some(ProtoDuration {
+                seconds: 1,
+                nanos: 250_000_000
+            })
+        );
     }
 
     #[test]
