@@ -47,8 +47,9 @@
 //! tier 2  connection   tls · body · telemetry · cli · inject (Kubernetes YAML in, with the
 //!                      sidecar out)
 //! tier 3  stages       serve (accept, connection, server, budget) · pool · upstream ·
-//!                      auth · limits (the per-identity table) · learn (the app's
-//!                      schema, from its reflection or a descriptor set)
+//!                      auth · limits (the per-identity table; rules, buckets, store,
+//!                      replicas, metrics: budgets shared across replicas in Redis) ·
+//!                      learn (the app's schema, from its reflection or a descriptor set)
 //! tier 4  layers       layers (recovery, watch, observe, deadline)
 //! tier 5  the chains   inbound::build · outbound::build
 //! tier 6  processes    admin · app → main

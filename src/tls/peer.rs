@@ -87,15 +87,22 @@ impl PeerIdentity {
     /// certificate without SANs, its subject CN (`cn:`), else its fingerprint
     /// (`sha256:`). A common name can then never pass for a URI SAN it spells out.
     pub fn key(&self) -> String {
+        let (kind, name) = self.key_parts();
+        format!("{kind}:{name}")
+    }
+
+    /// [`PeerIdentity::key`] as its kind (`uri`, `dns`, `cn`, `sha256`) and name, for
+    /// callers that write it into a buffer of their own on every call.
+    pub fn key_parts(&self) -> (&'static str, &str) {
         if let Some(uri) = self.spiffe_id().or(self.uris.first().map(String::as_str)) {
-            return format!("uri:{uri}");
+            return ("uri", uri);
         }
         if let Some(dns) = self.dns_names.first() {
-            return format!("dns:{dns}");
+            return ("dns", dns);
         }
         match &self.common_name {
-            Some(cn) => format!("cn:{cn}"),
-            None => format!("sha256:{}", self.sha256),
+            Some(cn) => ("cn", cn),
+            None => ("sha256", &self.sha256),
         }
     }
 
