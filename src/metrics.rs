@@ -312,6 +312,14 @@ impl Metrics {
         }
     }
 
+    /// Every metric, plus the families `register` adds: those of a module above this
+    /// one (the global limits), so that one scrape shows them all.
+    pub fn with(register: impl FnOnce(&mut Registry)) -> Metrics {
+        let mut metrics = Metrics::new();
+        register(&mut metrics.registry);
+        metrics
+    }
+
     /// The metrics of the method at `path`, if it has labels of its own.
     pub fn known_method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
         self.methods
