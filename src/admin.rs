@@ -12,7 +12,8 @@
 //!   app is unreachable or reports NOT_SERVING on
 //!   `grpc.health.v1.Health/Check` (an app without a health service counts as up once
 //!   it answers). The app's answer is reused for [`PROBE_TTL`], so a flood of probes
-//!   costs the app at most one call per period.
+//!   costs the app at most one call per period. With `limits.global`, a line after the
+//!   verdict says whether its store answers; it never changes the verdict.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
+use crate::limits::GlobalLimiter;
 use crate::metrics::{Exposition, Metrics};
 use crate::reload::Current;
 use crate::tls::ReloadableTls;
@@ -46,6 +48,7 @@ pub struct Readiness {
     waiting_for: std::sync::Mutex<Vec<String>>,
     schema: std::sync::OnceLock<Arc<crate::learn::AppSchema>>,
     app_health: Cached<Result<(), String>>,
+    global_limits: std::sync::OnceLock<Arc<GlobalLimiter>>,
 }
 
 /// A value computed at most once per `ttl`.
@@ -89,6 +92,7 @@ impl Readiness {
             waiting_for: std::sync::Mutex::new(Vec::new()),
             schema: std::sync::OnceLock::new(),
             app_health: Cached::new(PROBE_TTL),
+            global_limits: std::sync::OnceLock::new(),
         }
     }
 
@@ -106,6 +110,23 @@ impl Readiness {
     /// The app's schema, which makes gatehouse unready while it is not known.
     pub fn set_schema(&self, schema: Arc<crate::learn::AppSchema>) {
         let _ = self.schema.set(schema);
+    }
+
+    /// `limits.global`, whose store `/readyz` describes without making it a condition:
+    /// a store outage must not take every replica out of its Service.
+    pub fn set_global_limits(&self, global: Option<Arc<GlobalLimiter>>) {
+        if let Some(global) = global {
+            let _ = self.global_limits.set(global);
+        }
+    }
+
+    /// Lines that say how gatehouse serves but never make it unready.
+    pub fn details(&self) -> Vec<String> {
+        self.global_limits
+            .get()
+            .map(|global| global.readiness_detail())
+            .into_iter()
+            .collect()
     }
 
     /// Every reason gatehouse cannot serve now; empty when ready.
@@ -280,13 +301,18 @@ async fn answer(
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let problems = readiness.problems().await;
+            let details: String = readiness
+                .details()
+                .iter()
+                .map(|detail| detail.clone() + "\n")
+                .collect();
             if problems.is_empty() {
-                text(StatusCode::OK, "text/plain", "ready\n".to_owned())
+                text(StatusCode::OK, "text/plain", format!("ready\n{details}"))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!("not ready\n{}\n", problems.join("\n")),
+                    format!("not ready\n{}\n{details}", problems.join("\n")),
                 )
             }
         }

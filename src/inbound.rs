@@ -27,6 +27,7 @@ use crate::layers::deadline::{DeadlineLayer, DeadlineService};
 use crate::layers::observe::ObserveLayer;
 use crate::layers::recovery::{Recovery, RecoveryLayer};
 use crate::learn::AppSchema;
+use crate::limits::GlobalLimiter;
 use crate::reload::Current;
 use crate::telemetry::Tracing;
 use auth::{Auth, AuthLayer};
@@ -51,6 +52,8 @@ pub struct Parts {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub authenticator: Arc<Current<Authenticator>>,
     pub limits: LimitSettings,
+    /// `limits.global`, when configured: budgets shared with the other replicas.
+    pub global: Option<Arc<GlobalLimiter>>,
     /// Where call contexts live, when an outbound destination uses `context`.
     pub contexts: Option<Arc<CallContexts>>,
     /// The app's schema, kept current; `None` with `schema.source: none`.
@@ -66,6 +69,7 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         metrics,
         authenticator,
         limits,
+        global,
         contexts,
         schema,
         abort,
@@ -84,8 +88,9 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         .layer(AuthLayer::new(authenticator).keeping_bearer(contexts.is_some()))
         // After Auth, whose verdict names the identity a call counts against; refused
         // calls above it never take a slot, and one identity cannot take the app's
-        // whole stream budget.
-        .layer(LimitsLayer::new(&limits, metrics.clone()))
+        // whole stream budget. The per-pod limits decide first, so a call they refuse
+        // spends nothing of a budget shared with the other replicas (limits.global).
+        .layer(LimitsLayer::new(&limits, metrics.clone()).with_global(global))
         // After Limits, so only calls admitted within their identity's share cost a
         // lookup; refuses what the app's schema does not have and checks request fields
         // against the caller Auth verified. A pass-through without a schema.
@@ -198,6 +203,7 @@ mod tests {
                 metrics: metrics.clone(),
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
                 limits: config.limits.clone(),
+                global: None,
                 contexts: None,
                 schema,
                 abort: CancellationToken::new(),

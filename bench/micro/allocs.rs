@@ -194,6 +194,7 @@ fn main() {
                 metrics,
                 authenticator: Arc::new(Current::new(Arc::new(authenticator))),
                 limits: config.limits.clone(),
+                global: None,
                 contexts: None,
                 schema: None,
                 abort: tokio_util::sync::CancellationToken::new(),

@@ -70,6 +70,16 @@ fn load_with(path: &Path, wait: bool) -> Result<Loaded, ConfigError> {
         }
     };
     // Only a config that validated names files worth reading.
+    let global = match &config.limits.global {
+        Some(global) if problems.is_empty() => match crate::limits::GlobalLimiter::new(global) {
+            Ok(limiter) => Some(limiter),
+            Err(more) => {
+                merge(&mut problems, more);
+                None
+            }
+        },
+        _ => None,
+    };
     let outbound = if problems.is_empty() {
         match crate::outbound::Destinations::load(&config) {
             Ok(outbound) => outbound,
@@ -88,6 +98,7 @@ fn load_with(path: &Path, wait: bool) -> Result<Loaded, ConfigError> {
             authenticator,
             outbound,
             waiting_for,
+            global,
         }),
         _ => Err(invalid(problems)),
     }
@@ -238,6 +249,8 @@ pub struct Loaded {
     /// While any is missing, `tls` and `outbound` are not read ([`tls_material`] reads
     /// them once the files are there).
     pub waiting_for: Vec<Problem>,
+    /// `limits.global`, with its files read; not connected yet.
+    pub global: Option<crate::limits::GlobalLimiter>,
 }
 
 /// Adds problems on fields not already reported (a missing `cert_file` is found both by

@@ -1,5 +1,5 @@
 //! Starting: the parts every chain shares (metrics, tracing, the authenticator, the
-//! connection to the app, readiness, the app's schema), the admin port, waiting for
+//! connection to the app, readiness, the app's schema, `limits.global`), the admin port, waiting for
 //! certificate files that do not exist yet, then the inbound and outbound chains on
 //! their listeners and the reloader that follows the config file. What runs at the end
 //! is handed to the drain (`shutdown.rs`).
@@ -20,6 +20,7 @@ use crate::admin::Readiness;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::inbound::{self, Forward};
+use crate::limits::GlobalLimiter;
 use crate::metrics::Metrics;
 use crate::reload::Current;
 use crate::serve::{Listener, Server, Socket};
@@ -46,6 +47,8 @@ struct Shared {
     upstream: Arc<Upstream>,
     readiness: Arc<Readiness>,
     schema: Option<Arc<crate::learn::AppSchema>>,
+    /// `limits.global`, when configured: budgets shared with the other replicas.
+    global: Option<Arc<GlobalLimiter>>,
 }
 
 /// Starts everything; `None` when a stop signal came while certificate files were
@@ -62,8 +65,9 @@ pub(super) async fn start(
         authenticator,
         outbound,
         waiting_for,
+        global,
     } = loaded;
-    let shared = shared(config, authenticator).await?;
+    let shared = shared(config, authenticator, global).await?;
     let telemetry = &shared.config.telemetry;
     // The admin port comes first: while TLS files are awaited, /readyz says which.
     let admin = bind::admin(
@@ -100,10 +104,20 @@ pub(super) async fn start(
 }
 
 /// Metrics, tracing, the authenticator, the connection to the app, readiness and the
-/// learning of the app's schema.
-async fn shared(config: Config, authenticator: Authenticator) -> Result<Shared, StartError> {
+/// learning of the app's schema; `limits.global`'s limiter, not connected yet.
+async fn shared(
+    config: Config,
+    authenticator: Authenticator,
+    global: Option<GlobalLimiter>,
+) -> Result<Shared, StartError> {
     let telemetry = &config.telemetry;
-    let metrics = Arc::new(Metrics::new());
+    // limits.global: its metrics join the others on the admin port.
+    let global = global.map(Arc::new);
+    let metrics = Arc::new(Metrics::with(|registry| {
+        if let Some(global) = &global {
+            global.register_metrics(registry);
+        }
+    }));
     let tracing = Arc::new(match &telemetry.otlp_endpoint {
         Some(endpoint) => {
             Tracing::exporting(endpoint, telemetry, &metrics).map_err(StartError::Tracing)?
@@ -120,6 +134,7 @@ async fn shared(config: Config, authenticator: Authenticator) -> Result<Shared, 
     ));
     let readiness = Arc::new(Readiness::new(upstream.clone(), authenticator.clone()));
     let schema = super::schema::start(&config, &readiness);
+    readiness.set_global_limits(global.clone());
     Ok(Shared {
         config,
         metrics,
@@ -128,6 +143,7 @@ async fn shared(config: Config, authenticator: Authenticator) -> Result<Shared, 
         upstream,
         readiness,
         schema,
+        global,
     })
 }
 
@@ -141,6 +157,11 @@ async fn listen(
 ) -> Result<Serving, StartError> {
     let config = &shared.config;
     let sockets = bind::sockets(config, material.outbound.is_some()).await?;
+    // Waits for the store at most about a second, and never fails on it: calls are
+    // decided by on_store_failure until it answers. Announcing stops with the process.
+    if let Some(global) = &shared.global {
+        global.start(shutdown.process()).await;
+    }
     let tls = material.tls.map(|initial| {
         let reloadable = Arc::new(ReloadableTls::new(
             &config.tls,
@@ -215,6 +236,7 @@ fn inbound_listener(
             metrics: shared.metrics.clone(),
             authenticator: shared.authenticator.clone(),
             limits: config.limits.clone(),
+            global: shared.global.clone(),
             contexts: outbound
                 .as_ref()
                 .and_then(crate::outbound::Destinations::contexts),

@@ -8,6 +8,10 @@
 //! to the pool of connections to the app, which caps the streams one identity can leave
 //! the app not reading.
 //!
+//! With `limits.global`, a call these limits admit is then checked against the budgets
+//! shared by every replica ([`crate::limits::GlobalLimiter`]); a call refused here spends
+//! none of them. Without it, nothing more runs per call.
+//!
 //! ```no_run
 //! # fn example(forward: gatehouse::inbound::Forward) {
 //! use std::sync::Arc;
@@ -38,6 +42,7 @@ use crate::config::Limits as Settings;
 use crate::grpc::{self, Reason};
 use crate::layers::observe::CallFacts;
 use crate::limits::local::{CallSlot, Exceeded, Identity, Table, truncated};
+use crate::limits::{Check, GlobalLimiter};
 use crate::metrics::Metrics;
 use crate::pool::Owner;
 use crate::tls::ConnectionInfo;
@@ -47,6 +52,7 @@ use crate::tls::ConnectionInfo;
 pub struct LimitsLayer {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
+    global: Option<Arc<GlobalLimiter>>,
 }
 
 impl LimitsLayer {
@@ -54,7 +60,14 @@ impl LimitsLayer {
         LimitsLayer {
             table: Arc::new(Table::new(limits)),
             metrics,
+            global: None,
         }
+    }
+
+    /// Also checks every call the per-pod limits admit against `limits.global`.
+    pub fn with_global(mut self, global: Option<Arc<GlobalLimiter>>) -> Self {
+        self.global = global;
+        self
     }
 }
 
@@ -66,6 +79,7 @@ impl<S> Layer<S> for LimitsLayer {
             inner,
             table: self.table.clone(),
             metrics: self.metrics.clone(),
+            global: self.global.clone(),
         }
     }
 }
@@ -76,6 +90,7 @@ pub struct Limits<S> {
     inner: S,
     table: Arc<Table>,
     metrics: Arc<Metrics>,
+    global: Option<Arc<GlobalLimiter>>,
 }
 
 /// Second of the last refusal logged at INFO: at most one a second, so a caller hammering
@@ -96,7 +111,10 @@ fn log_refusal(identity: &Identity, exceeded: Exceeded, method: &str) {
 
 impl<S> Service<Request<RequestBody>> for Limits<S>
 where
-    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Infallible>,
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<ResponseBody>;
@@ -137,6 +155,35 @@ where
                 };
             }
         };
+        if let Some(global) = &self.global {
+            let outcome = CallFacts::in_request(&request).and_then(|facts| facts.auth());
+            let connection = request.extensions().get::<Arc<ConnectionInfo>>();
+            match global.check(outcome, connection, request.uri().path()) {
+                Check::Admitted => {}
+                // The slot goes back as it is dropped: the call never reaches the app.
+                Check::Refused(status) => {
+                    return LimitsFuture::Refused {
+                        response: std::future::ready(Ok(status.response())),
+                    };
+                }
+                // Rare (a bucket's first lease, a bucket near empty): the boxed future
+                // costs an allocation only then.
+                Check::Pending(pending) => {
+                    let mut inner = self.inner.clone();
+                    let call = async move {
+                        if let Err(status) = pending.await {
+                            return Ok(status.response());
+                        }
+                        let mut response = inner.call(request).await?;
+                        response.body_mut().hold(slot);
+                        Ok(response)
+                    };
+                    return LimitsFuture::Waiting {
+                        call: Box::pin(call),
+                    };
+                }
+            }
+        }
         LimitsFuture::Admitted {
             call: self.inner.call(request),
             slot: Some(slot),
@@ -144,13 +191,17 @@ where
     }
 }
 
+/// A call waiting for `limits.global`'s answer, then for the app's.
+type WaitingCall = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 pin_project_lite::pin_project! {
     /// What [`Limits`] answers with: a named future rather than a boxed one, which
-    /// saves an allocation on every call.
+    /// saves an allocation on every call but those that wait for `limits.global`.
     #[project = LimitsProjection]
     pub enum LimitsFuture<F> {
         Refused { response: std::future::Ready<Result<Response<ResponseBody>, Infallible>> },
         Admitted { #[pin] call: F, slot: Option<CallSlot> },
+        Waiting { call: WaitingCall },
     }
 }
 
@@ -163,6 +214,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             LimitsProjection::Refused { response } => Pin::new(response).poll(cx),
+            LimitsProjection::Waiting { call } => call.as_mut().poll(cx),
             LimitsProjection::Admitted { call, slot } => {
                 let mut response = std::task::ready!(call.poll(cx))?;
                 // The slot is given back when the response body is sent or reset.
@@ -172,5 +224,123 @@ where
                 Poll::Ready(Ok(response))
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[cfg(feature = "global-limits")]
+mod tests {
+    //! The layer around a stand-in for the app, with `limits.global` on a store nothing
+    //! listens on: every lease fails at once, so the first call of a bucket really waits
+    //! for its lease and calls are then decided by this replica's share.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::auth::outcome::AuthOutcome;
+    use crate::config::GlobalLimits;
+    use crate::grpc::{Code, GRPC_MESSAGE, GRPC_STATUS};
+    use crate::identity::{AuthMethod, Claims, Principal};
+
+    /// Answers OK and counts the calls it is handed.
+    #[derive(Clone, Default)]
+    struct App(Arc<AtomicUsize>);
+
+    impl Service<Request<RequestBody>> for App {
+        type Response = Response<ResponseBody>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<ResponseBody>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<RequestBody>) -> Self::Future {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let mut response = Response::new(ResponseBody::empty());
+            response
+                .headers_mut()
+                .insert(GRPC_STATUS, Code::Ok.header_value());
+            std::future::ready(Ok(response))
+        }
+    }
+
+    /// One open call per identity, and `rule` in a store that cannot be reached.
+    fn limits(rule: &str, app: &App) -> Limits<App> {
+        let yaml = format!("{{ redis: 'redis://127.0.0.1:1', key_prefix: t, rules: [{rule}] }}");
+        let config: GlobalLimits = serde_saphyr::from_str(&yaml).unwrap();
+        let global = crate::limits::GlobalLimiter::new(&config).unwrap_or_else(|p| panic!("{p:?}"));
+        let mut settings = Settings::default();
+        settings.per_identity.max_concurrent_calls = 1;
+        LimitsLayer::new(&settings, Arc::new(Metrics::new()))
+            .with_global(Some(Arc::new(global)))
+            .layer(app.clone())
+    }
+
+    /// A call Auth admitted with the API key `scanner` of tenant `acme`.
+    fn call() -> Request<RequestBody> {
+        let mut request = Request::post("http://gatehouse.test/pkg.Svc/Get")
+            .body(RequestBody::local(bytes::Bytes::new()))
+            .unwrap();
+        let claims = Claims {
+            tenant_id: Some("acme".to_owned()),
+            api_key_name: Some("scanner".to_owned()),
+            ..Claims::default()
+        };
+        let principal = Principal::new(AuthMethod::ApiKey, claims).unwrap();
+        CallFacts::of(&mut request).set_auth(AuthOutcome::Admitted {
+            principal: Arc::new(principal),
+            would_refuse: None,
+        });
+        request
+    }
+
+    /// The status and the message of an answer.
+    fn status(response: &Response<ResponseBody>) -> (String, String) {
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map_or_else(String::new, |v| v.to_str().unwrap().to_owned())
+        };
+        (header(GRPC_STATUS), header(GRPC_MESSAGE))
+    }
+
+    #[tokio::test]
+    async fn a_call_that_waited_for_the_store_holds_its_slot_until_its_body_ends() {
+        let app = App::default();
+        let mut limits = limits("{ per: tenant, calls_per_second: 100 }", &app);
+        let first = limits.call(call());
+        assert!(
+            matches!(first, LimitsFuture::Waiting { .. }),
+            "a bucket's first call waits for its first lease"
+        );
+        let first = first.await.unwrap();
+        assert_eq!(status(&first).0, "0");
+        // Its per-pod slot rides its body: a second call of the same caller is refused.
+        let second = limits.call(call()).await.unwrap();
+        let (code, message) = status(&second);
+        assert_eq!(code, "8");
+        assert!(message.starts_with("CONCURRENCY_LIMIT"), "{message}");
+        drop(first);
+        let third = limits.call(call()).await.unwrap();
+        assert_eq!(status(&third).0, "0");
+        assert_eq!(app.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_the_global_limit_refuses_gives_its_slot_back_and_never_reaches_the_app() {
+        let app = App::default();
+        let mut limits = limits("{ per: tenant, calls_per_second: 1, burst: 1 }", &app);
+        let first = limits.call(call()).await.unwrap();
+        assert_eq!(status(&first).0, "0");
+        drop(first);
+        for _ in 0..3 {
+            let refused = limits.call(call()).await.unwrap();
+            let (code, message) = status(&refused);
+            assert_eq!(code, "8");
+            assert!(message.starts_with("GLOBAL_RATE_LIMITED"), "{message}");
+        }
+        assert_eq!(app.0.load(Ordering::SeqCst), 1);
     }
 }

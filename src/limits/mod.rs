@@ -49,6 +49,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::outcome::AuthOutcome;
 use crate::config::{GlobalLimits, OnStoreFailure, Problem};
@@ -203,13 +204,17 @@ impl GlobalLimiter {
     }
 
     /// Connects and announces this replica once (at most about a second, so start-up
-    /// is never held by a store that is down), then keeps announcing in the background.
-    pub async fn start(self: &Arc<Self>) {
+    /// is never held by a store that is down), then keeps announcing in the background
+    /// until `stop` is cancelled.
+    pub async fn start(self: &Arc<Self>, stop: CancellationToken) {
         self.announce().await;
         let limiter = self.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(ANNOUNCE_EVERY).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                }
                 limiter.announce().await;
             }
         });

@@ -5,6 +5,7 @@ use super::accept::APP_CONNECTIONS;
 use super::server::CALLER_CONNECTION_WINDOW;
 use crate::call_context::CallContexts;
 use crate::config::{Limits, Outbound};
+use crate::limits;
 use crate::pool;
 
 /// What an open connection costs besides the data it may make gatehouse hold: TLS
@@ -30,8 +31,9 @@ pub const UPSTREAM_STREAM_COST: u64 = pool::STREAM_WINDOW as u64 + pool::REPLAY_
 /// window allows and one frame being read, plus what gatehouse needs anyway, the span
 /// export queue and what every stream to the app may hold; with `outbound`, the app's
 /// connections to the outbound port, every call out it may open with what its stream to
-/// the destination may hold, and the call-context table. Printed by `gatehouse check`
-/// and checked against the memory limit; docs/deploy.md states the formula.
+/// the destination may hold, and the call-context table; with `limits.global`, its
+/// table of buckets. Printed by `gatehouse check` and checked against the memory limit;
+/// docs/deploy.md states the formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryBudget {
     /// Bytes one connection can cost, its calls included.
@@ -45,6 +47,9 @@ pub struct MemoryBudget {
     /// Bytes the call-context table can take (0 unless a destination uses
     /// `credentials: context`).
     pub contexts: u64,
+    /// Bytes the table of `limits.global` can take (0 without it): `max_buckets`
+    /// buckets, each with a lease in flight.
+    pub global: u64,
     pub total: u64,
 }
 
@@ -80,15 +85,18 @@ impl MemoryBudget {
             .map_or(0, |outbound| {
                 CallContexts::budget(&outbound.context_bounds(limits), headers)
             });
+        let global = limits.global.as_ref().map_or(0, limits::memory_budget);
         MemoryBudget {
             per_connection,
             connections,
             fixed,
             outbound: outbound_cost,
             contexts,
+            global,
             total: fixed
                 .saturating_add(outbound_cost)
                 .saturating_add(contexts)
+                .saturating_add(global)
                 .saturating_add(connections.saturating_mul(per_connection)),
         }
     }
@@ -110,6 +118,9 @@ impl std::fmt::Display for MemoryBudget {
         }
         if self.contexts > 0 {
             write!(f, " + {} MiB call contexts", self.contexts.div_ceil(MIB))?;
+        }
+        if self.global > 0 {
+            write!(f, " + {} MiB global limits", self.global.div_ceil(MIB))?;
         }
         f.write_str(")")
     }
@@ -140,5 +151,61 @@ mod tests {
             checked.per_connection - plain.per_connection,
             u64::from(Limits::default().max_concurrent_streams) * held
         );
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn limits(yaml: &str) -> Limits {
+        let config =
+            Config::from_yaml(&format!("{MINIMAL}{yaml}")).unwrap_or_else(|p| panic!("{p}"));
+        config.limits
+    }
+
+    const GLOBAL: &str = "  global:
+    redis: redis://127.0.0.1:6379
+    key_prefix: p
+    MAX_BUCKETS
+    rules: [{ per: tenant, calls_per_second: 10 }]
+";
+
+    #[test]
+    fn the_table_of_global_limits_is_in_the_budget() {
+        let written = "limits:\n  max_connections: 100\n  max_concurrent_streams: 100\n";
+        let without = MemoryBudget::of(&limits(written), None);
+        let with = MemoryBudget::of(
+            &limits(&format!("{written}{}", GLOBAL.replace("MAX_BUCKETS", ""))),
+            None,
+        );
+        assert_eq!(without.global, 0);
+        // The default 16,384 buckets, each with a lease in flight.
+        assert_eq!(with.global, 16_384 * limits::buckets::BUCKET_COST);
+        assert_eq!(with.total, without.total + with.global);
+        assert!(
+            with.to_string().ends_with(" + 48 MiB global limits)"),
+            "{with}"
+        );
+        let fewer = MemoryBudget::of(
+            &limits(&format!(
+                "{written}{}",
+                GLOBAL.replace("MAX_BUCKETS", "max_buckets: 1024")
+            )),
+            None,
+        );
+        assert_eq!(fewer.global.div_ceil(MIB), 3);
+    }
+
+    #[test]
+    fn sized_limits_make_room_for_the_table_of_global_limits() {
+        let memory = 256 * MIB;
+        let sized = |yaml: &str| {
+            let mut limits = limits(yaml);
+            limits.size_to(memory, |limits| MemoryBudget::of(limits, None).total);
+            limits
+        };
+        let per_pod = sized("");
+        let global = sized(&format!("limits:\n{}", GLOBAL.replace("MAX_BUCKETS", "")));
+        let shape = |limits: &Limits| (limits.max_connections, limits.max_concurrent_streams);
+        assert!(shape(&global) < shape(&per_pod));
+        assert!(MemoryBudget::of(&global, None).total <= memory * 3 / 4);
     }
 }
