@@ -15,7 +15,10 @@
 #   `apt-get download` and `dpkg-deb -x` (installing the package would start a Prometheus
 #   server), to check the alert rules in deploy/monitoring and a real /metrics scrape.
 #   podman, runc and catatonit (Debian packages), for the image and pod tests in
-#   tests/pods/run.
+#   tests/pods/run;
+#   redis-server and redis-cli ($REDIS_SERVER, $REDIS_CLI; Debian redis-server and
+#   redis-tools), the store of global limits: the tests start a standalone instance, one
+#   with TLS, and a 3-master cluster on loopback.
 
 gatehouse_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 gatehouse_tools="$gatehouse_root/.tools"
@@ -83,9 +86,11 @@ if [ ! -x "$PROMTOOL" ]; then
   rm -rf "$gatehouse_debs"
 fi
 # podman and runc run the image and the pod (tests/pods/run); kube play builds its pods'
-# infra image from catatonit. curl and openssl look at what the pod serves.
+# infra image from catatonit. curl and openssl look at what the pod serves. redis-server
+# and redis-cli are the store of the global-limit tests, which start their own instances.
 gatehouse_debs=()
-for tool in podman:podman runc:runc catatonit:catatonit curl:curl openssl:openssl; do
+for tool in podman:podman runc:runc catatonit:catatonit curl:curl openssl:openssl \
+  redis-server:redis-server redis-cli:redis-tools; do
   command -v "${tool%%:*}" >/dev/null || gatehouse_debs+=("${tool#*:}")
 done
 if [ "${#gatehouse_debs[@]}" -gt 0 ]; then
@@ -93,8 +98,11 @@ if [ "${#gatehouse_debs[@]}" -gt 0 ]; then
   gatehouse_sudo=()
   [ "$(id -u)" = 0 ] || gatehouse_sudo=(sudo)
   "${gatehouse_sudo[@]}" apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive "${gatehouse_sudo[@]}" apt-get install -y -qq --no-install-recommends \
+  # RUNLEVEL=1: the packaged Redis service is not started.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 "${gatehouse_sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${gatehouse_debs[@]}" >/dev/null
 fi
+REDIS_SERVER="$(command -v redis-server)"
+REDIS_CLI="$(command -v redis-cli)"
 KUBERNETES_VALIDATE=(env "PYTHONPATH=$gatehouse_tools/kubernetes-validate" python3 -m kubernetes_validate)
-export GRPCURL HADOLINT GRPC_GO_APP PROMTOOL
+export GRPCURL HADOLINT GRPC_GO_APP PROMTOOL REDIS_SERVER REDIS_CLI

@@ -13,6 +13,8 @@ mod conformance;
 mod context;
 mod expiry;
 mod forwarding;
+#[cfg(feature = "global-limits")]
+mod global_limits;
 mod grpcurl;
 mod hardening;
 mod inject;

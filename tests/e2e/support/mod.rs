@@ -18,6 +18,8 @@
 //! - `grpcurl`: grpcurl, run against gatehouse.
 //! - `grpc_go`: the grpc-go test app (tests/apps/grpc-go), as a child process.
 //! - `status`: the details of the statuses gatehouse generates.
+//! - `redis`: Debian's redis-server for the global limits, standalone, with TLS and as
+//!   a 3-master Cluster (with the `global-limits` feature).
 //!
 //! This file holds the bound every wait has, the paths of the repository and the
 //! development certificates, and a free loopback port. Everything but `issuers` is
@@ -46,6 +48,8 @@ pub mod issuers;
 mod mesh;
 mod pki;
 mod process;
+#[cfg(feature = "global-limits")]
+mod redis;
 mod status;
 
 pub use admin::*;
@@ -64,6 +68,8 @@ pub use grpcurl::*;
 pub use mesh::*;
 pub use pki::*;
 pub use process::*;
+#[cfg(feature = "global-limits")]
+pub use redis::*;
 pub use status::*;
 
 /// Generous bound on anything a test waits for; reaching it means the test failed.

@@ -52,10 +52,34 @@ fn decode_details(bytes: &[u8], code: i32, message: &str) -> gatehouse::grpc::de
         (code, message),
         "details disagree with grpc-status/grpc-message"
     );
-    assert_eq!(status.details.len(), 1, "exactly one detail: {status:?}");
+    // One ErrorInfo; a global limit's refusal adds a RetryInfo after it.
+    let retry_info = status.details.len() == 2
+        && status.details[1].type_url == gatehouse::grpc::details::RETRY_INFO_TYPE_URL;
+    assert!(
+        status.details.len() == 1 || retry_info,
+        "one ErrorInfo, and at most a RetryInfo: {status:?}"
+    );
     assert_eq!(status.details[0].type_url, ERROR_INFO_TYPE_URL);
     let info = ErrorInfo::decode(status.details[0].value.as_slice())
         .expect("the detail is a google.rpc.ErrorInfo");
     assert_eq!(info.domain, "gatehouse", "{info:?}");
     info
+}
+
+/// The `retry_delay` of the `google.rpc.RetryInfo` in a status gatehouse generated.
+pub fn retry_delay(status: &tonic::Status) -> Option<std::time::Duration> {
+    use gatehouse::grpc::details::{RETRY_INFO_TYPE_URL, RetryInfo, RpcStatus};
+    use prost::Message as _;
+    let details = RpcStatus::decode(status.details()).ok()?;
+    let packed = details
+        .details
+        .iter()
+        .find(|detail| detail.type_url == RETRY_INFO_TYPE_URL)?;
+    let delay = RetryInfo::decode(packed.value.as_slice())
+        .ok()?
+        .retry_delay?;
+    Some(std::time::Duration::new(
+        u64::try_from(delay.seconds).ok()?,
+        u32::try_from(delay.nanos).ok()?,
+    ))
 }
