@@ -9,7 +9,7 @@ rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true
 rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
 counts = (rows.get("counts") or {}).get("counts") or {}
 neighbours = {name[len("neighbour-"):]: row["neighbour"] for name, row in rows.items() if "neighbour" in row}
-order = ["direct", "gatehouse-jwt", "gatehouse-jwt-schema", "gatehouse-apikey", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
+order = ["direct", "gatehouse-jwt", "gatehouse-jwt-schema", "gatehouse-apikey", "gatehouse-global", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
 rows = {name: rows[name] for name in order if name in rows}
 
 
@@ -96,6 +96,9 @@ targets = [
     ("outbound: throughput, both gatehouses / both HAProxies", ratio("outbound-gatehouse", "outbound-haproxy", "calls_per_second"), "(for reference)"),
     ("outbound: throughput, both gatehouses / the app called directly", ratio("outbound-gatehouse", "direct", "calls_per_second"), "(for reference)"),
     ("outbound: p99 at the fixed rate, both gatehouses / both HAProxies", ratio("outbound-gatehouse", "outbound-haproxy", "p99_us"), "≤ 1.0"),
+    ("global limits: CPU per call, on / off (gatehouse-global / gatehouse-apikey)", ratio("gatehouse-global", "gatehouse-apikey", "cpu_us_per_call"), "≤ 1.05"),
+    ("global limits: p50 at the fixed rate, on / off", ratio("gatehouse-global", "gatehouse-apikey", "p50_us"), "≤ 1.1"),
+    ("global limits: p99 at the fixed rate, on / off", ratio("gatehouse-global", "gatehouse-apikey", "p99_us"), "(for reference)"),
 ]
 absolute = [
     ("gatehouse idle RSS (MiB)", summary.get("gatehouse-jwt", {}).get("rss_idle_mib"), "< 8"),
