@@ -428,6 +428,34 @@ mod tests {
             .collect()
     }
 
+    /// The worked example of docs/global-limits.md: DESIGN §12's section, with the JWT
+    /// provider whose tenant claim it counts.
+    fn documented_example() -> &'static str {
+        let doc = include_str!("../../docs/global-limits.md");
+        let start = doc.find("```yaml\nauth:").expect("the worked example") + "```yaml\n".len();
+        let end = start + doc[start..].find("```").expect("its end");
+        &doc[start..end]
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let config = Config::from_yaml(&format!("{MINIMAL}{}", documented_example()))
+            .unwrap_or_else(|p| panic!("{p}"));
+        assert_eq!(config.validate(), vec![]);
+        let global = config.limits.global.expect("limits.global");
+        assert_eq!(global.timeout.get(), std::time::Duration::from_millis(25));
+        assert_eq!(global.on_store_failure, super::OnStoreFailure::Local);
+        let [tenant, export] = &global.rules[..] else {
+            panic!("two rules")
+        };
+        assert_eq!((tenant.burst(), tenant.lease()), (1000, 50));
+        assert_eq!((export.burst(), export.lease()), (60, 1));
+        let selectors = export.method_selectors();
+        assert!(selectors[0].matches("/orders.v1.Orders/ExportCsv"));
+        assert!(!selectors[0].matches("/orders.v1.Orders/Get"));
+        assert!(!selectors[0].matches("/orders.v1.OrdersExtra/Export"));
+    }
+
     #[test]
     fn a_list_of_seeds_is_a_cluster() {
         let text = "    redis: [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]
