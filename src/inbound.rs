@@ -89,8 +89,13 @@ pub fn build<App>(parts: Parts, app: App) -> Chain<App> {
         // After Auth, whose verdict names the identity a call counts against; refused
         // calls above it never take a slot, and one identity cannot take the app's
         // whole stream budget. The per-pod limits decide first, so a call they refuse
-        // spends nothing of a budget shared with the other replicas (limits.global).
-        .layer(LimitsLayer::new(&limits, metrics.clone()).with_global(global))
+        // spends nothing of a budget shared with the other replicas (limits.global), nor
+        // does one the Schema layer is about to refuse.
+        .layer(
+            LimitsLayer::new(&limits, metrics.clone())
+                .with_global(global)
+                .with_schema(schema.clone()),
+        )
         // After Limits, so only calls admitted within their identity's share cost a
         // lookup; refuses what the app's schema does not have and checks request fields
         // against the caller Auth verified. A pass-through without a schema.

@@ -37,10 +37,12 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
+use super::schema::refused;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Limits as Settings;
 use crate::grpc::{self, Reason};
 use crate::layers::observe::CallFacts;
+use crate::learn::AppSchema;
 use crate::limits::local::{CallSlot, Exceeded, Identity, Table, truncated};
 use crate::limits::{Check, GlobalLimiter};
 use crate::metrics::Metrics;
@@ -53,6 +55,7 @@ pub struct LimitsLayer {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     global: Option<Arc<GlobalLimiter>>,
+    schema: Option<Arc<AppSchema>>,
 }
 
 impl LimitsLayer {
@@ -61,12 +64,21 @@ impl LimitsLayer {
             table: Arc::new(Table::new(limits)),
             metrics,
             global: None,
+            schema: None,
         }
     }
 
     /// Also checks every call the per-pod limits admit against `limits.global`.
     pub fn with_global(mut self, global: Option<Arc<GlobalLimiter>>) -> Self {
         self.global = global;
+        self
+    }
+
+    /// With the app's schema, a call the Schema layer below will refuse (an unknown
+    /// method) is not counted against `limits.global`: a caller sending made-up method
+    /// paths must not make a bucket (and a key in the store) for each.
+    pub fn with_schema(mut self, schema: Option<Arc<AppSchema>>) -> Self {
+        self.schema = schema;
         self
     }
 }
@@ -80,6 +92,7 @@ impl<S> Layer<S> for LimitsLayer {
             table: self.table.clone(),
             metrics: self.metrics.clone(),
             global: self.global.clone(),
+            schema: self.schema.clone(),
         }
     }
 }
@@ -91,6 +104,7 @@ pub struct Limits<S> {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     global: Option<Arc<GlobalLimiter>>,
+    schema: Option<Arc<AppSchema>>,
 }
 
 /// Second of the last refusal logged at INFO: at most one a second, so a caller hammering
@@ -155,7 +169,10 @@ where
                 };
             }
         };
-        if let Some(global) = &self.global {
+        let path = request.uri().path();
+        if let Some(global) = &self.global
+            && !self.schema.as_ref().is_some_and(|s| refused(s, path))
+        {
             let outcome = CallFacts::in_request(&request).and_then(|facts| facts.auth());
             let connection = request.extensions().get::<Arc<ConnectionInfo>>();
             match global.check(outcome, connection, request.uri().path()) {

@@ -153,6 +153,11 @@ enum Decision {
     Known(StreamKind, Option<Arc<MethodRules>>),
 }
 
+/// Whether the Schema layer refuses calls to `path` (an unknown method, or no schema yet).
+pub(super) fn refused(schema: &AppSchema, path: &str) -> bool {
+    matches!(decide(schema, path), Decision::Refuse(_))
+}
+
 fn decide(schema: &AppSchema, path: &str) -> Decision {
     let settings = schema.settings();
     let forward = settings.unknown_methods == UnknownMethods::Forward;

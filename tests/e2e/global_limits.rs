@@ -776,3 +776,54 @@ async fn four_replicas_admit_at_most_the_budget_plus_four_leases() {
     );
     assert!(checked > 10 * leases, "{leases} leases for {checked} calls");
 }
+
+/// With the app's schema, a method the app does not serve is refused UNKNOWN_METHOD
+/// before it is counted: a tenant sending made-up method paths under a per-method rule
+/// makes no bucket and no key in the store for each, while a real method is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_methods_refused_by_the_schema_make_no_buckets_in_the_store() {
+    let redis = Redis::start();
+    let app = App::start().await;
+    let prefix = prefix();
+    let config = config(app.addr, &redis.server.url(), &prefix, "250ms", "")
+        .replace("per: tenant,", "per: tenant_method,")
+        + "schema: { source: reflection }\n";
+    let gatehouse = Gatehouse::start(&config);
+    gatehouse.wait_for_line(&["schema learned"]).await;
+    let channel = h2c(gatehouse.addr).await;
+    let keys = || {
+        redis
+            .server
+            .cli(&["--scan", "--pattern", &format!("{prefix}*")])
+            .lines()
+            .filter(|key| key.contains("tenant_method"))
+            .count()
+    };
+    let leases_before = redis.server.command_calls("get");
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    for i in 0..200 {
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default();
+        let path: http::uri::PathAndQuery =
+            format!("/gatehouse.demo.v1.Demo/Made{i}").parse().unwrap();
+        let mut request = tonic::Request::new(EchoRequest::default());
+        request
+            .metadata_mut()
+            .insert("x-api-key", key_of("acme").parse().unwrap());
+        let status = grpc.unary(request, path, codec).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert_eq!(error_info(&status).reason, "UNKNOWN_METHOD");
+    }
+    assert_eq!(
+        redis.server.command_calls("get"),
+        leases_before,
+        "a made-up method leased"
+    );
+    assert_eq!(keys(), 0, "a made-up method made a key in the store");
+    let scrape = scrape_metrics(&gatehouse).await;
+    assert_eq!(sample(&scrape, "gatehouse_global_limit_buckets"), Some(0.0));
+    // A method the app serves is counted: one bucket, one key.
+    echo(&channel, "acme").await.unwrap();
+    assert!(redis.server.command_calls("get") > leases_before);
+    assert_eq!(keys(), 1);
+}
