@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::grpc::Code;
 
@@ -116,6 +116,12 @@ fn histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
+/// `metric`, once registered under `name` with `help`; the registry keeps its own handle.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Every metric gatehouse exports.
 pub struct Metrics {
     registry: Registry,
@@ -169,116 +175,117 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let started = Family::default();
-        let handled = Family::default();
-        let handling = HistogramFamily::new_with_constructor(histogram);
-        let auth = Family::default();
-        let tls_errors = Family::default();
-        let upstream_errors = Family::default();
-        let cert_expiry = Family::default();
-        let cert_not_before = Family::default();
-        let reloads = Family::default();
-        let dry_run_refusals = Family::default();
-        let limit_refusals = Family::default();
-        let spans_dropped = Family::default();
-        let connections = Gauge::default();
-        let in_flight = Gauge::default();
-        let not_grpc = Counter::default();
-        let client_started = Family::default();
-        let client_handled = Family::default();
-        let client_handling = ClientHistogramFamily::new_with_constructor(histogram);
-        registry.register(
+        let r = &mut registry;
+        let client_started = registered(
+            r,
             "grpc_client_started",
             "Outbound calls started, by destination",
-            client_started.clone(),
+            Family::default(),
         );
-        registry.register(
+        let client_handled = registered(
+            r,
             "grpc_client_handled",
             "Outbound calls completed, by status code and destination",
-            client_handled.clone(),
+            Family::default(),
         );
-        registry.register(
+        let client_handling = registered(
+            r,
             "grpc_client_handling_seconds",
             "Time from an outbound call's arrival to the end of its response",
-            client_handling.clone(),
+            ClientHistogramFamily::new_with_constructor(histogram),
         );
         // prometheus-client appends `_total` to counters itself.
-        registry.register(
+        let started = registered(
+            r,
             "grpc_server_started",
             "Calls started on the server",
-            started.clone(),
+            Family::default(),
         );
-        registry.register(
+        let handled = registered(
+            r,
             "grpc_server_handled",
             "Calls completed, by status code",
-            handled.clone(),
+            Family::default(),
         );
-        registry.register(
+        let handling = registered(
+            r,
             "grpc_server_handling_seconds",
             "Time from a call's arrival to the end of its response",
-            handling.clone(),
+            HistogramFamily::new_with_constructor(histogram),
         );
-        registry.register(
+        let auth = registered(
+            r,
             "gatehouse_auth",
             "Authentication and authorization decisions",
-            auth.clone(),
+            Family::default(),
         );
-        registry.register(
+        let tls_errors = registered(
+            r,
             "gatehouse_tls_handshake_errors",
             "TLS handshakes that failed, by reason",
-            tls_errors.clone(),
+            Family::default(),
         );
-        registry.register(
+        let upstream_errors = registered(
+            r,
             "gatehouse_upstream_errors",
             "Failures talking to the app, by kind",
-            upstream_errors.clone(),
+            Family::default(),
         );
-        registry.register(
+        let cert_expiry = registered(
+            r,
             "gatehouse_cert_expiry_timestamp_seconds",
             "When the first certificate in each file expires (Unix time)",
-            cert_expiry.clone(),
+            Family::default(),
         );
-        registry.register(
+        let cert_not_before = registered(
+            r,
             "gatehouse_cert_not_before_timestamp_seconds",
             "When the first certificate in each file became valid (Unix time): with the expiry, its lifetime",
-            cert_not_before.clone(),
+            Family::default(),
         );
-        registry.register(
+        let reloads = registered(
+            r,
             "gatehouse_config_reloads",
             "Reloads of certificates and configuration, by result",
-            reloads.clone(),
+            Family::default(),
         );
-        registry.register(
+        let dry_run_refusals = registered(
+            r,
             "gatehouse_authz_dry_run_refusals",
             "Calls authorization.dry_run let through that the rules would have refused, by method",
-            dry_run_refusals.clone(),
+            Family::default(),
         );
-        registry.register(
+        let limit_refusals = registered(
+            r,
             "gatehouse_limit_refusals",
             "Connections and calls refused because a limit was reached, by the limit's name",
-            limit_refusals.clone(),
+            Family::default(),
         );
-        registry.register(
+        let spans_dropped = registered(
+            r,
             "gatehouse_spans_dropped",
             "Spans not exported, by reason: queue_full (the export queue or its byte budget was full), rate_limited (spans of calls answered here, past their rate) or export_failed (the collector refused or could not be reached)",
-            spans_dropped.clone(),
+            Family::default(),
         );
-        registry.register(
+        let connections = registered(
+            r,
             "gatehouse_connections",
             "Open client connections",
-            connections.clone(),
+            Gauge::default(),
         );
-        registry.register(
+        let in_flight = registered(
+            r,
             "gatehouse_requests_in_flight",
             "Calls being handled",
-            in_flight.clone(),
+            Gauge::default(),
         );
-        registry.register(
+        let not_grpc = registered(
+            r,
             "gatehouse_non_grpc_requests",
             "Requests that were not gRPC, answered with HTTP 415",
-            not_grpc.clone(),
+            Counter::default(),
         );
-        registry.register(
+        r.register(
             "gatehouse_build",
             "The gatehouse version and the commit it was built from (value 1)",
             Info::new(vec![
