@@ -7,6 +7,7 @@
 mod bind;
 mod load;
 mod reload;
+mod runtime;
 mod schema;
 mod shutdown;
 mod signals;
@@ -156,10 +157,7 @@ pub fn run(path: &Path) -> ExitCode {
     for warning in loaded.config.warnings() {
         tracing::warn!(%warning, "configuration warning");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime::build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");

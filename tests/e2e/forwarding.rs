@@ -325,3 +325,51 @@ async fn streams_without_buffering_when_the_caller_reads_slowly() {
         "gatehouse grew by {growth_mib} MiB while 64 MiB passed through"
     );
 }
+
+/// A pod with a CPU limit of one core: gatehouse runs everything on one thread (no
+/// worker thread to hand wake-ups to), and every kind of call still goes through,
+/// many of them at once on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_one_thread_when_it_may_use_one_cpu() {
+    let app = App::start().await;
+    let gatehouse = Gatehouse::start_on_one_cpu(&dev_config(app.addr));
+    let client = client(gatehouse.addr).await;
+    let calls = (0..64u32).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let reply = client
+                .echo(EchoRequest {
+                    message: format!("call {i}"),
+                    reply_size: 1024,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (reply.message, reply.payload.len()),
+                (format!("call {i}"), 1024)
+            );
+        }
+    });
+    futures_util::future::join_all(calls).await;
+    let mut stream = client
+        .clone()
+        .countdown(CountdownRequest {
+            count: 200,
+            payload_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = 0;
+    while stream.message().await.unwrap().is_some() {
+        received += 1;
+    }
+    assert_eq!(received, 200);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", gatehouse.pid()))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "gatehouse's threads on one CPU");
+}

@@ -17,6 +17,30 @@ pub fn binary() -> String {
     std::env::var("GATEHOUSE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gatehouse").to_owned())
 }
 
+/// How the child process is started.
+enum Launch {
+    Plain,
+    /// Allowed at most this many open file descriptors.
+    FdLimit(u32),
+    /// Allowed to run on one CPU.
+    OneCpu,
+}
+
+/// The first CPU this test process may run on (`Cpus_allowed_list`, such as `0-1` or
+/// `2,5`), so pinning works inside a container that was given other CPUs than 0.
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status");
+    list.trim()
+        .split([',', '-'])
+        .next()
+        .expect("at least one allowed CPU")
+        .to_owned()
+}
+
 /// The gatehouse binary, running as a child process.
 pub struct Gatehouse {
     pub addr: SocketAddr,
@@ -33,19 +57,25 @@ impl Gatehouse {
     /// Starts `gatehouse run` and waits for its `listening` line, which carries the
     /// address it bound.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gatehouse {
-        Gatehouse::start_with(config, env, None)
+        Gatehouse::start_with(config, env, Launch::Plain)
     }
 
     /// Starts gatehouse allowed at most `files` open file descriptors.
     pub fn start_with_fd_limit(config: &str, files: u32) -> Gatehouse {
-        Gatehouse::start_with(config, &[], Some(files))
+        Gatehouse::start_with(config, &[], Launch::FdLimit(files))
+    }
+
+    /// Starts gatehouse allowed to run on one CPU only (`taskset`), as in a pod whose
+    /// CPU limit is one core or less.
+    pub fn start_on_one_cpu(config: &str) -> Gatehouse {
+        Gatehouse::start_with(config, &[], Launch::OneCpu)
     }
 
     /// Starts `gatehouse run` and waits for an output line containing `line` instead of
     /// `listening`: for a gatehouse that does not listen yet. `addr` is unset (port 0)
     /// until [`Self::wait_listening`] finds the listening line.
     pub fn start_until(config: &str, line: &str) -> Gatehouse {
-        Gatehouse::spawn(config, &[], None, line)
+        Gatehouse::spawn(config, &[], Launch::Plain, line)
     }
 
     /// Waits (bounded) for the `listening` line and sets `addr` from it.
@@ -57,24 +87,29 @@ impl Gatehouse {
         self.addr
     }
 
-    fn start_with(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>) -> Gatehouse {
-        Gatehouse::spawn(config, env, fd_limit, "msg=listening")
+    fn start_with(config: &str, env: &[(&str, &str)], launch: Launch) -> Gatehouse {
+        Gatehouse::spawn(config, env, launch, "msg=listening")
     }
 
-    fn spawn(config: &str, env: &[(&str, &str)], fd_limit: Option<u32>, ready: &str) -> Gatehouse {
+    fn spawn(config: &str, env: &[(&str, &str)], launch: Launch, ready: &str) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gatehouse.yaml");
         std::fs::write(&path, config).unwrap();
         let binary = binary();
-        let mut command = match fd_limit {
-            None => Command::new(binary),
-            Some(files) => {
+        let mut command = match launch {
+            Launch::Plain => Command::new(binary),
+            Launch::FdLimit(files) => {
                 let mut shell = Command::new("bash");
                 shell
                     .arg("-c")
                     .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
                     .arg(binary);
                 shell
+            }
+            Launch::OneCpu => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(first_allowed_cpu()).arg(binary);
+                taskset
             }
         };
         command
