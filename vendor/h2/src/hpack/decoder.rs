@@ -1,4 +1,4 @@
-use super::{header::BytesStr, huffman, Header};
+use super::{header::BytesStr, huffman, memo, Header};
 use crate::frame;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -20,6 +20,7 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    memo: memo::Memo,
 }
 
 /// Represents all errors that can be encountered while performing the decoding
@@ -159,6 +160,7 @@ impl Decoder {
             last_max_update: size,
             table: Table::new(size),
             buffer: BytesMut::with_capacity(4096),
+            memo: memo::Memo::default(),
         }
     }
 
@@ -335,10 +337,17 @@ impl Decoder {
         if huff {
             let ret = {
                 let raw = &buf.chunk()[..len];
-                huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
+                let remembered = (memo::MIN_CODED..=memo::MAX_CODED).contains(&len);
+                match remembered.then(|| self.memo.get(raw)).flatten() {
+                    Some(string) => Ok(string),
+                    None if remembered => huffman::decode(raw, &mut self.buffer)
+                        .map(|decoded| self.memo.put(raw, &decoded)),
+                    None => huffman::decode(raw, &mut self.buffer).map(BytesMut::freeze),
+                }
+                .map(|string| StringMarker {
                     offset,
                     len,
-                    string: Some(BytesMut::freeze(buf)),
+                    string: Some(string),
                 })
             };
 
@@ -893,6 +902,91 @@ mod test {
                 assert_eq!(value, "bar");
             }
             _ => panic!(),
+        }
+    }
+
+    /// A header block with one literal field: `name` (its representation and name
+    /// index), then the value Huffman-coded.
+    fn block_with_coded_value(name: &[u8], value: &[u8]) -> BytesMut {
+        let coded = huff_encode(value);
+        let mut block = BytesMut::new();
+        block.extend(name);
+        encode_coded_len(coded.len(), &mut block);
+        block.extend(&coded);
+        block
+    }
+
+    fn encode_coded_len(len: usize, dst: &mut BytesMut) {
+        // A 7-bit prefix with the Huffman flag, then 7 bits per byte.
+        if len < 127 {
+            dst.extend([0x80 | len as u8]);
+            return;
+        }
+        dst.extend([0x80 | 127]);
+        let mut rest = len - 127;
+        while rest >= 128 {
+            dst.extend([(rest % 128) as u8 | 0x80]);
+            rest /= 128;
+        }
+        dst.extend([rest as u8]);
+    }
+
+    fn decode_one(de: &mut Decoder, mut block: BytesMut) -> Header {
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut block), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(res.len(), 1);
+        res.pop().unwrap()
+    }
+
+    #[test]
+    fn a_long_coded_value_sent_again_decodes_the_same_and_a_changed_one_anew() {
+        let mut de = Decoder::new(4096);
+        let token = format!("Bearer {}", "eyJhbGciOiJSUzI1NiJ9.".repeat(30));
+        let mut other = token.clone().into_bytes();
+        let last = other.len() - 1;
+        other[last] = b'X';
+        // Never indexed, the name `authorization` (23 in the static table: 15 + 8).
+        for value in [
+            token.as_bytes(),
+            token.as_bytes(),
+            &other[..],
+            token.as_bytes(),
+        ] {
+            match decode_one(&mut de, block_with_coded_value(&[0x1f, 0x08], value)) {
+                Header::Field { name, value: got } => {
+                    assert_eq!(name, "authorization");
+                    assert_eq!(got.as_bytes(), value);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn coded_values_of_every_length_decode_the_same_each_time() {
+        let mut de = Decoder::new(4096);
+        // Too short to remember, remembered, too long to remember; and one too many for
+        // the slots between their repeats.
+        let values: Vec<String> = [10, 200, 1000, 4000]
+            .iter()
+            .map(|&n| "eyJ0ZW5hbnQiOiJhY21lIn0".chars().cycle().take(n).collect())
+            .collect();
+        for value in values
+            .iter()
+            .chain(values.iter())
+            .chain(values.iter().rev())
+        {
+            match decode_one(
+                &mut de,
+                block_with_coded_value(&[0x1f, 0x08], value.as_bytes()),
+            ) {
+                Header::Field { value: got, .. } => assert_eq!(got.as_bytes(), value.as_bytes()),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
