@@ -6,8 +6,8 @@
 //! is logged and the failure counted. Settings that only take effect on restart are
 //! named in the log when they differ.
 //!
-//! The file is polled like the certificates ([`crate::reload::poll`]), by content, its
-//! path resolved again on every poll: a distroless image has no `kill` to send SIGHUP
+//! The file is polled like the certificates ([`crate::reload::poll`]): `stat` first,
+//! then by content when that changed, its path resolved again on every poll: a distroless image has no `kill` to send SIGHUP
 //! with, and a ConfigMap edit arrives as a swap of the volume's `..data` symlink.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::reload::Current;
+use crate::reload::{Current, Stamps};
 use crate::sha256::{Digest, sha256};
 use crate::telemetry::LogLevel;
 use crate::tls::ReloadableTls;
@@ -51,6 +51,7 @@ impl Reloader {
                 pending: None,
             }),
             changed: Notify::new(),
+            stamps: Stamps::default(),
         });
         crate::reload::poll(&file, crate::tls::RELOAD_POLL, ConfigFile::check);
         tokio::spawn(async move {
@@ -127,6 +128,8 @@ struct ConfigFile {
     /// that has yet to hold still for one more; `None` when the file could not be read.
     seen: Mutex<Seen>,
     changed: Notify,
+    /// What `stat` said about the file at the last poll: unchanged, it is not read.
+    stamps: Stamps,
 }
 
 struct Seen {
@@ -147,8 +150,13 @@ impl ConfigFile {
     /// way. Each change is reported once: a file that stays invalid is refused (and
     /// counted) once, not every second.
     fn check(&self) {
-        let now = ConfigFile::fingerprint(&self.path);
+        let unchanged = self.stamps.unchanged([self.path.as_path()]);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // A change that waits for a second look is read again whatever `stat` says.
+        if unchanged && seen.pending.is_none() {
+            return;
+        }
+        let now = ConfigFile::fingerprint(&self.path);
         if seen.applied == now {
             seen.pending = None;
         } else if seen.pending == Some(now) {
@@ -244,6 +252,7 @@ mod tests {
             }),
             path: path.clone(),
             changed: Notify::new(),
+            stamps: Stamps::default(),
         };
         let reported = |file: &ConfigFile| file.changed.notified().now_or_never().is_some();
         file.check();

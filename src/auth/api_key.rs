@@ -23,7 +23,7 @@ use crate::clock::unix_now;
 use crate::config::{self, ApiKey, Problem};
 use crate::grpc::Reason;
 use crate::identity::{AuthMethod, Claims, Principal};
-use crate::reload::Current;
+use crate::reload::{Current, Stamps};
 use crate::sha256::{Digest, parse_sha256, sha256};
 
 #[derive(Clone)]
@@ -54,6 +54,8 @@ pub struct ApiKeyStore {
     keys: Current<Keys>,
     /// Hash of the last `keys_file` content loaded (or refused), to notice changes.
     file_digest: RwLock<Option<Digest>>,
+    /// What `stat` said about `keys_file` at the last poll: unchanged, it is not read.
+    stamps: Stamps,
 }
 
 impl ApiKeyStore {
@@ -86,6 +88,7 @@ impl ApiKeyStore {
             file: config.keys_file.clone(),
             keys: Current::new(Arc::new(keys)),
             file_digest: RwLock::new(file_digest),
+            stamps: Stamps::default(),
         })
     }
 
@@ -158,6 +161,9 @@ impl ApiKeyStore {
     }
 
     fn reload_if_changed(&self, path: &Path) {
+        if self.stamps.unchanged([path]) {
+            return;
+        }
         let content = match std::fs::read(path) {
             Ok(content) => content,
             Err(error) => {

@@ -27,7 +27,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use crate::config::Family;
-use crate::reload::Current;
+use crate::reload::{Current, Stamps};
 use crate::sha256::sha256;
 
 pub use remote::RemoteJwks;
@@ -244,6 +244,8 @@ pub struct JwksFile {
     keys: Current<KeySet>,
     /// SHA-256 of the content last read (loaded or refused), to notice changes.
     digest: Mutex<[u8; 32]>,
+    /// What `stat` said about the file at the last poll: unchanged, it is not read.
+    stamps: Stamps,
 }
 
 impl JwksFile {
@@ -265,6 +267,7 @@ impl JwksFile {
             algorithms,
             keys: Current::new(Arc::new(keys)),
             digest: Mutex::new(sha256(&content)),
+            stamps: Stamps::default(),
         })
     }
 
@@ -275,6 +278,9 @@ impl JwksFile {
     /// Re-reads the file and, when its content changed and is a usable key set, swaps
     /// the new keys in. Returns whether the keys were replaced.
     pub fn reload_if_changed(&self) -> bool {
+        if self.stamps.unchanged([self.path.as_path()]) {
+            return false;
+        }
         let content = match std::fs::read(&self.path) {
             Ok(content) => content,
             Err(error) => {

@@ -226,6 +226,8 @@ pub struct ClientTls {
     files: config::ClientTls,
     material: crate::reload::Current<ClientMaterial>,
     fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    /// What `stat` said about the files at the last poll: unchanged, they are not read.
+    stamps: crate::reload::Stamps,
     /// Counts reloads, so connections made with older material can be retired.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -238,6 +240,7 @@ impl ClientTls {
             files: files.clone(),
             material: crate::reload::Current::new(Arc::new(material)),
             fingerprint: std::sync::Mutex::new(client_fingerprint(files)),
+            stamps: crate::reload::Stamps::default(),
             generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -259,6 +262,17 @@ impl ClientTls {
 
     /// Re-reads the files if they changed; `true` when new material is now in use.
     pub fn reload(&self, metrics: &crate::metrics::Metrics) -> bool {
+        let files = [
+            &self.files.cert_file,
+            &self.files.key_file,
+            &self.files.ca_file,
+        ];
+        if self
+            .stamps
+            .unchanged(files.into_iter().flatten().map(PathBuf::as_path))
+        {
+            return false;
+        }
         let fingerprint = client_fingerprint(&self.files);
         {
             let mut known = self.fingerprint.lock().unwrap_or_else(|p| p.into_inner());

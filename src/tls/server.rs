@@ -53,7 +53,8 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, Vec<Problem
 
 /// The serving TLS configuration, rebuilt when the files behind it change.
 ///
-/// The files are re-read every [`RELOAD_POLL`] and compared by content hash. That
+/// The files are looked at every [`RELOAD_POLL`] (`stat`, then their content hash when
+/// a file resolves to another inode or its size, mtime or ctime moved). That
 /// notices every way a certificate is rotated: an edit in place, an atomic rename, and
 /// a Kubernetes Secret volume, whose files sit behind a `..data` symlink swapped
 /// atomically (a change that watchers of the file itself miss). New handshakes use new
@@ -65,6 +66,8 @@ pub struct ReloadableTls {
     config: std::sync::Mutex<config::Tls>,
     current: Current<ServerConfig>,
     fingerprint: std::sync::Mutex<Option<[u8; 32]>>,
+    /// What `stat` said about the files at the last poll: unchanged, they are not read.
+    stamps: crate::reload::Stamps,
     serving_not_after: std::sync::atomic::AtomicI64,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -79,6 +82,7 @@ impl ReloadableTls {
             config: std::sync::Mutex::new(tls.clone()),
             current: Current::new(initial),
             fingerprint: std::sync::Mutex::new(fingerprint(tls)),
+            stamps: crate::reload::Stamps::default(),
             serving_not_after: std::sync::atomic::AtomicI64::new(i64::MAX),
             metrics,
         };
@@ -103,6 +107,9 @@ impl ReloadableTls {
     /// anything changed. `None`: nothing changed; `Some(Ok)`: reloaded.
     pub fn reload(&self, tls: Option<&config::Tls>) -> Option<Result<(), Vec<Problem>>> {
         let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if tls.is_none() && self.stamps.unchanged(paths(&config)) {
+            return None;
+        }
         let candidate = tls.unwrap_or(&config).clone();
         let new_fingerprint = fingerprint(&candidate);
         {
@@ -156,14 +163,17 @@ impl ReloadableTls {
     }
 }
 
+/// The files `tls` names.
+fn paths(tls: &config::Tls) -> impl Iterator<Item = &std::path::Path> {
+    [&tls.cert_file, &tls.key_file, &tls.ca_file]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+}
+
 /// SHA-256 over the contents of every file `tls` names; `None` if one cannot be read.
 fn fingerprint(tls: &config::Tls) -> Option<[u8; 32]> {
-    files::fingerprint(
-        [&tls.cert_file, &tls.key_file, &tls.ca_file]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path),
-    )
+    files::fingerprint(paths(tls))
 }
 
 #[cfg(test)]
