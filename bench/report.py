@@ -9,6 +9,8 @@ rows_path, out_dir, smoke = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "true
 rows = {row["target"]: row for row in map(json.loads, Path(rows_path).read_text().splitlines())}
 counts = (rows.get("counts") or {}).get("counts") or {}
 neighbours = {name[len("neighbour-"):]: row["neighbour"] for name, row in rows.items() if "neighbour" in row}
+# bench/h2load's rows: h2load-PROXY-SHAPE.
+h2load = {name[len("h2load-"):]: row["h2load"] for name, row in rows.items() if "h2load" in row}
 order = ["direct", "gatehouse-jwt", "gatehouse-jwt-schema", "gatehouse-apikey", "gatehouse-global", "gatehouse-mtls", "haproxy-jwt", "haproxy-forward", "nginx-forward", "outbound-gatehouse", "outbound-haproxy"]
 rows = {name: rows[name] for name in order if name in rows}
 
@@ -80,6 +82,11 @@ def ratio(a, b, key):
     return None if x is None or y in (None, 0) else x / y
 
 
+def h2load_ratio(a, b, shape, key="cpu_us_per_call"):
+    x, y = (h2load.get(f"{a}-{shape}") or {}).get(key), (h2load.get(f"{b}-{shape}") or {}).get(key)
+    return None if x is None or y in (None, 0) else x / y
+
+
 targets = [
     ("CPU per call, gatehouse mTLS+JWT / HAProxy forwarding only", ratio("gatehouse-jwt", "haproxy-forward", "cpu_us_per_call"), "≤ 1.0"),
     ("p99.9 under saturation, gatehouse mTLS+JWT / HAProxy mTLS+JWT", ratio("gatehouse-jwt", "haproxy-jwt", "saturation_p999_us"), "≤ 1.0"),
@@ -100,6 +107,11 @@ targets = [
     ("global limits: p50 at the fixed rate, on / off", ratio("gatehouse-global", "gatehouse-apikey", "p50_us"), "≤ 1.1"),
     ("global limits: p99 at the fixed rate, on / off", ratio("gatehouse-global", "gatehouse-apikey", "p99_us"), "(for reference)"),
 ]
+for shape in ("trailers-only", "message"):
+    targets += [
+        (f"h2load rig, {shape}: CPU per call, gatehouse TLS+JWT / HAProxy forwarding only", h2load_ratio("gatehouse-jwt", "haproxy-forward", shape), "≤ 1.0"),
+        (f"h2load rig, {shape}: CPU per call, gatehouse TLS+JWT / HAProxy TLS+JWT", h2load_ratio("gatehouse-jwt", "haproxy-jwt", shape), "≤ 0.5"),
+    ]
 absolute = [
     ("gatehouse idle RSS (MiB)", summary.get("gatehouse-jwt", {}).get("rss_idle_mib"), "< 8"),
     ("gatehouse KiB per idle mTLS connection", summary.get("gatehouse-jwt", {}).get("kib_per_idle_connection"), "≤ 40"),
@@ -154,6 +166,7 @@ document = {
         for name, value, target in targets + absolute
     ],
     "counts": counts,
+    "h2load": h2load,
     "bad_neighbour": bad_neighbour,
 }
 (out_dir / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
@@ -169,6 +182,21 @@ for name, s in summary.items():
         f"| {fmt(s['rss_peak_under_load_mib'])} | {fmt(s['kib_per_idle_connection'])} | {fmt(s['stream_megabytes_per_second'], 0)} "
         f"| {fmt(s['stream_rss_growth_mib'])} |"
     )
+if h2load:
+    lines += [
+        "",
+        "h2load rig (bench/h2load): 8 connections × 16 streams, 1 KiB unary requests, TLS with server authentication;",
+        "ratio: CPU per call over HAProxy forwarding only's with the same answer shape.",
+        "",
+        "| h2load rig | answer | calls | failed | calls/s | CPU µs/call | / HAProxy forwarding |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in h2load.values():
+        proxy, shape = row["proxy"], row["shape"]
+        lines.append(
+            f"| {proxy} | {shape} | {row['calls']:,} | {row['failed']:,} | {fmt(row['calls_per_second'], 0)} "
+            f"| {fmt(row.get('cpu_us_per_call'))} | {fmt(h2load_ratio(proxy, 'haproxy-forward', shape), 2)} |"
+        )
 lines += ["", "| ratio | value | target | |", "|---|---:|---|---|"]
 lines += [f"| {name} | {fmt(value, 2)} | {target} | {verdict(value, target)} |" for name, value, target in targets]
 lines += ["", "| figure | value | target | |", "|---|---:|---|---|"]
