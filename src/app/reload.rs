@@ -7,8 +7,9 @@
 //! named in the log when they differ.
 //!
 //! The file is polled like the certificates ([`crate::reload::poll`]): `stat` first,
-//! then by content when that changed, its path resolved again on every poll: a distroless image has no `kill` to send SIGHUP
-//! with, and a ConfigMap edit arrives as a swap of the volume's `..data` symlink.
+//! then by content when that changed, its path resolved again on every poll: a
+//! distroless image has no `kill` to send SIGHUP with, and a ConfigMap edit arrives as a
+//! swap of the volume's `..data` symlink.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
