@@ -301,11 +301,11 @@ mod tests {
     fn limits_left_out_are_sized_to_three_quarters_of_the_memory() {
         assert_eq!(row(64), (16, 8, 8192, 2, 60));
         assert_eq!(row(128), (42, 8, 8192, 2, 96));
-        assert_eq!(row(160), (64, 11, 8192, 2, 120));
-        assert_eq!(row(256), (64, 47, 8192, 2, 192));
+        assert_eq!(row(160), (66, 10, 8192, 2, 120));
+        assert_eq!(row(256), (64, 46, 8192, 2, 191));
         assert_eq!(row(512), (64, 68, 16384, 4, 383));
-        assert_eq!(row(1024), (109, 100, 16384, 4, 767));
-        assert_eq!(row(4096), (490, 100, 16384, 4, 3071));
+        assert_eq!(row(1024), (109, 100, 16384, 4, 768));
+        assert_eq!(row(4096), (489, 100, 16384, 4, 3069));
         assert_eq!(
             row(64 * 1024).0,
             4096,
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!((inbound.outbound, inbound.contexts), (0, 0));
         // 16 connections from the app and 200 calls out, each with its stream to the
         // destination.
-        assert_eq!(none.outbound.div_ceil(MIB), 64);
+        assert_eq!(none.outbound.div_ceil(MIB), 65);
         assert_eq!(none.contexts, 0);
         assert_eq!(context.outbound, none.outbound);
         // 10,000 handles (100 connections x 100 calls) and 16 MiB of tokens.
@@ -406,7 +406,7 @@ mod tests {
         assert!(
             context
                 .to_string()
-                .ends_with(" + 64 MiB outbound + 19 MiB call contexts)"),
+                .ends_with(" + 65 MiB outbound + 19 MiB call contexts)"),
             "{context}"
         );
 

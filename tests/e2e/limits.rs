@@ -653,7 +653,7 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
         stdout(&output).contains(
-            "worst-case memory: 199 MiB (128 connections x 1104 KiB + 61 MiB), \
+            "worst-case memory: 200 MiB (128 connections x 1112 KiB + 61 MiB), \
              limit 256 MiB (limits.memory_limit)\n\
              sized to 256 MiB (limits.memory_limit): upstream_connections 2"
         ),
@@ -666,7 +666,7 @@ fn check_prints_the_worst_case_memory_and_refuses_limits_that_do_not_fit() {
     assert_eq!(output.status.code(), Some(64));
     let errors = stderr(&output);
     assert!(
-        errors.contains("limits: worst-case memory 199 MiB")
+        errors.contains("limits: worst-case memory 200 MiB")
             && errors.contains("exceeds the memory limit of 100 MiB (limits.memory_limit)")
             && errors.contains("limits.max_connections"),
         "{errors}"
@@ -698,16 +698,16 @@ async fn limits_left_out_are_sized_to_the_memory_limit_and_written_ones_win() {
     assert_eq!(
         stdout(&output),
         "ok\n\
-         worst-case memory: 120 MiB (64 connections x 944 KiB + 61 MiB), limit 160 MiB (limits.memory_limit)\n\
-         sized to 160 MiB (limits.memory_limit): max_connections 64, max_concurrent_streams 11, \
+         worst-case memory: 120 MiB (66 connections x 920 KiB + 61 MiB), limit 160 MiB (limits.memory_limit)\n\
+         sized to 160 MiB (limits.memory_limit): max_connections 66, max_concurrent_streams 10, \
          max_header_list_size 8192, upstream_connections 2\n"
     );
-    // `run` serves with what `check` printed: callers are told 11 streams.
+    // `run` serves with what `check` printed: callers are told 10 streams.
     let running = Gatehouse::start(&config);
     running
         .wait_for_line(&[
             "limits left out of the file were sized",
-            "max_connections 64",
+            "max_connections 66",
         ])
         .await;
     let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
@@ -729,7 +729,7 @@ async fn limits_left_out_are_sized_to_the_memory_limit_and_written_ones_win() {
     )
     .await
     .expect("gatehouse sent its SETTINGS");
-    assert_eq!(advertised, 11);
+    assert_eq!(advertised, 10);
 
     // A written value wins over the sizing, and is still checked against the limit.
     let config = h2c_config(
@@ -740,7 +740,7 @@ async fn limits_left_out_are_sized_to_the_memory_limit_and_written_ones_win() {
     let output = gatehouse(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("(16 connections x 3792 KiB + 61 MiB)"),
+        stdout(&output).contains("(16 connections x 3800 KiB + 61 MiB)"),
         "{}",
         stdout(&output)
     );
