@@ -490,9 +490,14 @@ async fn idle(load: &Arc<Load>, count: usize) -> Result<String, String> {
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut client = DemoClient::new(load.channel().await?);
-        // One call per connection, so each is a complete HTTP/2 session through the proxy.
+        // One call per connection, so each is a complete HTTP/2 session through the proxy;
+        // with `--message`, so a field rule on it holds.
+        let request = EchoRequest {
+            message: load.args.message.clone(),
+            ..Default::default()
+        };
         client
-            .echo(load.request(EchoRequest::default()))
+            .echo(load.request(request))
             .await
             .map_err(|status| format!("call failed: {status}"))?;
         held.push(client);
