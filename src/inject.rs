@@ -309,9 +309,8 @@ fn sidecar(args: &InjectArgs, volumes: &[(&'static str, Node)]) -> Node {
     ])
 }
 
-/// The pod's name from the Downward API, as the resource of the spans gatehouse exports
-/// (`OTEL_RESOURCE_ATTRIBUTES`, docs/observability.md). The namespace is left out: the
-/// Downward API gives it on Kubernetes, but `podman kube play` refuses the whole pod for it.
+/// The pod's name and namespace from the Downward API, as the resource of the spans
+/// gatehouse exports (`OTEL_RESOURCE_ATTRIBUTES`, docs/observability.md).
 fn resource_env() -> Vec<Node> {
     let from_field = |name: &str, path: &str| {
         Node::map([
@@ -324,9 +323,13 @@ fn resource_env() -> Vec<Node> {
     };
     vec![
         from_field("POD_NAME", "metadata.name"),
+        from_field("POD_NAMESPACE", "metadata.namespace"),
         Node::map([
             ("name", Node::str("OTEL_RESOURCE_ATTRIBUTES")),
-            ("value", Node::str("k8s.pod.name=$(POD_NAME)")),
+            (
+                "value",
+                Node::str("k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"),
+            ),
         ]),
     ]
 }

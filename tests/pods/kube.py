@@ -47,7 +47,10 @@ def for_podman(text, volumes):
       from outside instead);
     - container ports are dropped: podman 4.3 also publishes each one on the host's
       port of the same number (Kubernetes does not), which would take fixed host ports;
-      the test reaches the pod at its own IP.
+      the test reaches the pod at its own IP;
+    - an environment variable from the Downward API's `metadata.namespace` becomes the
+      namespace written as a value: podman 4.3 refuses the whole pod for that field
+      (it knows `metadata.name`, which stays).
     """
     documents = list(yaml.safe_load_all(text))
     for document in documents:
@@ -59,9 +62,15 @@ def for_podman(text, volumes):
         for sidecar in sidecars:
             del sidecar["restartPolicy"]
         spec["containers"] = sidecars + spec["containers"]
+        namespace = document.get("metadata", {}).get("namespace", "default")
         for container in spec["containers"]:
             for key in ("startupProbe", "livenessProbe", "readinessProbe", "ports"):
                 container.pop(key, None)
+            for variable in container.get("env", []):
+                field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+                if field == "metadata.namespace":
+                    del variable["valueFrom"]
+                    variable["value"] = namespace
         for volume in spec.get("volumes", []):
             if "configMap" in volume or "secret" in volume:
                 volume.pop("configMap", None)
