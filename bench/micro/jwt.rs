@@ -4,7 +4,11 @@
 //!
 //! "uncached" is a full check (header, issuer, key lookup, signature, claims, identity);
 //! "cached" is what every call after the first pays for the same token; "cache_key" is
-//! the part of it that keys the cache.
+//! the part of it that keys the cache. "cached_threads/N" is a cached check made by N
+//! threads at once on one verifier, timed by each thread's own time on a CPU (Linux's
+//! /proc/thread-self/schedstat), so the figure is CPU time per check whatever else the
+//! machine runs: contention on the cache's lock or on shared reference counts shows as
+//! more time per check with more threads.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -142,5 +146,60 @@ fn cache_keys(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, checks, cache_keys);
+/// A cached RS256 check made by 1, 2 and 4 threads at once on the same verifier.
+fn contended(c: &mut Criterion) {
+    let case = case("RS256", Algorithm::RS256);
+    let verifier = verifier("RS256", case.keys.clone(), 1024);
+    let check = |verifier: &JwtVerifier| {
+        verifier
+            .verify(black_box(&case.token))
+            .now_or_never()
+            .expect("static keys never wait")
+            .expect("valid token")
+    };
+    check(&verifier);
+    let mut group = c.benchmark_group("jwt/RS256/cached_threads");
+    group.sample_size(10);
+    for threads in [1, 2, 4] {
+        group.bench_function(threads.to_string(), |b| {
+            b.iter_custom(|iters| {
+                // The kernel brings a thread's CPU time up to date at scheduler ticks, so
+                // each thread runs long enough (a million checks, about 0.1 s) that a
+                // tick's worth is noise; the time is scaled back to `iters`.
+                let rounds = iters.max(1_000_000);
+                let start = std::sync::Barrier::new(threads);
+                let on_cpu: u64 = std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..threads)
+                        .map(|_| {
+                            scope.spawn(|| {
+                                start.wait();
+                                let before = thread_on_cpu_ns();
+                                for _ in 0..rounds {
+                                    black_box(check(&verifier));
+                                }
+                                thread_on_cpu_ns() - before
+                            })
+                        })
+                        .collect();
+                    workers.into_iter().map(|w| w.join().expect("worker")).sum()
+                });
+                // CPU time per check = on_cpu / (threads * rounds); criterion divides by iters.
+                let per_check = on_cpu as f64 / (threads as u64 * rounds) as f64;
+                std::time::Duration::from_nanos((per_check * iters as f64) as u64)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Nanoseconds the calling thread has spent on a CPU.
+fn thread_on_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+    stat.split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .expect("schedstat's first field")
+}
+
+criterion_group!(benches, checks, cache_keys, contended);
 criterion_main!(benches);
