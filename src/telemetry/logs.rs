@@ -260,26 +260,24 @@ fn push_value(line: &mut String, value: &str) {
         line.push_str(value);
         return;
     }
-    line.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => line.push_str("\\\""),
-            '\\' => line.push_str("\\\\"),
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            '\t' => line.push_str("\\t"),
-            c if breaks_lines(c) => {
-                let _ = write!(line, "\\u{{{:x}}}", c as u32);
-            }
-            c => line.push(c),
-        }
-    }
-    line.push('"');
+    push_quoted(line, value, |line, c| {
+        let _ = write!(line, "\\u{{{:x}}}", c as u32);
+    });
 }
 
 /// Writes a JSON string, with every character that [`breaks_lines`] escaped as `\uXXXX`
 /// (JSON allows NEL, U+2028 and U+2029 raw; a line-based reader would split on them).
 fn push_json_string(line: &mut String, value: &str) {
+    // Every such character is in the Basic Multilingual Plane: one escape each.
+    push_quoted(line, value, |line, c| {
+        let _ = write!(line, "\\u{:04x}", c as u32);
+    });
+}
+
+/// `value` in double quotes with `"`, `\`, newline, carriage return and tab escaped
+/// alike in both formats, and each character that [`breaks_lines`] written by `escape`
+/// (the formats spell a code point differently).
+fn push_quoted(line: &mut String, value: &str, escape: impl Fn(&mut String, char)) {
     line.push('"');
     for c in value.chars() {
         match c {
@@ -288,10 +286,7 @@ fn push_json_string(line: &mut String, value: &str) {
             '\n' => line.push_str("\\n"),
             '\r' => line.push_str("\\r"),
             '\t' => line.push_str("\\t"),
-            // Every such character is in the Basic Multilingual Plane: one escape each.
-            c if breaks_lines(c) => {
-                let _ = write!(line, "\\u{:04x}", c as u32);
-            }
+            c if breaks_lines(c) => escape(line, c),
             c => line.push(c),
         }
     }

@@ -179,6 +179,29 @@ fn assert_global_refusal(status: &tonic::Status, local: bool) {
     );
 }
 
+/// A replica on its local share while the store is away: no other failure, at most the
+/// share and at least half of it admitted, no answer held near the store's timeout, and
+/// the refusals say the limit was local.
+fn assert_within_the_local_share(tally: &Tally, share: f64) {
+    assert!(tally.other.is_empty(), "{:?}", tally.other);
+    assert!(
+        tally.admitted as f64 <= share,
+        "{} admitted, share {share:.1}",
+        tally.admitted
+    );
+    assert!(
+        tally.admitted as f64 >= 0.5 * share,
+        "{} admitted, share {share:.1}",
+        tally.admitted
+    );
+    assert!(
+        tally.slowest < Duration::from_secs(1),
+        "answers wait at most the timeout: {:?}",
+        tally.slowest
+    );
+    assert_global_refusal(tally.refused.last().expect("refusals"), true);
+}
+
 /// The budget of the rule over `seconds`, and what the service may admit at most: the
 /// budget plus replicas × lease.
 fn budget_of(seconds: f64, replicas: f64) -> (f64, f64) {
@@ -330,23 +353,7 @@ async fn a_store_outage_leaves_each_replica_its_share_and_global_limits_resume()
             tally.refused.len(),
             tally.slowest
         );
-        assert!(tally.other.is_empty(), "{:?}", tally.other);
-        assert!(
-            tally.admitted as f64 <= share,
-            "{} admitted, share {share:.1}",
-            tally.admitted
-        );
-        assert!(
-            tally.admitted as f64 >= 0.5 * share,
-            "{} admitted, share {share:.1}",
-            tally.admitted
-        );
-        assert!(
-            tally.slowest < Duration::from_secs(1),
-            "answers wait at most the timeout: {:?}",
-            tally.slowest
-        );
-        assert_global_refusal(tally.refused.last().expect("refusals"), true);
+        assert_within_the_local_share(tally, share);
         let (status, readyz) = get(admin(gatehouse), "/readyz").await;
         assert_eq!(
             status, 200,
@@ -520,23 +527,7 @@ async fn on_a_cluster_a_stopped_master_fails_only_its_buckets_until_it_is_back()
             "cluster, acme's master down: {} admitted in {seconds:.2}s (share {share:.1}); slowest {:?}",
             tally.admitted, tally.slowest
         );
-        assert!(tally.other.is_empty(), "{:?}", tally.other);
-        assert!(
-            tally.admitted as f64 <= share,
-            "{} admitted, share {share:.1}",
-            tally.admitted
-        );
-        assert!(
-            tally.admitted as f64 >= 0.5 * share,
-            "{} admitted, share {share:.1}",
-            tally.admitted
-        );
-        assert!(
-            tally.slowest < Duration::from_secs(1),
-            "{:?}",
-            tally.slowest
-        );
-        assert_global_refusal(tally.refused.last().expect("refusals"), true);
+        assert_within_the_local_share(tally, share);
     }
     // The other tenant's bucket lives on a master that is up: its budget stays global.
     assert!(other.other.is_empty(), "{:?}", other.other);
